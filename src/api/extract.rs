@@ -1,0 +1,79 @@
+//! Extractors whose rejections are the contract's JSON errors.
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::message::valid_room;
+
+/// `{room}` path segment, validated.
+pub struct RoomPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RoomPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(room) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("bad_room", "bad room in path"))?;
+        if !valid_room(&room) {
+            return Err(ApiError::bad_request(
+                "bad_room",
+                "room must be 1-64 characters of A-Z a-z 0-9 _ -",
+            ));
+        }
+        Ok(RoomPath(room))
+    }
+}
+
+/// Query string into `T`, or 400 `bad_query`.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::bad_request("bad_query", e.body_text()))
+    }
+}
+
+/// The raw body within the configured size limit, or 413 `body_too_large`.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "the request body is larger than allowed",
+                    )
+                } else {
+                    ApiError::bad_request("bad_body", e.body_text())
+                }
+            })
+    }
+}
+
+/// Parses JSON: syntax errors → `malformed_json`, shape errors → `invalid_body`.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::bad_request("invalid_body", e.to_string()),
+            _ => ApiError::bad_request("malformed_json", e.to_string()),
+        }
+    })
+}

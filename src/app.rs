@@ -1,0 +1,171 @@
+//! Wiring: builds the engines behind the ports, starts the roles of `serve`,
+//! and shuts them down in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::bus::{memory::MemoryBus, Bus};
+use crate::config::Config;
+use crate::fanout::HubRegistry;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::processor::Processor;
+use crate::store::{memory::MemoryStore, LiveStore};
+
+/// Everything request handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(pub Arc<AppInner>);
+
+pub struct AppInner {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub ingest: Ingest,
+    pub store: Arc<dyn LiveStore>,
+    pub bus: Arc<dyn Bus>,
+    pub hubs: Arc<HubRegistry>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled first: stop taking new work (posts get 503).
+    pub stopping: CancellationToken,
+    /// Cancelled last: viewer sessions close with a reason.
+    pub closing: CancellationToken,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+/// A running `serve` node.
+pub struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    http: JoinHandle<std::io::Result<()>>,
+    processor: JoinHandle<()>,
+    memory_store: Option<Arc<MemoryStore>>,
+    housekeeping: JoinHandle<()>,
+}
+
+impl Server {
+    /// Binds `server.listen` and starts every role of `serve`.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let metrics = Arc::new(Metrics::new());
+        let memory_store = Arc::new(MemoryStore::new(config.store.clone()));
+        let store: Arc<dyn LiveStore> = memory_store.clone();
+        let bus: Arc<dyn Bus> =
+            Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity));
+        let stopping = CancellationToken::new();
+        let closing = CancellationToken::new();
+        let hubs = HubRegistry::new(
+            store.clone(),
+            metrics.clone(),
+            config.fanout.clone(),
+            closing.clone(),
+        );
+        let state = AppState(Arc::new(AppInner {
+            auth: Authenticator::new(&config.auth),
+            ingest: Ingest::new(
+                config.ingest.clone(),
+                bus.clone(),
+                store.clone(),
+                metrics.clone(),
+            ),
+            store: store.clone(),
+            bus: bus.clone(),
+            hubs,
+            metrics: metrics.clone(),
+            stopping: stopping.clone(),
+            closing,
+            config,
+        }));
+
+        let processor = Processor {
+            bus,
+            store,
+            metrics,
+            batch_max: state.config.processor.batch_max,
+        };
+        let processor = tokio::spawn(processor.run(stopping.clone()));
+
+        let listener = tokio::net::TcpListener::bind(state.config.listen_addr()?)
+            .await
+            .with_context(|| format!("binding {}", state.config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let app = crate::api::router(state.clone());
+        let shutdown = stopping.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+        });
+        let housekeeping = tokio::spawn(housekeeping(state.clone(), Some(memory_store.clone())));
+        tracing::info!(%addr, "danmaku serving (embedded engines)");
+        Ok(Server {
+            addr,
+            state,
+            http,
+            processor,
+            memory_store: Some(memory_store),
+            housekeeping,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The embedded store, for tests that simulate a store failover.
+    pub fn memory_store(&self) -> Option<&Arc<MemoryStore>> {
+        self.memory_store.as_ref()
+    }
+
+    /// Stop taking work, drain the bus into the store, flush hubs, then close
+    /// viewer sessions with a reason and wait for them (bounded).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
+        tracing::info!("shutting down: no new work");
+        self.state.stopping.cancel();
+        if tokio::time::timeout(grace, self.processor).await.is_err() {
+            tracing::warn!("processor did not drain within the grace period");
+        }
+        self.state.hubs.flush_all().await;
+        tracing::info!("closing viewer sessions");
+        self.state.closing.cancel();
+        self.housekeeping.abort();
+        match tokio::time::timeout(grace, self.http).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
+            Err(_) => tracing::warn!("connections still open after the grace period"),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Periodic sweeps: idle rate-limit state, store retention, gauges.
+async fn housekeeping(state: AppState, memory_store: Option<Arc<MemoryStore>>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        every.tick().await;
+        state.ingest.sweep();
+        if let Some(store) = &memory_store {
+            store.sweep();
+        }
+        state.metrics.bus_pending.set(state.bus.pending() as i64);
+    }
+}

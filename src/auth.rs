@@ -1,0 +1,266 @@
+//! Authentication: viewer tokens (HS256 JWT, alg pinned) and the gift
+//! backend's HMAC-SHA256 request signatures (constant-time, rotation).
+
+use hmac::{Hmac, Mac};
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::config::AuthConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ViewerClaims {
+    pub sub: String,
+    pub name: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Why a credential was refused; `code` goes into the error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    MissingToken,
+    InvalidToken,
+    ExpiredToken,
+    MissingSignature,
+    BadTimestamp,
+    StaleTimestamp,
+    BadSignature,
+}
+
+impl AuthFailure {
+    pub fn code(self) -> &'static str {
+        match self {
+            AuthFailure::MissingToken => "missing_token",
+            AuthFailure::InvalidToken => "invalid_token",
+            AuthFailure::ExpiredToken => "token_expired",
+            AuthFailure::MissingSignature => "missing_signature",
+            AuthFailure::BadTimestamp => "bad_timestamp",
+            AuthFailure::StaleTimestamp => "stale_timestamp",
+            AuthFailure::BadSignature => "bad_signature",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            AuthFailure::MissingToken => {
+                "an Authorization: Bearer <viewer token> header is required"
+            }
+            AuthFailure::InvalidToken => "the viewer token is not valid",
+            AuthFailure::ExpiredToken => "the viewer token has expired",
+            AuthFailure::MissingSignature => "X-Timestamp and X-Signature headers are required",
+            AuthFailure::BadTimestamp => "X-Timestamp must be unix seconds",
+            AuthFailure::StaleTimestamp => "X-Timestamp is outside the accepted window",
+            AuthFailure::BadSignature => "X-Signature does not match the body",
+        }
+    }
+}
+
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+    gift_secrets: Vec<Vec<u8>>,
+    signature_window_s: u64,
+    demo_tokens: bool,
+}
+
+impl Authenticator {
+    pub fn new(config: &AuthConfig) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = config.jwt_leeway_s;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Authenticator {
+            decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
+            encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
+            validation,
+            gift_secrets: config
+                .gift_secrets
+                .iter()
+                .map(|s| s.as_bytes().to_vec())
+                .collect(),
+            signature_window_s: config.signature_window_s,
+            // Demo tokens are only ever minted with the development secret.
+            demo_tokens: config.demo_tokens && config.uses_dev_jwt_secret(),
+        }
+    }
+
+    pub fn demo_tokens_enabled(&self) -> bool {
+        self.demo_tokens
+    }
+
+    /// Checks `Authorization: Bearer <token>` (or a bare token).
+    pub fn viewer(&self, bearer: Option<&str>) -> Result<ViewerClaims, AuthFailure> {
+        let raw = bearer.map(str::trim).unwrap_or("");
+        let token = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
+        if token.is_empty() {
+            return Err(AuthFailure::MissingToken);
+        }
+        let data =
+            decode::<ViewerClaims>(token, &self.decoding, &self.validation).map_err(|e| match e
+                .kind()
+            {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
+                _ => AuthFailure::InvalidToken,
+            })?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > 64 || c.name.chars().count() > 32 {
+            return Err(AuthFailure::InvalidToken);
+        }
+        Ok(c)
+    }
+
+    /// Mints a viewer token (demo endpoint and tests).
+    pub fn issue(&self, sub: &str, name: &str, ttl_s: u64) -> String {
+        let claims = ViewerClaims {
+            sub: sub.to_string(),
+            name: name.to_string(),
+            exp: unix_now() + ttl_s,
+            nbf: None,
+        };
+        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 encodes")
+    }
+
+    /// Verifies `X-Signature: sha256=<hex>` over `"<timestamp>.<body>"` with
+    /// any configured secret, and the timestamp window.
+    pub fn gift_signature(
+        &self,
+        timestamp: Option<&str>,
+        signature: Option<&str>,
+        body: &[u8],
+        now_s: u64,
+    ) -> Result<(), AuthFailure> {
+        let (Some(ts), Some(sig)) = (timestamp, signature) else {
+            return Err(AuthFailure::MissingSignature);
+        };
+        let ts_num: u64 = ts.trim().parse().map_err(|_| AuthFailure::BadTimestamp)?;
+        if ts_num.abs_diff(now_s) > self.signature_window_s {
+            return Err(AuthFailure::StaleTimestamp);
+        }
+        let hex_sig = sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim());
+        let expected = hex::decode(hex_sig).map_err(|_| AuthFailure::BadSignature)?;
+        for secret in &self.gift_secrets {
+            let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+            mac.update(ts.trim().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            // verify_slice compares in constant time.
+            if mac.verify_slice(&expected).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(AuthFailure::BadSignature)
+    }
+}
+
+/// The signature header value a gift backend sends (used by tests and the load tool).
+pub fn sign_gift_request(secret: &str, timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn unix_now() -> u64 {
+    crate::message::now_ms() / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn auth_with(gift: &[&str]) -> Authenticator {
+        let mut c = Config::embedded().auth;
+        c.gift_secrets = gift.iter().map(|s| s.to_string()).collect();
+        Authenticator::new(&c)
+    }
+
+    #[test]
+    fn viewer_tokens_round_trip_and_reject_forgeries() {
+        let a = auth_with(&["k1"]);
+        let t = a.issue("u1", "Alice", 60);
+        let c = a.viewer(Some(&format!("Bearer {t}"))).unwrap();
+        assert_eq!((c.sub.as_str(), c.name.as_str()), ("u1", "Alice"));
+        assert_eq!(a.viewer(None), Err(AuthFailure::MissingToken));
+        let mut forged = t.clone();
+        forged.pop();
+        forged.push('A');
+        assert_eq!(
+            a.viewer(Some(&forged)).unwrap_err(),
+            AuthFailure::InvalidToken
+        );
+        // A token signed with another secret.
+        let mut other = Config::embedded().auth;
+        other.jwt_secret = "another-secret-of-enough-length".into();
+        let t2 = Authenticator::new(&other).issue("u1", "A", 60);
+        assert_eq!(a.viewer(Some(&t2)).unwrap_err(), AuthFailure::InvalidToken);
+    }
+
+    #[test]
+    fn expired_and_alg_none_tokens_are_refused() {
+        let a = auth_with(&["k1"]);
+        let claims = ViewerClaims {
+            sub: "u".into(),
+            name: "n".into(),
+            exp: unix_now() - 3600,
+            nbf: None,
+        };
+        let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
+        assert_eq!(a.viewer(Some(&t)).unwrap_err(), AuthFailure::ExpiredToken);
+        // alg=none: header {"alg":"none"} + claims + empty signature.
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let none = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(format!(
+                r#"{{"sub":"u","name":"n","exp":{}}}"#,
+                unix_now() + 60
+            ))
+        );
+        assert_eq!(
+            a.viewer(Some(&none)).unwrap_err(),
+            AuthFailure::InvalidToken
+        );
+    }
+
+    #[test]
+    fn gift_signatures_with_rotation_and_window() {
+        let a = auth_with(&["old-secret", "new-secret"]);
+        let now = 1_700_000_000;
+        let ts = now.to_string();
+        let body = br#"{"kind":"gift"}"#;
+        for secret in ["old-secret", "new-secret"] {
+            let sig = sign_gift_request(secret, &ts, body);
+            assert_eq!(a.gift_signature(Some(&ts), Some(&sig), body, now), Ok(()));
+        }
+        let sig = sign_gift_request("wrong", &ts, body);
+        assert_eq!(
+            a.gift_signature(Some(&ts), Some(&sig), body, now),
+            Err(AuthFailure::BadSignature)
+        );
+        let sig = sign_gift_request("new-secret", &ts, body);
+        assert_eq!(
+            a.gift_signature(Some(&ts), Some(&sig), b"{}", now),
+            Err(AuthFailure::BadSignature)
+        );
+        assert_eq!(
+            a.gift_signature(Some(&ts), Some(&sig), body, now + 301),
+            Err(AuthFailure::StaleTimestamp)
+        );
+        assert_eq!(
+            a.gift_signature(None, Some(&sig), body, now),
+            Err(AuthFailure::MissingSignature)
+        );
+        assert_eq!(
+            a.gift_signature(Some("soon"), Some(&sig), body, now),
+            Err(AuthFailure::BadTimestamp)
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Bus port (DESIGN §3.2): partitioned, keyed like Kafka. Fronts publish,
+//! processors consume and commit only after the store write succeeded.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::message::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus full ({0} messages waiting)")]
+    Full(u64),
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("bus closed")]
+    Closed,
+}
+
+/// One message to publish; `key` picks the partition (room + kind in gear 1).
+#[derive(Clone, Debug)]
+pub struct BusRecord {
+    pub key: String,
+    pub message: Message,
+}
+
+impl BusRecord {
+    pub fn keyed_by_room_kind(message: Message) -> Self {
+        BusRecord {
+            key: format!("{}/{}", message.room, message.kind.as_str()),
+            message,
+        }
+    }
+}
+
+/// A consumed message and where it came from (for commits).
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    pub partition: u32,
+    pub offset: u64,
+    pub message: Message,
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Resolves once the bus has durably accepted every record (or fails; then
+    /// none may be acknowledged to clients).
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError>;
+
+    /// Joins the processors' consumer group.
+    async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError>;
+
+    /// Messages accepted but not yet committed by processors (lag).
+    fn pending(&self) -> u64;
+
+    async fn ping(&self) -> Result<(), BusError>;
+}
+
+#[async_trait]
+pub trait BusConsumer: Send {
+    /// Waits up to `wait` for at least one delivery; returns at most `max`.
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
+
+    /// Marks deliveries as processed (after the store write succeeded).
+    async fn commit(&mut self, deliveries: &[Delivery]) -> Result<(), BusError>;
+}
+
+/// Kafka's default partitioner idea: stable hash of the key.
+pub fn partition_for(key: &str, partitions: u32) -> u32 {
+    // FNV-1a: stable across processes and versions (std's hasher is not).
+    let mut h: u32 = 0x811c9dc5;
+    for b in key.as_bytes() {
+        h ^= *b as u32;
+        h = h.wrapping_mul(0x01000193);
+    }
+    h % partitions.max(1)
+}

@@ -1,0 +1,370 @@
+//! Configuration: the embedded `config/default.toml`, an optional file on top,
+//! then environment overrides (fixed names of DESIGN §4 and the generic
+//! `DANMAKU_<SECTION>__<KEY>` form). Secrets can come from files.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Development secrets used only when none are configured; loud in the log and
+/// refused on non-loopback addresses.
+pub const DEV_JWT_SECRET: &str = "danmaku-dev-jwt-secret-not-for-production";
+pub const DEV_GIFT_SECRET: &str = "danmaku-dev-gift-secret-not-for-production";
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub ingest: IngestConfig,
+    pub bus: BusConfig,
+    pub store: StoreConfig,
+    pub processor: ProcessorConfig,
+    pub fanout: FanoutConfig,
+    pub poll: PollConfig,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub jwt_secret: String,
+    pub jwt_secret_file: String,
+    pub jwt_leeway_s: u64,
+    pub gift_secrets: Vec<String>,
+    pub gift_secrets_file: String,
+    pub signature_window_s: u64,
+    pub admin_token: String,
+    pub demo_tokens: bool,
+}
+
+// Secrets never reach logs, even through `{:?}`.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &"<redacted>")
+            .field(
+                "gift_secrets",
+                &format!("<{} redacted>", self.gift_secrets.len()),
+            )
+            .field("admin_token", &"<redacted>")
+            .field("jwt_leeway_s", &self.jwt_leeway_s)
+            .field("signature_window_s", &self.signature_window_s)
+            .field("demo_tokens", &self.demo_tokens)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    pub fn uses_dev_jwt_secret(&self) -> bool {
+        self.jwt_secret == DEV_JWT_SECRET
+    }
+    pub fn uses_dev_gift_secret(&self) -> bool {
+        self.gift_secrets.iter().any(|s| s == DEV_GIFT_SECRET)
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_text_chars: usize,
+    pub blocked_words: Vec<String>,
+    pub whitelist_users: Vec<String>,
+    pub user_rate_per_s: f64,
+    pub user_burst: f64,
+    pub ip_rate_per_s: f64,
+    pub ip_burst: f64,
+    pub dedup_ttl_s: u64,
+    pub idempotency_ttl_s: u64,
+    pub shed_low_pending: u64,
+    pub shed_high_pending: u64,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct BusConfig {
+    pub engine: String,
+    pub partitions: u32,
+    pub capacity: usize,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub engine: String,
+    pub max_per_bucket: usize,
+    pub max_age_s: u64,
+    pub dedup_window: usize,
+    pub room_ttl_s: u64,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessorConfig {
+    pub batch_max: usize,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutConfig {
+    pub tick_ms: u64,
+    pub max_batch_messages: usize,
+    pub max_lag_frames: usize,
+    pub ping_s: u64,
+    pub idle_timeout_s: u64,
+    pub hub_idle_s: u64,
+    pub max_rooms: usize,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct PollConfig {
+    pub max_wait_ms: u64,
+    pub default_wait_ms: u64,
+    pub max_messages: usize,
+}
+
+/// Fixed environment names of the run contract → config path.
+const FIXED_ENV: &[(&str, &str)] = &[
+    ("DANMAKU_LISTEN", "server.listen"),
+    ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
+    ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
+    ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
+    ("DANMAKU_TICK_MS", "fanout.tick_ms"),
+];
+
+impl Config {
+    /// Defaults, then `file` (if any), then `env`, then secrets from files.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut table: toml::Table = DEFAULT_TOML.parse().context("embedded default.toml")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            let over: toml::Table = text
+                .parse()
+                .with_context(|| format!("parsing config {}", path.display()))?;
+            merge(&mut table, over);
+        }
+        for (name, value) in env {
+            apply_env(&mut table, &name, &value)?;
+        }
+        let mut config: Config = toml::Value::Table(table)
+            .try_into()
+            .context("invalid configuration")?;
+        config.resolve_secrets()?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The embedded defaults alone (tests start from this).
+    pub fn embedded() -> Config {
+        Config::load(None, std::iter::empty()).expect("embedded defaults are valid")
+    }
+
+    fn resolve_secrets(&mut self) -> anyhow::Result<()> {
+        let auth = &mut self.auth;
+        if !auth.jwt_secret_file.is_empty() {
+            auth.jwt_secret = read_secret_file(&auth.jwt_secret_file)?;
+        }
+        if !auth.gift_secrets_file.is_empty() {
+            auth.gift_secrets = read_secret_file(&auth.gift_secrets_file)?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if auth.jwt_secret.is_empty() {
+            auth.jwt_secret = DEV_JWT_SECRET.to_string();
+        }
+        if auth.gift_secrets.is_empty() {
+            auth.gift_secrets = vec![DEV_GIFT_SECRET.to_string()];
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let addr = self.listen_addr()?;
+        let dev = self.auth.uses_dev_jwt_secret() || self.auth.uses_dev_gift_secret();
+        if dev && !addr.ip().is_loopback() {
+            bail!(
+                "refusing to listen on {addr} with development secrets: set DANMAKU_JWT_SECRET and DANMAKU_GIFT_SECRETS"
+            );
+        }
+        if self.auth.jwt_secret.len() < 16 {
+            bail!("auth.jwt_secret must be at least 16 bytes");
+        }
+        if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
+            bail!("fanout.tick_ms must be within 1..=10000");
+        }
+        if self.bus.partitions == 0 {
+            bail!("bus.partitions must be at least 1");
+        }
+        if self.ingest.max_text_chars == 0 {
+            bail!("ingest.max_text_chars must be at least 1");
+        }
+        match self.bus.engine.as_str() {
+            "memory" => {}
+            other => bail!("bus.engine {other:?} is not available in this build (memory)"),
+        }
+        match self.store.engine.as_str() {
+            "memory" => {}
+            other => bail!("store.engine {other:?} is not available in this build (memory)"),
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        self.server
+            .listen
+            .parse()
+            .with_context(|| format!("server.listen {:?} is not an address", self.server.listen))
+    }
+}
+
+fn read_secret_file(path: &str) -> anyhow::Result<String> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading secret file {path}"))?;
+    Ok(text.trim().to_string())
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
+    let path = if let Some((_, path)) = FIXED_ENV.iter().find(|(n, _)| *n == name) {
+        path.to_string()
+    } else if let Some(rest) = name.strip_prefix("DANMAKU_") {
+        if !rest.contains("__") {
+            return Ok(()); // a fixed name of a later engine, or not ours
+        }
+        rest.to_ascii_lowercase().replace("__", ".")
+    } else {
+        return Ok(());
+    };
+    let (section, key) = path
+        .split_once('.')
+        .with_context(|| format!("{name}: expected DANMAKU_<SECTION>__<KEY>"))?;
+    let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+        bail!("{name}: unknown config section {section:?}");
+    };
+    let Some(current) = sec.get(key) else {
+        bail!("{name}: unknown config key {section}.{key}");
+    };
+    let parsed = parse_like(current, value).with_context(|| format!("{name}: bad value"))?;
+    sec.insert(key.to_string(), parsed);
+    Ok(())
+}
+
+/// Parses an environment string as the type the default already has.
+fn parse_like(current: &toml::Value, value: &str) -> anyhow::Result<toml::Value> {
+    Ok(match current {
+        toml::Value::String(_) => toml::Value::String(value.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse()?),
+        toml::Value::Float(_) => toml::Value::Float(value.trim().parse()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse()?),
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        other => bail!(
+            "cannot override a {} from the environment",
+            other.type_str()
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_with_dev_secrets() {
+        let c = Config::embedded();
+        assert_eq!(c.server.listen, "127.0.0.1:8080");
+        assert!(c.auth.uses_dev_jwt_secret());
+        assert_eq!(c.fanout.tick_ms, 100);
+    }
+
+    #[test]
+    fn env_overrides_fixed_and_generic() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("DANMAKU_TICK_MS", "50"),
+                ("DANMAKU_GIFT_SECRETS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+                ("DANMAKU_INGEST__BLOCKED_WORDS", "spam,scam"),
+                ("DANMAKU_INGEST__USER_RATE_PER_S", "3.5"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.fanout.tick_ms, 50);
+        assert_eq!(
+            c.auth.gift_secrets,
+            vec!["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]
+        );
+        assert_eq!(c.ingest.blocked_words, vec!["spam", "scam"]);
+        assert_eq!(c.ingest.user_rate_per_s, 3.5);
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error() {
+        let e = Config::load(None, env(&[("DANMAKU_FANOUT__TICKMS", "5")])).unwrap_err();
+        assert!(format!("{e:#}").contains("unknown config key"));
+    }
+
+    #[test]
+    fn public_listen_needs_real_secrets() {
+        let e = Config::load(None, env(&[("DANMAKU_LISTEN", "0.0.0.0:8080")])).unwrap_err();
+        assert!(format!("{e:#}").contains("development secrets"));
+        let ok = Config::load(
+            None,
+            env(&[
+                ("DANMAKU_LISTEN", "0.0.0.0:8080"),
+                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
+                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
+            ]),
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let c = Config::load(None, env(&[("DANMAKU_JWT_SECRET", "supersecretvalue123")])).unwrap();
+        assert!(!format!("{c:?}").contains("supersecretvalue123"));
+    }
+}

@@ -1,0 +1,218 @@
+//! One streaming viewer's view of a room: shared hub frames while the viewer
+//! is in step, store reads to catch up when it is not (a resumed cursor, a
+//! frame that overlaps), so its cursor advances without gaps or repeats.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{Frame, Hub, HubRegistry, Subscription};
+use crate::error::ApiError;
+
+#[derive(Serialize, Debug, Clone)]
+pub struct Hello {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub room: String,
+    pub epoch: String,
+    pub cursor: u64,
+    pub online: usize,
+    pub tick_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
+    /// Messages between the client's cursor and now were already trimmed.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
+}
+
+pub enum FeedEvent {
+    Frame(Arc<Frame>),
+    /// The stream was replaced (store failover): start again from the new one.
+    Hello(Hello),
+    /// The viewer fell more frames behind than the ring holds.
+    SlowConsumer,
+}
+
+pub struct ViewerFeed {
+    registry: Arc<HubRegistry>,
+    hub: Arc<Hub>,
+    sub: Subscription,
+    room: String,
+    epoch: Arc<str>,
+    cursor: u64,
+    /// Catch up from the store until here before taking hub frames.
+    target: u64,
+    /// First catch-up frame, read while opening.
+    pending: Option<Arc<Frame>>,
+}
+
+impl ViewerFeed {
+    /// Joins the room. `client_epoch`/`client_cursor` resume a stream; a
+    /// different epoch means the client's cursor is meaningless (reset).
+    pub async fn open(
+        registry: &Arc<HubRegistry>,
+        room: &str,
+        client_epoch: Option<&str>,
+        client_cursor: Option<u64>,
+    ) -> Result<(ViewerFeed, Hello), ApiError> {
+        let (hub, sub) = subscribe(registry, room).await?;
+        let reset = client_epoch.is_some_and(|e| !e.is_empty() && *e != *sub.epoch);
+        let mut cursor = match (reset, client_cursor) {
+            (true, _) => 0,
+            (false, Some(c)) => c,
+            (false, None) => sub.cursor,
+        };
+        if cursor > sub.cursor {
+            // Ahead of this hub (it lags by up to a tick) or bogus: clamp to the store.
+            let head = registry.store().head(room).await.map_err(store_down)?;
+            cursor = cursor.min(head.seq);
+        }
+        let mut feed = ViewerFeed {
+            registry: registry.clone(),
+            room: room.to_string(),
+            epoch: sub.epoch.clone(),
+            cursor,
+            target: sub.cursor,
+            hub,
+            sub,
+            pending: None,
+        };
+        let mut gap = false;
+        if feed.cursor < feed.target {
+            let (frame, had_gap) = feed.catch_up().await?;
+            gap = had_gap;
+            feed.pending = Some(frame);
+        }
+        let hello = feed.hello(reset, gap);
+        Ok((feed, hello))
+    }
+
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn online(&self) -> usize {
+        self.hub.online()
+    }
+
+    fn hello(&self, reset: bool, gap: bool) -> Hello {
+        Hello {
+            kind: "hello",
+            room: self.room.clone(),
+            epoch: self.epoch.to_string(),
+            cursor: self.cursor_before_pending(),
+            online: self.hub.online(),
+            tick_ms: self.registry.config().tick_ms,
+            reset,
+            gap,
+        }
+    }
+
+    fn cursor_before_pending(&self) -> u64 {
+        self.pending.as_ref().map_or(self.cursor, |f| f.from)
+    }
+
+    /// The next thing to send. Cancel-safe: state changes only after awaits.
+    pub async fn next(&mut self) -> FeedEvent {
+        if let Some(frame) = self.pending.take() {
+            return FeedEvent::Frame(frame);
+        }
+        loop {
+            if self.cursor < self.target {
+                match self.catch_up().await {
+                    Ok((frame, _)) => return FeedEvent::Frame(frame),
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        continue;
+                    }
+                }
+            }
+            match self.sub.frames.recv().await {
+                Ok(frame) => {
+                    if frame.epoch != self.epoch {
+                        self.epoch = frame.epoch.clone();
+                        self.cursor = 0;
+                        self.target = frame.to;
+                        return FeedEvent::Hello(self.hello(true, false));
+                    }
+                    if frame.to <= self.cursor {
+                        continue;
+                    }
+                    if frame.from == self.cursor {
+                        self.cursor = frame.to;
+                        return FeedEvent::Frame(frame);
+                    }
+                    // Not contiguous with what this viewer has: fill from the store.
+                    self.target = frame.to;
+                }
+                Err(RecvError::Lagged(_)) => {
+                    self.registry.metrics().slow_consumer_disconnects.inc();
+                    return FeedEvent::SlowConsumer;
+                }
+                Err(RecvError::Closed) => {
+                    // The hub stopped under us; join its successor.
+                    if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
+                        self.target = self.target.max(sub.cursor);
+                        self.hub = hub;
+                        self.sub = sub;
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads (cursor, target] from the store as one individually encoded frame.
+    async fn catch_up(&mut self) -> Result<(Arc<Frame>, bool), ApiError> {
+        let limit = self.registry.config().max_batch_messages;
+        let read = self
+            .registry
+            .store()
+            .read_range(&self.room, self.cursor, self.target, limit)
+            .await
+            .map_err(store_down)?;
+        let frame = Arc::new(Frame::encode(
+            &self.room,
+            self.epoch.clone(),
+            self.cursor,
+            read.cursor,
+            &read.messages,
+        ));
+        self.registry
+            .metrics()
+            .delivered
+            .with_label_values(&["catch_up"])
+            .inc_by(frame.count as u64);
+        self.cursor = read.cursor.max(self.cursor);
+        if read.cursor < self.target && read.messages.is_empty() {
+            // Nothing readable up to target (trimmed): jump.
+            self.cursor = self.target;
+        }
+        Ok((frame, read.gap))
+    }
+}
+
+async fn subscribe(
+    registry: &Arc<HubRegistry>,
+    room: &str,
+) -> Result<(Arc<Hub>, Subscription), ApiError> {
+    for _ in 0..10 {
+        let hub = registry.hub(room).await?;
+        if let Some(sub) = hub.subscribe() {
+            return Ok((hub, sub));
+        }
+        tokio::task::yield_now().await;
+    }
+    Err(ApiError::unavailable(
+        "hub_unavailable",
+        "the room is restarting; retry",
+    ))
+}
+
+fn store_down(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "store read failed");
+    ApiError::unavailable("store_unavailable", "the live store is unavailable")
+}

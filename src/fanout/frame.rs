@@ -1,0 +1,108 @@
+//! A batch frame, encoded once and shared (as reference-counted bytes) by
+//! every connection of a room, in each transport's framing.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+
+use crate::message::StoredMessage;
+
+pub struct Frame {
+    pub epoch: Arc<str>,
+    /// Cursor before this frame: a viewer at `from` can take it as is.
+    pub from: u64,
+    /// Cursor after this frame.
+    pub to: u64,
+    pub count: usize,
+    /// `{"type":"batch",...}` — the WebSocket text and the long-poll body.
+    pub ws_text: Utf8Bytes,
+    /// The same JSON as one SSE event with `id: <cursor>`.
+    pub sse: Bytes,
+}
+
+impl Frame {
+    pub fn encode(
+        room: &str,
+        epoch: Arc<str>,
+        from: u64,
+        to: u64,
+        messages: &[StoredMessage],
+    ) -> Frame {
+        let json = encode_batch(room, &epoch, to, messages, false);
+        let mut sse = Vec::with_capacity(json.len() + 40);
+        write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
+        sse.extend_from_slice(&json);
+        sse.extend_from_slice(b"\n\n");
+        let ws_text = Utf8Bytes::try_from(Bytes::from(json)).expect("JSON is UTF-8");
+        Frame {
+            epoch,
+            from,
+            to,
+            count: messages.len(),
+            ws_text,
+            sse: Bytes::from(sse),
+        }
+    }
+}
+
+/// `{"type":"batch","room","epoch","cursor","messages":[...]}` built by
+/// concatenating the messages' stored JSON (no re-encoding per message).
+pub fn encode_batch(
+    room: &str,
+    epoch: &str,
+    cursor: u64,
+    messages: &[StoredMessage],
+    reset: bool,
+) -> Vec<u8> {
+    let body_len: usize = messages.iter().map(|m| m.json.len() + 1).sum();
+    let mut out = Vec::with_capacity(body_len + room.len() + epoch.len() + 96);
+    out.extend_from_slice(b"{\"type\":\"batch\",\"room\":");
+    serde_json::to_writer(&mut out, room).expect("vec write");
+    out.extend_from_slice(b",\"epoch\":");
+    serde_json::to_writer(&mut out, epoch).expect("vec write");
+    write!(out, ",\"cursor\":{cursor}").expect("vec write");
+    if reset {
+        out.extend_from_slice(b",\"reset\":true");
+    }
+    out.extend_from_slice(b",\"messages\":[");
+    for (i, m) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&m.json);
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Priority;
+
+    #[test]
+    fn frame_is_valid_json_in_every_framing() {
+        let m = |seq: u64| StoredMessage {
+            seq,
+            priority: Priority::Low,
+            ts: 1,
+            id: seq.to_string(),
+            json: Bytes::from(format!(r#"{{"seq":{seq},"text":"x"}}"#)),
+        };
+        let f = Frame::encode("r1", Arc::from("e1"), 4, 6, &[m(5), m(6)]);
+        let v: serde_json::Value = serde_json::from_str(f.ws_text.as_str()).unwrap();
+        assert_eq!(v["type"], "batch");
+        assert_eq!(v["cursor"], 6);
+        assert_eq!(v["epoch"], "e1");
+        assert_eq!(v["messages"][1]["seq"], 6);
+        let sse = std::str::from_utf8(&f.sse).unwrap();
+        assert!(sse.starts_with("id: 6\nevent: batch\ndata: {"));
+        assert!(sse.ends_with("}\n\n"));
+        let empty = encode_batch("r1", "e1", 0, &[], true);
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["reset"], true);
+        assert_eq!(v["messages"].as_array().unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,110 @@
+//! Server-Sent Events viewers: `hello`, then the hub's shared SSE frames;
+//! the event id is the cursor, so `Last-Event-ID` resumes without loss.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::stream;
+use tokio_util::sync::CancellationToken;
+
+use super::{ConnGuard, StreamQuery};
+use crate::api::{ApiQuery, RoomPath};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
+
+pub async fn handler(
+    State(s): State<AppState>,
+    RoomPath(room): RoomPath,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if s.stopping.is_cancelled() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "this node is shutting down",
+        ));
+    }
+    let cursor = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a cursor")
+                })?,
+        ),
+        None => q.cursor,
+    };
+    let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), cursor).await?;
+    let state = SseState {
+        feed,
+        hello: Some(hello),
+        closing: s.closing.clone(),
+        ping: tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(s.config.fanout.ping_s.max(1)),
+            Duration::from_secs(s.config.fanout.ping_s.max(1)),
+        ),
+        done: false,
+        _conn: ConnGuard::new(&s.metrics.connections, "sse"),
+    };
+    let body = Body::from_stream(stream::unfold(state, |mut st| async move {
+        let chunk = st.next_chunk().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(chunk), st))
+    }));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache, no-store")
+        .header("x-accel-buffering", "no")
+        .body(body)
+        .expect("static headers are valid"))
+}
+
+struct SseState {
+    feed: ViewerFeed,
+    hello: Option<Hello>,
+    closing: CancellationToken,
+    ping: tokio::time::Interval,
+    done: bool,
+    _conn: ConnGuard,
+}
+
+impl SseState {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(hello) = self.hello.take() {
+            return Some(hello_event(&hello));
+        }
+        tokio::select! {
+            biased;
+            _ = self.closing.cancelled() => Some(self.close_event("server shutting down")),
+            event = self.feed.next() => Some(match event {
+                FeedEvent::Frame(frame) => frame.sse.clone(),
+                FeedEvent::Hello(hello) => hello_event(&hello),
+                FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID"),
+            }),
+            _ = self.ping.tick() => Some(Bytes::from_static(b": ping\n\n")),
+        }
+    }
+
+    fn close_event(&mut self, reason: &str) -> Bytes {
+        self.done = true;
+        let data = serde_json::json!({"type": "close", "reason": reason});
+        Bytes::from(format!("event: close\ndata: {data}\n\n"))
+    }
+}
+
+fn hello_event(hello: &Hello) -> Bytes {
+    let data = serde_json::to_string(hello).expect("hello serialises");
+    Bytes::from(format!(
+        "id: {}\nevent: hello\ndata: {data}\n\n",
+        hello.cursor
+    ))
+}

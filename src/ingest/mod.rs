@@ -1,0 +1,592 @@
+//! Ingest (DESIGN §3.1): stamp, validate, rate-limit, dedup, classify, then
+//! hand to the bus. A request is acknowledged only after the bus accepted it.
+
+pub mod rate_limit;
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::auth::ViewerClaims;
+use crate::bus::{Bus, BusError, BusRecord};
+use crate::config::IngestConfig;
+use crate::error::ApiError;
+use crate::message::{new_message_id, now_ms, Gift, Kind, Message, Priority, Style, UserRef};
+use crate::metrics::Metrics;
+use crate::store::{Claim, LiveStore};
+use rate_limit::RateLimiter;
+
+/// `POST /v1/rooms/{room}/danmaku` body (and the WebSocket `send` message).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct DanmakuRequest {
+    pub client_msg_id: String,
+    pub text: String,
+    #[serde(default)]
+    pub style: Option<Style>,
+}
+
+/// `POST /v1/rooms/{room}/events` body from the gift backend.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    pub kind: Kind,
+    pub user: UserRef,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub gift: Option<Gift>,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+}
+
+/// An acknowledged request: the JSON answer (the same on every retry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub body: String,
+    /// This answer was recorded by an earlier request with the same key.
+    pub replayed: bool,
+}
+
+pub struct Ingest {
+    config: IngestConfig,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn LiveStore>,
+    metrics: Arc<Metrics>,
+    users: RateLimiter<String>,
+    ips: RateLimiter<IpAddr>,
+    blocked_lower: Vec<String>,
+    whitelist_users: HashSet<String>,
+}
+
+const PENDING: &str = "pending";
+
+impl Ingest {
+    pub fn new(
+        config: IngestConfig,
+        bus: Arc<dyn Bus>,
+        store: Arc<dyn LiveStore>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Ingest {
+            users: RateLimiter::new(config.user_rate_per_s, config.user_burst),
+            ips: RateLimiter::new(config.ip_rate_per_s, config.ip_burst),
+            blocked_lower: config
+                .blocked_words
+                .iter()
+                .map(|w| w.to_lowercase())
+                .filter(|w| !w.is_empty())
+                .collect(),
+            whitelist_users: config.whitelist_users.iter().cloned().collect(),
+            config,
+            bus,
+            store,
+            metrics,
+        }
+    }
+
+    /// Drops idle rate-limit state; run periodically.
+    pub fn sweep(&self) {
+        self.users.sweep();
+        self.ips.sweep();
+    }
+
+    /// A viewer's danmaku. Records the refusal reason in metrics on failure.
+    pub async fn danmaku(
+        &self,
+        room: &str,
+        viewer: &ViewerClaims,
+        ip: IpAddr,
+        req: DanmakuRequest,
+    ) -> Result<Accepted, ApiError> {
+        let result = self.danmaku_inner(room, viewer, ip, req).await;
+        self.account(Kind::Danmaku, &result);
+        result
+    }
+
+    async fn danmaku_inner(
+        &self,
+        room: &str,
+        viewer: &ViewerClaims,
+        ip: IpAddr,
+        req: DanmakuRequest,
+    ) -> Result<Accepted, ApiError> {
+        self.ips.check(&ip).map_err(|s| {
+            ApiError::too_many("rate_limited", "too many messages from this address", s)
+        })?;
+        self.users
+            .check(&viewer.sub)
+            .map_err(|s| ApiError::too_many("rate_limited", "you are sending too fast", s))?;
+        check_id("client_msg_id", &req.client_msg_id)?;
+        self.check_text(&req.text)?;
+        if let Some(style) = &req.style {
+            check_style(style)?;
+        }
+        let priority = if self.whitelist_users.contains(&viewer.sub) {
+            Priority::Whitelist
+        } else {
+            Priority::Low
+        };
+        self.check_shedding(priority)?;
+        let message = Message {
+            id: new_message_id(),
+            seq: 0,
+            room: room.to_string(),
+            kind: Kind::Danmaku,
+            priority,
+            user: UserRef {
+                id: viewer.sub.clone(),
+                name: viewer.name.clone(),
+            },
+            text: req.text,
+            ts: now_ms(),
+            offset_ms: None,
+            gift: None,
+            style: req.style,
+        };
+        let key = format!("dm:{{{room}}}:{}:{}", viewer.sub, req.client_msg_id);
+        let fingerprint = fingerprint(message.text.as_bytes());
+        self.publish_once(&key, &fingerprint, self.config.dedup_ttl_s, message)
+            .await
+    }
+
+    /// A signed gift/system event (signature already verified by the caller).
+    pub async fn event(
+        &self,
+        room: &str,
+        idempotency_key: &str,
+        raw_body: &[u8],
+        req: EventRequest,
+    ) -> Result<Accepted, ApiError> {
+        let kind = req.kind;
+        let result = self.event_inner(room, idempotency_key, raw_body, req).await;
+        self.account(kind, &result);
+        result
+    }
+
+    async fn event_inner(
+        &self,
+        room: &str,
+        idempotency_key: &str,
+        raw_body: &[u8],
+        req: EventRequest,
+    ) -> Result<Accepted, ApiError> {
+        check_id("Idempotency-Key", idempotency_key)?;
+        check_id("user.id", &req.user.id)?;
+        check_name(&req.user.name)?;
+        let text = req.text.unwrap_or_default();
+        let priority = match (req.kind, &req.gift) {
+            (Kind::Danmaku, _) => {
+                return Err(ApiError::bad_request(
+                    "bad_kind",
+                    "events are of kind gift or system; viewers post danmaku",
+                ))
+            }
+            (Kind::Gift, None) => {
+                return Err(ApiError::bad_request(
+                    "missing_gift",
+                    "a gift event needs \"gift\"",
+                ))
+            }
+            (Kind::Gift, Some(gift)) => {
+                check_id("gift.gift_id", &gift.gift_id)?;
+                if gift.count == 0 || gift.count > 1_000_000 {
+                    return Err(ApiError::bad_request(
+                        "bad_gift_count",
+                        "gift.count must be within 1..=1000000",
+                    ));
+                }
+                if !text.is_empty() {
+                    self.check_text(&text)?;
+                }
+                req.priority.unwrap_or(Priority::High)
+            }
+            (Kind::System, _) => {
+                self.check_text(&text)?;
+                req.priority.unwrap_or(Priority::Whitelist)
+            }
+        };
+        self.check_shedding(priority)?;
+        let message = Message {
+            id: new_message_id(),
+            seq: 0,
+            room: room.to_string(),
+            kind: req.kind,
+            priority,
+            user: req.user,
+            text,
+            ts: now_ms(),
+            offset_ms: None,
+            gift: if req.kind == Kind::Gift {
+                req.gift
+            } else {
+                None
+            },
+            style: None,
+        };
+        let key = format!("ev:{{{room}}}:{idempotency_key}");
+        self.publish_once(
+            &key,
+            &fingerprint(raw_body),
+            self.config.idempotency_ttl_s,
+            message,
+        )
+        .await
+    }
+
+    fn account(&self, kind: Kind, result: &Result<Accepted, ApiError>) {
+        match result {
+            Ok(a) if !a.replayed => self
+                .metrics
+                .ingested
+                .with_label_values(&[kind.as_str()])
+                .inc(),
+            Ok(_) => self.metrics.reject("duplicate"),
+            Err(e) => self.metrics.reject(e.code),
+        }
+    }
+
+    fn check_text(&self, text: &str) -> Result<(), ApiError> {
+        if text.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "empty_text",
+                "text must not be empty",
+            ));
+        }
+        if text.chars().count() > self.config.max_text_chars {
+            return Err(ApiError::bad_request(
+                "text_too_long",
+                format!(
+                    "text is longer than {} characters",
+                    self.config.max_text_chars
+                ),
+            ));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "control_characters",
+                "text must not contain control characters",
+            ));
+        }
+        if !self.blocked_lower.is_empty() {
+            let lower = text.to_lowercase();
+            if self
+                .blocked_lower
+                .iter()
+                .any(|w| lower.contains(w.as_str()))
+            {
+                return Err(ApiError::bad_request(
+                    "blocked_content",
+                    "text contains a blocked word",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Under overload low is refused first, then high; whitelist never.
+    fn check_shedding(&self, priority: Priority) -> Result<(), ApiError> {
+        let pending = self.bus.pending();
+        let limit = match priority {
+            Priority::Whitelist => return Ok(()),
+            Priority::High => self.config.shed_high_pending,
+            Priority::Low => self.config.shed_low_pending,
+        };
+        if pending >= limit {
+            return Err(ApiError::too_many(
+                "overloaded",
+                format!(
+                    "the room pipeline is behind; {} messages are shed",
+                    priority.as_str()
+                ),
+                1,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Claims `key`, publishes, and records the answer so that a retry with
+    /// the same key gets the first answer and nothing is published twice.
+    async fn publish_once(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        ttl_s: u64,
+        message: Message,
+    ) -> Result<Accepted, ApiError> {
+        let ttl = Duration::from_secs(ttl_s.max(1));
+        let pending = format!("{fingerprint}|{PENDING}");
+        match self.store.claim(key, &pending, ttl).await {
+            Ok(Claim::Won) => {}
+            Ok(Claim::Held(value)) => return replay(&value, fingerprint),
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["claim"])
+                    .inc();
+                tracing::warn!(error = %e, "dedup claim failed");
+                return Err(ApiError::unavailable(
+                    "store_unavailable",
+                    "try again shortly",
+                ));
+            }
+        }
+        let body = serde_json::json!({"id": message.id}).to_string();
+        if let Err(e) = self
+            .bus
+            .publish(vec![BusRecord::keyed_by_room_kind(message)])
+            .await
+        {
+            // Free the key: nothing was accepted, so a retry must be able to go through.
+            let _ = self.store.release(key).await;
+            return Err(match e {
+                BusError::Full(_) => {
+                    ApiError::unavailable("bus_full", "the pipeline is full; retry")
+                }
+                other => {
+                    tracing::warn!(error = %other, "bus publish failed");
+                    ApiError::unavailable("bus_unavailable", "the pipeline is unavailable; retry")
+                }
+            });
+        }
+        let done = format!("{fingerprint}|{body}");
+        if let Err(e) = self.store.set_claim(key, &done, ttl).await {
+            // The message is on the bus; a retry will see "pending" (409) until the TTL.
+            tracing::warn!(error = %e, "recording the idempotent answer failed");
+        }
+        Ok(Accepted {
+            body,
+            replayed: false,
+        })
+    }
+}
+
+fn replay(value: &str, fingerprint: &str) -> Result<Accepted, ApiError> {
+    let (held_fp, state) = value.split_once('|').unwrap_or(("", value));
+    if held_fp != fingerprint {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this key was used for a different request",
+        ));
+    }
+    if state == PENDING {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "in_progress",
+            "a request with this key is still in progress; retry shortly",
+        ));
+    }
+    Ok(Accepted {
+        body: state.to_string(),
+        replayed: true,
+    })
+}
+
+fn fingerprint(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..12])
+}
+
+/// Ids and keys: 1–64 visible ASCII characters without separators we use.
+fn check_id(field: &'static str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'|' && b != b'{' && b != b'}');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "bad_id",
+            format!("{field} must be 1-64 visible ASCII characters"),
+        ))
+    }
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > 32 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "bad_name",
+            "user.name must be 1-32 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_style(style: &Style) -> Result<(), ApiError> {
+    if let Some(color) = &style.color {
+        let hex = color.strip_prefix('#').unwrap_or("");
+        if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "bad_style",
+                "style.color must look like #rrggbb",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::memory::MemoryBus;
+    use crate::config::Config;
+    use crate::store::memory::MemoryStore;
+
+    fn ingest(mutate: impl FnOnce(&mut IngestConfig)) -> (Ingest, Arc<MemoryBus>) {
+        let mut c = Config::embedded();
+        mutate(&mut c.ingest);
+        let bus = Arc::new(MemoryBus::new(2, 1000));
+        let store = Arc::new(MemoryStore::new(c.store.clone()));
+        (
+            Ingest::new(c.ingest, bus.clone(), store, Arc::new(Metrics::new())),
+            bus,
+        )
+    }
+
+    fn viewer(sub: &str) -> ViewerClaims {
+        ViewerClaims {
+            sub: sub.into(),
+            name: "N".into(),
+            exp: 0,
+            nbf: None,
+        }
+    }
+
+    fn req(id: &str, text: &str) -> DanmakuRequest {
+        DanmakuRequest {
+            client_msg_id: id.into(),
+            text: text.into(),
+            style: None,
+        }
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn validation_codes() {
+        let (ing, bus) = ingest(|c| {
+            c.blocked_words = vec!["Spam".into()];
+            c.user_burst = 100.0;
+        });
+        let v = viewer("u1");
+        let cases = [
+            (req("a", ""), "empty_text"),
+            (req("a", "   "), "empty_text"),
+            (req("a", &"x".repeat(201)), "text_too_long"),
+            (req("a", "line\nbreak"), "control_characters"),
+            (req("a", "buy SPAM now"), "blocked_content"),
+            (req("", "hi"), "bad_id"),
+        ];
+        for (r, code) in cases {
+            let e = ing.danmaku("r", &v, IP, r).await.unwrap_err();
+            assert_eq!(e.code, code);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        }
+        assert_eq!(bus.pending(), 0, "nothing published");
+        // 200 multi-byte characters are fine.
+        ing.danmaku("r", &v, IP, req("b", &"弹".repeat(200)))
+            .await
+            .unwrap();
+        assert_eq!(bus.pending(), 1);
+    }
+
+    #[tokio::test]
+    async fn retried_client_msg_id_is_published_once() {
+        let (ing, bus) = ingest(|_| {});
+        let v = viewer("u1");
+        let a = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+        let b = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+        assert_eq!(a.body, b.body);
+        assert!(b.replayed);
+        assert_eq!(bus.pending(), 1);
+        // Another user may reuse the same client id.
+        ing.danmaku("r", &viewer("u2"), IP, req("m1", "hi"))
+            .await
+            .unwrap();
+        assert_eq!(bus.pending(), 2);
+    }
+
+    #[tokio::test]
+    async fn user_rate_limit_gives_retry_after() {
+        let (ing, _) = ingest(|c| {
+            c.user_burst = 2.0;
+            c.user_rate_per_s = 0.5;
+        });
+        let v = viewer("u1");
+        ing.danmaku("r", &v, IP, req("1", "a")).await.unwrap();
+        ing.danmaku("r", &v, IP, req("2", "a")).await.unwrap();
+        let e = ing.danmaku("r", &v, IP, req("3", "a")).await.unwrap_err();
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.code, "rate_limited");
+        assert_eq!(e.retry_after_s, Some(2));
+    }
+
+    #[tokio::test]
+    async fn low_is_shed_before_high_and_whitelist_never() {
+        let (ing, bus) = ingest(|c| {
+            c.shed_low_pending = 1;
+            c.shed_high_pending = 2;
+            c.user_burst = 100.0;
+            c.whitelist_users = vec!["vip".into()];
+        });
+        ing.danmaku("r", &viewer("u"), IP, req("1", "a"))
+            .await
+            .unwrap();
+        let e = ing
+            .danmaku("r", &viewer("u"), IP, req("2", "a"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "overloaded");
+        let gift = || EventRequest {
+            kind: Kind::Gift,
+            user: UserRef {
+                id: "g".into(),
+                name: "G".into(),
+            },
+            text: None,
+            gift: Some(Gift {
+                gift_id: "rose".into(),
+                count: 1,
+                value: 1,
+            }),
+            priority: None,
+        };
+        ing.event("r", "k1", b"1", gift()).await.unwrap();
+        assert_eq!(
+            ing.event("r", "k2", b"2", gift()).await.unwrap_err().code,
+            "overloaded"
+        );
+        ing.danmaku("r", &viewer("vip"), IP, req("3", "a"))
+            .await
+            .unwrap();
+        assert_eq!(bus.pending(), 3);
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_reuse_with_other_body_is_refused() {
+        let (ing, bus) = ingest(|_| {});
+        let ev = EventRequest {
+            kind: Kind::System,
+            user: UserRef {
+                id: "sys".into(),
+                name: "System".into(),
+            },
+            text: Some("hello".into()),
+            gift: None,
+            priority: None,
+        };
+        let a = ing.event("r", "k", b"body-1", ev.clone()).await.unwrap();
+        let b = ing.event("r", "k", b"body-1", ev.clone()).await.unwrap();
+        assert_eq!(a.body, b.body);
+        let e = ing.event("r", "k", b"body-2", ev).await.unwrap_err();
+        assert_eq!(e.code, "idempotency_key_reused");
+        assert_eq!(bus.pending(), 1);
+    }
+}

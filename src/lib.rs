@@ -1,0 +1,18 @@
+//! danmaku — a broadcaster of live-room danmaku, chat and gift events.
+//!
+//! Roles (`front`, `processor`, later `archiver`) talk through ports
+//! (`bus`, `store`) with embedded engines by default; see DESIGN.md.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod front;
+pub mod ingest;
+pub mod message;
+pub mod metrics;
+pub mod processor;
+pub mod store;

@@ -1,0 +1,98 @@
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use danmaku::app::Server;
+use danmaku::config::Config;
+
+#[derive(Parser)]
+#[command(name = "danmaku", version, about = "Live-room danmaku broadcaster")]
+struct Cli {
+    /// Config file layered over the embedded defaults.
+    #[arg(long, global = true, env = "DANMAKU_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (overrides server.listen and DANMAKU_LISTEN).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Command {
+    /// All roles in one process (the default).
+    Serve,
+    /// Viewer-facing front role only (needs a shared bus and store).
+    Front,
+    /// Bus → store processor role only (needs a shared bus and store).
+    Processor,
+    /// Live → archive copier role only (needs a shared store and archive).
+    Archiver,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DANMAKU_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let mut env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(listen) = &cli.listen {
+        env.push(("DANMAKU_LISTEN".into(), listen.clone()));
+    }
+    let config = match Config::load(cli.config.as_deref(), env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("danmaku: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Some(role) = match command {
+        Command::Serve => None,
+        Command::Front => Some("front"),
+        Command::Processor => Some("processor"),
+        Command::Archiver => Some("archiver"),
+    } {
+        eprintln!(
+            "danmaku: the {role} role runs alone only against shared engines \
+             (bus.engine = \"kafka\", store.engine = \"redis\"); this configuration uses \
+             the embedded engines, which live inside one process: run `danmaku serve`"
+        );
+        return ExitCode::from(2);
+    }
+    if config.auth.uses_dev_jwt_secret() || config.auth.uses_dev_gift_secret() {
+        tracing::warn!(
+            "USING DEVELOPMENT SECRETS: viewer tokens and gift signatures are forgeable. \
+             Set DANMAKU_JWT_SECRET and DANMAKU_GIFT_SECRETS for anything but local use."
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("danmaku: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    shutdown_signal().await;
+    server.shutdown().await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

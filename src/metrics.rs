@@ -1,0 +1,186 @@
+//! Prometheus metrics of every role, rendered at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Open viewer connections by transport (ws, sse, poll = requests held).
+    pub connections: IntGaugeVec,
+    /// Messages accepted by ingest (acknowledged to the client), by kind.
+    pub ingested: IntCounterVec,
+    /// Ingest refusals by reason (the error code).
+    pub rejections: IntCounterVec,
+    /// Messages written to the live store by processors.
+    pub stored: IntCounter,
+    /// Redeliveries the store recognised and did not write again.
+    pub store_duplicates: IntCounter,
+    pub store_errors: IntCounterVec,
+    pub store_append_seconds: Histogram,
+    /// Message copies handed to viewer connections (messages × viewers).
+    pub delivered: IntCounterVec,
+    /// Frames encoded by hubs (one per room per tick with news).
+    pub frames_encoded: IntCounter,
+    /// Frame copies handed to viewer connections.
+    pub frames_sent: IntCounter,
+    pub hubs: IntGauge,
+    pub hub_tick_seconds: Histogram,
+    pub slow_consumer_disconnects: IntCounter,
+    pub bus_pending: IntGauge,
+    /// Processing delay: store write time minus the front's timestamp.
+    pub process_delay_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        let buckets_fast = vec![
+            0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ];
+        let buckets_delay = vec![
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            connections: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("danmaku_connections", "Open viewer connections"),
+                    &["transport"],
+                )
+                .unwrap(),
+            ),
+            ingested: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_messages_ingested_total", "Messages acknowledged"),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            rejections: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_ingest_rejections_total", "Ingest refusals"),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            stored: reg(
+                &registry,
+                IntCounter::new("danmaku_messages_stored_total", "Messages stored").unwrap(),
+            ),
+            store_duplicates: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_store_duplicates_total",
+                    "Redelivered messages not stored again",
+                )
+                .unwrap(),
+            ),
+            store_errors: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_store_errors_total", "Live store errors"),
+                    &["op"],
+                )
+                .unwrap(),
+            ),
+            store_append_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("danmaku_store_append_seconds", "Store append latency")
+                        .buckets(buckets_fast.clone()),
+                )
+                .unwrap(),
+            ),
+            delivered: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_messages_delivered_total",
+                        "Message copies handed to viewers",
+                    ),
+                    &["transport"],
+                )
+                .unwrap(),
+            ),
+            frames_encoded: reg(
+                &registry,
+                IntCounter::new("danmaku_frames_encoded_total", "Frames encoded by hubs").unwrap(),
+            ),
+            frames_sent: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_frames_sent_total",
+                    "Frame copies handed to viewers",
+                )
+                .unwrap(),
+            ),
+            hubs: reg(
+                &registry,
+                IntGauge::new("danmaku_hubs", "Rooms with a running hub on this node").unwrap(),
+            ),
+            hub_tick_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("danmaku_hub_tick_seconds", "Hub tick duration")
+                        .buckets(buckets_fast),
+                )
+                .unwrap(),
+            ),
+            slow_consumer_disconnects: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_slow_consumer_disconnects_total",
+                    "Viewers cut for falling too far behind",
+                )
+                .unwrap(),
+            ),
+            bus_pending: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_bus_pending",
+                    "Messages on the bus not yet processed",
+                )
+                .unwrap(),
+            ),
+            process_delay_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "danmaku_process_delay_seconds",
+                        "Delay from front timestamp to store write",
+                    )
+                    .buckets(buckets_delay),
+                )
+                .unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.rejections.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

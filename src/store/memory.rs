@@ -1,0 +1,368 @@
+//! Embedded live store: per-room streams in memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::{AppendOutcome, Claim, LiveStore, StoreError, StreamHead, StreamRead};
+use crate::config::StoreConfig;
+use crate::message::{now_ms, Message, Priority, StoredMessage};
+
+pub struct MemoryStore {
+    rooms: DashMap<String, Arc<Mutex<RoomStream>>>,
+    claims: moka::sync::Cache<String, (String, Instant)>,
+    config: StoreConfig,
+}
+
+struct RoomStream {
+    epoch: String,
+    seq: u64,
+    buckets: [VecDeque<StoredMessage>; 3],
+    /// Highest seq trimmed from each bucket: a reader behind it has a gap.
+    trimmed_through: [u64; 3],
+    /// Recently stored ids → seq, bounded by `dedup_window` (FIFO).
+    ids: HashMap<String, u64>,
+    id_order: VecDeque<String>,
+    last_write_ms: u64,
+}
+
+impl RoomStream {
+    fn new() -> Self {
+        RoomStream {
+            epoch: new_epoch(),
+            seq: 0,
+            buckets: Default::default(),
+            trimmed_through: [0; 3],
+            ids: HashMap::new(),
+            id_order: VecDeque::new(),
+            last_write_ms: now_ms(),
+        }
+    }
+
+    fn trim(&mut self, max_per_bucket: usize, min_ts: u64) {
+        for (i, bucket) in self.buckets.iter_mut().enumerate() {
+            while let Some(front) = bucket.front() {
+                if bucket.len() > max_per_bucket || front.ts < min_ts {
+                    self.trimmed_through[i] = front.seq;
+                    bucket.pop_front();
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl MemoryStore {
+    pub fn new(config: StoreConfig) -> Self {
+        MemoryStore {
+            rooms: DashMap::new(),
+            claims: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .expire_after(ClaimExpiry)
+                .build(),
+            config,
+        }
+    }
+
+    fn room(&self, room: &str) -> Arc<Mutex<RoomStream>> {
+        if let Some(r) = self.rooms.get(room) {
+            return r.clone();
+        }
+        self.rooms
+            .entry(room.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(RoomStream::new())))
+            .clone()
+    }
+
+    fn min_ts(&self, now: u64) -> u64 {
+        now.saturating_sub(self.config.max_age_s * 1000)
+    }
+
+    /// Trims by age and forgets rooms idle past `room_ttl_s`. Run periodically.
+    pub fn sweep(&self) {
+        let now = now_ms();
+        let min_ts = self.min_ts(now);
+        let ttl_ms = self.config.room_ttl_s * 1000;
+        self.rooms.retain(|_, stream| {
+            let mut s = stream.lock();
+            s.trim(self.config.max_per_bucket, min_ts);
+            now.saturating_sub(s.last_write_ms) < ttl_ms
+        });
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// Drops a room's stream as a store failover would (tests of epochs).
+    pub fn forget_room(&self, room: &str) {
+        self.rooms.remove(room);
+    }
+}
+
+struct ClaimExpiry;
+
+impl moka::Expiry<String, (String, Instant)> for ClaimExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &(String, Instant),
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.1.saturating_duration_since(created_at))
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &(String, Instant),
+        updated_at: Instant,
+        _current: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.1.saturating_duration_since(updated_at))
+    }
+}
+
+#[async_trait]
+impl LiveStore for MemoryStore {
+    async fn append(
+        &self,
+        room: &str,
+        batch: Vec<Message>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        let stream = self.room(room);
+        let now = now_ms();
+        let min_ts = self.min_ts(now);
+        let mut s = stream.lock();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for message in batch {
+            if let Some(&seq) = s.ids.get(&message.id) {
+                outcomes.push(AppendOutcome::Duplicate { seq });
+                continue;
+            }
+            s.seq += 1;
+            let seq = s.seq;
+            let id = message.id.clone();
+            let bucket = message.priority.index();
+            s.buckets[bucket].push_back(message.into_stored(seq));
+            s.ids.insert(id.clone(), seq);
+            s.id_order.push_back(id);
+            while s.id_order.len() > self.config.dedup_window {
+                if let Some(old) = s.id_order.pop_front() {
+                    s.ids.remove(&old);
+                }
+            }
+            outcomes.push(AppendOutcome::Stored { seq });
+        }
+        s.last_write_ms = now;
+        s.trim(self.config.max_per_bucket, min_ts);
+        Ok(outcomes)
+    }
+
+    async fn head(&self, room: &str) -> Result<StreamHead, StoreError> {
+        let stream = self.room(room);
+        let s = stream.lock();
+        Ok(StreamHead {
+            epoch: s.epoch.clone(),
+            seq: s.seq,
+        })
+    }
+
+    async fn read_range(
+        &self,
+        room: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<StreamRead, StoreError> {
+        let stream = self.room(room);
+        let s = stream.lock();
+        let until = until.min(s.seq);
+        let mut parts: Vec<&[StoredMessage]> = Vec::with_capacity(6);
+        for bucket in &s.buckets {
+            let start = bucket.partition_point(|m| m.seq <= after);
+            let end = bucket.partition_point(|m| m.seq <= until);
+            if start < end {
+                let (a, b) = bucket.as_slices();
+                // VecDeque halves: take the in-range part of each.
+                for (half, offset) in [(a, 0), (b, a.len())] {
+                    let lo = start.saturating_sub(offset).min(half.len());
+                    let hi = end.saturating_sub(offset).min(half.len());
+                    if lo < hi {
+                        parts.push(&half[lo..hi]);
+                    }
+                }
+            }
+        }
+        let messages = merge_by_seq(&parts, limit);
+        let cut = messages.len() == limit && limit > 0 && {
+            let last = messages.last().map(|m| m.seq).unwrap_or(after);
+            parts.iter().map(|p| p.len()).sum::<usize>() > messages.len() && last < until
+        };
+        let cursor = if cut {
+            messages.last().map(|m| m.seq).unwrap_or(after)
+        } else {
+            until.max(after.min(s.seq))
+        };
+        let gap = Priority::ALL
+            .iter()
+            .any(|p| s.trimmed_through[p.index()] > after);
+        Ok(StreamRead {
+            epoch: s.epoch.clone(),
+            head: s.seq,
+            messages,
+            cursor,
+            gap,
+        })
+    }
+
+    async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        let entry = self
+            .claims
+            .entry(key.to_string())
+            .or_insert_with(|| (value.to_string(), Instant::now() + ttl));
+        if entry.is_fresh() {
+            Ok(Claim::Won)
+        } else {
+            Ok(Claim::Held(entry.into_value().0))
+        }
+    }
+
+    async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.claims
+            .insert(key.to_string(), (value.to_string(), Instant::now() + ttl));
+        Ok(())
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.claims.invalidate(key);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// k-way merge of seq-sorted slices, first `limit` items.
+fn merge_by_seq(parts: &[&[StoredMessage]], limit: usize) -> Vec<StoredMessage> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut out = Vec::with_capacity(total.min(limit));
+    let mut idx = vec![0usize; parts.len()];
+    while out.len() < limit {
+        let mut best: Option<usize> = None;
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(m) = part.get(idx[i]) {
+                if best.is_none_or(|b| m.seq < parts[b][idx[b]].seq) {
+                    best = Some(i);
+                }
+            }
+        }
+        let Some(b) = best else { break };
+        out.push(parts[b][idx[b]].clone());
+        idx[b] += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Kind, UserRef};
+
+    fn cfg(max_per_bucket: usize) -> StoreConfig {
+        StoreConfig {
+            engine: "memory".into(),
+            max_per_bucket,
+            max_age_s: 600,
+            dedup_window: 1000,
+            room_ttl_s: 3600,
+        }
+    }
+
+    fn msg(id: &str, priority: Priority) -> Message {
+        Message {
+            id: id.into(),
+            seq: 0,
+            room: "r".into(),
+            kind: Kind::Danmaku,
+            priority,
+            user: UserRef {
+                id: "u".into(),
+                name: "u".into(),
+            },
+            text: id.into(),
+            ts: now_ms(),
+            offset_ms: None,
+            gift: None,
+            style: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sequences_merge_across_buckets_and_dedup() {
+        let s = MemoryStore::new(cfg(100));
+        let out = s
+            .append(
+                "r",
+                vec![
+                    msg("a", Priority::Low),
+                    msg("b", Priority::High),
+                    msg("c", Priority::Whitelist),
+                    msg("a", Priority::Low),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(out[3], AppendOutcome::Duplicate { seq: 1 });
+        let r = s.read_range("r", 0, u64::MAX, 100).await.unwrap();
+        let seqs: Vec<u64> = r.messages.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(r.cursor, 3);
+        assert!(!r.gap);
+        let r = s.read_range("r", 1, 2, 100).await.unwrap();
+        assert_eq!(r.messages.len(), 1);
+        assert_eq!(r.cursor, 2);
+    }
+
+    #[tokio::test]
+    async fn limit_cuts_cursor_and_trim_reports_gap() {
+        let s = MemoryStore::new(cfg(3));
+        let batch = (0..5)
+            .map(|i| msg(&format!("m{i}"), Priority::Low))
+            .collect();
+        s.append("r", batch).await.unwrap();
+        let r = s.read_range("r", 0, u64::MAX, 2).await.unwrap();
+        assert!(r.gap, "m0, m1 were trimmed");
+        assert_eq!(
+            r.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        assert_eq!(r.cursor, 4);
+        let r = s.read_range("r", 4, u64::MAX, 2).await.unwrap();
+        assert_eq!(r.cursor, 5);
+        assert!(!r.gap);
+    }
+
+    #[tokio::test]
+    async fn claims_hold_until_released() {
+        let s = MemoryStore::new(cfg(3));
+        let ttl = Duration::from_secs(60);
+        assert_eq!(s.claim("k", "v1", ttl).await.unwrap(), Claim::Won);
+        assert_eq!(
+            s.claim("k", "v2", ttl).await.unwrap(),
+            Claim::Held("v1".into())
+        );
+        s.release("k").await.unwrap();
+        assert_eq!(s.claim("k", "v3", ttl).await.unwrap(), Claim::Won);
+    }
+}

@@ -1,0 +1,95 @@
+//! Live store port (DESIGN §3.3): per-room, per-bucket sequenced buffers.
+//!
+//! The trait is async, batched and fallible so a Redis engine (sorted sets,
+//! one Lua script per append) fits behind it unchanged.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::message::{Message, StoredMessage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The current end of a room's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamHead {
+    /// Random id of this incarnation of the stream; changes if the store lost it.
+    pub epoch: String,
+    /// Highest sequence assigned so far (0 = none yet).
+    pub seq: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored {
+        seq: u64,
+    },
+    /// The message id was already stored (a redelivery); nothing was written.
+    Duplicate {
+        seq: u64,
+    },
+}
+
+/// Messages of one room after a cursor, merged over buckets in seq order.
+#[derive(Clone, Debug)]
+pub struct StreamRead {
+    pub epoch: String,
+    pub head: u64,
+    pub messages: Vec<StoredMessage>,
+    /// Where a reader stands after taking `messages`: the last seq returned if
+    /// the read was cut by its limit, otherwise `min(head, until)`.
+    pub cursor: u64,
+    /// Messages after the requested cursor were already trimmed away.
+    pub gap: bool,
+}
+
+/// Result of claiming an idempotency / dedup key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free and now holds the given value.
+    Won,
+    /// The key is already held; its current value.
+    Held(String),
+}
+
+#[async_trait]
+pub trait LiveStore: Send + Sync + 'static {
+    /// Appends a batch of messages of one room. Each gets the next sequence,
+    /// atomically; a message id already stored is not stored again.
+    async fn append(
+        &self,
+        room: &str,
+        batch: Vec<Message>,
+    ) -> Result<Vec<AppendOutcome>, StoreError>;
+
+    /// The stream head; creates the stream (and its epoch) if it does not exist.
+    async fn head(&self, room: &str) -> Result<StreamHead, StoreError>;
+
+    /// Messages with `after < seq <= until`, at most `limit`, in seq order.
+    async fn read_range(
+        &self,
+        room: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<StreamRead, StoreError>;
+
+    /// `SET key value NX EX ttl`: claims `key` unless held.
+    async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError>;
+
+    /// Overwrites a claimed key's value (keeps it claimed for `ttl`).
+    async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Frees a claim (the claimed work failed and may be retried).
+    async fn release(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Cheap liveness check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
