@@ -2,6 +2,7 @@
 //! and shuts them down in order.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,8 @@ use crate::fanout::HubRegistry;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::processor::Processor;
-use crate::store::{memory::MemoryStore, LiveStore};
+use crate::rooms::RoomDirectory;
+use crate::store::{memory::MemoryStore, redis::RedisStore, LiveStore};
 
 /// Everything request handlers need; cheap to clone.
 #[derive(Clone)]
@@ -29,6 +31,7 @@ pub struct AppInner {
     pub store: Arc<dyn LiveStore>,
     pub bus: Arc<dyn Bus>,
     pub hubs: Arc<HubRegistry>,
+    pub rooms: Arc<RoomDirectory>,
     pub metrics: Arc<Metrics>,
     /// Cancelled first: stop taking new work (posts get 503).
     pub stopping: CancellationToken,
@@ -49,6 +52,7 @@ pub struct Server {
     state: AppState,
     http: JoinHandle<std::io::Result<()>>,
     processor: JoinHandle<()>,
+    processor_paused: Arc<AtomicBool>,
     memory_store: Option<Arc<MemoryStore>>,
     housekeeping: JoinHandle<()>,
 }
@@ -57,17 +61,27 @@ impl Server {
     /// Binds `server.listen` and starts every role of `serve`.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
-        let memory_store = Arc::new(MemoryStore::new(config.store.clone()));
-        let store: Arc<dyn LiveStore> = memory_store.clone();
+        let (store, memory_store): (Arc<dyn LiveStore>, Option<Arc<MemoryStore>>) =
+            if config.store.engine == "redis" {
+                let redis = RedisStore::connect(&config.store.redis_url, config.store.clone())
+                    .await
+                    .context("connecting to the redis live store")?;
+                (Arc::new(redis), None)
+            } else {
+                let memory = Arc::new(MemoryStore::new(config.store.clone()));
+                (memory.clone(), Some(memory))
+            };
         let bus: Arc<dyn Bus> =
             Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity));
         let stopping = CancellationToken::new();
         let closing = CancellationToken::new();
+        let rooms = Arc::new(RoomDirectory::new(config.ration.clone()));
         let hubs = HubRegistry::new(
             store.clone(),
             metrics.clone(),
+            rooms.clone(),
             config.fanout.clone(),
-            closing.clone(),
+            config.ration.lite_after_frames,
         );
         let state = AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
@@ -76,7 +90,9 @@ impl Server {
                 bus.clone(),
                 store.clone(),
                 metrics.clone(),
+                rooms.clone(),
             ),
+            rooms,
             store: store.clone(),
             bus: bus.clone(),
             hubs,
@@ -86,11 +102,13 @@ impl Server {
             config,
         }));
 
+        let processor_paused = Arc::new(AtomicBool::new(false));
         let processor = Processor {
             bus,
             store,
             metrics,
             batch_max: state.config.processor.batch_max,
+            paused: processor_paused.clone(),
         };
         let processor = tokio::spawn(processor.run(stopping.clone()));
 
@@ -108,16 +126,23 @@ impl Server {
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await
         });
-        let housekeeping = tokio::spawn(housekeeping(state.clone(), Some(memory_store.clone())));
-        tracing::info!(%addr, "danmaku serving (embedded engines)");
+        let housekeeping = tokio::spawn(housekeeping(state.clone(), memory_store.clone()));
+        tracing::info!(%addr, store = %state.config.store.engine, "danmaku serving");
         Ok(Server {
             addr,
             state,
             http,
             processor,
-            memory_store: Some(memory_store),
+            processor_paused,
+            memory_store,
             housekeeping,
         })
+    }
+
+    /// Stops (or resumes) consuming the bus: maintenance, and tests of
+    /// back-pressure and shedding.
+    pub fn pause_processor(&self, paused: bool) {
+        self.processor_paused.store(paused, Ordering::Release);
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,7 +167,7 @@ impl Server {
         if tokio::time::timeout(grace, self.processor).await.is_err() {
             tracing::warn!("processor did not drain within the grace period");
         }
-        self.state.hubs.flush_all().await;
+        self.state.hubs.flush_and_stop().await;
         tracing::info!("closing viewer sessions");
         self.state.closing.cancel();
         self.housekeeping.abort();

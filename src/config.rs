@@ -25,6 +25,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub processor: ProcessorConfig,
     pub fanout: FanoutConfig,
+    pub ration: RationConfig,
     pub poll: PollConfig,
 }
 
@@ -103,6 +104,9 @@ pub struct BusConfig {
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     pub engine: String,
+    /// Redis URL for `engine = "redis"` (`DANMAKU_REDIS_URL`).
+    #[serde(default)]
+    pub redis_url: String,
     pub max_per_bucket: usize,
     pub max_age_s: u64,
     pub dedup_window: usize,
@@ -129,6 +133,27 @@ pub struct FanoutConfig {
 
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
+pub struct RationConfig {
+    /// `[online_at_least, budget_per_s]` pairs: bigger rooms, smaller budgets.
+    pub budget_tiers: Vec<(u64, u32)>,
+    pub high_share: f64,
+    pub high_max_lag_ms: u64,
+    /// A connection this many frames behind gets frames without low.
+    pub lite_after_frames: usize,
+}
+
+impl RationConfig {
+    pub fn budget_for(&self, online: usize) -> u32 {
+        self.budget_tiers
+            .iter()
+            .filter(|(at_least, _)| online as u64 >= *at_least)
+            .max_by_key(|(at_least, _)| *at_least)
+            .map_or(u32::MAX, |(_, b)| *b)
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
 pub struct PollConfig {
     pub max_wait_ms: u64,
     pub default_wait_ms: u64,
@@ -141,6 +166,7 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
     ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
     ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
+    ("DANMAKU_REDIS_URL", "store.redis_url"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
 ];
 
@@ -211,6 +237,9 @@ impl Config {
         if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
             bail!("fanout.tick_ms must be within 1..=10000");
         }
+        if !(0.0..=1.0).contains(&self.ration.high_share) {
+            bail!("ration.high_share must be within 0..=1");
+        }
         if self.bus.partitions == 0 {
             bail!("bus.partitions must be at least 1");
         }
@@ -223,7 +252,12 @@ impl Config {
         }
         match self.store.engine.as_str() {
             "memory" => {}
-            other => bail!("store.engine {other:?} is not available in this build (memory)"),
+            "redis" => {
+                if self.store.redis_url.trim().is_empty() {
+                    bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
+                }
+            }
+            other => bail!("store.engine {other:?} is not available in this build (memory, redis)"),
         }
         Ok(())
     }
@@ -360,6 +394,22 @@ mod tests {
             ]),
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn redis_store_needs_a_url() {
+        let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "redis")])).unwrap_err();
+        assert!(format!("{e:#}").contains("redis_url"));
+        let c = Config::load(
+            None,
+            env(&[
+                ("DANMAKU_STORE__ENGINE", "redis"),
+                ("DANMAKU_REDIS_URL", "redis://127.0.0.1:6379"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.store.engine, "redis");
+        assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
     }
 
     #[test]

@@ -15,4 +15,5 @@ pub mod ingest;
 pub mod message;
 pub mod metrics;
 pub mod processor;
+pub mod rooms;
 pub mod store;

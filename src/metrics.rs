@@ -28,6 +28,13 @@ pub struct Metrics {
     pub hubs: IntGauge,
     pub hub_tick_seconds: Histogram,
     pub slow_consumer_disconnects: IntCounter,
+    /// Rationing per tick: delivered by bucket, dropped by bucket and reason.
+    pub ration_delivered: IntCounterVec,
+    pub ration_dropped: IntCounterVec,
+    /// Low messages not sent to connections that were behind.
+    pub queue_low_dropped: IntCounter,
+    /// Current per-viewer budget of each room with a hub on this node.
+    pub room_budget: IntGaugeVec,
     pub bus_pending: IntGauge,
     /// Processing delay: store write time minus the front's timestamp.
     pub process_delay_seconds: Histogram,
@@ -143,6 +150,44 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            ration_delivered: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_ration_selected_total",
+                        "Messages selected for a room's frame, by bucket",
+                    ),
+                    &["bucket"],
+                )
+                .unwrap(),
+            ),
+            ration_dropped: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_ration_dropped_total",
+                        "Messages dropped by rationing, by bucket and reason",
+                    ),
+                    &["bucket", "reason"],
+                )
+                .unwrap(),
+            ),
+            queue_low_dropped: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_queue_low_dropped_total",
+                    "Low messages not sent to connections that fell behind",
+                )
+                .unwrap(),
+            ),
+            room_budget: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("danmaku_room_budget", "Per-viewer budget (messages/s) by room"),
+                    &["room"],
+                )
+                .unwrap(),
+            ),
             bus_pending: reg(
                 &registry,
                 IntGauge::new(
@@ -172,6 +217,25 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("text encoding");
         String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn account_selection(&self, s: &crate::fanout::ration::Selection) {
+        for p in crate::message::Priority::ALL {
+            let n = s.delivered[p.index()];
+            if n > 0 {
+                self.ration_delivered.with_label_values(&[p.as_str()]).inc_by(n);
+            }
+        }
+        if s.rationed_low > 0 {
+            self.ration_dropped
+                .with_label_values(&["low", "rationed"])
+                .inc_by(s.rationed_low);
+        }
+        if s.expired_high > 0 {
+            self.ration_dropped
+                .with_label_values(&["high", "lag_expired"])
+                .inc_by(s.expired_high);
+        }
     }
 
     pub fn reject(&self, reason: &str) {

@@ -3,6 +3,7 @@
 //! redelivery harmless).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,8 @@ pub struct Processor {
     pub store: Arc<dyn LiveStore>,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
+    /// While set, nothing is consumed (maintenance; tests of back-pressure).
+    pub paused: Arc<AtomicBool>,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -30,6 +33,10 @@ impl Processor {
             None => return,
         };
         loop {
+            if self.paused.load(Ordering::Acquire) && !shutdown.is_cancelled() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             let polled = consumer
                 .poll(self.batch_max, Duration::from_millis(100))
                 .await;
@@ -48,7 +55,7 @@ impl Processor {
                 }
                 continue;
             }
-            self.store_batch(&batch, &shutdown).await;
+            self.store_batch(&batch).await;
             if let Err(e) = consumer.commit(&batch).await {
                 // Uncommitted deliveries come again; the store dedups them.
                 tracing::warn!(error = %e, "bus commit failed");
@@ -74,7 +81,7 @@ impl Processor {
 
     /// Writes a polled batch room by room, keeping bus order within a room,
     /// retrying each room until the store takes it.
-    async fn store_batch(&self, batch: &[Delivery], shutdown: &CancellationToken) {
+    async fn store_batch(&self, batch: &[Delivery]) {
         let mut rooms: Vec<(&str, Vec<Message>)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         for d in batch {
@@ -85,16 +92,13 @@ impl Processor {
             rooms[i].1.push(d.message.clone());
         }
         for (room, messages) in rooms {
-            self.append_with_retry(room, messages, shutdown).await;
+            self.append_with_retry(room, messages).await;
         }
     }
 
-    async fn append_with_retry(
-        &self,
-        room: &str,
-        messages: Vec<Message>,
-        shutdown: &CancellationToken,
-    ) {
+    /// Retries until the store takes the batch, even while shutting down:
+    /// these messages were acknowledged to their senders.
+    async fn append_with_retry(&self, room: &str, messages: Vec<Message>) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let timer = self.metrics.store_append_seconds.start_timer();
@@ -124,8 +128,6 @@ impl Processor {
                     tracing::warn!(room, error = %e, "store append failed; retrying");
                 }
             }
-            // Keep retrying even while shutting down: these messages were acknowledged.
-            let _ = shutdown;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

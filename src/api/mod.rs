@@ -2,6 +2,7 @@
 //! the contract's JSON error, and the write / operator endpoints. Viewer
 //! transports live in `front`.
 
+mod admin;
 mod extract;
 
 use std::net::SocketAddr;
@@ -34,6 +35,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}/ws", get(crate::front::ws::handler))
         .route("/v1/rooms/{room}/poll", get(crate::front::poll::handler))
         .route("/v1/rooms/{room}/sse", get(crate::front::sse::handler))
+        .route(
+            "/v1/admin/rooms/{room}/settings",
+            get(admin::get_settings)
+                .put(admin::patch_settings)
+                .patch(admin::patch_settings),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

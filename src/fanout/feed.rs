@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::ration::ration_catch_up;
 use super::{Frame, Hub, HubRegistry, Subscription};
 use crate::error::ApiError;
 
@@ -28,7 +29,8 @@ pub struct Hello {
 }
 
 pub enum FeedEvent {
-    Frame(Arc<Frame>),
+    /// A frame to send; `lite` = send its variant without low (the viewer is behind).
+    Frame { frame: Arc<Frame>, lite: bool },
     /// The stream was replaced (store failover): start again from the new one.
     Hello(Hello),
     /// The viewer fell more frames behind than the ring holds.
@@ -46,6 +48,8 @@ pub struct ViewerFeed {
     target: u64,
     /// First catch-up frame, read while opening.
     pending: Option<Arc<Frame>>,
+    /// Seqs the hub still holds back at subscribe time: not ours to catch up.
+    undecided: Arc<[u64]>,
 }
 
 impl ViewerFeed {
@@ -75,6 +79,7 @@ impl ViewerFeed {
             epoch: sub.epoch.clone(),
             cursor,
             target: sub.cursor,
+            undecided: sub.undecided.clone(),
             hub,
             sub,
             pending: None,
@@ -117,12 +122,13 @@ impl ViewerFeed {
     /// The next thing to send. Cancel-safe: state changes only after awaits.
     pub async fn next(&mut self) -> FeedEvent {
         if let Some(frame) = self.pending.take() {
-            return FeedEvent::Frame(frame);
+            return FeedEvent::Frame { frame, lite: false };
         }
+        let lite_after = self.registry.lite_after_frames();
         loop {
             if self.cursor < self.target {
                 match self.catch_up().await {
-                    Ok((frame, _)) => return FeedEvent::Frame(frame),
+                    Ok((frame, _)) => return FeedEvent::Frame { frame, lite: false },
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
@@ -142,7 +148,16 @@ impl ViewerFeed {
                     }
                     if frame.from == self.cursor {
                         self.cursor = frame.to;
-                        return FeedEvent::Frame(frame);
+                        // Behind by several frames: shed this frame's low first.
+                        let lite = frame.lite.is_some() && self.sub.frames.len() >= lite_after;
+                        if lite {
+                            let shed = frame.full.count - frame.encoded(true).count;
+                            self.registry.metrics().queue_low_dropped.inc_by(shed as u64);
+                            if frame.encoded(true).count == 0 {
+                                continue; // nothing left to send; the cursor still moved
+                            }
+                        }
+                        return FeedEvent::Frame { frame, lite };
                     }
                     // Not contiguous with what this viewer has: fill from the store.
                     self.target = frame.to;
@@ -155,6 +170,7 @@ impl ViewerFeed {
                     // The hub stopped under us; join its successor.
                     if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
                         self.target = self.target.max(sub.cursor);
+                        self.undecided = sub.undecided.clone();
                         self.hub = hub;
                         self.sub = sub;
                     } else {
@@ -165,7 +181,8 @@ impl ViewerFeed {
         }
     }
 
-    /// Reads (cursor, target] from the store as one individually encoded frame.
+    /// Reads (cursor, target] from the store as one individually encoded
+    /// frame, rationed by the room's rules and without what the hub still holds.
     async fn catch_up(&mut self) -> Result<(Arc<Frame>, bool), ApiError> {
         let limit = self.registry.config().max_batch_messages;
         let read = self
@@ -174,20 +191,26 @@ impl ViewerFeed {
             .read_range(&self.room, self.cursor, self.target, limit)
             .await
             .map_err(store_down)?;
+        let rules = self.registry.rooms().rules(&self.room, self.hub.online());
+        let read_nothing = read.messages.is_empty();
+        let mut messages = ration_catch_up(&rules, read.messages);
+        if !self.undecided.is_empty() {
+            messages.retain(|m| !self.undecided.contains(&m.seq));
+        }
         let frame = Arc::new(Frame::encode(
             &self.room,
             self.epoch.clone(),
             self.cursor,
             read.cursor,
-            &read.messages,
+            &messages,
         ));
         self.registry
             .metrics()
             .delivered
             .with_label_values(&["catch_up"])
-            .inc_by(frame.count as u64);
+            .inc_by(frame.full.count as u64);
         self.cursor = read.cursor.max(self.cursor);
-        if read.cursor < self.target && read.messages.is_empty() {
+        if read.cursor < self.target && read_nothing {
             // Nothing readable up to target (trimmed): jump.
             self.cursor = self.target;
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
-use crate::message::StoredMessage;
+use crate::message::{Priority, StoredMessage};
 
 pub struct Frame {
     pub epoch: Arc<str>,
@@ -15,11 +15,34 @@ pub struct Frame {
     pub from: u64,
     /// Cursor after this frame.
     pub to: u64,
+    pub full: Encoded,
+    /// The same frame without low messages, for connections that fell behind;
+    /// `None` when the frame has no low to shed.
+    pub lite: Option<Encoded>,
+}
+
+/// One frame's bytes in each transport's framing.
+pub struct Encoded {
     pub count: usize,
     /// `{"type":"batch",...}` — the WebSocket text and the long-poll body.
     pub ws_text: Utf8Bytes,
     /// The same JSON as one SSE event with `id: <cursor>`.
     pub sse: Bytes,
+}
+
+impl Encoded {
+    fn new(room: &str, epoch: &str, to: u64, messages: &[StoredMessage]) -> Encoded {
+        let json = encode_batch(room, epoch, to, messages, false);
+        let mut sse = Vec::with_capacity(json.len() + 40);
+        write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
+        sse.extend_from_slice(&json);
+        sse.extend_from_slice(b"\n\n");
+        Encoded {
+            count: messages.len(),
+            ws_text: Utf8Bytes::try_from(Bytes::from(json)).expect("JSON is UTF-8"),
+            sse: Bytes::from(sse),
+        }
+    }
 }
 
 impl Frame {
@@ -30,19 +53,29 @@ impl Frame {
         to: u64,
         messages: &[StoredMessage],
     ) -> Frame {
-        let json = encode_batch(room, &epoch, to, messages, false);
-        let mut sse = Vec::with_capacity(json.len() + 40);
-        write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
-        sse.extend_from_slice(&json);
-        sse.extend_from_slice(b"\n\n");
-        let ws_text = Utf8Bytes::try_from(Bytes::from(json)).expect("JSON is UTF-8");
+        let has_low = messages.iter().any(|m| m.priority == Priority::Low);
+        let lite = has_low.then(|| {
+            let kept: Vec<StoredMessage> = messages
+                .iter()
+                .filter(|m| m.priority != Priority::Low)
+                .cloned()
+                .collect();
+            Encoded::new(room, &epoch, to, &kept)
+        });
         Frame {
+            full: Encoded::new(room, &epoch, to, messages),
+            lite,
             epoch,
             from,
             to,
-            count: messages.len(),
-            ws_text,
-            sse: Bytes::from(sse),
+        }
+    }
+
+    /// The bytes for a connection: `lite` sheds low if the frame has any.
+    pub fn encoded(&self, lite: bool) -> &Encoded {
+        match (&self.lite, lite) {
+            (Some(l), true) => l,
+            _ => &self.full,
         }
     }
 }
@@ -80,24 +113,27 @@ pub fn encode_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Priority;
 
     #[test]
     fn frame_is_valid_json_in_every_framing() {
         let m = |seq: u64| StoredMessage {
             seq,
-            priority: Priority::Low,
+            priority: if seq == 5 { Priority::High } else { Priority::Low },
             ts: 1,
             id: seq.to_string(),
             json: Bytes::from(format!(r#"{{"seq":{seq},"text":"x"}}"#)),
         };
         let f = Frame::encode("r1", Arc::from("e1"), 4, 6, &[m(5), m(6)]);
-        let v: serde_json::Value = serde_json::from_str(f.ws_text.as_str()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(f.full.ws_text.as_str()).unwrap();
         assert_eq!(v["type"], "batch");
         assert_eq!(v["cursor"], 6);
         assert_eq!(v["epoch"], "e1");
         assert_eq!(v["messages"][1]["seq"], 6);
-        let sse = std::str::from_utf8(&f.sse).unwrap();
+        let lite: serde_json::Value =
+            serde_json::from_str(f.encoded(true).ws_text.as_str()).unwrap();
+        assert_eq!(lite["messages"].as_array().unwrap().len(), 1, "low shed");
+        assert_eq!(lite["cursor"], 6);
+        let sse = std::str::from_utf8(&f.full.sse).unwrap();
         assert!(sse.starts_with("id: 6\nevent: batch\ndata: {"));
         assert!(sse.ends_with("}\n\n"));
         let empty = encode_batch("r1", "e1", 0, &[], true);

@@ -4,6 +4,7 @@
 
 pub mod feed;
 pub mod frame;
+pub mod ration;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,12 +15,16 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::FanoutConfig;
 use crate::error::ApiError;
+use crate::message::now_ms;
 use crate::metrics::Metrics;
+use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
 pub use frame::Frame;
+use ration::Rationer;
 
 pub struct Hub {
     pub room: String,
@@ -33,7 +38,12 @@ pub struct Hub {
 
 struct Position {
     epoch: Arc<str>,
-    cursor: u64,
+    /// Highest seq taken from the store.
+    read_cursor: u64,
+    /// `to` of the last broadcast frame: where a new subscriber joins.
+    sent_cursor: u64,
+    /// Seqs the rationer still holds (delayed high, low awaiting rollover).
+    undecided: Arc<[u64]>,
     stopped: bool,
 }
 
@@ -42,6 +52,8 @@ pub struct Subscription {
     pub frames: broadcast::Receiver<Arc<Frame>>,
     pub epoch: Arc<str>,
     pub cursor: u64,
+    /// Seqs at or below `cursor` that the hub will still deliver itself.
+    pub undecided: Arc<[u64]>,
     _guard: CountGuard,
 }
 
@@ -69,7 +81,9 @@ impl Hub {
             cursor_tx: watch::channel(cursor).0,
             position: Mutex::new(Position {
                 epoch: Arc::from(epoch),
-                cursor,
+                read_cursor: cursor,
+                sent_cursor: cursor,
+                undecided: Arc::from([]),
                 stopped: false,
             }),
             streams: AtomicUsize::new(0),
@@ -92,7 +106,8 @@ impl Hub {
         Some(Subscription {
             frames: self.tx.subscribe(),
             epoch: pos.epoch.clone(),
-            cursor: pos.cursor,
+            cursor: pos.sent_cursor,
+            undecided: pos.undecided.clone(),
             _guard: CountGuard(self.clone(), |h| &h.streams),
         })
     }
@@ -106,7 +121,7 @@ impl Hub {
         Some(PollWaiter {
             changed: self.cursor_tx.subscribe(),
             epoch: pos.epoch.clone(),
-            cursor: pos.cursor,
+            cursor: pos.read_cursor,
             _guard: CountGuard(self.clone(), |h| &h.pollers),
         })
     }
@@ -123,22 +138,23 @@ impl Hub {
         }
     }
 
-    /// Takes new messages from the store and broadcasts them, as several
-    /// frames if the backlog is larger than one frame may hold.
-    async fn tick(&self, store: &dyn LiveStore, metrics: &Metrics, max_batch: usize) {
-        let timer = metrics.hub_tick_seconds.start_timer();
+    /// Takes new messages from the store, rations them and broadcasts one
+    /// frame (several if the backlog is larger than a frame may hold).
+    async fn tick(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+        let timer = ctx.metrics.hub_tick_seconds.start_timer();
         loop {
             let (epoch, cursor) = {
                 let pos = self.position.lock();
-                (pos.epoch.clone(), pos.cursor)
+                (pos.epoch.clone(), pos.read_cursor)
             };
-            let read = match store
-                .read_range(&self.room, cursor, u64::MAX, max_batch)
+            let read = match ctx
+                .store
+                .read_range(&self.room, cursor, u64::MAX, ctx.max_batch)
                 .await
             {
                 Ok(r) => r,
                 Err(e) => {
-                    metrics.store_errors.with_label_values(&["read"]).inc();
+                    ctx.metrics.store_errors.with_label_values(&["read"]).inc();
                     tracing::warn!(room = %self.room, error = %e, "hub read failed");
                     break;
                 }
@@ -146,34 +162,53 @@ impl Hub {
             if *read.epoch != *epoch {
                 // The store lost the stream: follow the new one from its start.
                 tracing::warn!(room = %self.room, old = %epoch, new = %read.epoch, "stream epoch changed");
+                *rationer = Rationer::default();
                 let mut pos = self.position.lock();
                 pos.epoch = Arc::from(read.epoch.as_str());
-                pos.cursor = 0;
+                pos.read_cursor = 0;
+                pos.sent_cursor = 0;
+                pos.undecided = Arc::from([]);
                 continue;
             }
-            if read.cursor == cursor {
-                break;
-            }
-            let frame = Arc::new(Frame::encode(
-                &self.room,
-                epoch,
-                cursor,
-                read.cursor,
-                &read.messages,
-            ));
-            let count = frame.count as u64;
-            let receivers = {
-                let mut pos = self.position.lock();
-                pos.cursor = read.cursor;
-                self.tx.send(frame).unwrap_or(0) as u64
+            let rules = ctx.rooms.rules(&self.room, self.online());
+            let selection = rationer.tick(now_ms(), ctx.tick_ms, &rules, read.messages);
+            ctx.metrics.account_selection(&selection);
+            ctx.metrics
+                .room_budget
+                .with_label_values(&[self.room.as_str()])
+                .set(rules.budget_per_s as i64);
+            let undecided: Arc<[u64]> = if rationer.has_undecided() {
+                rationer.undecided().into()
+            } else {
+                Arc::from([])
             };
-            self.cursor_tx.send_replace(read.cursor);
-            metrics.frames_encoded.inc();
-            metrics.frames_sent.inc_by(receivers);
-            metrics
-                .delivered
-                .with_label_values(&["stream"])
-                .inc_by(count * receivers);
+            let mut pos = self.position.lock();
+            pos.read_cursor = read.cursor;
+            pos.undecided = undecided;
+            if !selection.messages.is_empty() {
+                let frame = Arc::new(Frame::encode(
+                    &self.room,
+                    epoch,
+                    pos.sent_cursor,
+                    read.cursor,
+                    &selection.messages,
+                ));
+                pos.sent_cursor = read.cursor;
+                let count = frame.full.count as u64;
+                let receivers = self.tx.send(frame).unwrap_or(0) as u64;
+                drop(pos);
+                ctx.metrics.frames_encoded.inc();
+                ctx.metrics.frames_sent.inc_by(receivers);
+                ctx.metrics
+                    .delivered
+                    .with_label_values(&["stream"])
+                    .inc_by(count * receivers);
+            } else {
+                drop(pos);
+            }
+            if read.cursor != cursor {
+                self.cursor_tx.send_replace(read.cursor);
+            }
             if read.cursor >= read.head {
                 break;
             }
@@ -182,28 +217,45 @@ impl Hub {
     }
 }
 
+/// What a hub tick needs from its registry.
+struct HubContext<'a> {
+    store: &'a dyn LiveStore,
+    metrics: &'a Metrics,
+    rooms: &'a RoomDirectory,
+    tick_ms: u64,
+    max_batch: usize,
+}
+
 /// The hubs of this node, created on first use and stopped when idle.
 pub struct HubRegistry {
     hubs: DashMap<String, Arc<Hub>>,
     store: Arc<dyn LiveStore>,
     metrics: Arc<Metrics>,
+    rooms: Arc<RoomDirectory>,
     config: FanoutConfig,
-    closing: CancellationToken,
+    lite_after_frames: usize,
+    /// Cancelled at shutdown: each hub ticks once more, then stops.
+    flushing: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl HubRegistry {
     pub fn new(
         store: Arc<dyn LiveStore>,
         metrics: Arc<Metrics>,
+        rooms: Arc<RoomDirectory>,
         config: FanoutConfig,
-        closing: CancellationToken,
+        lite_after_frames: usize,
     ) -> Arc<Self> {
         Arc::new(HubRegistry {
             hubs: DashMap::new(),
             store,
             metrics,
+            rooms,
             config,
-            closing,
+            lite_after_frames,
+            flushing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         })
     }
 
@@ -219,8 +271,31 @@ impl HubRegistry {
         &self.metrics
     }
 
+    pub fn lite_after_frames(&self) -> usize {
+        self.lite_after_frames
+    }
+
+    pub fn rooms(&self) -> &Arc<RoomDirectory> {
+        &self.rooms
+    }
+
+    fn context(&self) -> HubContext<'_> {
+        HubContext {
+            store: &*self.store,
+            metrics: &self.metrics,
+            rooms: &self.rooms,
+            tick_ms: self.config.tick_ms,
+            max_batch: self.config.max_batch_messages,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.hubs.len()
+    }
+
+    /// Viewers of `room` on this node (0 if it has no hub).
+    pub fn online(&self, room: &str) -> usize {
+        self.hubs.get(room).map_or(0, |h| h.online())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -257,7 +332,7 @@ impl HubRegistry {
             }
         };
         self.metrics.hubs.set(self.hubs.len() as i64);
-        tokio::spawn(self.clone().run_hub(hub.clone()));
+        self.tasks.spawn(self.clone().run_hub(hub.clone()));
         Ok(hub)
     }
 
@@ -266,13 +341,16 @@ impl HubRegistry {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let idle_for = Duration::from_secs(self.config.hub_idle_s);
         let mut idle_since: Option<Instant> = None;
+        let mut rationer = Rationer::default();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
-                _ = self.closing.cancelled() => break,
+                _ = self.flushing.cancelled() => {
+                    hub.tick(&self.context(), &mut rationer).await;
+                    return;
+                }
             }
-            hub.tick(&*self.store, &self.metrics, self.config.max_batch_messages)
-                .await;
+            hub.tick(&self.context(), &mut rationer).await;
             if hub.online() > 0 {
                 idle_since = None;
                 continue;
@@ -281,18 +359,17 @@ impl HubRegistry {
             if since.elapsed() >= idle_for && hub.try_stop() {
                 self.hubs.remove_if(&hub.room, |_, h| Arc::ptr_eq(h, &hub));
                 self.metrics.hubs.set(self.hubs.len() as i64);
+                let _ = self.metrics.room_budget.remove_label_values(&[hub.room.as_str()]);
                 tracing::debug!(room = %hub.room, "hub stopped (idle)");
                 return;
             }
         }
     }
 
-    /// Final tick of every hub, so what was stored before shutdown goes out.
-    pub async fn flush_all(&self) {
-        let hubs: Vec<Arc<Hub>> = self.hubs.iter().map(|e| e.value().clone()).collect();
-        for hub in hubs {
-            hub.tick(&*self.store, &self.metrics, self.config.max_batch_messages)
-                .await;
-        }
+    /// Shutdown: every hub ticks once more (what was stored goes out), then stops.
+    pub async fn flush_and_stop(&self) {
+        self.tasks.close();
+        self.flushing.cancel();
+        self.tasks.wait().await;
     }
 }

@@ -86,7 +86,7 @@ impl SseState {
             biased;
             _ = self.closing.cancelled() => Some(self.close_event("server shutting down")),
             event = self.feed.next() => Some(match event {
-                FeedEvent::Frame(frame) => frame.sse.clone(),
+                FeedEvent::Frame { frame, lite } => frame.encoded(lite).sse.clone(),
                 FeedEvent::Hello(hello) => hello_event(&hello),
                 FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID"),
             }),

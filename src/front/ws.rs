@@ -111,7 +111,9 @@ impl Session {
                 }
                 event = feed.next() => {
                     let sent = match event {
-                        FeedEvent::Frame(frame) => socket.send(Message::Text(frame.ws_text.clone())).await,
+                        FeedEvent::Frame { frame, lite } => {
+                            socket.send(Message::Text(frame.encoded(lite).ws_text.clone())).await
+                        }
                         FeedEvent::Hello(hello) => {
                             let text = serde_json::to_string(&hello).expect("hello serialises");
                             socket.send(Message::Text(text.into())).await

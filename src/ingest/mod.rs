@@ -18,6 +18,7 @@ use crate::config::IngestConfig;
 use crate::error::ApiError;
 use crate::message::{new_message_id, now_ms, Gift, Kind, Message, Priority, Style, UserRef};
 use crate::metrics::Metrics;
+use crate::rooms::RoomDirectory;
 use crate::store::{Claim, LiveStore};
 use rate_limit::RateLimiter;
 
@@ -62,6 +63,7 @@ pub struct Ingest {
     ips: RateLimiter<IpAddr>,
     blocked_lower: Vec<String>,
     whitelist_users: HashSet<String>,
+    rooms: Arc<RoomDirectory>,
 }
 
 const PENDING: &str = "pending";
@@ -72,8 +74,10 @@ impl Ingest {
         bus: Arc<dyn Bus>,
         store: Arc<dyn LiveStore>,
         metrics: Arc<Metrics>,
+        rooms: Arc<RoomDirectory>,
     ) -> Self {
         Ingest {
+            rooms,
             users: RateLimiter::new(config.user_rate_per_s, config.user_burst),
             ips: RateLimiter::new(config.ip_rate_per_s, config.ip_burst),
             blocked_lower: config
@@ -123,11 +127,15 @@ impl Ingest {
             .check(&viewer.sub)
             .map_err(|s| ApiError::too_many("rate_limited", "you are sending too fast", s))?;
         check_id("client_msg_id", &req.client_msg_id)?;
+        let settings = self.rooms.get(room);
         self.check_text(&req.text)?;
+        check_blocked(&req.text, &settings.blocked_words)?;
         if let Some(style) = &req.style {
             check_style(style)?;
         }
-        let priority = if self.whitelist_users.contains(&viewer.sub) {
+        let priority = if self.whitelist_users.contains(&viewer.sub)
+            || settings.whitelist_users.contains(&viewer.sub)
+        {
             Priority::Whitelist
         } else {
             Priority::Low
@@ -366,6 +374,21 @@ impl Ingest {
     }
 }
 
+/// `blocked_lower` holds lowercase words; matching is case-insensitive.
+fn check_blocked(text: &str, blocked_lower: &[String]) -> Result<(), ApiError> {
+    if blocked_lower.is_empty() {
+        return Ok(());
+    }
+    let lower = text.to_lowercase();
+    if blocked_lower.iter().any(|w| lower.contains(w.as_str())) {
+        return Err(ApiError::bad_request(
+            "blocked_content",
+            "text contains a blocked word",
+        ));
+    }
+    Ok(())
+}
+
 fn replay(value: &str, fingerprint: &str) -> Result<Accepted, ApiError> {
     let (held_fp, state) = value.split_once('|').unwrap_or(("", value));
     if held_fp != fingerprint {
@@ -444,8 +467,9 @@ mod tests {
         mutate(&mut c.ingest);
         let bus = Arc::new(MemoryBus::new(2, 1000));
         let store = Arc::new(MemoryStore::new(c.store.clone()));
+        let rooms = Arc::new(RoomDirectory::new(c.ration));
         (
-            Ingest::new(c.ingest, bus.clone(), store, Arc::new(Metrics::new())),
+            Ingest::new(c.ingest, bus.clone(), store, Arc::new(Metrics::new()), rooms),
             bus,
         )
     }

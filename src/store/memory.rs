@@ -282,6 +282,7 @@ mod tests {
     fn cfg(max_per_bucket: usize) -> StoreConfig {
         StoreConfig {
             engine: "memory".into(),
+            redis_url: String::new(),
             max_per_bucket,
             max_age_s: 600,
             dedup_window: 1000,

@@ -4,6 +4,7 @@
 //! one Lua script per append) fits behind it unchanged.
 
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 

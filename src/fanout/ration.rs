@@ -1,0 +1,301 @@
+//! Priority rationing (DESIGN §3.5): what one room's viewers get per second.
+//!
+//! Rules, per one-second window of the hub's clock:
+//! - whitelist is always delivered and uses no budget;
+//! - high gets `high_share` of the budget; beyond it, high waits in a backlog
+//!   for the next windows' share (oldest first) and is dropped only once it is
+//!   older than `max_lag_ms`;
+//! - low gets the rest of the budget as it arrives, plus, at the window's last
+//!   tick, whatever high left unused (rollover); low beyond that is dropped;
+//! - a batch is ordered whitelist, high, low (seq order within each).
+//!
+//! The selection is a pure function of (state, clock, rules, input), so every
+//! node that feeds the same input at the same tick picks the same messages.
+
+use std::collections::VecDeque;
+
+use crate::message::{Priority, StoredMessage};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RationRules {
+    /// Messages per viewer per second, whitelist excluded.
+    pub budget_per_s: u32,
+    /// Part of the budget reserved for high (0..=1).
+    pub high_share: f64,
+    /// High waiting longer than this (from its server timestamp) is dropped.
+    pub max_lag_ms: u64,
+}
+
+impl RationRules {
+    pub fn high_budget(&self) -> u32 {
+        ((self.budget_per_s as f64) * self.high_share.clamp(0.0, 1.0)).round() as u32
+    }
+
+    pub fn low_budget(&self) -> u32 {
+        self.budget_per_s.saturating_sub(self.high_budget())
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Rationer {
+    window: u64,
+    high_used: u32,
+    low_used: u32,
+    high_backlog: VecDeque<StoredMessage>,
+    /// Low over its share this window, waiting for the rollover decision.
+    low_waiting: Vec<StoredMessage>,
+}
+
+/// What one tick delivers, and what it gave up.
+#[derive(Default, Debug)]
+pub struct Selection {
+    pub messages: Vec<StoredMessage>,
+    /// Per bucket: delivered now.
+    pub delivered: [u64; 3],
+    /// Low dropped by rationing.
+    pub rationed_low: u64,
+    /// High dropped after waiting past the lag bound.
+    pub expired_high: u64,
+}
+
+impl Rationer {
+    /// Seqs considered but not yet delivered or dropped (high backlog, low
+    /// waiting for rollover): a catching-up reader must leave them to the hub.
+    pub fn undecided(&self) -> Vec<u64> {
+        self.high_backlog
+            .iter()
+            .chain(self.low_waiting.iter())
+            .map(|m| m.seq)
+            .collect()
+    }
+
+    pub fn has_undecided(&self) -> bool {
+        !self.high_backlog.is_empty() || !self.low_waiting.is_empty()
+    }
+
+    /// One tick at `now_ms` (ticks every `tick_ms`), with new messages in seq order.
+    pub fn tick(
+        &mut self,
+        now_ms: u64,
+        tick_ms: u64,
+        rules: &RationRules,
+        input: Vec<StoredMessage>,
+    ) -> Selection {
+        let mut sel = Selection::default();
+        let window = now_ms / 1000;
+        if window != self.window {
+            // A window ended without its last tick (a late tick): its waiting low
+            // never got rollover budget.
+            sel.rationed_low += self.low_waiting.len() as u64;
+            self.low_waiting.clear();
+            self.window = window;
+            self.high_used = 0;
+            self.low_used = 0;
+        }
+        let high_budget = rules.high_budget();
+        let low_budget = rules.low_budget();
+
+        let mut whitelist = Vec::new();
+        let mut low = Vec::new();
+        for m in input {
+            match m.priority {
+                Priority::Whitelist => whitelist.push(m),
+                Priority::High => self.high_backlog.push_back(m),
+                Priority::Low => {
+                    if self.low_used < low_budget {
+                        self.low_used += 1;
+                        low.push(m);
+                    } else {
+                        self.low_waiting.push(m);
+                    }
+                }
+            }
+        }
+        let too_old = now_ms.saturating_sub(rules.max_lag_ms);
+        while self.high_backlog.front().is_some_and(|m| m.ts < too_old) {
+            self.high_backlog.pop_front();
+            sel.expired_high += 1;
+        }
+        let mut high = Vec::new();
+        while self.high_used < high_budget {
+            let Some(m) = self.high_backlog.pop_front() else { break };
+            self.high_used += 1;
+            high.push(m);
+        }
+        let last_tick_of_window = (now_ms + tick_ms) / 1000 != window;
+        if last_tick_of_window {
+            let rollover = if self.high_backlog.is_empty() {
+                high_budget.saturating_sub(self.high_used) as usize
+            } else {
+                0
+            };
+            let take = rollover.min(self.low_waiting.len());
+            self.low_used += take as u32;
+            let mut waiting = std::mem::take(&mut self.low_waiting);
+            sel.rationed_low += (waiting.len() - take) as u64;
+            waiting.truncate(take);
+            low.extend(waiting);
+            low.sort_by_key(|m| m.seq);
+        }
+        sel.delivered = [whitelist.len() as u64, high.len() as u64, low.len() as u64];
+        sel.messages = whitelist;
+        sel.messages.extend(high);
+        sel.messages.extend(low);
+        sel
+    }
+}
+
+/// Stateless rationing of a catch-up read (a viewer resuming from an older
+/// cursor): per second of server timestamp, whitelist and high all (they are
+/// late already), low up to its share plus what high left of its share.
+pub fn ration_catch_up(rules: &RationRules, messages: Vec<StoredMessage>) -> Vec<StoredMessage> {
+    let mut out = Vec::with_capacity(messages.len());
+    let mut i = 0;
+    while i < messages.len() {
+        let second = messages[i].ts / 1000;
+        let end = messages[i..]
+            .iter()
+            .position(|m| m.ts / 1000 != second)
+            .map_or(messages.len(), |p| i + p);
+        let group = &messages[i..end];
+        let high = group.iter().filter(|m| m.priority == Priority::High).count() as u32;
+        let low_allowed =
+            rules.low_budget() as usize + rules.high_budget().saturating_sub(high) as usize;
+        let mut low_taken = 0;
+        for m in group {
+            if m.priority != Priority::Low {
+                out.push(m.clone());
+            } else if low_taken < low_allowed {
+                low_taken += 1;
+                out.push(m.clone());
+            }
+        }
+        i = end;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    fn m(seq: u64, p: Priority, ts: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            priority: p,
+            ts,
+            id: seq.to_string(),
+            json: Bytes::new(),
+        }
+    }
+
+    fn rules(budget: u32, share: f64) -> RationRules {
+        RationRules {
+            budget_per_s: budget,
+            high_share: share,
+            max_lag_ms: 5000,
+        }
+    }
+
+    #[test]
+    fn whitelist_always_then_high_share_then_low_with_rollover() {
+        let r = rules(10, 0.6); // high 6, low 4
+        let mut rat = Rationer::default();
+        let mut input = vec![];
+        let mut seq = 0;
+        let mut push = |p, n: usize, input: &mut Vec<StoredMessage>| {
+            for _ in 0..n {
+                seq += 1;
+                input.push(m(seq, p, 10_000));
+            }
+        };
+        push(Priority::Low, 20, &mut input);
+        push(Priority::Whitelist, 3, &mut input);
+        push(Priority::High, 2, &mut input);
+        // First tick of second 10: low gets its 4, high its 2, whitelist 3.
+        let s = rat.tick(10_000, 100, &r, input);
+        assert_eq!(s.delivered, [3, 2, 4]);
+        let order: Vec<Priority> = s.messages.iter().map(|m| m.priority).collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "whitelist, high, low");
+        // Last tick of the window: high left 4 unused → 4 more low, the rest dropped.
+        let s = rat.tick(10_900, 100, &r, vec![]);
+        assert_eq!(s.delivered, [0, 0, 4]);
+        assert_eq!(s.rationed_low, 12);
+    }
+
+    #[test]
+    fn high_over_share_waits_and_expires_past_lag() {
+        let r = rules(2, 0.5); // high 1/s
+        let mut rat = Rationer::default();
+        let input = (1..=4).map(|s| m(s, Priority::High, 0)).collect();
+        let s = rat.tick(0, 100, &r, input);
+        assert_eq!(s.delivered[1], 1);
+        assert_eq!(rat.undecided(), vec![2, 3, 4]);
+        let s = rat.tick(1000, 100, &r, vec![]);
+        assert_eq!(s.messages[0].seq, 2);
+        // Past the 5 s lag the rest is dropped, counted.
+        let s = rat.tick(5001, 100, &r, vec![]);
+        assert_eq!(s.expired_high, 2);
+        assert!(!rat.has_undecided());
+    }
+
+    #[test]
+    fn catch_up_keeps_whitelist_and_high() {
+        let r = rules(3, 0.34); // high 1, low 2
+        let mut msgs = vec![m(1, Priority::High, 0), m(2, Priority::High, 10)];
+        msgs.extend((3..10).map(|s| m(s, Priority::Low, 20)));
+        msgs.push(m(10, Priority::Whitelist, 30));
+        let out = ration_catch_up(&r, msgs);
+        let low = out.iter().filter(|m| m.priority == Priority::Low).count();
+        assert_eq!(low, 2);
+        assert_eq!(out.len(), 5);
+    }
+
+    proptest! {
+        /// Over any stream of ticks: whitelist always delivered at once; high
+        /// never dropped unless expired; per window, high ≤ its share and
+        /// high + low ≤ budget; nothing delivered twice; batches ordered.
+        #[test]
+        fn rationing_rules_hold(
+            budget in 0u32..40,
+            share in 0.0f64..=1.0,
+            ticks in proptest::collection::vec(
+                proptest::collection::vec(0u8..3, 0..30), 1..60),
+        ) {
+            let r = RationRules { budget_per_s: budget, high_share: share, max_lag_ms: 5000 };
+            let mut rat = Rationer::default();
+            let mut seq = 0u64;
+            let mut seen = std::collections::HashSet::new();
+            let mut per_window: std::collections::HashMap<u64, (u32, u32)> = Default::default();
+            let (mut high_in, mut high_out, mut high_expired) = (0u64, 0u64, 0u64);
+            for (i, kinds) in ticks.iter().enumerate() {
+                let now = 1_000_000 + i as u64 * 100;
+                let input: Vec<_> = kinds.iter().map(|k| {
+                    seq += 1;
+                    let p = [Priority::Whitelist, Priority::High, Priority::Low][*k as usize];
+                    m(seq, p, now)
+                }).collect();
+                let wl_in: Vec<u64> = input.iter().filter(|m| m.priority == Priority::Whitelist).map(|m| m.seq).collect();
+                high_in += input.iter().filter(|m| m.priority == Priority::High).count() as u64;
+                let s = rat.tick(now, 100, &r, input);
+                let wl_out: Vec<u64> = s.messages.iter().filter(|m| m.priority == Priority::Whitelist).map(|m| m.seq).collect();
+                prop_assert_eq!(wl_in, wl_out);
+                prop_assert!(s.messages.windows(2).all(|w| w[0].priority <= w[1].priority));
+                for msg in &s.messages {
+                    prop_assert!(seen.insert(msg.seq), "delivered twice");
+                }
+                let w = per_window.entry(now / 1000).or_default();
+                w.0 += s.delivered[1] as u32;
+                w.1 += s.delivered[2] as u32;
+                prop_assert!(w.0 <= r.high_budget());
+                prop_assert!(w.0 + w.1 <= r.budget_per_s);
+                high_out += s.delivered[1];
+                high_expired += s.expired_high;
+            }
+            let waiting = rat.high_backlog.len() as u64;
+            prop_assert_eq!(high_in, high_out + high_expired + waiting);
+        }
+    }
+}
