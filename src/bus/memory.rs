@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{partition_for, Bus, BusConsumer, BusError, BusRecord, Delivery};
+use super::{Bus, BusConsumer, BusError, BusRecord, Delivery};
 use crate::message::Message;
 
 pub struct MemoryBus {
@@ -58,7 +58,7 @@ impl Bus for MemoryBus {
         }
         let count = self.inner.partitions.len() as u32;
         for record in records {
-            let p = partition_for(&record.key, count) as usize;
+            let p = record.partition_of(count) as usize;
             let mut part = self.inner.partitions[p].lock();
             let offset = part.next_offset;
             part.next_offset += 1;
@@ -77,6 +77,10 @@ impl Bus for MemoryBus {
 
     fn pending(&self) -> u64 {
         self.inner.pending.load(Ordering::Acquire)
+    }
+
+    fn partitions(&self) -> u32 {
+        self.inner.partitions.len() as u32
     }
 
     async fn ping(&self) -> Result<(), BusError> {

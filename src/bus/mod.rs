@@ -19,10 +19,12 @@ pub enum BusError {
     Closed,
 }
 
-/// One message to publish; `key` picks the partition (room + kind in gear 1).
+/// One message to publish. `key` picks the partition (room + kind, gears 1
+/// and 3) unless `partition` names one (gears 2 and 4 spread a hot room).
 #[derive(Clone, Debug)]
 pub struct BusRecord {
     pub key: String,
+    pub partition: Option<u32>,
     pub message: Message,
 }
 
@@ -30,7 +32,16 @@ impl BusRecord {
     pub fn keyed_by_room_kind(message: Message) -> Self {
         BusRecord {
             key: format!("{}/{}", message.room, message.kind.as_str()),
+            partition: None,
             message,
+        }
+    }
+
+    /// The partition this record goes to on a bus of `partitions`.
+    pub fn partition_of(&self, partitions: u32) -> u32 {
+        match self.partition {
+            Some(p) => p % partitions.max(1),
+            None => partition_for(&self.key, partitions),
         }
     }
 }
@@ -54,6 +65,9 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Messages accepted but not yet committed by processors (lag).
     fn pending(&self) -> u64;
+
+    /// Number of partitions of the topic.
+    fn partitions(&self) -> u32;
 
     async fn ping(&self) -> Result<(), BusError>;
 }
