@@ -2,7 +2,6 @@
 //! and shuts them down in order.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +10,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::bus::{memory::MemoryBus, Bus};
+use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::Config;
 use crate::fanout::HubRegistry;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::processor::Processor;
+use crate::processor::{PauseGate, Processor};
 use crate::rooms::RoomDirectory;
 use crate::store::{memory::MemoryStore, redis::RedisStore, LiveStore};
 
@@ -52,7 +51,7 @@ pub struct Server {
     state: AppState,
     http: JoinHandle<std::io::Result<()>>,
     processor: JoinHandle<()>,
-    processor_paused: Arc<AtomicBool>,
+    processor_pause: Arc<PauseGate>,
     memory_store: Option<Arc<MemoryStore>>,
     housekeeping: JoinHandle<()>,
 }
@@ -71,8 +70,14 @@ impl Server {
                 let memory = Arc::new(MemoryStore::new(config.store.clone()));
                 (memory.clone(), Some(memory))
             };
-        let bus: Arc<dyn Bus> =
-            Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity));
+        let bus: Arc<dyn Bus> = if config.bus.engine == "kafka" {
+            let kafka = KafkaBus::connect(&config.bus)
+                .await
+                .context("connecting to the kafka bus")?;
+            Arc::new(kafka)
+        } else {
+            Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity))
+        };
         let stopping = CancellationToken::new();
         let closing = CancellationToken::new();
         let rooms = Arc::new(RoomDirectory::new(config.ration.clone()));
@@ -102,13 +107,13 @@ impl Server {
             config,
         }));
 
-        let processor_paused = Arc::new(AtomicBool::new(false));
+        let processor_pause = Arc::new(PauseGate::default());
         let processor = Processor {
             bus,
             store,
             metrics,
             batch_max: state.config.processor.batch_max,
-            paused: processor_paused.clone(),
+            pause: processor_pause.clone(),
         };
         let processor = tokio::spawn(processor.run(stopping.clone()));
 
@@ -133,7 +138,7 @@ impl Server {
             state,
             http,
             processor,
-            processor_paused,
+            processor_pause,
             memory_store,
             housekeeping,
         })
@@ -141,8 +146,9 @@ impl Server {
 
     /// Stops (or resumes) consuming the bus: maintenance, and tests of
     /// back-pressure and shedding.
-    pub fn pause_processor(&self, paused: bool) {
-        self.processor_paused.store(paused, Ordering::Release);
+    /// Returns once the processor follows.
+    pub async fn pause_processor(&self, paused: bool) {
+        self.processor_pause.set(paused).await;
     }
 
     pub fn addr(&self) -> SocketAddr {

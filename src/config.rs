@@ -95,9 +95,38 @@ pub struct IngestConfig {
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
+    /// "memory" (embedded) or "kafka" (needs `kafka_brokers`).
     pub engine: String,
     pub partitions: u32,
     pub capacity: usize,
+    /// Kafka bootstrap servers, `host:port[,host:port…]` (`DANMAKU_KAFKA_BROKERS`).
+    #[serde(default)]
+    pub kafka_brokers: String,
+    /// Kafka topic of the ingest stream; created with `partitions` if missing.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Kafka consumer group of the processors.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Replication factor used when the topic is created (-1: broker default).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// A publish not acknowledged by Kafka within this fails (the client gets 503).
+    #[serde(default = "default_publish_timeout_ms")]
+    pub publish_timeout_ms: u64,
+}
+
+fn default_topic() -> String {
+    "danmaku-ingest".into()
+}
+fn default_group_id() -> String {
+    "danmaku-processor".into()
+}
+fn default_replication_factor() -> i32 {
+    1
+}
+fn default_publish_timeout_ms() -> u64 {
+    5000
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -127,6 +156,7 @@ pub struct FanoutConfig {
     pub max_lag_frames: usize,
     pub ping_s: u64,
     pub idle_timeout_s: u64,
+    pub send_timeout_ms: u64,
     pub hub_idle_s: u64,
     pub max_rooms: usize,
 }
@@ -167,6 +197,7 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
     ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
     ("DANMAKU_REDIS_URL", "store.redis_url"),
+    ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
 ];
 
@@ -248,7 +279,24 @@ impl Config {
         }
         match self.bus.engine.as_str() {
             "memory" => {}
-            other => bail!("bus.engine {other:?} is not available in this build (memory)"),
+            "kafka" => {
+                let bus = &self.bus;
+                if bus.kafka_brokers.trim().is_empty() {
+                    bail!(
+                        "bus.engine \"kafka\" needs bus.kafka_brokers (or DANMAKU_KAFKA_BROKERS)"
+                    );
+                }
+                if bus.topic.trim().is_empty() || bus.group_id.trim().is_empty() {
+                    bail!("bus.topic and bus.group_id must not be empty");
+                }
+                if bus.replication_factor == 0 || bus.replication_factor < -1 {
+                    bail!("bus.replication_factor must be at least 1 (or -1: broker default)");
+                }
+                if !(100..=3_600_000).contains(&bus.publish_timeout_ms) {
+                    bail!("bus.publish_timeout_ms must be within 100..=3600000");
+                }
+            }
+            other => bail!("bus.engine {other:?} is not available in this build (memory, kafka)"),
         }
         match self.store.engine.as_str() {
             "memory" => {}
@@ -410,6 +458,27 @@ mod tests {
         .unwrap();
         assert_eq!(c.store.engine, "redis");
         assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn kafka_bus_needs_brokers() {
+        let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "kafka")])).unwrap_err();
+        assert!(format!("{e:#}").contains("kafka_brokers"));
+        let c = Config::load(
+            None,
+            env(&[
+                ("DANMAKU_BUS__ENGINE", "kafka"),
+                ("DANMAKU_KAFKA_BROKERS", "127.0.0.1:9092"),
+                ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.bus.engine, "kafka");
+        assert_eq!(c.bus.kafka_brokers, "127.0.0.1:9092");
+        assert_eq!(c.bus.topic, "danmaku-ingest");
+        assert_eq!(c.bus.group_id, "danmaku-processor");
+        assert_eq!(c.bus.replication_factor, 1);
+        assert_eq!(c.bus.publish_timeout_ms, 2000);
     }
 
     #[test]

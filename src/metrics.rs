@@ -183,7 +183,10 @@ impl Metrics {
             room_budget: reg(
                 &registry,
                 IntGaugeVec::new(
-                    Opts::new("danmaku_room_budget", "Per-viewer budget (messages/s) by room"),
+                    Opts::new(
+                        "danmaku_room_budget",
+                        "Per-viewer budget (messages/s) by room",
+                    ),
                     &["room"],
                 )
                 .unwrap(),
@@ -223,7 +226,9 @@ impl Metrics {
         for p in crate::message::Priority::ALL {
             let n = s.delivered[p.index()];
             if n > 0 {
-                self.ration_delivered.with_label_values(&[p.as_str()]).inc_by(n);
+                self.ration_delivered
+                    .with_label_values(&[p.as_str()])
+                    .inc_by(n);
             }
         }
         if s.rationed_low > 0 {

@@ -19,8 +19,30 @@ pub struct Processor {
     pub store: Arc<dyn LiveStore>,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
-    /// While set, nothing is consumed (maintenance; tests of back-pressure).
-    pub paused: Arc<AtomicBool>,
+    /// While asked, nothing is consumed (maintenance; tests of back-pressure).
+    pub pause: Arc<PauseGate>,
+}
+
+/// Asks the processor to stop consuming, and tells when it has.
+#[derive(Default)]
+pub struct PauseGate {
+    wanted: AtomicBool,
+    holding: AtomicBool,
+}
+
+impl PauseGate {
+    /// Sets the wish and waits (bounded) until the processor follows it, so
+    /// no poll in flight slips through after `pause(true)` returns.
+    pub async fn set(&self, paused: bool) {
+        self.wanted.store(paused, Ordering::Release);
+        for _ in 0..400 {
+            if self.holding.load(Ordering::Acquire) == paused {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!(paused, "processor did not follow the pause request in 2 s");
+    }
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -33,8 +55,10 @@ impl Processor {
             None => return,
         };
         loop {
-            if self.paused.load(Ordering::Acquire) && !shutdown.is_cancelled() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            let hold = self.pause.wanted.load(Ordering::Acquire) && !shutdown.is_cancelled();
+            self.pause.holding.store(hold, Ordering::Release);
+            if hold {
+                tokio::time::sleep(Duration::from_millis(5)).await;
                 continue;
             }
             let polled = consumer

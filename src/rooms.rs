@@ -69,7 +69,10 @@ impl RoomSettingsPatch {
                 return Err("high_max_lag_ms must be at most 60000".into());
             }
         }
-        for list in [&self.whitelist_users, &self.blocked_words].into_iter().flatten() {
+        for list in [&self.whitelist_users, &self.blocked_words]
+            .into_iter()
+            .flatten()
+        {
             if list.len() > 1000 || list.iter().any(|w| w.is_empty() || w.len() > 64) {
                 return Err("lists hold at most 1000 entries of 1-64 bytes".into());
             }
@@ -149,7 +152,10 @@ mod tests {
         let dir = RoomDirectory::new(Config::embedded().ration);
         let small = dir.rules("r", 1);
         let big = dir.rules("r", 1_000_000);
-        assert!(big.budget_per_s < small.budget_per_s, "bigger room → smaller budget");
+        assert!(
+            big.budget_per_s < small.budget_per_s,
+            "bigger room → smaller budget"
+        );
         let patch: RoomSettingsPatch =
             serde_json::from_str(r#"{"budget_per_s":30,"blocked_words":["Foo"]}"#).unwrap();
         patch.validate().unwrap();

@@ -14,7 +14,9 @@ use crate::rooms::{RoomSettings, RoomSettingsPatch};
 pub fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let configured = s.config.auth.admin_token.as_bytes();
     if configured.is_empty() {
-        return Err(ApiError::not_found("admin routes are off (no admin token configured)"));
+        return Err(ApiError::not_found(
+            "admin routes are off (no admin token configured)",
+        ));
     }
     let given = header_str(headers, "authorization")
         .and_then(|v| v.strip_prefix("Bearer "))

@@ -1,6 +1,7 @@
 //! Bus port (DESIGN §3.2): partitioned, keyed like Kafka. Fronts publish,
 //! processors consume and commit only after the store write succeeded.
 
+pub mod kafka;
 pub mod memory;
 
 use std::time::Duration;

@@ -152,7 +152,10 @@ impl ViewerFeed {
                         let lite = frame.lite.is_some() && self.sub.frames.len() >= lite_after;
                         if lite {
                             let shed = frame.full.count - frame.encoded(true).count;
-                            self.registry.metrics().queue_low_dropped.inc_by(shed as u64);
+                            self.registry
+                                .metrics()
+                                .queue_low_dropped
+                                .inc_by(shed as u64);
                             if frame.encoded(true).count == 0 {
                                 continue; // nothing left to send; the cursor still moved
                             }

@@ -118,7 +118,11 @@ mod tests {
     fn frame_is_valid_json_in_every_framing() {
         let m = |seq: u64| StoredMessage {
             seq,
-            priority: if seq == 5 { Priority::High } else { Priority::Low },
+            priority: if seq == 5 {
+                Priority::High
+            } else {
+                Priority::Low
+            },
             ts: 1,
             id: seq.to_string(),
             json: Bytes::from(format!(r#"{{"seq":{seq},"text":"x"}}"#)),

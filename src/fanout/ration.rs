@@ -118,7 +118,9 @@ impl Rationer {
         }
         let mut high = Vec::new();
         while self.high_used < high_budget {
-            let Some(m) = self.high_backlog.pop_front() else { break };
+            let Some(m) = self.high_backlog.pop_front() else {
+                break;
+            };
             self.high_used += 1;
             high.push(m);
         }
@@ -158,7 +160,10 @@ pub fn ration_catch_up(rules: &RationRules, messages: Vec<StoredMessage>) -> Vec
             .position(|m| m.ts / 1000 != second)
             .map_or(messages.len(), |p| i + p);
         let group = &messages[i..end];
-        let high = group.iter().filter(|m| m.priority == Priority::High).count() as u32;
+        let high = group
+            .iter()
+            .filter(|m| m.priority == Priority::High)
+            .count() as u32;
         let low_allowed =
             rules.low_budget() as usize + rules.high_budget().saturating_sub(high) as usize;
         let mut low_taken = 0;
@@ -218,7 +223,10 @@ mod tests {
         let s = rat.tick(10_000, 100, &r, input);
         assert_eq!(s.delivered, [3, 2, 4]);
         let order: Vec<Priority> = s.messages.iter().map(|m| m.priority).collect();
-        assert!(order.windows(2).all(|w| w[0] <= w[1]), "whitelist, high, low");
+        assert!(
+            order.windows(2).all(|w| w[0] <= w[1]),
+            "whitelist, high, low"
+        );
         // Last tick of the window: high left 4 unused → 4 more low, the rest dropped.
         let s = rat.tick(10_900, 100, &r, vec![]);
         assert_eq!(s.delivered, [0, 0, 4]);

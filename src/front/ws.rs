@@ -89,12 +89,17 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut socket: WebSocket, mut feed: ViewerFeed, hello: String) {
+    async fn run(mut self, socket: WebSocket, mut feed: ViewerFeed, hello: String) {
         let _conn = ConnGuard::new(&self.s.metrics.connections, "ws");
-        if socket.send(Message::Text(hello.into())).await.is_err() {
+        let cfg = &self.s.config.fanout;
+        let mut socket = TimedSocket {
+            socket,
+            timeout: Duration::from_millis(cfg.send_timeout_ms.max(1)),
+            metrics: self.s.metrics.clone(),
+        };
+        if !socket.send(Message::Text(hello.into())).await {
             return;
         }
-        let cfg = &self.s.config.fanout;
         let ping_every = Duration::from_secs(cfg.ping_s.max(1));
         let idle = Duration::from_secs(cfg.idle_timeout_s.max(1));
         let mut ping =
@@ -123,7 +128,7 @@ impl Session {
                             return;
                         }
                     };
-                    if sent.is_err() {
+                    if !sent {
                         return;
                     }
                 }
@@ -133,13 +138,13 @@ impl Session {
                     match message {
                         Message::Text(text) => {
                             let reply = self.on_text(&text).await;
-                            if socket.send(Message::Text(reply.into())).await.is_err() {
+                            if !socket.send(Message::Text(reply.into())).await {
                                 return;
                             }
                         }
                         Message::Binary(_) => {
                             let e = ApiError::bad_request("binary_not_accepted", "send JSON text messages");
-                            if socket.send(Message::Text(error_json(&e, None).into())).await.is_err() {
+                            if !socket.send(Message::Text(error_json(&e, None).into())).await {
                                 return;
                             }
                         }
@@ -152,7 +157,7 @@ impl Session {
                     return;
                 }
                 _ = ping.tick() => {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                    if !socket.send(Message::Ping(Default::default())).await {
                         return;
                     }
                 }
@@ -227,10 +232,36 @@ fn error_json(e: &ApiError, client_msg_id: Option<&str>) -> String {
     v.to_string()
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+/// A socket whose every write is bounded: a viewer that accepts nothing for
+/// `fanout.send_timeout_ms` is cut (it holds a task and a ring slot otherwise).
+struct TimedSocket {
+    socket: WebSocket,
+    timeout: Duration,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl TimedSocket {
+    /// `false`: the connection is finished (error or write timeout).
+    async fn send(&mut self, message: Message) -> bool {
+        match tokio::time::timeout(self.timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                false
+            }
+        }
+    }
+
+    async fn recv(&mut self) -> Option<Result<Message, axum::Error>> {
+        self.socket.recv().await
+    }
+}
+
+async fn close(socket: &mut TimedSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
     };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    socket.send(Message::Close(Some(frame))).await;
 }

@@ -88,10 +88,10 @@ return out
 "#;
 
 /// `SET key value NX PX ttl`, returning the held value when the key is taken.
-/// Returns `{1}` when claimed, `{0, value}` when held.
+/// Returns `{1, nil}` when claimed, `{0, value}` when held.
 const CLAIM_LUA: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1}
+  return {1, false}
 end
 return {0, redis.call('GET', KEYS[1])}
 "#;
@@ -427,7 +427,9 @@ impl LiveStore for RedisStore {
         if pong == "PONG" {
             Ok(())
         } else {
-            Err(StoreError::Unavailable(format!("redis: PING answered {pong:?}")))
+            Err(StoreError::Unavailable(format!(
+                "redis: PING answered {pong:?}"
+            )))
         }
     }
 }

@@ -1,0 +1,634 @@
+//! Kafka bus (DESIGN §2, §3.2) over `rdkafka` (librdkafka bundled): one topic
+//! of `partitions` partitions, one consumer group for every processor.
+//!
+//! Semantics mirror the embedded bus:
+//! - **placement**: every record goes to `record.partition_of(partitions)`,
+//!   set explicitly on the Kafka record, so a key lands on the same partition
+//!   index with either engine (FNV of the key, not Kafka's murmur2) and an
+//!   explicit partition (gears 2 and 4) is honoured;
+//! - **publish** resolves `Ok` only once Kafka acknowledged every record
+//!   (`acks=all`, idempotent producer); any record not accepted makes it `Err`,
+//!   and it never waits longer than `publish_timeout_ms` (+ a small margin);
+//! - **consume**: deliveries carry partition and offset; offsets are committed
+//!   only by [`BusConsumer::commit`], which the processor calls after the store
+//!   write succeeded, so a crash redelivers (the store dedups by id);
+//! - **pending** is the processors' lag, estimated cheaply (see [`KafkaBus::pending`]).
+//!
+//! Records that do not decode as a [`Message`] are logged, counted
+//! ([`KafkaBus::undecodable`]) and skipped, and their offsets are committed
+//! like processed ones: a poison record never wedges its partition.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{FutureExt, StreamExt};
+use parking_lot::{Mutex, RwLock};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::{Bus, BusConsumer, BusError, BusRecord, Delivery};
+use crate::config::BusConfig;
+use crate::message::Message;
+
+/// How often the background task refreshes [`KafkaBus::pending`].
+pub const LAG_REFRESH: Duration = Duration::from_millis(500);
+/// Bound of admin and metadata requests (topic creation, ping, lag queries).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// A synchronous offset commit that takes longer than this is reported as failed
+/// (the offsets are then committed by a later commit, or redelivered).
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Producer batching delay: small, since a client waits for the ack.
+const LINGER_MS: &str = "2";
+
+/// Settings of the Kafka engine beyond [`BusConfig`], with production defaults.
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    /// `enable.idempotence` of the producer (exactly-once per partition on
+    /// retries, ordered with up to 5 requests in flight). On by default.
+    pub idempotence: bool,
+    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    pub extra: Vec<(String, String)>,
+}
+
+impl Default for KafkaOptions {
+    fn default() -> Self {
+        KafkaOptions {
+            idempotence: true,
+            extra: Vec::new(),
+        }
+    }
+}
+
+pub struct KafkaBus {
+    config: BusConfig,
+    options: KafkaOptions,
+    /// Replaced when the idempotent producer hits a fatal error (it cannot
+    /// be used again after one; see librdkafka's INTRODUCTION.md).
+    producer: RwLock<FutureProducer>,
+    partitions: u32,
+    shared: Arc<Shared>,
+    /// Dropping it stops the lag task.
+    _lag_stop: Mutex<mpsc::Sender<()>>,
+}
+
+struct Shared {
+    /// Estimated lag of the group; see [`KafkaBus::pending`].
+    pending: AtomicU64,
+    undecodable: AtomicU64,
+}
+
+impl KafkaBus {
+    /// Connects with production defaults ([`KafkaOptions::default`]).
+    pub async fn connect(config: &BusConfig) -> Result<KafkaBus, BusError> {
+        Self::connect_with(config, KafkaOptions::default()).await
+    }
+
+    /// Creates the topic (`partitions` partitions, `replication_factor`) if it
+    /// is missing, reads its real partition count, and starts the producer and
+    /// the lag task. Fails if the brokers cannot be reached within ~10 s.
+    pub async fn connect_with(
+        config: &BusConfig,
+        options: KafkaOptions,
+    ) -> Result<KafkaBus, BusError> {
+        ensure_topic(config, &options).await?;
+        let probe: BaseConsumer = client_config(config, &options)
+            .set("group.id", &config.group_id)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(unavailable("creating a metadata client"))?;
+        let topic = config.topic.clone();
+        let (count, probe) = tokio::task::spawn_blocking(move || {
+            // Metadata of a just-created topic can lag behind for a moment.
+            let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+            loop {
+                let found = probe
+                    .fetch_metadata(Some(&topic), PING_TIMEOUT)
+                    .map(|md| {
+                        md.topics()
+                            .iter()
+                            .find(|t| t.name() == topic && t.error().is_none())
+                            .map_or(0, |t| t.partitions().len())
+                    });
+                match found {
+                    Ok(n) if n > 0 => return Ok((n as u32, probe)),
+                    Err(e) if std::time::Instant::now() >= deadline => {
+                        return Err(BusError::Unavailable(format!(
+                            "reading metadata of topic {topic}: {e}"
+                        )))
+                    }
+                    _ if std::time::Instant::now() >= deadline => {
+                        return Err(BusError::Unavailable(format!(
+                            "topic {topic} has no partitions in the metadata"
+                        )))
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(format!("metadata task failed: {e}")))??;
+        if count != config.partitions {
+            tracing::warn!(
+                topic = %config.topic,
+                configured = config.partitions,
+                actual = count,
+                "the Kafka topic already exists with another partition count; using the topic's"
+            );
+        }
+        Self::start(config, options, count, Some(probe))
+    }
+
+    /// Builds the clients without contacting the brokers: no topic creation,
+    /// `partitions` taken from the config. For a topic known to exist, and for
+    /// tests of an unreachable cluster; [`KafkaBus::connect`] is the normal way.
+    pub fn open(config: &BusConfig, options: KafkaOptions) -> Result<KafkaBus, BusError> {
+        Self::start(config, options, config.partitions.max(1), None)
+    }
+
+    fn start(
+        config: &BusConfig,
+        options: KafkaOptions,
+        partitions: u32,
+        probe: Option<BaseConsumer>,
+    ) -> Result<KafkaBus, BusError> {
+        let producer = make_producer(config, &options)?;
+        let probe = match probe {
+            Some(p) => p,
+            None => client_config(config, &options)
+                .set("group.id", &config.group_id)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(unavailable("creating a lag client"))?,
+        };
+        let shared = Arc::new(Shared {
+            pending: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = mpsc::channel();
+        let lag_shared = shared.clone();
+        let topic = config.topic.clone();
+        std::thread::Builder::new()
+            .name("danmaku-kafka-lag".into())
+            .spawn(move || lag_task(probe, topic, partitions, lag_shared, stop_rx))
+            .map_err(|e| BusError::Unavailable(format!("starting the lag task: {e}")))?;
+        tracing::info!(
+            brokers = %config.kafka_brokers,
+            topic = %config.topic,
+            group = %config.group_id,
+            partitions,
+            idempotence = options.idempotence,
+            "kafka bus ready"
+        );
+        Ok(KafkaBus {
+            config: config.clone(),
+            options,
+            producer: RwLock::new(producer),
+            partitions,
+            shared,
+            _lag_stop: Mutex::new(stop_tx),
+        })
+    }
+
+    /// Records skipped because they did not decode (by consumers of this bus).
+    pub fn undecodable(&self) -> u64 {
+        self.shared.undecodable.load(Ordering::Relaxed)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.config.topic
+    }
+
+    fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.publish_timeout_ms.max(1))
+    }
+
+    /// After a fatal producer error (idempotence state lost), only a new
+    /// producer can publish again.
+    fn replace_producer_if_fatal(&self, producer: &FutureProducer) {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "fatal kafka producer error; recreating the producer");
+            match make_producer(&self.config, &self.options) {
+                Ok(p) => *self.producer.write() = p,
+                Err(e) => tracing::error!(error = %e, "recreating the kafka producer failed"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let producer = self.producer.read().clone();
+        let n = records.len() as u64;
+        // Enqueue everything first (one batch per partition), then await every
+        // delivery report: the client is acknowledged only after all of them.
+        let mut deliveries = Vec::with_capacity(records.len());
+        for record in &records {
+            let payload = serde_json::to_vec(&record.message)
+                .map_err(|e| BusError::Unavailable(format!("encoding a message: {e}")))?;
+            let partition = record.partition_of(self.partitions) as i32;
+            let kafka_record = FutureRecord::to(&self.config.topic)
+                .key(record.key.as_str())
+                .payload(&payload)
+                .partition(partition)
+                .timestamp(i64::try_from(record.message.ts).unwrap_or(i64::MAX));
+            match producer.send_result(kafka_record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(BusError::Full(self.pending()));
+                }
+                Err((e, _)) => {
+                    self.replace_producer_if_fatal(&producer);
+                    return Err(BusError::Unavailable(format!("enqueueing a record: {e}")));
+                }
+            }
+        }
+        // librdkafka fails each record after message.timeout.ms; the outer
+        // timeout only guards against a report that never comes.
+        let margin = Duration::from_secs(1);
+        let reports = tokio::time::timeout(
+            self.publish_timeout() + margin,
+            futures_util::future::join_all(deliveries),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("kafka did not acknowledge in time".into()))?;
+        let mut failure = None;
+        for report in reports {
+            match report {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    failure.get_or_insert_with(|| format!("kafka refused a record: {e}"));
+                }
+                Err(_) => {
+                    failure.get_or_insert_with(|| "the kafka producer went away".to_string());
+                }
+            }
+        }
+        if let Some(reason) = failure {
+            self.replace_producer_if_fatal(&producer);
+            return Err(BusError::Unavailable(reason));
+        }
+        // Count them right away so shedding sees them before the next refresh.
+        self.shared.pending.fetch_add(n, Ordering::AcqRel);
+        Ok(())
+    }
+
+    async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError> {
+        let consumer: StreamConsumer = client_config(&self.config, &self.options)
+            .set("group.id", &self.config.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create()
+            .map_err(unavailable("creating a kafka consumer"))?;
+        consumer
+            .subscribe(&[&self.config.topic])
+            .map_err(unavailable("subscribing"))?;
+        Ok(Box::new(KafkaConsumer {
+            consumer: Arc::new(consumer),
+            topic: self.config.topic.clone(),
+            parts: HashMap::new(),
+            shared: self.shared.clone(),
+        }))
+    }
+
+    /// The processors' lag: Σ over partitions of (high watermark − the
+    /// group's committed offset, or the low watermark if none), refreshed by a
+    /// background thread every [`LAG_REFRESH`] (one OffsetFetch and one
+    /// ListOffsets per partition), so this call is one atomic load. Between
+    /// refreshes it is adjusted locally (+n on a publish, −n on a commit of
+    /// this node), so it is an estimate that can be off by what other nodes did
+    /// in the last half second. While Kafka is unreachable it keeps the last value.
+    fn pending(&self) -> u64 {
+        self.shared.pending.load(Ordering::Acquire)
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    async fn ping(&self) -> Result<(), BusError> {
+        let producer = self.producer.read().clone();
+        let topic = self.config.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let md = producer
+                .client()
+                .fetch_metadata(Some(&topic), PING_TIMEOUT)
+                .map_err(unavailable("kafka metadata"))?;
+            if md.brokers().is_empty() {
+                return Err(BusError::Unavailable("kafka reports no brokers".into()));
+            }
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                return Err(BusError::Unavailable(format!(
+                    "fatal producer error {code:?}: {reason}"
+                )));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| BusError::Unavailable(format!("ping task failed: {e}")))?
+    }
+}
+
+struct KafkaConsumer {
+    consumer: Arc<StreamConsumer>,
+    topic: String,
+    parts: HashMap<i32, PartState>,
+    shared: Arc<Shared>,
+}
+
+/// What this consumer has seen of one partition, to commit safely.
+#[derive(Default)]
+struct PartState {
+    /// Handed to the caller, not yet committed.
+    in_flight: BTreeSet<i64>,
+    /// Offset of the last record read (delivered or skipped).
+    last_seen: i64,
+}
+
+impl PartState {
+    /// The offset to commit: everything before it is processed or skipped.
+    fn frontier(&self) -> i64 {
+        self.in_flight
+            .first()
+            .copied()
+            .unwrap_or(self.last_seen + 1)
+    }
+}
+
+impl KafkaConsumer {
+    /// Synchronous commit on a blocking thread: it returns once the group
+    /// coordinator stored the offsets, so a commit reported `Ok` survives a
+    /// crash of this process, errors reach the processor (which logs them),
+    /// and `pending()` drops for real. Its cost is one round trip per polled
+    /// batch (up to `processor.batch_max` records), which is cheap next to the
+    /// store write it follows; an async commit would save that round trip but
+    /// could lose the last commits on shutdown and hide failures.
+    async fn commit_offsets(&self, offsets: Vec<(i32, i64)>) -> Result<(), BusError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+            for (p, o) in offsets {
+                tpl.add_partition_offset(&topic, p, Offset::Offset(o))
+                    .map_err(unavailable("building the commit"))?;
+            }
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(unavailable("committing offsets"))
+        });
+        match tokio::time::timeout(COMMIT_TIMEOUT, task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(BusError::Unavailable(format!("commit task failed: {e}"))),
+            Err(_) => Err(BusError::Unavailable("offset commit timed out".into())),
+        }
+    }
+}
+
+#[async_trait]
+impl BusConsumer for KafkaConsumer {
+    async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        let consumer = self.consumer.clone();
+        let mut stream = consumer.stream();
+        let mut out: Vec<Delivery> = Vec::new();
+        let mut skipped: BTreeSet<i32> = BTreeSet::new();
+        while out.len() < max {
+            // Wait (up to `wait`) only for the first delivery; then take what
+            // is already fetched.
+            let next = if out.is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            } else {
+                match stream.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            let message = match next {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    if out.is_empty() && skipped.is_empty() {
+                        return Err(BusError::Unavailable(format!("kafka consume: {e}")));
+                    }
+                    tracing::warn!(error = %e, "kafka consume error after a partial batch");
+                    break;
+                }
+                None => break,
+            };
+            let (partition, offset) = (message.partition(), message.offset());
+            let decoded = message
+                .payload()
+                .ok_or_else(|| "empty payload".to_string())
+                .and_then(|p| serde_json::from_slice::<Message>(p).map_err(|e| e.to_string()));
+            let part = self.parts.entry(partition).or_default();
+            part.last_seen = offset;
+            match decoded {
+                Ok(message) => {
+                    part.in_flight.insert(offset);
+                    out.push(Delivery {
+                        partition: partition as u32,
+                        offset: offset as u64,
+                        message,
+                    });
+                }
+                Err(e) => {
+                    self.shared.undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        topic = %self.topic, partition, offset, error = %e,
+                        "skipping a kafka record that is not a message"
+                    );
+                    skipped.insert(partition);
+                }
+            }
+        }
+        drop(stream);
+        // A partition whose newest records were all skipped has nothing for
+        // the caller to commit: commit past them here (only when nothing of
+        // that partition is still being processed).
+        let past_skipped: Vec<(i32, i64)> = skipped
+            .into_iter()
+            .filter_map(|p| {
+                let part = &self.parts[&p];
+                part.in_flight.is_empty().then(|| (p, part.frontier()))
+            })
+            .collect();
+        if let Err(e) = self.commit_offsets(past_skipped).await {
+            tracing::warn!(error = %e, "committing past skipped kafka records failed");
+        }
+        Ok(out)
+    }
+
+    /// Commits, for each partition touched, the offset after which nothing
+    /// handed out is still unprocessed: with the processor's poll → write →
+    /// commit cycle that is the highest committed offset + 1 (or past records
+    /// skipped after it).
+    async fn commit(&mut self, deliveries: &[Delivery]) -> Result<(), BusError> {
+        let mut touched: BTreeSet<i32> = BTreeSet::new();
+        let mut unknown: HashMap<i32, i64> = HashMap::new();
+        for d in deliveries {
+            let p = d.partition as i32;
+            match self.parts.get_mut(&p) {
+                Some(part) => {
+                    part.in_flight.remove(&(d.offset as i64));
+                    touched.insert(p);
+                }
+                None => {
+                    let o = unknown.entry(p).or_insert(0);
+                    *o = (*o).max(d.offset as i64 + 1);
+                }
+            }
+        }
+        let mut offsets: Vec<(i32, i64)> = touched
+            .into_iter()
+            .map(|p| (p, self.parts[&p].frontier()))
+            .collect();
+        offsets.extend(unknown);
+        self.commit_offsets(offsets).await?;
+        let n = deliveries.len() as u64;
+        let _ = self
+            .shared
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+        Ok(())
+    }
+}
+
+fn unavailable<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusError {
+    move |e| BusError::Unavailable(format!("{what}: {e}"))
+}
+
+fn client_config(config: &BusConfig, options: &KafkaOptions) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", config.kafka_brokers.trim())
+        .set("client.id", "danmaku");
+    for (k, v) in &options.extra {
+        c.set(k, v);
+    }
+    c
+}
+
+fn make_producer(config: &BusConfig, options: &KafkaOptions) -> Result<FutureProducer, BusError> {
+    let timeout_ms = config.publish_timeout_ms.max(1).to_string();
+    client_config(config, options)
+        .set("acks", "all")
+        .set(
+            "enable.idempotence",
+            if options.idempotence { "true" } else { "false" },
+        )
+        .set("max.in.flight.requests.per.connection", "5")
+        .set("linger.ms", LINGER_MS)
+        .set("message.timeout.ms", &timeout_ms)
+        .create()
+        .map_err(unavailable("creating the kafka producer"))
+}
+
+async fn ensure_topic(config: &BusConfig, options: &KafkaOptions) -> Result<(), BusError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config, options)
+        .create()
+        .map_err(unavailable("creating a kafka admin client"))?;
+    let topic = NewTopic::new(
+        &config.topic,
+        config.partitions.max(1) as i32,
+        TopicReplication::Fixed(config.replication_factor),
+    );
+    let opts = AdminOptions::new()
+        .request_timeout(Some(ADMIN_TIMEOUT))
+        .operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = tokio::time::timeout(
+        ADMIN_TIMEOUT + Duration::from_secs(2),
+        admin.create_topics([&topic], &opts),
+    )
+    .await
+    .map_err(|_| BusError::Unavailable("creating the kafka topic timed out".into()))?
+    .map_err(unavailable("creating the kafka topic"))?;
+    for result in results {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created the kafka topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(BusError::Unavailable(format!(
+                    "creating the kafka topic {name}: {code}"
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes `shared.pending` every [`LAG_REFRESH`] until the bus is dropped.
+fn lag_task(
+    probe: BaseConsumer,
+    topic: String,
+    partitions: u32,
+    shared: Arc<Shared>,
+    stop: mpsc::Receiver<()>,
+) {
+    let mut failing = false;
+    loop {
+        match group_lag(&probe, &topic, partitions) {
+            Ok(lag) => {
+                shared.pending.store(lag, Ordering::Release);
+                if failing {
+                    tracing::info!(topic = %topic, lag, "kafka lag readable again");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(topic = %topic, error = %e, "reading the kafka lag failed; keeping the last value");
+                    failing = true;
+                }
+            }
+        }
+        match stop.recv_timeout(LAG_REFRESH) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    }
+}
+
+fn group_lag(probe: &BaseConsumer, topic: &str, partitions: u32) -> Result<u64, KafkaError> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    let committed = probe.committed_offsets(tpl, LAG_QUERY_TIMEOUT)?;
+    let mut lag: u64 = 0;
+    for p in 0..partitions as i32 {
+        let (low, high) = probe.fetch_watermarks(topic, p, LAG_QUERY_TIMEOUT)?;
+        let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o.max(low),
+            _ => low,
+        };
+        lag += (high - from).max(0) as u64;
+    }
+    Ok(lag)
+}
