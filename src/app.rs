@@ -87,7 +87,9 @@ impl Server {
             rooms.clone(),
             config.fanout.clone(),
             config.ration.lite_after_frames,
+            node_id(&config),
         );
+        hubs.start_background();
         let state = AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
             ingest: Ingest::new(
@@ -185,6 +187,15 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// This front's presence name: configured, or random per process.
+fn node_id(config: &Config) -> String {
+    if config.server.node_id.is_empty() {
+        format!("node-{:08x}", rand::random::<u32>())
+    } else {
+        config.server.node_id.clone()
     }
 }
 

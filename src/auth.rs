@@ -96,7 +96,7 @@ impl Authenticator {
     /// Checks `Authorization: Bearer <token>` (or a bare token).
     pub fn viewer(&self, bearer: Option<&str>) -> Result<ViewerClaims, AuthFailure> {
         let raw = bearer.map(str::trim).unwrap_or("");
-        let token = raw.strip_prefix("Bearer ").unwrap_or(raw).trim();
+        let token = raw.strip_prefix("Bearer").unwrap_or(raw).trim();
         if token.is_empty() {
             return Err(AuthFailure::MissingToken);
         }

@@ -33,6 +33,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    pub node_id: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_ms: u64,
 }
@@ -159,6 +160,14 @@ pub struct FanoutConfig {
     pub send_timeout_ms: u64,
     pub hub_idle_s: u64,
     pub max_rooms: usize,
+    pub read_interval_ms: u64,
+    pub small_min_read_gap_ms: u64,
+    pub big_min_read_gap_ms: u64,
+    pub big_room_threshold: usize,
+    pub big_poll_max_messages: usize,
+    pub cache_messages: usize,
+    pub presence_interval_ms: u64,
+    pub presence_ttl_s: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]

@@ -36,6 +36,12 @@ pub struct Metrics {
     /// Current per-viewer budget of each room with a hub on this node.
     pub room_budget: IntGaugeVec,
     pub bus_pending: IntGauge,
+    /// Live-store range reads by who asked (hub, poll, catch_up).
+    pub store_reads: IntCounterVec,
+    /// Big-room reads served by a front's local cache (hit, gap).
+    pub cache_reads: IntCounterVec,
+    /// Viewers over all fronts, for big rooms with a hub on this node.
+    pub room_online: IntGaugeVec,
     /// Processing delay: store write time minus the front's timestamp.
     pub process_delay_seconds: Histogram,
 }
@@ -187,6 +193,33 @@ impl Metrics {
                         "danmaku_room_budget",
                         "Per-viewer budget (messages/s) by room",
                     ),
+                    &["room"],
+                )
+                .unwrap(),
+            ),
+            store_reads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_store_reads_total", "Live store range reads"),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            cache_reads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_cache_reads_total",
+                        "Big-room reads served from the local cache",
+                    ),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            room_online: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("danmaku_room_online", "Viewers over all fronts (big rooms)"),
                     &["room"],
                 )
                 .unwrap(),

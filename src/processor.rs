@@ -115,8 +115,14 @@ impl Processor {
             });
             rooms[i].1.push(d.message.clone());
         }
+        let mut updated = Vec::with_capacity(rooms.len());
         for (room, messages) in rooms {
             self.append_with_retry(room, messages).await;
+            updated.push(room.to_string());
+        }
+        // Best effort: fronts poll anyway, a lost notice only adds latency.
+        if let Err(e) = self.store.notify_updated(&updated).await {
+            tracing::debug!(error = %e, "room-updated notice failed");
         }
     }
 

@@ -107,7 +107,10 @@ async fn run() {
             continue;
         }
         let ids: HashSet<&String> = got.iter().map(|(_, id)| id).collect();
-        assert_eq!(ids, posted_set, "viewer {i} got exactly the posted messages");
+        assert_eq!(
+            ids, posted_set,
+            "viewer {i} got exactly the posted messages"
+        );
     }
     assert!(
         short.is_empty(),

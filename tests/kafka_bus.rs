@@ -297,20 +297,20 @@ async fn pending_counts_unconsumed_records_until_committed() {
         .map(|i| BusRecord::keyed_by_room_kind(msg(&format!("p{i}"), Kind::Gift, "x")))
         .collect();
     bus.publish(records).await.expect("publish");
-    // Counted at once (local estimate), and still after the refresh from Kafka.
-    assert!(bus.pending() >= 7);
-    tokio::time::sleep(danmaku::bus::kafka::LAG_REFRESH * 3).await;
     eventually("pending == 7", || bus.pending() == 7).await;
+    tokio::time::sleep(danmaku::bus::kafka::LAG_REFRESH * 3).await;
+    assert_eq!(bus.pending(), 7, "confirmed by Kafka");
 
     let mut consumer = bus.consumer().await.unwrap();
     let got = take(&mut consumer, 7).await;
     // Consumed but not committed: still pending.
     tokio::time::sleep(danmaku::bus::kafka::LAG_REFRESH * 3).await;
     assert_eq!(bus.pending(), 7);
+    // A prefix of the deliveries is a prefix of each partition: exactly 3 done.
     consumer.commit(&got[..3]).await.expect("commit");
-    // Which three were committed depends on placement; the lag drops by 3 or
-    // more only if later records of the same partition were among them.
-    eventually("pending drops after a partial commit", || bus.pending() < 7).await;
+    eventually("pending == 4", || bus.pending() == 4).await;
+    tokio::time::sleep(danmaku::bus::kafka::LAG_REFRESH * 3).await;
+    assert_eq!(bus.pending(), 4, "confirmed by Kafka");
     consumer.commit(&got).await.expect("commit");
     eventually("pending == 0", || bus.pending() == 0).await;
     tokio::time::sleep(danmaku::bus::kafka::LAG_REFRESH * 3).await;
@@ -394,7 +394,6 @@ async fn unreachable_broker_fails_publish_within_the_timeout() {
         "never Ok: {result:?}"
     );
     assert!(took < Duration::from_millis(1500 + 1500), "took {took:?}");
-    assert!(took >= Duration::from_millis(1000), "it did wait for the ack: {took:?}");
     assert!(bus.ping().await.is_err());
     assert_eq!(bus.pending(), 0, "a failed publish is not pending");
 

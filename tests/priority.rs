@@ -54,7 +54,7 @@ async fn flood_is_rationed_identically_for_500_viewers() {
         })
         .await,
     );
-    let room = "flood";
+    let room = &t.room("flood");
     let (s, v) = put_settings(&t, room, json!({"budget_per_s": 30, "high_share": 0.6667})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["effective"]["high_budget_per_s"], 20);
@@ -214,7 +214,7 @@ async fn low_is_shed_before_high_and_whitelist_never() {
         c.ingest.shed_high_pending = 40;
     })
     .await;
-    let room = "shed";
+    let room = &t.room("shed");
     t.server.pause_processor(true).await;
     let token = t.token("u1", "Fan");
     let mut accepted = 0;
@@ -260,6 +260,7 @@ async fn low_is_shed_before_high_and_whitelist_never() {
 #[tokio::test]
 async fn room_settings_admin_api() {
     let t = TestServer::start_with(|c| c.auth.admin_token = ADMIN.into()).await;
+    let (r1, r2) = (t.room("r1"), t.room("r2"));
     let res = t
         .http
         .put(t.url("/v1/admin/rooms/r1/settings"))
@@ -270,26 +271,22 @@ async fn room_settings_admin_api() {
         .unwrap();
     let (s, b, _) = into_parts(res).await;
     expect_error(s, &b, StatusCode::UNAUTHORIZED, "invalid_admin_token");
-    let (s, b) = put_settings(&t, "r1", json!({"high_share": 3})).await;
+    let (s, b) = put_settings(&t, &r1, json!({"high_share": 3})).await;
     expect_error(s, &b, StatusCode::BAD_REQUEST, "invalid_settings");
-    let (s, b) = put_settings(&t, "r1", json!({"blocked_words": ["Spoiler"]})).await;
+    let (s, b) = put_settings(&t, &r1, json!({"blocked_words": ["Spoiler"]})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let token = t.token("u1", "Fan");
-    let (s, b, _) = t
-        .post_danmaku("r1", &token, "a", "no SPOILERS please")
-        .await;
+    let (s, b, _) = t.post_danmaku(&r1, &token, "a", "no SPOILERS please").await;
     expect_error(s, &b, StatusCode::BAD_REQUEST, "blocked_content");
     // Other rooms are not affected.
-    let (s, _, _) = t
-        .post_danmaku("r2", &token, "b", "no SPOILERS please")
-        .await;
+    let (s, _, _) = t.post_danmaku(&r2, &token, "b", "no SPOILERS please").await;
     assert_eq!(s, StatusCode::ACCEPTED);
     // Whitelisted user's danmaku goes to the whitelist bucket.
-    put_settings(&t, "r1", json!({"whitelist_users": ["vip"]})).await;
+    put_settings(&t, &r1, json!({"whitelist_users": ["vip"]})).await;
     let vip = t.token("vip", "VIP");
-    let (s, _, _) = t.post_danmaku("r1", &vip, "c", "hello all").await;
+    let (s, _, _) = t.post_danmaku(&r1, &vip, "c", "hello all").await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    let stored = t.wait_stored("r1", 1).await;
+    let stored = t.wait_stored(&r1, 1).await;
     assert_eq!(stored[0]["priority"], "whitelist");
 }
 

@@ -703,3 +703,396 @@ async fn connect_fails_cleanly() {
     let down = RedisStore::connect("redis://127.0.0.1:1", cfg(1)).await;
     assert!(matches!(down, Err(StoreError::Unavailable(_))));
 }
+
+// ---------------------------------------------------------------------------
+// Presence (DESIGN §3.7) and "room updated" notices.
+
+/// A node name no other test (or earlier run) uses.
+fn node(name: &str) -> String {
+    format!("n-{name}-{:012x}", rand::random::<u64>() >> 16)
+}
+
+fn counts(pairs: &[(&String, u64)]) -> Vec<(String, u64)> {
+    pairs.iter().map(|(r, n)| ((*r).clone(), *n)).collect()
+}
+
+#[tokio::test]
+async fn presence_sums_counts_across_nodes() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let a = store(&url, cfg(10)).await;
+    let b = store(&url, cfg(10)).await;
+    let (na, nb) = (node("a"), node("b"));
+    let (r1, r2, r3) = (room("p1"), room("p2"), room("p3"));
+    let ttl = Duration::from_secs(60);
+
+    let got = a
+        .exchange_presence(&na, &counts(&[(&r1, 3), (&r2, 1)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![3, 1], "only a so far");
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r1, 2), (&r3, 5)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![5, 5], "b sees a's viewers of r1");
+    // A room this node has no viewers of still gets the cluster figure.
+    let got = a
+        .exchange_presence(&na, &counts(&[(&r1, 3), (&r2, 1), (&r3, 0)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![5, 1, 5]);
+    // Order follows the request.
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r3, 5), (&r2, 0), (&r1, 2)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![5, 1, 5]);
+    assert_eq!(
+        a.exchange_presence(&na, &[], ttl).await.unwrap(),
+        Vec::<u64>::new()
+    );
+
+    // The layout of docs/redis-keys.md: one hash per node with a TTL, and the
+    // node registered in the nodes set until its registration runs out.
+    let mut admin = admin(&url).await;
+    let hash: Vec<(String, u64)> = redis::cmd("HGETALL")
+        .arg(format!("{{presence}}:node:{nb}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut hash = hash;
+    hash.sort();
+    let mut want = counts(&[(&r1, 2), (&r3, 5)]);
+    want.sort();
+    assert_eq!(hash, want, "zero counts are not stored");
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{{presence}}:node:{nb}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(pttl > 50_000 && pttl <= 60_000, "pttl {pttl}");
+    let deadline: Option<f64> = redis::cmd("ZSCORE")
+        .arg("{presence}:nodes")
+        .arg(&nb)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let deadline = deadline.expect("b is registered") as u64;
+    // Scored on the server's clock (TIME), not this host's.
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut admin).await.unwrap();
+    let now = secs * 1000 + micros / 1000;
+    assert!(
+        deadline > now + 50_000 && deadline <= now + 61_000,
+        "deadline {deadline} vs now {now}"
+    );
+}
+
+#[tokio::test]
+async fn presence_forgets_rooms_a_node_no_longer_lists() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let a = store(&url, cfg(10)).await;
+    let b = store(&url, cfg(10)).await;
+    let (na, nb) = (node("a"), node("b"));
+    let (r1, r2) = (room("gone1"), room("gone2"));
+    let ttl = Duration::from_secs(60);
+    a.exchange_presence(&na, &counts(&[(&r1, 4), (&r2, 7)]), ttl)
+        .await
+        .unwrap();
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r1, 1), (&r2, 1)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![5, 8]);
+    // r2's viewers left node a: it is no longer in a's list.
+    a.exchange_presence(&na, &counts(&[(&r1, 4)]), ttl)
+        .await
+        .unwrap();
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r1, 1), (&r2, 1)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![5, 1]);
+    // Everyone left node a: its counts vanish, the node stays harmlessly.
+    a.exchange_presence(&na, &[], ttl).await.unwrap();
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r1, 1), (&r2, 1)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![1, 1]);
+    // A count that drops to zero is the same as leaving.
+    a.exchange_presence(&na, &counts(&[(&r1, 0)]), ttl)
+        .await
+        .unwrap();
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r1, 1)]), ttl)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![1]);
+}
+
+#[tokio::test]
+async fn presence_drops_a_node_that_stops_refreshing() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let a = store(&url, cfg(10)).await;
+    let b = store(&url, cfg(10)).await;
+    let (na, nb) = (node("a"), node("b"));
+    let r = room("ttl");
+    let short = Duration::from_secs(1);
+    a.exchange_presence(&na, &counts(&[(&r, 10)]), short)
+        .await
+        .unwrap();
+    let got = b
+        .exchange_presence(&nb, &counts(&[(&r, 1)]), short)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![11]);
+    // b keeps refreshing, a does not.
+    let mut sums = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sums.push(
+            b.exchange_presence(&nb, &counts(&[(&r, 1)]), short)
+                .await
+                .unwrap()[0],
+        );
+    }
+    assert_eq!(sums.last(), Some(&1), "a expired: {sums:?}");
+    assert!(sums.windows(2).all(|w| w[0] >= w[1]), "{sums:?}");
+
+    let mut admin = admin(&url).await;
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg(format!("{{presence}}:node:{na}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a's hash expired");
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("{presence}:nodes")
+        .arg(&na)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(score, None, "a fell out of the nodes set");
+    // A node that comes back counts again at once.
+    let got = a
+        .exchange_presence(&na, &counts(&[(&r, 10)]), short)
+        .await
+        .unwrap();
+    assert_eq!(got, vec![11]);
+}
+
+#[tokio::test]
+async fn presence_handles_many_rooms() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let a = store(&url, cfg(10)).await;
+    let b = store(&url, cfg(10)).await;
+    let (na, nb) = (node("a"), node("b"));
+    let prefix = room("many");
+    // More than one chunk of script arguments (the script works in 1000s).
+    let rooms: Vec<String> = (0..2500).map(|i| format!("{prefix}-{i}")).collect();
+    let la: Vec<(String, u64)> = rooms.iter().map(|r| (r.clone(), 1)).collect();
+    let lb: Vec<(String, u64)> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.clone(), i as u64))
+        .collect();
+    let ttl = Duration::from_secs(30);
+    a.exchange_presence(&na, &la, ttl).await.unwrap();
+    let got = b.exchange_presence(&nb, &lb, ttl).await.unwrap();
+    assert_eq!(got, (0..2500).map(|i| i + 1).collect::<Vec<u64>>());
+}
+
+/// Publishes `rooms` through `from` every 200 ms until `rx` has seen each of
+/// them, for at most `within`. Notices are best effort (and a subscriber
+/// starts listening shortly after `updates()`), hence the repetition.
+async fn notices_arrive(
+    from: &RedisStore,
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<str>>,
+    rooms: &[String],
+    within: Duration,
+) -> Result<Duration, String> {
+    let start = tokio::time::Instant::now();
+    let mut missing: BTreeSet<String> = rooms.iter().cloned().collect();
+    while start.elapsed() < within {
+        let _ = from.notify_updated(rooms).await;
+        let tick = tokio::time::Instant::now() + Duration::from_millis(200);
+        loop {
+            match tokio::time::timeout_at(tick, rx.recv()).await {
+                Ok(Ok(room)) => {
+                    missing.remove(&*room);
+                    if missing.is_empty() {
+                        return Ok(start.elapsed());
+                    }
+                }
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(e)) => return Err(format!("receiver closed: {e}")),
+                Err(_) => break,
+            }
+        }
+    }
+    Err(format!("not received within {within:?}: {missing:?}"))
+}
+
+#[tokio::test]
+async fn notices_reach_every_store() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let processor = store(&url, cfg(10)).await;
+    let front = store(&url, cfg(10)).await;
+    let mut rx = front.updates();
+    let mut rx2 = front.clone().updates(); // clones share one subscriber
+    let rooms = vec![room("n1"), room("n2"), room("n3")];
+    notices_arrive(&processor, &mut rx, &rooms, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Once subscribed, one publish is enough, in order, each room once.
+    while rx2.try_recv().is_ok() {}
+    let more = vec![room("n4"), room("n5")];
+    processor.notify_updated(&more).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let room = tokio::time::timeout(Duration::from_secs(5), rx2.recv())
+            .await
+            .expect("a notice within 5 s")
+            .unwrap();
+        if room.starts_with("t-n4-") || room.starts_with("t-n5-") {
+            got.push(room.to_string());
+        }
+    }
+    assert_eq!(got, more);
+    // Nothing to notify is not an error, and publishes nothing.
+    processor.notify_updated(&[]).await.unwrap();
+}
+
+/// Subscribers of the notice channel on the server.
+async fn notice_subscribers(admin: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (_, n): (String, u64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg("dm:updated")
+        .query_async(admin)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn notices_resume_after_the_subscriber_is_killed() {
+    let url = need_redis!();
+    // CLIENT KILL TYPE pubsub hits every subscriber on the server: run alone.
+    let _exclusive = FLUSH.write().await;
+    let mut admin = admin(&url).await;
+    let baseline = notice_subscribers(&mut admin).await;
+    let processor = store(&url, cfg(10)).await;
+    let front = store(&url, cfg(10)).await;
+    let mut rx = front.updates();
+    notices_arrive(&processor, &mut rx, &[room("k0")], Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(notice_subscribers(&mut admin).await, baseline + 1);
+
+    for round in 1..=2 {
+        let killed: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        assert!(killed >= 1, "round {round}: the subscriber was killed");
+        let took = notices_arrive(
+            &processor,
+            &mut rx,
+            &[room(&format!("k{round}"))],
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        eprintln!("round {round}: notices resumed after {took:?}");
+    }
+
+    // The subscriber task ends with the store (all its clones).
+    let clone = front.clone();
+    drop(front);
+    assert_eq!(notice_subscribers(&mut admin).await, baseline + 1);
+    drop(clone);
+    drop(rx);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = notice_subscribers(&mut admin).await;
+        if n == baseline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} subscribers left, expected {baseline}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_and_notices_survive_an_outage() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let (target, _) = split_url(&url, "");
+    let proxy = Proxy::start(target).await;
+    let (_, proxied) = split_url(&url, &proxy.addr.to_string());
+    let processor = store(&url, cfg(10)).await;
+    let front = store(&proxied, cfg(10)).await;
+    let mut rx = front.updates();
+    notices_arrive(&processor, &mut rx, &[room("o0")], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let n = node("outage");
+    let r = room("outage");
+    let ttl = Duration::from_secs(30);
+    let local = counts(&[(&r, 2)]);
+    assert_eq!(
+        front.exchange_presence(&n, &local, ttl).await.unwrap(),
+        vec![2]
+    );
+
+    proxy.set_up(false);
+    let down = tokio::time::timeout(Duration::from_secs(20), async {
+        (
+            front.exchange_presence(&n, &local, ttl).await.err(),
+            front.notify_updated(std::slice::from_ref(&r)).await.err(),
+        )
+    })
+    .await
+    .expect("calls fail promptly while Redis is away");
+    assert!(
+        matches!(down.0, Some(StoreError::Unavailable(_))),
+        "{down:?}"
+    );
+    assert!(
+        matches!(down.1, Some(StoreError::Unavailable(_))),
+        "{down:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Back: both recover without rebuilding the store.
+    proxy.set_up(true);
+    let got = eventually("presence after the outage", || {
+        front.exchange_presence(&n, &local, ttl)
+    })
+    .await;
+    assert_eq!(got, vec![2]);
+    notices_arrive(&processor, &mut rx, &[room("o1")], Duration::from_secs(10))
+        .await
+        .unwrap();
+    // And the front can publish again.
+    let mut rx_processor = processor.updates();
+    notices_arrive(
+        &front,
+        &mut rx_processor,
+        &[room("o2")],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}

@@ -2,24 +2,29 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use crate::app::AppState;
 use crate::error::ApiError;
 use crate::message::valid_room;
 
 /// `{room}` path segment, validated.
 pub struct RoomPath(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for RoomPath {
+impl FromRequestParts<AppState> for RoomPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(room) = Path::<String>::from_request_parts(parts, state)
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let room = Path::<String>::from_request_parts(parts, state)
             .await
-            .map_err(|_| ApiError::bad_request("bad_room", "bad room in path"))?;
+            .map(|Path(room)| room)
+            .unwrap_or_default();
         if !valid_room(&room) {
+            if parts.method == Method::POST {
+                state.metrics.reject("bad_room"); // an ingest refusal
+            }
             return Err(ApiError::bad_request(
                 "bad_room",
                 "room must be 1-64 characters of A-Z a-z 0-9 _ -",
@@ -46,11 +51,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 /// The raw body within the configured size limit, or 413 `body_too_large`.
 pub struct RawBody(pub Bytes);
 
-impl<S: Send + Sync> FromRequest<S> for RawBody {
+impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        Bytes::from_request(req, state)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let result = Bytes::from_request(req, state)
             .await
             .map(RawBody)
             .map_err(|e| {
@@ -63,7 +68,12 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
                 } else {
                     ApiError::bad_request("bad_body", e.body_text())
                 }
-            })
+            });
+        // Refused before any handler ran: count it here.
+        if let Err(e) = &result {
+            state.metrics.reject(e.code);
+        }
+        result
     }
 }
 

@@ -99,7 +99,7 @@ impl ViewerFeed {
     }
 
     pub fn online(&self) -> usize {
-        self.hub.online()
+        self.hub.cluster_online()
     }
 
     fn hello(&self, reset: bool, gap: bool) -> Hello {
@@ -108,7 +108,7 @@ impl ViewerFeed {
             room: self.room.clone(),
             epoch: self.epoch.to_string(),
             cursor: self.cursor_before_pending(),
-            online: self.hub.online(),
+            online: self.hub.cluster_online(),
             tick_ms: self.registry.config().tick_ms,
             reset,
             gap,
@@ -184,17 +184,45 @@ impl ViewerFeed {
         }
     }
 
+    /// Frames already queued for this viewer, without waiting: at shutdown,
+    /// what the hubs' last tick sent goes out before the close.
+    pub fn drain_ready(&mut self) -> Vec<Arc<Frame>> {
+        let mut out: Vec<Arc<Frame>> = self.pending.take().into_iter().collect();
+        while let Ok(frame) = self.sub.frames.try_recv() {
+            if frame.epoch != self.epoch || frame.to <= self.cursor {
+                continue;
+            }
+            if frame.from != self.cursor {
+                break; // would need a store read; the viewer resumes by cursor
+            }
+            self.cursor = frame.to;
+            out.push(frame);
+        }
+        out
+    }
+
     /// Reads (cursor, target] from the store as one individually encoded
     /// frame, rationed by the room's rules and without what the hub still holds.
     async fn catch_up(&mut self) -> Result<(Arc<Frame>, bool), ApiError> {
         let limit = self.registry.config().max_batch_messages;
+        if self.hub.is_big() {
+            return Ok(self.catch_up_from_cache(limit));
+        }
+        self.registry
+            .metrics()
+            .store_reads
+            .with_label_values(&["catch_up"])
+            .inc();
         let read = self
             .registry
             .store()
             .read_range(&self.room, self.cursor, self.target, limit)
             .await
             .map_err(store_down)?;
-        let rules = self.registry.rooms().rules(&self.room, self.hub.online());
+        let rules = self
+            .registry
+            .rooms()
+            .rules(&self.room, self.hub.cluster_online());
         let read_nothing = read.messages.is_empty();
         let mut messages = ration_catch_up(&rules, read.messages);
         if !self.undecided.is_empty() {
@@ -218,6 +246,35 @@ impl ViewerFeed {
             self.cursor = self.target;
         }
         Ok((frame, read.gap))
+    }
+
+    /// Big rooms: the viewer catches up from this node's recent frames (the
+    /// same, already rationed frames everyone got), never from the store.
+    fn catch_up_from_cache(&mut self, limit: usize) -> (Arc<Frame>, bool) {
+        let read = self.hub.cached_after(self.cursor, limit);
+        let metrics = self.registry.metrics();
+        let result = if read.gap { "gap" } else { "hit" };
+        metrics.cache_reads.with_label_values(&[result]).inc();
+        let frame = match read.single {
+            Some(frame) => frame,
+            None => Arc::new(Frame::encode(
+                &self.room,
+                self.epoch.clone(),
+                self.cursor,
+                read.cursor.max(self.cursor),
+                &read.messages,
+            )),
+        };
+        metrics
+            .delivered
+            .with_label_values(&["catch_up"])
+            .inc_by(frame.full.count as u64);
+        self.cursor = if frame.full.count == 0 {
+            self.target // nothing cached up to target: jump
+        } else {
+            frame.to.max(self.cursor)
+        };
+        (frame, read.gap)
     }
 }
 

@@ -19,11 +19,15 @@ pub struct Frame {
     /// The same frame without low messages, for connections that fell behind;
     /// `None` when the frame has no low to shed.
     pub lite: Option<Encoded>,
+    /// The messages, for the local cache (their JSON bytes are shared).
+    pub messages: Arc<[StoredMessage]>,
 }
 
 /// One frame's bytes in each transport's framing.
 pub struct Encoded {
     pub count: usize,
+    /// The batch JSON (long-poll body); shares its buffer with `ws_text`.
+    pub json: Bytes,
     /// `{"type":"batch",...}` — the WebSocket text and the long-poll body.
     pub ws_text: Utf8Bytes,
     /// The same JSON as one SSE event with `id: <cursor>`.
@@ -37,9 +41,11 @@ impl Encoded {
         write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
         sse.extend_from_slice(&json);
         sse.extend_from_slice(b"\n\n");
+        let json = Bytes::from(json);
         Encoded {
             count: messages.len(),
-            ws_text: Utf8Bytes::try_from(Bytes::from(json)).expect("JSON is UTF-8"),
+            ws_text: Utf8Bytes::try_from(json.clone()).expect("JSON is UTF-8"),
+            json,
             sse: Bytes::from(sse),
         }
     }
@@ -65,6 +71,7 @@ impl Frame {
         Frame {
             full: Encoded::new(room, &epoch, to, messages),
             lite,
+            messages: messages.into(),
             epoch,
             from,
             to,

@@ -6,7 +6,8 @@ pub mod feed;
 pub mod frame;
 pub mod ration;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::FanoutConfig;
 use crate::error::ApiError;
-use crate::message::now_ms;
+use crate::message::{now_ms, StoredMessage};
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
@@ -29,11 +30,17 @@ use ration::Rationer;
 pub struct Hub {
     pub room: String,
     tx: broadcast::Sender<Arc<Frame>>,
-    /// Last broadcast cursor, for long-poll waiters.
+    /// `to` of the last broadcast frame, for long-poll waiters.
     cursor_tx: watch::Sender<u64>,
     position: Mutex<Position>,
     streams: AtomicUsize,
     pollers: AtomicUsize,
+    /// Viewers over all fronts (presence); this node's count until known.
+    cluster_online: AtomicUsize,
+    /// Big room (DESIGN §3.4): viewers read this node's cache, not the store.
+    big: AtomicBool,
+    /// A "room updated" notice arrived since the last read.
+    dirty: AtomicBool,
 }
 
 struct Position {
@@ -44,6 +51,9 @@ struct Position {
     sent_cursor: u64,
     /// Seqs the rationer still holds (delayed high, low awaiting rollover).
     undecided: Arc<[u64]>,
+    /// Recent frames, oldest first: the local cache big rooms are served from.
+    recent: VecDeque<Arc<Frame>>,
+    recent_messages: usize,
     stopped: bool,
 }
 
@@ -65,6 +75,24 @@ pub struct PollWaiter {
     _guard: CountGuard,
 }
 
+impl PollWaiter {
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self._guard.0
+    }
+}
+
+/// What the local cache holds after a cursor.
+pub struct CacheRead {
+    pub epoch: Arc<str>,
+    /// Where the reader stands after taking `messages`.
+    pub cursor: u64,
+    pub messages: Vec<StoredMessage>,
+    /// The reader's cursor is older than the cache: something in between is not here.
+    pub gap: bool,
+    /// When the answer is exactly one broadcast frame, its pre-encoded bytes.
+    pub single: Option<Arc<Frame>>,
+}
+
 struct CountGuard(Arc<Hub>, fn(&Hub) -> &AtomicUsize);
 
 impl Drop for CountGuard {
@@ -84,16 +112,32 @@ impl Hub {
                 read_cursor: cursor,
                 sent_cursor: cursor,
                 undecided: Arc::from([]),
+                recent: VecDeque::new(),
+                recent_messages: 0,
                 stopped: false,
             }),
             streams: AtomicUsize::new(0),
             pollers: AtomicUsize::new(0),
+            cluster_online: AtomicUsize::new(0),
+            big: AtomicBool::new(false),
+            dirty: AtomicBool::new(true),
         }
     }
 
     /// Viewers of this room on this node (streams and held polls).
     pub fn online(&self) -> usize {
         self.streams.load(Ordering::Acquire) + self.pollers.load(Ordering::Acquire)
+    }
+
+    /// Viewers over all fronts, as last exchanged (at least this node's).
+    pub fn cluster_online(&self) -> usize {
+        self.cluster_online
+            .load(Ordering::Acquire)
+            .max(self.online())
+    }
+
+    pub fn is_big(&self) -> bool {
+        self.big.load(Ordering::Acquire)
     }
 
     /// Subscribes at the current position; `None` if the hub has stopped.
@@ -121,9 +165,49 @@ impl Hub {
         Some(PollWaiter {
             changed: self.cursor_tx.subscribe(),
             epoch: pos.epoch.clone(),
-            cursor: pos.read_cursor,
+            cursor: pos.sent_cursor,
             _guard: CountGuard(self.clone(), |h| &h.pollers),
         })
+    }
+
+    /// The cached frames after `after` (whole frames, at most `limit`
+    /// messages unless one frame alone is bigger).
+    pub fn cached_after(&self, after: u64, limit: usize) -> CacheRead {
+        let pos = self.position.lock();
+        let start = pos.recent.partition_point(|f| f.to <= after);
+        let mut read = CacheRead {
+            epoch: pos.epoch.clone(),
+            cursor: after.min(pos.sent_cursor),
+            messages: Vec::new(),
+            gap: false,
+            single: None,
+        };
+        let Some(first) = pos.recent.get(start) else {
+            return read;
+        };
+        read.gap = first.from > after;
+        if first.from == after && start + 1 == pos.recent.len() {
+            read.cursor = first.to;
+            read.single = Some(first.clone());
+            return read;
+        }
+        for frame in pos.recent.iter().skip(start) {
+            if !read.messages.is_empty() && read.messages.len() + frame.messages.len() > limit {
+                break;
+            }
+            // A frame straddling `after` (a cursor that is not a frame
+            // boundary) contributes only what is newer than `after`.
+            let straddles = frame.from < after;
+            read.messages.extend(
+                frame
+                    .messages
+                    .iter()
+                    .filter(|m| !straddles || m.seq > after)
+                    .cloned(),
+            );
+            read.cursor = frame.to;
+        }
+        read
     }
 
     /// Stops the hub if nobody uses it (checked under the position lock, so a
@@ -138,15 +222,23 @@ impl Hub {
         }
     }
 
-    /// Takes new messages from the store, rations them and broadcasts one
-    /// frame (several if the backlog is larger than a frame may hold).
-    async fn tick(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+    /// One tick: if `read`, takes new messages from the store (several reads
+    /// if the backlog is larger than a frame may hold); rations what there is
+    /// and broadcasts one frame per read.
+    async fn tick(&self, ctx: &HubContext<'_>, rationer: &mut Rationer, read: bool) {
         let timer = ctx.metrics.hub_tick_seconds.start_timer();
+        if !read {
+            if rationer.has_undecided() {
+                let (epoch, cursor) = self.read_position();
+                self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
+            }
+            timer.observe_duration();
+            return;
+        }
+        self.dirty.store(false, Ordering::Release);
         loop {
-            let (epoch, cursor) = {
-                let pos = self.position.lock();
-                (pos.epoch.clone(), pos.read_cursor)
-            };
+            let (epoch, cursor) = self.read_position();
+            ctx.metrics.store_reads.with_label_values(&["hub"]).inc();
             let read = match ctx
                 .store
                 .read_range(&self.room, cursor, u64::MAX, ctx.max_batch)
@@ -168,52 +260,77 @@ impl Hub {
                 pos.read_cursor = 0;
                 pos.sent_cursor = 0;
                 pos.undecided = Arc::from([]);
+                pos.recent.clear();
+                pos.recent_messages = 0;
                 continue;
             }
-            let rules = ctx.rooms.rules(&self.room, self.online());
-            let selection = rationer.tick(now_ms(), ctx.tick_ms, &rules, read.messages);
-            ctx.metrics.account_selection(&selection);
-            ctx.metrics
-                .room_budget
-                .with_label_values(&[self.room.as_str()])
-                .set(rules.budget_per_s as i64);
-            let undecided: Arc<[u64]> = if rationer.has_undecided() {
-                rationer.undecided().into()
-            } else {
-                Arc::from([])
-            };
-            let mut pos = self.position.lock();
-            pos.read_cursor = read.cursor;
-            pos.undecided = undecided;
-            if !selection.messages.is_empty() {
-                let frame = Arc::new(Frame::encode(
-                    &self.room,
-                    epoch,
-                    pos.sent_cursor,
-                    read.cursor,
-                    &selection.messages,
-                ));
-                pos.sent_cursor = read.cursor;
-                let count = frame.full.count as u64;
-                let receivers = self.tx.send(frame).unwrap_or(0) as u64;
-                drop(pos);
-                ctx.metrics.frames_encoded.inc();
-                ctx.metrics.frames_sent.inc_by(receivers);
-                ctx.metrics
-                    .delivered
-                    .with_label_values(&["stream"])
-                    .inc_by(count * receivers);
-            } else {
-                drop(pos);
-            }
-            if read.cursor != cursor {
-                self.cursor_tx.send_replace(read.cursor);
-            }
-            if read.cursor >= read.head {
+            let caught_up = read.cursor >= read.head;
+            self.ration_and_send(ctx, rationer, epoch, read.cursor, read.messages);
+            if caught_up {
                 break;
             }
         }
         timer.observe_duration();
+    }
+
+    fn read_position(&self) -> (Arc<str>, u64) {
+        let pos = self.position.lock();
+        (pos.epoch.clone(), pos.read_cursor)
+    }
+
+    /// Rations `input` (read up to `to`), and broadcasts the selection as
+    /// one frame shared by every subscriber; keeps it in the local cache.
+    fn ration_and_send(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        epoch: Arc<str>,
+        to: u64,
+        input: Vec<StoredMessage>,
+    ) {
+        let rules = ctx.rooms.rules(&self.room, self.cluster_online());
+        let selection = rationer.tick(now_ms(), ctx.tick_ms, &rules, input);
+        ctx.metrics.account_selection(&selection);
+        ctx.metrics
+            .room_budget
+            .with_label_values(&[self.room.as_str()])
+            .set(rules.budget_per_s.min(i64::MAX as u32) as i64);
+        let undecided: Arc<[u64]> = if rationer.has_undecided() {
+            rationer.undecided().into()
+        } else {
+            Arc::from([])
+        };
+        let mut pos = self.position.lock();
+        pos.read_cursor = to;
+        pos.undecided = undecided;
+        if selection.messages.is_empty() {
+            return;
+        }
+        let frame = Arc::new(Frame::encode(
+            &self.room,
+            epoch,
+            pos.sent_cursor,
+            to,
+            &selection.messages,
+        ));
+        pos.sent_cursor = to;
+        pos.recent_messages += frame.messages.len();
+        pos.recent.push_back(frame.clone());
+        while pos.recent.len() > 1 && pos.recent_messages > ctx.cache_messages {
+            if let Some(old) = pos.recent.pop_front() {
+                pos.recent_messages -= old.messages.len();
+            }
+        }
+        let count = frame.full.count as u64;
+        let receivers = self.tx.send(frame).unwrap_or(0) as u64;
+        drop(pos);
+        self.cursor_tx.send_replace(to);
+        ctx.metrics.frames_encoded.inc();
+        ctx.metrics.frames_sent.inc_by(receivers);
+        ctx.metrics
+            .delivered
+            .with_label_values(&["stream"])
+            .inc_by(count * receivers);
     }
 }
 
@@ -224,6 +341,7 @@ struct HubContext<'a> {
     rooms: &'a RoomDirectory,
     tick_ms: u64,
     max_batch: usize,
+    cache_messages: usize,
 }
 
 /// The hubs of this node, created on first use and stopped when idle.
@@ -234,6 +352,7 @@ pub struct HubRegistry {
     rooms: Arc<RoomDirectory>,
     config: FanoutConfig,
     lite_after_frames: usize,
+    node_id: String,
     /// Cancelled at shutdown: each hub ticks once more, then stops.
     flushing: CancellationToken,
     tasks: TaskTracker,
@@ -246,6 +365,7 @@ impl HubRegistry {
         rooms: Arc<RoomDirectory>,
         config: FanoutConfig,
         lite_after_frames: usize,
+        node_id: String,
     ) -> Arc<Self> {
         Arc::new(HubRegistry {
             hubs: DashMap::new(),
@@ -254,6 +374,7 @@ impl HubRegistry {
             rooms,
             config,
             lite_after_frames,
+            node_id,
             flushing: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -286,6 +407,7 @@ impl HubRegistry {
             rooms: &self.rooms,
             tick_ms: self.config.tick_ms,
             max_batch: self.config.max_batch_messages,
+            cache_messages: self.config.cache_messages,
         }
     }
 
@@ -342,15 +464,30 @@ impl HubRegistry {
         let idle_for = Duration::from_secs(self.config.hub_idle_s);
         let mut idle_since: Option<Instant> = None;
         let mut rationer = Rationer::default();
+        let read_interval = Duration::from_millis(self.config.read_interval_ms);
+        let mut last_read = Instant::now() - read_interval;
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = self.flushing.cancelled() => {
-                    hub.tick(&self.context(), &mut rationer).await;
+                    hub.tick(&self.context(), &mut rationer, true).await;
                     return;
                 }
             }
-            hub.tick(&self.context(), &mut rationer).await;
+            // Read on a notice (no more often than the room's rate allows) or
+            // when the fallback interval has passed without one.
+            let min_gap = Duration::from_millis(if hub.is_big() {
+                self.config.big_min_read_gap_ms
+            } else {
+                self.config.small_min_read_gap_ms
+            });
+            let since = last_read.elapsed();
+            let read =
+                since >= read_interval || (hub.dirty.load(Ordering::Acquire) && since >= min_gap);
+            if read {
+                last_read = Instant::now();
+            }
+            hub.tick(&self.context(), &mut rationer, read).await;
             if hub.online() > 0 {
                 idle_since = None;
                 continue;
@@ -359,9 +496,109 @@ impl HubRegistry {
             if since.elapsed() >= idle_for && hub.try_stop() {
                 self.hubs.remove_if(&hub.room, |_, h| Arc::ptr_eq(h, &hub));
                 self.metrics.hubs.set(self.hubs.len() as i64);
-                let _ = self.metrics.room_budget.remove_label_values(&[hub.room.as_str()]);
+                let _ = self
+                    .metrics
+                    .room_online
+                    .remove_label_values(&[hub.room.as_str()]);
+                let _ = self
+                    .metrics
+                    .room_budget
+                    .remove_label_values(&[hub.room.as_str()]);
                 tracing::debug!(room = %hub.room, "hub stopped (idle)");
                 return;
+            }
+        }
+    }
+
+    /// Starts the node-wide tasks: routing "room updated" notices to hubs,
+    /// and exchanging presence (which also flips rooms between big and small).
+    pub fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let mut updates = me.store.updates();
+            loop {
+                tokio::select! {
+                    _ = me.flushing.cancelled() => return,
+                    notice = updates.recv() => match notice {
+                        Ok(room) => {
+                            if let Some(hub) = me.hubs.get(&*room) {
+                                hub.dirty.store(true, Ordering::Release);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            for hub in me.hubs.iter() {
+                                hub.dirty.store(true, Ordering::Release);
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            updates = me.store.updates();
+                        }
+                    },
+                }
+            }
+        });
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_millis(
+                me.config.presence_interval_ms.max(100),
+            ));
+            loop {
+                tokio::select! {
+                    _ = me.flushing.cancelled() => return,
+                    _ = every.tick() => me.exchange_presence().await,
+                }
+            }
+        });
+    }
+
+    async fn exchange_presence(&self) {
+        let hubs: Vec<Arc<Hub>> = self.hubs.iter().map(|e| e.value().clone()).collect();
+        let local: Vec<(String, u64)> = hubs
+            .iter()
+            .map(|h| (h.room.clone(), h.online() as u64))
+            .collect();
+        let ttl = Duration::from_secs(self.config.presence_ttl_s.max(1));
+        let totals = match self
+            .store
+            .exchange_presence(&self.node_id, &local, ttl)
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["presence"])
+                    .inc();
+                tracing::warn!(error = %e, "presence exchange failed; keeping last counts");
+                return;
+            }
+        };
+        let threshold = self.config.big_room_threshold;
+        for (hub, total) in hubs.iter().zip(totals) {
+            let total = total as usize;
+            hub.cluster_online.store(total, Ordering::Release);
+            // Hysteresis: big at the threshold, small again below half of it.
+            let was_big = hub.is_big();
+            let big = if was_big {
+                total * 2 >= threshold
+            } else {
+                total >= threshold
+            };
+            if big != was_big {
+                hub.big.store(big, Ordering::Release);
+                tracing::info!(room = %hub.room, online = total, big, "room size class changed");
+            }
+            if big {
+                self.metrics
+                    .room_online
+                    .with_label_values(&[hub.room.as_str()])
+                    .set(total as i64);
+            } else if was_big {
+                let _ = self
+                    .metrics
+                    .room_online
+                    .remove_label_values(&[hub.room.as_str()]);
             }
         }
     }

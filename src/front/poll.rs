@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -13,6 +14,8 @@ use crate::api::{ApiQuery, RoomPath};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::fanout::frame::encode_batch;
+use crate::fanout::ration::ration_catch_up;
+use crate::fanout::Hub;
 
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
@@ -44,43 +47,29 @@ pub async fn handler(
     let mut waiter = waiter
         .ok_or_else(|| ApiError::unavailable("hub_unavailable", "the room is restarting; retry"))?;
     let _conn = ConnGuard::new(&s.metrics.connections, "poll");
+    let hub = waiter.hub().clone();
     let mut reset = false;
     let mut cursor = q.cursor.unwrap_or(waiter.cursor);
     loop {
-        let read = s
-            .store
-            .read_range(&room, cursor, u64::MAX, cfg.max_messages)
-            .await
-            .map_err(|e| {
-                tracing::warn!(room, error = %e, "poll read failed");
-                ApiError::unavailable("store_unavailable", "the live store is unavailable")
-            })?;
-        let epoch_differs = q
-            .epoch
-            .as_deref()
-            .is_some_and(|e| !e.is_empty() && e != read.epoch);
-        if epoch_differs && !reset {
-            // The client's cursor belongs to a lost stream: start this one over.
-            reset = true;
-            cursor = 0;
-            continue;
-        }
-        if cursor > read.head {
-            cursor = read.head; // a cursor from the future is clamped, not trusted
-        }
         let expired = tokio::time::Instant::now() >= deadline || s.closing.is_cancelled();
-        if !read.messages.is_empty() || read.cursor > cursor || reset || expired {
+        let answer = if hub.is_big() {
+            from_cache(&s, &hub, &room, q.epoch.as_deref(), cursor, expired)
+        } else {
+            let a =
+                read_through(&s, &hub, &room, q.epoch.as_deref(), cursor, reset, expired).await?;
+            if let Answer::Restart = a {
+                // The client's cursor belongs to a lost stream: start this one over.
+                reset = true;
+                cursor = 0;
+                continue;
+            }
+            a
+        };
+        if let Answer::Respond(body, count) = answer {
             s.metrics
                 .delivered
                 .with_label_values(&["poll"])
-                .inc_by(read.messages.len() as u64);
-            let body = encode_batch(
-                &room,
-                &read.epoch,
-                read.cursor.max(cursor),
-                &read.messages,
-                reset,
-            );
+                .inc_by(count as u64);
             return Ok((
                 [
                     (header::CONTENT_TYPE, "application/json"),
@@ -96,4 +85,76 @@ pub async fn handler(
             _ = s.closing.cancelled() => {}
         }
     }
+}
+
+enum Answer {
+    Respond(Body, usize),
+    Wait,
+    Restart,
+}
+
+/// Small rooms read through to the store (wide window), rationed by the
+/// room's rules like every other transport.
+async fn read_through(
+    s: &AppState,
+    hub: &Hub,
+    room: &str,
+    epoch: Option<&str>,
+    cursor: u64,
+    reset: bool,
+    expired: bool,
+) -> Result<Answer, ApiError> {
+    s.metrics.store_reads.with_label_values(&["poll"]).inc();
+    let read = s
+        .store
+        .read_range(room, cursor, u64::MAX, s.config.poll.max_messages)
+        .await
+        .map_err(|e| {
+            tracing::warn!(room, error = %e, "poll read failed");
+            ApiError::unavailable("store_unavailable", "the live store is unavailable")
+        })?;
+    if !reset && epoch.is_some_and(|e| !e.is_empty() && e != read.epoch) {
+        return Ok(Answer::Restart);
+    }
+    let cursor = cursor.min(read.head); // a cursor from the future is clamped
+    if read.messages.is_empty() && read.cursor <= cursor && !reset && !expired {
+        return Ok(Answer::Wait);
+    }
+    let rules = s.rooms.rules(room, hub.cluster_online());
+    let messages = ration_catch_up(&rules, read.messages);
+    let body = encode_batch(room, &read.epoch, read.cursor.max(cursor), &messages, reset);
+    Ok(Answer::Respond(Body::from(body), messages.len()))
+}
+
+/// Big rooms answer from this node's cache of recent frames (narrow window,
+/// fewer messages), never from the store; one frame is sent as its bytes.
+fn from_cache(
+    s: &AppState,
+    hub: &Hub,
+    room: &str,
+    epoch: Option<&str>,
+    cursor: u64,
+    expired: bool,
+) -> Answer {
+    let read = hub.cached_after(cursor, s.config.fanout.big_poll_max_messages);
+    let reset = epoch.is_some_and(|e| !e.is_empty() && e != &*read.epoch);
+    if reset {
+        // Everything cached belongs to the new stream.
+        let read = hub.cached_after(0, s.config.fanout.big_poll_max_messages);
+        let body = encode_batch(room, &read.epoch, read.cursor, &read.messages, true);
+        return Answer::Respond(Body::from(body), read.messages.len());
+    }
+    if let Some(frame) = read.single {
+        s.metrics.cache_reads.with_label_values(&["hit"]).inc();
+        // Shares the frame's bytes: no copy, no encoding per request.
+        let body = Body::from(frame.full.json.clone());
+        return Answer::Respond(body, frame.full.count);
+    }
+    if read.messages.is_empty() && !expired {
+        return Answer::Wait;
+    }
+    let result = if read.gap { "gap" } else { "hit" };
+    s.metrics.cache_reads.with_label_values(&[result]).inc();
+    let body = encode_batch(room, &read.epoch, read.cursor, &read.messages, false);
+    Answer::Respond(Body::from(body), read.messages.len())
 }

@@ -50,6 +50,7 @@ pub async fn handler(
             Duration::from_secs(s.config.fanout.ping_s.max(1)),
         ),
         done: false,
+        draining: Default::default(),
         _conn: ConnGuard::new(&s.metrics.connections, "sse"),
     };
     let body = Body::from_stream(stream::unfold(state, |mut st| async move {
@@ -71,11 +72,16 @@ struct SseState {
     closing: CancellationToken,
     ping: tokio::time::Interval,
     done: bool,
+    /// At shutdown: queued frames, then the close event.
+    draining: std::collections::VecDeque<Bytes>,
     _conn: ConnGuard,
 }
 
 impl SseState {
     async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.draining.pop_front() {
+            return Some(chunk);
+        }
         if self.done {
             return None;
         }
@@ -84,7 +90,13 @@ impl SseState {
         }
         tokio::select! {
             biased;
-            _ = self.closing.cancelled() => Some(self.close_event("server shutting down")),
+            _ = self.closing.cancelled() => {
+                let frames = self.feed.drain_ready();
+                self.draining.extend(frames.iter().map(|f| f.full.sse.clone()));
+                let close = self.close_event("server shutting down");
+                self.draining.push_back(close);
+                self.draining.pop_front()
+            }
             event = self.feed.next() => Some(match event {
                 FeedEvent::Frame { frame, lite } => frame.encoded(lite).sse.clone(),
                 FeedEvent::Hello(hello) => hello_event(&hello),

@@ -111,6 +111,11 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = closing.cancelled() => {
+                    for frame in feed.drain_ready() {
+                        if !socket.send(Message::Text(frame.full.ws_text.clone())).await {
+                            return;
+                        }
+                    }
                     close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
                     return;
                 }

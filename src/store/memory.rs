@@ -14,6 +14,7 @@ use crate::message::{now_ms, Message, Priority, StoredMessage};
 
 pub struct MemoryStore {
     rooms: DashMap<String, Arc<Mutex<RoomStream>>>,
+    updates: tokio::sync::broadcast::Sender<Arc<str>>,
     claims: moka::sync::Cache<String, (String, Instant)>,
     config: StoreConfig,
 }
@@ -65,6 +66,7 @@ impl MemoryStore {
     pub fn new(config: StoreConfig) -> Self {
         MemoryStore {
             rooms: DashMap::new(),
+            updates: tokio::sync::broadcast::channel(4096).0,
             claims: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .expire_after(ClaimExpiry)
@@ -250,6 +252,28 @@ impl LiveStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// One process, one node: the cluster-wide count is the local one.
+    async fn exchange_presence(
+        &self,
+        _node: &str,
+        local: &[(String, u64)],
+        _ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
+        Ok(local.iter().map(|(_, n)| *n).collect())
+    }
+
+    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
+        for room in rooms {
+            // No receiver (no hub running) is fine.
+            let _ = self.updates.send(Arc::from(room.as_str()));
+        }
+        Ok(())
+    }
+
+    fn updates(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.updates.subscribe()
     }
 }
 

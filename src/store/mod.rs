@@ -93,4 +93,22 @@ pub trait LiveStore: Send + Sync + 'static {
 
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Presence (DESIGN §3.7): publishes this node's viewer count per room
+    /// (kept `ttl`, so a dead node's counts expire) and returns the
+    /// cluster-wide count of each room in `local` (sum over live nodes), in
+    /// the same order.
+    async fn exchange_presence(
+        &self,
+        node: &str,
+        local: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError>;
+
+    /// "Room updated" notice from a processor to every front (best effort:
+    /// fronts also poll on their own, so a lost notice only adds latency).
+    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError>;
+
+    /// Notices published by any processor, as room names.
+    fn updates(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
 }

@@ -9,14 +9,23 @@
 //! Every call goes through a [`ConnectionManager`], which reconnects by itself:
 //! while Redis is away calls fail with [`StoreError::Unavailable`], and they
 //! succeed again once it is back, without rebuilding the store.
+//!
+//! Presence (DESIGN §3.7) is one Lua script per exchange over the
+//! `{presence}`-tagged keys; "room updated" notices are Redis pub/sub on
+//! [`UPDATED_CHANNEL`], received by one background task per store that keeps a
+//! dedicated subscriber connection and reconnects with backoff.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use ::redis::{Client, RedisError, Script};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 use super::{AppendOutcome, Claim, LiveStore, StoreError, StreamHead, StreamRead};
 use crate::config::StoreConfig;
@@ -96,13 +105,236 @@ end
 return {0, redis.call('GET', KEYS[1])}
 "#;
 
+/// The sorted set of live nodes: member = node name, score = the time (ms,
+/// Redis clock) its registration runs out.
+const PRESENCE_NODES_KEY: &str = "{presence}:nodes";
+
+/// Prefix of a node's presence hash (`{presence}:node:<node>`): field = room,
+/// value = that node's viewer count.
+const PRESENCE_NODE_PREFIX: &str = "{presence}:node:";
+
+/// Publishes one node's counts and sums every live node's counts of the same
+/// rooms. See docs/redis-keys.md.
+///
+/// KEYS: 1 the nodes sorted set, 2 this node's hash.
+/// ARGV: 1 node, 2 ttl (ms), 3 node hash prefix, then room, count pairs.
+/// Returns one integer per pair: the room's count summed over live nodes.
+const PRESENCE_LUA: &str = r#"
+-- Redis < 5 must be told to replicate effects before TIME; a no-op since 7.
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local prefix = ARGV[3]
+-- unpack() is bounded by the Lua stack: commands take at most CHUNK args.
+local CHUNK = 1000
+local fields = {}
+local counts = {}
+for i = 4, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  if tonumber(ARGV[i + 1]) > 0 then
+    counts[#counts + 1] = ARGV[i]
+    counts[#counts + 1] = ARGV[i + 1]
+  end
+end
+redis.call('DEL', KEYS[2])
+for i = 1, #counts, CHUNK do
+  redis.call('HSET', KEYS[2], unpack(counts, i, math.min(i + CHUNK - 1, #counts)))
+end
+if #counts > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+local sums = {}
+for i = 1, #fields do sums[i] = 0 end
+if #fields > 0 then
+  for _, node in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+    local key = prefix .. node
+    for i = 1, #fields, CHUNK do
+      local vals = redis.call('HMGET', key, unpack(fields, i, math.min(i + CHUNK - 1, #fields)))
+      for j = 1, #vals do
+        local v = tonumber(vals[j])
+        if v then sums[i + j - 1] = sums[i + j - 1] + v end
+      end
+    end
+  end
+end
+return sums
+"#;
+
+/// Pub/sub channel of "room updated" notices. A message is the updated rooms'
+/// names joined by `'\n'` (one PUBLISH per `notify_updated` call).
+pub const UPDATED_CHANNEL: &str = "dm:updated";
+
+/// Capacity of the in-process broadcast of received notices (as the memory
+/// engine's): a receiver that falls further behind gets `Lagged`.
+const UPDATES_CAPACITY: usize = 4096;
+
+/// Reconnect backoff of the notice subscriber.
+const NOTICE_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const NOTICE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Bound on connecting + subscribing, and on a health-check PING's answer.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle subscriber PINGs, so a half-open connection is noticed.
+const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
+
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
     append: Script,
     claim: Script,
+    presence: Script,
+    notices: Arc<Notices>,
     config: StoreConfig,
+}
+
+/// The receiving side of notices, shared by the clones of one store. The
+/// subscriber task is spawned on the first `updates()` call and aborted when
+/// the last clone of the store is dropped.
+struct Notices {
+    tx: broadcast::Sender<Arc<str>>,
+    client: Client,
+    /// Where to spawn the task when `updates()` is called outside a runtime.
+    runtime: Option<tokio::runtime::Handle>,
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Notices {
+    fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        let rx = self.tx.subscribe();
+        if self.task.get().is_none() {
+            let runtime = tokio::runtime::Handle::try_current()
+                .ok()
+                .or_else(|| self.runtime.clone());
+            match runtime {
+                Some(runtime) => {
+                    self.task.get_or_init(|| {
+                        runtime
+                            .spawn(listen(self.client.clone(), self.tx.clone()))
+                            .abort_handle()
+                    });
+                }
+                None => tracing::error!("no tokio runtime: redis notices are not received"),
+            }
+        }
+        rx
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Keeps one pub/sub connection subscribed to [`UPDATED_CHANNEL`] and
+/// forwards each notified room to `tx`, reconnecting with backoff (100 ms
+/// doubling to 5 s) whenever the connection is lost or cannot be made.
+/// Runs until aborted.
+async fn listen(client: Client, tx: broadcast::Sender<Arc<str>>) {
+    let mut delay = NOTICE_MIN_BACKOFF;
+    let mut failures: u32 = 0;
+    let mut ever_subscribed = false;
+    loop {
+        match subscribe_updates(&client).await {
+            Ok((sink, stream)) => {
+                if ever_subscribed {
+                    tracing::info!(
+                        channel = UPDATED_CHANNEL,
+                        failed_attempts = failures,
+                        "redis notice subscription restored"
+                    );
+                } else {
+                    tracing::debug!(channel = UPDATED_CHANNEL, "subscribed to redis notices");
+                }
+                ever_subscribed = true;
+                failures = 0;
+                let since = Instant::now();
+                let reason = pump_updates(sink, stream, &tx).await;
+                tracing::warn!(
+                    channel = UPDATED_CHANNEL,
+                    %reason,
+                    "redis notice subscription lost; reconnecting"
+                );
+                // A connection that held for a while starts the backoff over;
+                // one that drops right after subscribing keeps backing off.
+                if since.elapsed() >= NOTICE_MAX_BACKOFF {
+                    delay = NOTICE_MIN_BACKOFF;
+                }
+            }
+            Err(reason) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        channel = UPDATED_CHANNEL,
+                        %reason,
+                        "cannot subscribe to redis notices; retrying with backoff"
+                    );
+                } else {
+                    tracing::debug!(
+                        channel = UPDATED_CHANNEL,
+                        %reason,
+                        attempt = failures,
+                        "redis notice subscription still failing"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(NOTICE_MAX_BACKOFF);
+    }
+}
+
+async fn subscribe_updates(client: &Client) -> Result<(PubSubSink, PubSubStream), String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(UPDATED_CHANNEL).await?;
+        Ok::<_, RedisError>(pubsub.split())
+    };
+    match tokio::time::timeout(NOTICE_TIMEOUT, attempt).await {
+        Ok(Ok(split)) => Ok(split),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {NOTICE_TIMEOUT:?}")),
+    }
+}
+
+/// Forwards notices until the connection is lost; returns why it was.
+async fn pump_updates(
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    tx: &broadcast::Sender<Arc<str>>,
+) -> String {
+    let mut health =
+        tokio::time::interval_at(Instant::now() + NOTICE_PING_EVERY, NOTICE_PING_EVERY);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return "connection closed".to_string();
+                };
+                match std::str::from_utf8(msg.get_payload_bytes()) {
+                    Ok(payload) => {
+                        for room in payload.split('\n').filter(|r| !r.is_empty()) {
+                            // No receiver left is fine: notices are best effort.
+                            let _ = tx.send(Arc::from(room));
+                        }
+                    }
+                    Err(_) => tracing::warn!("skipping a non-UTF-8 redis notice"),
+                }
+            }
+            _ = health.tick() => {
+                match tokio::time::timeout(NOTICE_TIMEOUT, sink.ping::<::redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {e}"),
+                    Err(_) => return format!("no ping answer within {NOTICE_TIMEOUT:?}"),
+                }
+            }
+        }
+    }
 }
 
 /// The keys of one room; `{room}` is a hash tag so they share a cluster slot.
@@ -210,13 +442,21 @@ impl RedisStore {
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, manager_config)
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
             .await
             .map_err(unavailable)?;
+        let notices = Notices {
+            tx: broadcast::channel(UPDATES_CAPACITY).0,
+            client,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            task: OnceLock::new(),
+        };
         Ok(RedisStore {
             conn,
             append: Script::new(APPEND_LUA),
             claim: Script::new(CLAIM_LUA),
+            presence: Script::new(PRESENCE_LUA),
+            notices: Arc::new(notices),
             config,
         })
     }
@@ -431,6 +671,65 @@ impl LiveStore for RedisStore {
                 "redis: PING answered {pong:?}"
             )))
         }
+    }
+
+    async fn exchange_presence(
+        &self,
+        node: &str,
+        local: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
+        let mut invocation = self.presence.prepare_invoke();
+        invocation
+            .key(PRESENCE_NODES_KEY)
+            .key(format!("{PRESENCE_NODE_PREFIX}{node}"))
+            .arg(node)
+            .arg(ttl_ms(ttl))
+            .arg(PRESENCE_NODE_PREFIX);
+        for (room, count) in local {
+            invocation.arg(room).arg(*count);
+        }
+        let sums: Vec<u64> = invocation
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if sums.len() != local.len() {
+            return Err(StoreError::Unavailable(format!(
+                "redis presence returned {} counts for {} rooms",
+                sums.len(),
+                local.len()
+            )));
+        }
+        Ok(sums)
+    }
+
+    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
+        // Room names never hold '\n' (see `valid_room`); one that did would
+        // be split apart by receivers, so it is left out.
+        let mut payload = String::new();
+        for room in rooms {
+            if room.is_empty() || room.contains('\n') {
+                tracing::warn!(room = %room.escape_debug(), "not notifying an unsendable room name");
+                continue;
+            }
+            if !payload.is_empty() {
+                payload.push('\n');
+            }
+            payload.push_str(room);
+        }
+        if payload.is_empty() {
+            return Ok(());
+        }
+        ::redis::cmd("PUBLISH")
+            .arg(UPDATED_CHANNEL)
+            .arg(payload)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    fn updates(&self) -> broadcast::Receiver<Arc<str>> {
+        self.notices.subscribe()
     }
 }
 

@@ -289,21 +289,26 @@ impl TestServer {
         (status, body)
     }
 
-    /// Everything stored in the room, read by long-poll from cursor 0 without
-    /// waiting (pages through the per-response limit).
+    /// Everything stored in the room, read from the node's live store (not
+    /// through a viewer transport, which rations what it hands out).
     pub async fn read_all(&self, room: &str) -> Vec<Value> {
+        let store = &self.server.state().store;
         let mut out = Vec::new();
         let mut cursor = 0;
         loop {
-            let (status, body) = self.poll(room, Some(cursor), None, 0).await;
-            assert_eq!(status, StatusCode::OK, "poll: {body}");
-            let msgs = body["messages"].as_array().expect("messages").clone();
-            let next = body["cursor"].as_u64().expect("cursor");
-            if msgs.is_empty() || next <= cursor {
+            let read = store
+                .read_range(room, cursor, u64::MAX, 1000)
+                .await
+                .expect("store read");
+            out.extend(
+                read.messages
+                    .iter()
+                    .map(|m| serde_json::from_slice::<Value>(&m.json).expect("stored JSON")),
+            );
+            if read.messages.is_empty() || read.cursor <= cursor {
                 return out;
             }
-            out.extend(msgs);
-            cursor = next;
+            cursor = read.cursor;
         }
     }
 
@@ -533,10 +538,11 @@ pub struct WsViewer {
 impl WsViewer {
     /// Connects and reads the `hello`.
     pub async fn connect(url: &str) -> WsViewer {
-        let (ws, _res) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
-            .await
-            .unwrap_or_else(|_| panic!("WebSocket connect to {url} timed out"))
-            .unwrap_or_else(|e| panic!("WebSocket connect to {url}: {e}"));
+        let ws = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
+            Err(_) => panic!("WebSocket connect to {url} timed out"),
+            Ok(Err(e)) => panic!("WebSocket connect to {url}: {e}"),
+            Ok(Ok((ws, _response))) => ws,
+        };
         let mut v = WsViewer {
             ws,
             hello: Value::Null,
