@@ -98,7 +98,8 @@ impl Server {
                 store.clone(),
                 metrics.clone(),
                 rooms.clone(),
-            ),
+            )
+            .with_gear_spread(config.gears.spread_partitions),
             rooms,
             store: store.clone(),
             bus: bus.clone(),
@@ -115,6 +116,7 @@ impl Server {
             store,
             metrics,
             batch_max: state.config.processor.batch_max,
+            gears: state.config.gears.clone(),
             pause: processor_pause.clone(),
         };
         let processor = tokio::spawn(processor.run(stopping.clone()));

@@ -24,6 +24,7 @@ pub struct Config {
     pub bus: BusConfig,
     pub store: StoreConfig,
     pub processor: ProcessorConfig,
+    pub gears: GearConfig,
     pub fanout: FanoutConfig,
     pub ration: RationConfig,
     pub poll: PollConfig,
@@ -147,6 +148,22 @@ pub struct StoreConfig {
 #[serde(deny_unknown_fields)]
 pub struct ProcessorConfig {
     pub batch_max: usize,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct GearConfig {
+    /// Delay (ms) past which a (room, kind) shifts up into gear 2, 3, 4;
+    /// it shifts down only below half of the threshold that raised it.
+    pub up_ms: [u64; 3],
+    /// Least time between two shifts of one (room, kind).
+    pub min_dwell_ms: u64,
+    /// Partitions one (room, kind) spreads over in gears 2 and 4 (0 = all).
+    pub spread_partitions: u32,
+    /// Parallel writers per (room, kind[, partition]) in gears 3 and 4.
+    pub workers: usize,
+    /// How long a published gear stays valid for fronts without a refresh.
+    pub share_ttl_s: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -279,6 +296,13 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.ration.high_share) {
             bail!("ration.high_share must be within 0..=1");
+        }
+        if !(self.gears.up_ms[0] < self.gears.up_ms[1] && self.gears.up_ms[1] < self.gears.up_ms[2])
+        {
+            bail!("gears.up_ms must be increasing");
+        }
+        if self.gears.workers == 0 {
+            bail!("gears.workers must be at least 1");
         }
         if self.bus.partitions == 0 {
             bail!("bus.partitions must be at least 1");

@@ -36,6 +36,9 @@ pub struct Metrics {
     /// Current per-viewer budget of each room with a hub on this node.
     pub room_budget: IntGaugeVec,
     pub bus_pending: IntGauge,
+    /// Current gear of (room, kind)s above gear 1.
+    pub gear: IntGaugeVec,
+    pub gear_shifts: IntCounterVec,
     /// Live-store range reads by who asked (hub, poll, catch_up).
     pub store_reads: IntCounterVec,
     /// Big-room reads served by a front's local cache (hit, gap).
@@ -221,6 +224,22 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new("danmaku_room_online", "Viewers over all fronts (big rooms)"),
                     &["room"],
+                )
+                .unwrap(),
+            ),
+            gear: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("danmaku_gear", "Gear of (room, kind)s above gear 1"),
+                    &["room", "kind"],
+                )
+                .unwrap(),
+            ),
+            gear_shifts: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_gear_shifts_total", "Gear shifts by direction"),
+                    &["direction"],
                 )
                 .unwrap(),
             ),

@@ -13,11 +13,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::auth::ViewerClaims;
-use crate::bus::{Bus, BusError, BusRecord};
+use crate::bus::{Bus, BusError};
 use crate::config::IngestConfig;
 use crate::error::ApiError;
 use crate::message::{new_message_id, now_ms, Gift, Kind, Message, Priority, Style, UserRef};
 use crate::metrics::Metrics;
+use crate::processor::GearReader;
 use crate::rooms::RoomDirectory;
 use crate::store::{Claim, LiveStore};
 use rate_limit::RateLimiter;
@@ -64,6 +65,8 @@ pub struct Ingest {
     blocked_lower: Vec<String>,
     whitelist_users: HashSet<String>,
     rooms: Arc<RoomDirectory>,
+    /// Picks partitions by the (room, kind)'s gear.
+    gears: GearReader,
 }
 
 const PENDING: &str = "pending";
@@ -78,6 +81,7 @@ impl Ingest {
     ) -> Self {
         Ingest {
             rooms,
+            gears: GearReader::new(store.clone(), 0),
             users: RateLimiter::new(config.user_rate_per_s, config.user_burst),
             ips: RateLimiter::new(config.ip_rate_per_s, config.ip_burst),
             blocked_lower: config
@@ -92,6 +96,12 @@ impl Ingest {
             store,
             metrics,
         }
+    }
+
+    /// Partitions a (room, kind) spreads over in gears 2 and 4 (0 = all).
+    pub fn with_gear_spread(mut self, spread_partitions: u32) -> Self {
+        self.gears = GearReader::new(self.store.clone(), spread_partitions);
+        self
     }
 
     /// Drops idle rate-limit state; run periodically.
@@ -345,11 +355,8 @@ impl Ingest {
             }
         }
         let body = serde_json::json!({"id": message.id}).to_string();
-        if let Err(e) = self
-            .bus
-            .publish(vec![BusRecord::keyed_by_room_kind(message)])
-            .await
-        {
+        let record = self.gears.record(message, self.bus.partitions()).await;
+        if let Err(e) = self.bus.publish(vec![record]).await {
             // Free the key: nothing was accepted, so a retry must be able to go through.
             let _ = self.store.release(key).await;
             return Err(match e {
@@ -469,7 +476,13 @@ mod tests {
         let store = Arc::new(MemoryStore::new(c.store.clone()));
         let rooms = Arc::new(RoomDirectory::new(c.ration));
         (
-            Ingest::new(c.ingest, bus.clone(), store, Arc::new(Metrics::new()), rooms),
+            Ingest::new(
+                c.ingest,
+                bus.clone(),
+                store,
+                Arc::new(Metrics::new()),
+                rooms,
+            ),
             bus,
         )
     }

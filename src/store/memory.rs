@@ -239,6 +239,10 @@ impl LiveStore for MemoryStore {
         }
     }
 
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.claims.get(key).map(|(v, _)| v))
+    }
+
     async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         self.claims
             .insert(key.to_string(), (value.to_string(), Instant::now() + ttl));

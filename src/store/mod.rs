@@ -85,7 +85,10 @@ pub trait LiveStore: Send + Sync + 'static {
     /// `SET key value NX EX ttl`: claims `key` unless held.
     async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError>;
 
-    /// Overwrites a claimed key's value (keeps it claimed for `ttl`).
+    /// The value of a claimed / set key, if present.
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets a key's value for `ttl` (whether claimed or not).
     async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError>;
 
     /// Frees a claim (the claimed work failed and may be retried).

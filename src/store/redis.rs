@@ -640,6 +640,14 @@ impl LiveStore for RedisStore {
         }
     }
 
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        ::redis::cmd("GET")
+            .arg(Self::claim_key(key))
+            .query_async::<Option<String>>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
         ::redis::cmd("SET")
             .arg(Self::claim_key(key))

@@ -5,20 +5,25 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+pub mod gear;
+
 use crate::bus::{Bus, BusConsumer, Delivery};
-use crate::message::{now_ms, Message};
+use crate::config::GearConfig;
+use crate::message::{now_ms, Kind, Message};
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, LiveStore};
+pub use gear::{Gear, GearReader, Gearbox};
 
 pub struct Processor {
     pub bus: Arc<dyn Bus>,
     pub store: Arc<dyn LiveStore>,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
+    pub gears: GearConfig,
     /// While asked, nothing is consumed (maintenance; tests of back-pressure).
     pub pause: Arc<PauseGate>,
 }
@@ -54,7 +59,20 @@ impl Processor {
             Some(c) => c,
             None => return,
         };
+        let mut gearbox = Gearbox::new(self.gears.clone());
+        let mut last_share = Instant::now();
         loop {
+            if last_share.elapsed() >= Duration::from_secs(1) {
+                // Quiet rooms shift down; raised gears stay alive for fronts.
+                for (room, kind, shift) in gearbox.idle_tick(Instant::now()) {
+                    self.on_shift(&room, kind, &shift).await;
+                }
+                for (room, kind, g) in gearbox.raised() {
+                    self.share_gear(&room, kind, g).await;
+                }
+                gearbox.forget_idle(Duration::from_secs(60), Instant::now());
+                last_share = Instant::now();
+            }
             let hold = self.pause.wanted.load(Ordering::Acquire) && !shutdown.is_cancelled();
             self.pause.holding.store(hold, Ordering::Release);
             if hold {
@@ -79,7 +97,7 @@ impl Processor {
                 }
                 continue;
             }
-            self.store_batch(&batch).await;
+            self.store_batch(&batch, &mut gearbox).await;
             if let Err(e) = consumer.commit(&batch).await {
                 // Uncommitted deliveries come again; the store dedups them.
                 tracing::warn!(error = %e, "bus commit failed");
@@ -103,26 +121,101 @@ impl Processor {
         }
     }
 
-    /// Writes a polled batch room by room, keeping bus order within a room,
-    /// retrying each room until the store takes it.
-    async fn store_batch(&self, batch: &[Delivery]) {
-        let mut rooms: Vec<(&str, Vec<Message>)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
+    /// Writes a polled batch. Per (room, kind) the gear decides how: gears
+    /// 1–2 one serial writer (per partition in gear 2), gears 3–4 parallel
+    /// chunks. Different (room, kind)s are written concurrently. Returns once
+    /// every message is stored (each writer retries until the store takes it).
+    async fn store_batch(&self, batch: &[Delivery], gearbox: &mut Gearbox) {
+        let now = now_ms();
+        let at = Instant::now();
+        // (room, kind) → its deliveries, in bus order.
+        let mut groups: Vec<((&str, Kind), Vec<&Delivery>)> = Vec::new();
+        let mut index: HashMap<(&str, Kind), usize> = HashMap::new();
         for d in batch {
-            let i = *index.entry(d.message.room.as_str()).or_insert_with(|| {
-                rooms.push((d.message.room.as_str(), Vec::new()));
-                rooms.len() - 1
+            let key = (d.message.room.as_str(), d.message.kind);
+            let i = *index.entry(key).or_insert_with(|| {
+                groups.push((key, Vec::new()));
+                groups.len() - 1
             });
-            rooms[i].1.push(d.message.clone());
+            groups[i].1.push(d);
         }
-        let mut updated = Vec::with_capacity(rooms.len());
-        for (room, messages) in rooms {
-            self.append_with_retry(room, messages).await;
-            updated.push(room.to_string());
+        let mut writers: Vec<(&str, Vec<Message>)> = Vec::new();
+        for ((room, kind), deliveries) in &groups {
+            let oldest = deliveries.iter().map(|d| d.message.ts).min().unwrap_or(now);
+            if let Some(shift) = gearbox.observe(room, *kind, now.saturating_sub(oldest), at) {
+                self.on_shift(room, *kind, &shift).await;
+            }
+            let gear = gearbox.gear(room, *kind);
+            // Serial lanes: the whole group, or one per partition in gear 2/4.
+            let mut lanes: Vec<Vec<Message>> = Vec::new();
+            if gear::spreads_partitions(gear) {
+                let mut by_partition: HashMap<u32, usize> = HashMap::new();
+                for d in deliveries {
+                    let i = *by_partition.entry(d.partition).or_insert_with(|| {
+                        lanes.push(Vec::new());
+                        lanes.len() - 1
+                    });
+                    lanes[i].push(d.message.clone());
+                }
+            } else {
+                lanes.push(deliveries.iter().map(|d| d.message.clone()).collect());
+            }
+            for lane in lanes {
+                if gear::writes_in_parallel(gear) && lane.len() > 1 {
+                    let chunk = lane.len().div_ceil(self.gears.workers.max(1));
+                    for part in lane.chunks(chunk) {
+                        writers.push((room, part.to_vec()));
+                    }
+                } else {
+                    writers.push((room, lane));
+                }
+            }
         }
+        futures_util::future::join_all(
+            writers
+                .into_iter()
+                .map(|(room, messages)| self.append_with_retry(room, messages)),
+        )
+        .await;
+        let mut updated: Vec<String> = groups.iter().map(|((r, _), _)| r.to_string()).collect();
+        updated.dedup();
         // Best effort: fronts poll anyway, a lost notice only adds latency.
         if let Err(e) = self.store.notify_updated(&updated).await {
             tracing::debug!(error = %e, "room-updated notice failed");
+        }
+    }
+
+    async fn on_shift(&self, room: &str, kind: Kind, shift: &gear::Shift) {
+        let direction = if shift.to > shift.from { "up" } else { "down" };
+        tracing::info!(
+            room,
+            kind = kind.as_str(),
+            from = shift.from,
+            to = shift.to,
+            "gear shift"
+        );
+        self.metrics
+            .gear_shifts
+            .with_label_values(&[direction])
+            .inc();
+        let labels = [room, kind.as_str()];
+        if shift.to > 1 {
+            self.metrics
+                .gear
+                .with_label_values(&labels)
+                .set(shift.to as i64);
+        } else {
+            let _ = self.metrics.gear.remove_label_values(&labels);
+        }
+        self.share_gear(room, kind, shift.to).await;
+    }
+
+    /// Tells fronts the gear (they choose partitions by it).
+    async fn share_gear(&self, room: &str, kind: Kind, gear: Gear) {
+        let ttl = Duration::from_secs(self.gears.share_ttl_s.max(1));
+        let key = gear::share_key(room, kind);
+        if let Err(e) = self.store.set_claim(&key, &gear.to_string(), ttl).await {
+            tracing::warn!(room, error = %e, "sharing the gear failed");
         }
     }
 

@@ -1,0 +1,285 @@
+//! Gears (DESIGN §3.2): per (room, kind), the processor measures the delay
+//! `now − ts` and picks how fronts partition and how it writes:
+//!
+//! | gear | partitions (fronts) | processor writes            |
+//! |------|---------------------|-----------------------------|
+//! | 1    | one                 | serial                      |
+//! | 2    | many                | serial per partition        |
+//! | 3    | one                 | parallel chunks             |
+//! | 4    | many                | parallel chunks per partition |
+//!
+//! Shifts use hysteresis (down only below half the threshold that raised it)
+//! and a minimum dwell, so the gear does not flap. The gear is shared with
+//! fronts through the live store (a key with a short TTL).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bus::BusRecord;
+use crate::config::GearConfig;
+use crate::message::{Kind, Message};
+use crate::store::LiveStore;
+
+pub type Gear = u8;
+
+/// One (room, kind)'s gear state on a processor.
+#[derive(Debug, Clone)]
+pub struct GearState {
+    pub gear: Gear,
+    /// Smoothed delay (ms).
+    pub delay_ms: f64,
+    changed_at: Instant,
+    seen_at: Instant,
+}
+
+/// A shift the caller should log, count and publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shift {
+    pub from: Gear,
+    pub to: Gear,
+}
+
+pub struct Gearbox {
+    config: GearConfig,
+    states: HashMap<(String, Kind), GearState>,
+}
+
+impl Gearbox {
+    pub fn new(config: GearConfig) -> Self {
+        Gearbox {
+            config,
+            states: HashMap::new(),
+        }
+    }
+
+    pub fn gear(&self, room: &str, kind: Kind) -> Gear {
+        self.states
+            .get(&(room.to_string(), kind))
+            .map_or(1, |s| s.gear)
+    }
+
+    /// Feeds the delay seen for a (room, kind) batch; returns a shift if any.
+    pub fn observe(
+        &mut self,
+        room: &str,
+        kind: Kind,
+        delay_ms: u64,
+        now: Instant,
+    ) -> Option<Shift> {
+        let cfg = &self.config;
+        let state = self
+            .states
+            .entry((room.to_string(), kind))
+            .or_insert_with(|| GearState {
+                gear: 1,
+                delay_ms: delay_ms as f64,
+                changed_at: now - Duration::from_millis(cfg.min_dwell_ms),
+                seen_at: now,
+            });
+        state.seen_at = now;
+        // EWMA, fast enough to react within a batch or two.
+        state.delay_ms = 0.5 * state.delay_ms + 0.5 * delay_ms as f64;
+        let target = target_gear(&cfg.up_ms, state.gear, state.delay_ms);
+        if target == state.gear
+            || now.duration_since(state.changed_at) < Duration::from_millis(cfg.min_dwell_ms)
+        {
+            return None;
+        }
+        // One gear at a time, so every step is visible and reversible.
+        let to = if target > state.gear {
+            state.gear + 1
+        } else {
+            state.gear - 1
+        };
+        let shift = Shift {
+            from: state.gear,
+            to,
+        };
+        state.gear = to;
+        state.changed_at = now;
+        Some(shift)
+    }
+
+    /// The (room, kind)s above gear 1, for publishing to fronts.
+    pub fn raised(&self) -> Vec<(String, Kind, Gear)> {
+        self.states
+            .iter()
+            .filter(|(_, s)| s.gear > 1)
+            .map(|((r, k), s)| (r.clone(), *k, s.gear))
+            .collect()
+    }
+
+    /// A raised (room, kind) that got no traffic for a second has no delay:
+    /// let it shift down as if it had seen none. Returns the shifts.
+    pub fn idle_tick(&mut self, now: Instant) -> Vec<(String, Kind, Shift)> {
+        let quiet: Vec<(String, Kind)> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.gear > 1 && now.duration_since(s.seen_at) >= Duration::from_secs(1))
+            .map(|(k, _)| k.clone())
+            .collect();
+        quiet
+            .into_iter()
+            .filter_map(|(room, kind)| {
+                let shift = self.observe(&room, kind, 0, now)?;
+                Some((room, kind, shift))
+            })
+            .collect()
+    }
+
+    /// Forgets quiet (room, kind)s back in gear 1 (bounded memory).
+    pub fn forget_idle(&mut self, older_than: Duration, now: Instant) {
+        self.states
+            .retain(|_, s| s.gear > 1 || now.duration_since(s.seen_at) < older_than);
+    }
+}
+
+/// The gear the delay asks for: up when past `up_ms[g-1]`, down only when
+/// below half of the threshold that raised the current gear.
+fn target_gear(up_ms: &[u64; 3], current: Gear, delay_ms: f64) -> Gear {
+    let mut g = current;
+    while g < 4 && delay_ms > up_ms[(g - 1) as usize] as f64 {
+        g += 1;
+    }
+    while g > 1 && delay_ms < up_ms[(g - 2) as usize] as f64 / 2.0 {
+        g -= 1;
+    }
+    g
+}
+
+pub fn spreads_partitions(gear: Gear) -> bool {
+    gear == 2 || gear == 4
+}
+
+pub fn writes_in_parallel(gear: Gear) -> bool {
+    gear >= 3
+}
+
+pub fn share_key(room: &str, kind: Kind) -> String {
+    format!("gear:{{{room}}}:{}", kind.as_str())
+}
+
+/// Front side: picks the partition of a new message from its (room, kind)'s
+/// shared gear, read from the store at most once a second per (room, kind).
+pub struct GearReader {
+    store: Arc<dyn LiveStore>,
+    cache: moka::sync::Cache<String, Gear>,
+    next: std::sync::atomic::AtomicU32,
+    spread: u32,
+}
+
+impl GearReader {
+    pub fn new(store: Arc<dyn LiveStore>, spread_partitions: u32) -> Self {
+        GearReader {
+            store,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            next: std::sync::atomic::AtomicU32::new(0),
+            spread: spread_partitions,
+        }
+    }
+
+    pub async fn gear(&self, room: &str, kind: Kind) -> Gear {
+        let key = share_key(room, kind);
+        if let Some(g) = self.cache.get(&key) {
+            return g;
+        }
+        // A store hiccup means gear 1: strict order, never a failed post.
+        let g = match self.store.get_value(&key).await {
+            Ok(Some(v)) => v.parse().ok().filter(|g| (1..=4).contains(g)).unwrap_or(1),
+            _ => 1,
+        };
+        self.cache.insert(key, g);
+        g
+    }
+
+    /// The bus record for `message`: keyed by (room, kind), spread over
+    /// partitions in gears 2 and 4.
+    pub async fn record(&self, message: Message, partitions: u32) -> BusRecord {
+        let gear = self.gear(&message.room, message.kind).await;
+        let mut record = BusRecord::keyed_by_room_kind(message);
+        if spreads_partitions(gear) && partitions > 1 {
+            let spread = if self.spread == 0 {
+                partitions
+            } else {
+                self.spread.min(partitions)
+            };
+            let base = crate::bus::partition_for(&record.key, partitions);
+            let step = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % spread;
+            record.partition = Some((base + step) % partitions);
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> GearConfig {
+        GearConfig {
+            up_ms: [250, 1000, 3000],
+            min_dwell_ms: 1000,
+            spread_partitions: 0,
+            workers: 4,
+            share_ttl_s: 10,
+        }
+    }
+
+    #[test]
+    fn shifts_up_one_step_per_dwell_and_down_with_hysteresis() {
+        let mut g = Gearbox::new(cfg());
+        let t0 = Instant::now();
+        assert_eq!(g.observe("r", Kind::Danmaku, 10, t0), None);
+        // A flood: delay far past every threshold.
+        let s = g.observe("r", Kind::Danmaku, 10_000, t0 + Duration::from_millis(10));
+        assert_eq!(s, Some(Shift { from: 1, to: 2 }));
+        // Within the dwell: no further shift.
+        assert_eq!(
+            g.observe("r", Kind::Danmaku, 10_000, t0 + Duration::from_millis(500)),
+            None
+        );
+        let s = g.observe("r", Kind::Danmaku, 10_000, t0 + Duration::from_millis(1100));
+        assert_eq!(s, Some(Shift { from: 2, to: 3 }));
+        let s = g.observe("r", Kind::Danmaku, 10_000, t0 + Duration::from_millis(2200));
+        assert_eq!(s, Some(Shift { from: 3, to: 4 }));
+        assert_eq!(g.gear("r", Kind::Danmaku), 4);
+        // Other kinds keep their own gear.
+        assert_eq!(g.gear("r", Kind::Gift), 1);
+        // Delay just under the gear-4 threshold but above half of it: stays.
+        for i in 0..10 {
+            g.observe(
+                "r",
+                Kind::Danmaku,
+                2000,
+                t0 + Duration::from_millis(3300 + i * 10),
+            );
+        }
+        assert_eq!(g.gear("r", Kind::Danmaku), 4);
+        // Quiet again: steps down one gear per dwell back to 1.
+        let mut t = t0 + Duration::from_millis(4000);
+        for expect in [3, 2, 1] {
+            g.observe("r", Kind::Danmaku, 5, t);
+            assert_eq!(g.gear("r", Kind::Danmaku), expect);
+            g.observe("r", Kind::Danmaku, 5, t + Duration::from_millis(10));
+            assert_eq!(g.gear("r", Kind::Danmaku), expect, "dwell holds");
+            t += Duration::from_millis(1100);
+        }
+        assert!(g.raised().is_empty());
+    }
+
+    #[test]
+    fn target_gear_hysteresis() {
+        let up = [250, 1000, 3000];
+        assert_eq!(target_gear(&up, 1, 200.0), 1);
+        assert_eq!(target_gear(&up, 1, 300.0), 2);
+        assert_eq!(target_gear(&up, 1, 5000.0), 4);
+        assert_eq!(target_gear(&up, 2, 200.0), 2, "above half of 250");
+        assert_eq!(target_gear(&up, 2, 100.0), 1);
+        assert_eq!(target_gear(&up, 4, 1600.0), 4);
+        assert_eq!(target_gear(&up, 4, 1400.0), 3);
+    }
+}
