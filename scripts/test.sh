@@ -36,6 +36,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# tansu: an Apache Kafka-compatible broker, built once into ~/.cargo/bin.
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! command -v tansu >/dev/null; then
+  log "installing tansu (Kafka-compatible broker; ~10 minutes, once per machine)"
+  cargo install tansu --locked --features dynostore
+fi
+
 wait_port() { # name port seconds
   for _ in $(seq 1 $(($3 * 10))); do
     (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null && return 0
@@ -51,7 +58,15 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
 pids+=($!)
 wait_port redis "$redis_port" 20
 
+log "starting tansu on 127.0.0.1:$kafka_port"
+tansu broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
+  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
+pids+=($!)
+wait_port tansu "$kafka_port" 60
+
 export DANMAKU_REQUIRE_SERVICES=1
+export DANMAKU_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export DANMAKU_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 
 log "format and lint"

@@ -19,6 +19,35 @@ use crate::processor::{PauseGate, Processor};
 use crate::rooms::RoomDirectory;
 use crate::store::{memory::MemoryStore, redis::RedisStore, LiveStore};
 
+/// Which roles a process runs (DESIGN §1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Every role in one process.
+    Serve,
+    /// Viewer-facing: ingest, hubs, transports.
+    Front,
+    /// Bus → live store.
+    Processor,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Serve => "serve",
+            Role::Front => "front",
+            Role::Processor => "processor",
+        }
+    }
+
+    fn runs_front(self) -> bool {
+        matches!(self, Role::Serve | Role::Front)
+    }
+
+    fn runs_processor(self) -> bool {
+        matches!(self, Role::Serve | Role::Processor)
+    }
+}
+
 /// Everything request handlers need; cheap to clone.
 #[derive(Clone)]
 pub struct AppState(pub Arc<AppInner>);
@@ -50,7 +79,7 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     http: JoinHandle<std::io::Result<()>>,
-    processor: JoinHandle<()>,
+    processor: Option<JoinHandle<()>>,
     processor_pause: Arc<PauseGate>,
     memory_store: Option<Arc<MemoryStore>>,
     housekeeping: JoinHandle<()>,
@@ -59,6 +88,11 @@ pub struct Server {
 impl Server {
     /// Binds `server.listen` and starts every role of `serve`.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        Self::start_role(config, Role::Serve).await
+    }
+
+    /// Starts one role (or all of them with `Role::Serve`).
+    pub async fn start_role(config: Config, role: Role) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let (store, memory_store): (Arc<dyn LiveStore>, Option<Arc<MemoryStore>>) =
             if config.store.engine == "redis" {
@@ -89,7 +123,9 @@ impl Server {
             config.ration.lite_after_frames,
             node_id(&config),
         );
-        hubs.start_background();
+        if role.runs_front() {
+            hubs.start_background();
+        }
         let state = AppState(Arc::new(AppInner {
             auth: Authenticator::new(&config.auth),
             ingest: Ingest::new(
@@ -119,13 +155,19 @@ impl Server {
             gears: state.config.gears.clone(),
             pause: processor_pause.clone(),
         };
-        let processor = tokio::spawn(processor.run(stopping.clone()));
+        let processor = role
+            .runs_processor()
+            .then(|| tokio::spawn(processor.run(stopping.clone())));
 
         let listener = tokio::net::TcpListener::bind(state.config.listen_addr()?)
             .await
             .with_context(|| format!("binding {}", state.config.server.listen))?;
         let addr = listener.local_addr()?;
-        let app = crate::api::router(state.clone());
+        let app = if role.runs_front() {
+            crate::api::router(state.clone())
+        } else {
+            crate::api::ops_router(state.clone())
+        };
         let shutdown = stopping.clone();
         let http = tokio::spawn(async move {
             axum::serve(
@@ -136,7 +178,13 @@ impl Server {
             .await
         });
         let housekeeping = tokio::spawn(housekeeping(state.clone(), memory_store.clone()));
-        tracing::info!(%addr, store = %state.config.store.engine, "danmaku serving");
+        tracing::info!(
+            %addr,
+            role = role.name(),
+            store = %state.config.store.engine,
+            bus = %state.config.bus.engine,
+            "danmaku serving"
+        );
         Ok(Server {
             addr,
             state,
@@ -174,8 +222,10 @@ impl Server {
         let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
         tracing::info!("shutting down: no new work");
         self.state.stopping.cancel();
-        if tokio::time::timeout(grace, self.processor).await.is_err() {
-            tracing::warn!("processor did not drain within the grace period");
+        if let Some(processor) = self.processor {
+            if tokio::time::timeout(grace, processor).await.is_err() {
+                tracing::warn!("processor did not drain within the grace period");
+            }
         }
         self.state.hubs.flush_and_stop().await;
         tracing::info!("closing viewer sessions");

@@ -28,6 +28,7 @@ pub struct Config {
     pub fanout: FanoutConfig,
     pub ration: RationConfig,
     pub poll: PollConfig,
+    pub snapshot: SnapshotConfig,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -92,6 +93,10 @@ pub struct IngestConfig {
     pub idempotency_ttl_s: u64,
     pub shed_low_pending: u64,
     pub shed_high_pending: u64,
+    /// A gift event may ask for the whitelist bucket; when false such a gift is high.
+    pub events_may_request_whitelist: bool,
+    /// Most events in one `POST /v1/rooms/{room}/events:batch`.
+    pub max_batch_events: usize,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -185,6 +190,9 @@ pub struct FanoutConfig {
     pub cache_messages: usize,
     pub presence_interval_ms: u64,
     pub presence_ttl_s: u64,
+    /// Gift combos: a user's repeated gift within this window reaches viewers
+    /// as one message with the total count (0 = off).
+    pub combo_window_ms: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -206,6 +214,24 @@ impl RationConfig {
             .max_by_key(|(at_least, _)| *at_least)
             .map_or(u32::MAX, |(_, b)| *b)
     }
+}
+
+/// `GET /v1/rooms/{room}/snapshot` (the CDN edge's view of a room).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// How long a front reuses a computed snapshot before it looks again.
+    pub max_age_ms: u64,
+    /// Latest messages per bucket in a snapshot.
+    pub per_bucket: usize,
+    /// Small rooms: how many of the newest messages one store read scans
+    /// for the latest `per_bucket` of each bucket.
+    pub scan_messages: usize,
+    /// `Cache-Control` of snapshot responses (and of their 304s).
+    pub cache_control: String,
+    /// A snapshot that cannot be computed within this answers 503 (or the
+    /// previous snapshot, if there is one).
+    pub compute_timeout_ms: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -309,6 +335,19 @@ impl Config {
         }
         if self.ingest.max_text_chars == 0 {
             bail!("ingest.max_text_chars must be at least 1");
+        }
+        if !(1..=1000).contains(&self.ingest.max_batch_events) {
+            bail!("ingest.max_batch_events must be within 1..=1000");
+        }
+        let snap = &self.snapshot;
+        if snap.per_bucket == 0 || snap.scan_messages < snap.per_bucket {
+            bail!("snapshot.per_bucket must be at least 1 and at most snapshot.scan_messages");
+        }
+        if snap.max_age_ms == 0 || snap.compute_timeout_ms == 0 {
+            bail!("snapshot.max_age_ms and snapshot.compute_timeout_ms must be at least 1");
+        }
+        if axum::http::HeaderValue::from_str(&snap.cache_control).is_err() {
+            bail!("snapshot.cache_control is not a valid header value");
         }
         match self.bus.engine.as_str() {
             "memory" => {}

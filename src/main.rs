@@ -2,7 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use danmaku::app::Server;
+use danmaku::app::{Role, Server};
 use danmaku::config::Config;
 
 #[derive(Parser)]
@@ -50,16 +50,25 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Some(role) = match command {
-        Command::Serve => None,
-        Command::Front => Some("front"),
-        Command::Processor => Some("processor"),
-        Command::Archiver => Some("archiver"),
-    } {
+    let role = match command {
+        Command::Serve => Role::Serve,
+        Command::Front => Role::Front,
+        Command::Processor => Role::Processor,
+        Command::Archiver => {
+            eprintln!(
+                "danmaku: the archiver role (live → archive copies for replay) is not in this \
+                 build yet; `serve`, `front` and `processor` are"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let shared = config.bus.engine != "memory" && config.store.engine != "memory";
+    if role != Role::Serve && !shared {
         eprintln!(
-            "danmaku: the {role} role runs alone only against shared engines \
+            "danmaku: the {} role runs alone only against shared engines \
              (bus.engine = \"kafka\", store.engine = \"redis\"); this configuration uses \
-             the embedded engines, which live inside one process: run `danmaku serve`"
+             the embedded engines, which live inside one process: run `danmaku serve`",
+            role.name()
         );
         return ExitCode::from(2);
     }
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, role)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("danmaku: {e:#}");
@@ -82,8 +91,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
-    let server = Server::start(config).await?;
+async fn serve(config: Config, role: Role) -> anyhow::Result<()> {
+    let server = Server::start_role(config, role).await?;
     shutdown_signal().await;
     server.shutdown().await
 }

@@ -39,8 +39,18 @@ pub struct Metrics {
     /// Current gear of (room, kind)s above gear 1.
     pub gear: IntGaugeVec,
     pub gear_shifts: IntCounterVec,
-    /// Live-store range reads by who asked (hub, poll, catch_up).
+    /// Live-store range reads by who asked (hub, poll, catch_up, snapshot).
     pub store_reads: IntCounterVec,
+    /// Gift combos of two or more events sent to viewers.
+    pub gift_combos: IntCounter,
+    /// Gift events folded into an earlier event of their combo.
+    pub gift_combo_merged: IntCounter,
+    /// Snapshot computations by source (store, cache, unchanged = the room
+    /// had not changed and the previous body was kept).
+    pub snapshot_builds: IntCounterVec,
+    /// Snapshot responses by result (ok, not_modified, stale = the previous
+    /// snapshot served because a new one could not be computed).
+    pub snapshot_responses: IntCounterVec,
     /// Big-room reads served by a front's local cache (hit, gap).
     pub cache_reads: IntCounterVec,
     /// Viewers over all fronts, for big rooms with a hub on this node.
@@ -208,6 +218,44 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            gift_combos: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_gift_combos_total",
+                    "Gift combos (two or more events merged) sent to viewers",
+                )
+                .unwrap(),
+            ),
+            gift_combo_merged: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_gift_combo_merged_total",
+                    "Gift events merged into an earlier event of their combo",
+                )
+                .unwrap(),
+            ),
+            snapshot_builds: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_snapshot_builds_total",
+                        "Room snapshot computations by source",
+                    ),
+                    &["source"],
+                )
+                .unwrap(),
+            ),
+            snapshot_responses: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_snapshot_responses_total",
+                        "Room snapshot responses by result",
+                    ),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
             cache_reads: reg(
                 &registry,
                 IntCounterVec::new(
@@ -292,6 +340,13 @@ impl Metrics {
             self.ration_dropped
                 .with_label_values(&["high", "lag_expired"])
                 .inc_by(s.expired_high);
+        }
+    }
+
+    pub fn account_combos(&self, s: crate::fanout::combo::ComboStats) {
+        if s.combos > 0 {
+            self.gift_combos.inc_by(s.combos);
+            self.gift_combo_merged.inc_by(s.merged);
         }
     }
 

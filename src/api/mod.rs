@@ -47,6 +47,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Operations only (`processor` role): health, readiness, metrics.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn index() -> Html<&'static str> {
     Html(include_str!("../../static/index.html"))
 }

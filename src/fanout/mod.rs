@@ -2,6 +2,7 @@
 //! the room's new messages from its source, encodes one frame and hands the
 //! same bytes to every subscriber through a bounded broadcast ring.
 
+pub mod combo;
 pub mod feed;
 pub mod frame;
 pub mod ration;
@@ -24,6 +25,7 @@ use crate::message::{now_ms, StoredMessage};
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
+use combo::Combiner;
 pub use frame::Frame;
 use ration::Rationer;
 
@@ -41,6 +43,8 @@ pub struct Hub {
     big: AtomicBool,
     /// A "room updated" notice arrived since the last read.
     dirty: AtomicBool,
+    /// Gifts held for a combo (only the hub task uses it).
+    combos: Mutex<Combiner>,
 }
 
 struct Position {
@@ -121,6 +125,7 @@ impl Hub {
             cluster_online: AtomicUsize::new(0),
             big: AtomicBool::new(false),
             dirty: AtomicBool::new(true),
+            combos: Mutex::new(Combiner::default()),
         }
     }
 
@@ -228,7 +233,7 @@ impl Hub {
     async fn tick(&self, ctx: &HubContext<'_>, rationer: &mut Rationer, read: bool) {
         let timer = ctx.metrics.hub_tick_seconds.start_timer();
         if !read {
-            if rationer.has_undecided() {
+            if rationer.has_undecided() || self.combos.lock().is_holding() {
                 let (epoch, cursor) = self.read_position();
                 self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
             }
@@ -255,6 +260,7 @@ impl Hub {
                 // The store lost the stream: follow the new one from its start.
                 tracing::warn!(room = %self.room, old = %epoch, new = %read.epoch, "stream epoch changed");
                 *rationer = Rationer::default();
+                self.combos.lock().clear();
                 let mut pos = self.position.lock();
                 pos.epoch = Arc::from(read.epoch.as_str());
                 pos.read_cursor = 0;
@@ -269,6 +275,11 @@ impl Hub {
             if caught_up {
                 break;
             }
+        }
+        if ctx.final_tick && self.combos.lock().is_holding() {
+            // The read failed: still hand out the held gifts before stopping.
+            let (epoch, cursor) = self.read_position();
+            self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
         }
         timer.observe_duration();
     }
@@ -289,17 +300,30 @@ impl Hub {
         input: Vec<StoredMessage>,
     ) {
         let rules = ctx.rooms.rules(&self.room, self.cluster_online());
-        let selection = rationer.tick(now_ms(), ctx.tick_ms, &rules, input);
+        let now = now_ms();
+        let mut selection = rationer.tick(now, ctx.tick_ms, &rules, input);
         ctx.metrics.account_selection(&selection);
+        let mut combos = self.combos.lock();
+        let (messages, combo_stats) = combos.apply(
+            now,
+            ctx.combo_window_ms,
+            ctx.final_tick,
+            std::mem::take(&mut selection.messages),
+        );
+        selection.messages = messages;
+        ctx.metrics.account_combos(combo_stats);
         ctx.metrics
             .room_budget
             .with_label_values(&[self.room.as_str()])
             .set(rules.budget_per_s.min(i64::MAX as u32) as i64);
-        let undecided: Arc<[u64]> = if rationer.has_undecided() {
-            rationer.undecided().into()
+        let undecided: Arc<[u64]> = if rationer.has_undecided() || combos.is_holding() {
+            let mut seqs = rationer.undecided();
+            seqs.extend(combos.held_seqs());
+            seqs.into()
         } else {
             Arc::from([])
         };
+        drop(combos);
         let mut pos = self.position.lock();
         pos.read_cursor = to;
         pos.undecided = undecided;
@@ -342,6 +366,9 @@ struct HubContext<'a> {
     tick_ms: u64,
     max_batch: usize,
     cache_messages: usize,
+    combo_window_ms: u64,
+    /// The hub's last tick (shutdown): nothing may stay held.
+    final_tick: bool,
 }
 
 /// The hubs of this node, created on first use and stopped when idle.
@@ -408,6 +435,8 @@ impl HubRegistry {
             tick_ms: self.config.tick_ms,
             max_batch: self.config.max_batch_messages,
             cache_messages: self.config.cache_messages,
+            combo_window_ms: self.config.combo_window_ms,
+            final_tick: false,
         }
     }
 
@@ -470,7 +499,8 @@ impl HubRegistry {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = self.flushing.cancelled() => {
-                    hub.tick(&self.context(), &mut rationer, true).await;
+                    let last = HubContext { final_tick: true, ..self.context() };
+                    hub.tick(&last, &mut rationer, true).await;
                     return;
                 }
             }

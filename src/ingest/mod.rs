@@ -3,7 +3,7 @@
 
 pub mod rate_limit;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +45,47 @@ pub struct EventRequest {
     pub gift: Option<Gift>,
     #[serde(default)]
     pub priority: Option<Priority>,
+}
+
+/// One event of `POST /v1/rooms/{room}/events:batch`: the single-event body
+/// plus the event's own idempotency key.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEvent {
+    pub idempotency_key: String,
+    pub kind: Kind,
+    pub user: UserRef,
+    #[serde(default)]
+    pub text: Option<String>,
+    #[serde(default)]
+    pub gift: Option<Gift>,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+}
+
+/// A parsed batch event, ready for [`Ingest::events`].
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub idempotency_key: String,
+    /// What the idempotency fingerprint is taken over (the event's canonical JSON).
+    pub fingerprint_source: Vec<u8>,
+    pub req: EventRequest,
+}
+
+impl BatchEvent {
+    /// The event's key and its single-event body.
+    pub fn into_parts(self) -> (String, EventRequest) {
+        (
+            self.idempotency_key,
+            EventRequest {
+                kind: self.kind,
+                user: self.user,
+                text: self.text,
+                gift: self.gift,
+                priority: self.priority,
+            },
+        )
+    }
 }
 
 /// An acknowledged request: the JSON answer (the same on every retry).
@@ -174,26 +215,161 @@ impl Ingest {
     }
 
     /// A signed gift/system event (signature already verified by the caller).
+    /// `fingerprint_source` identifies the request for idempotency: a retry
+    /// with the same key must carry the same bytes (the API passes the
+    /// event's canonical JSON, so one event means the same single or batched).
     pub async fn event(
         &self,
         room: &str,
         idempotency_key: &str,
-        raw_body: &[u8],
+        fingerprint_source: &[u8],
         req: EventRequest,
     ) -> Result<Accepted, ApiError> {
         let kind = req.kind;
-        let result = self.event_inner(room, idempotency_key, raw_body, req).await;
+        let result = match self.event_message(room, idempotency_key, req) {
+            Ok(message) => {
+                self.publish_once(
+                    &event_key(room, idempotency_key),
+                    &fingerprint(fingerprint_source),
+                    self.config.idempotency_ttl_s,
+                    message,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
         self.account(kind, &result);
         result
     }
 
-    async fn event_inner(
+    /// A signed batch of events (signature already verified by the caller):
+    /// one result per item, in order. Items are validated and their keys
+    /// claimed one by one; the accepted ones go to the bus in one publish.
+    /// A key seen twice in one batch is one event: the second gets the
+    /// first's answer (or `idempotency_key_reused` if its body differs).
+    pub async fn events(
+        &self,
+        room: &str,
+        items: Vec<Result<BatchItem, ApiError>>,
+    ) -> Vec<Result<Accepted, ApiError>> {
+        let n = items.len();
+        let mut results: Vec<Option<Result<Accepted, ApiError>>> = vec![None; n];
+        let mut kinds: Vec<Option<Kind>> = vec![None; n];
+        let mut first_of_key: HashMap<String, (usize, String)> = HashMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        let mut todo: Vec<(usize, String, String, Message)> = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    results[i] = Some(Err(e));
+                    continue;
+                }
+            };
+            kinds[i] = Some(item.req.kind);
+            let fp = fingerprint(&item.fingerprint_source);
+            if let Some((first, first_fp)) = first_of_key.get(&item.idempotency_key) {
+                results[i] = if *first_fp == fp {
+                    copies.push((i, *first));
+                    None
+                } else {
+                    Some(Err(key_reused()))
+                };
+                continue;
+            }
+            first_of_key.insert(item.idempotency_key.clone(), (i, fp.clone()));
+            match self.event_message(room, &item.idempotency_key, item.req) {
+                Ok(message) => {
+                    todo.push((i, event_key(room, &item.idempotency_key), fp, message))
+                }
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+
+        let ttl = Duration::from_secs(self.config.idempotency_ttl_s.max(1));
+        let claims = futures_util::future::join_all(
+            todo.iter()
+                .map(|(_, key, fp, _)| self.claim(key, fp, ttl)),
+        )
+        .await;
+        let mut won = Vec::new();
+        for ((i, key, fp, message), claim) in todo.into_iter().zip(claims) {
+            match claim {
+                Ok(None) => won.push((i, key, fp, message)),
+                Ok(Some(answer)) => results[i] = Some(Ok(answer)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
+        }
+        if !won.is_empty() {
+            let partitions = self.bus.partitions();
+            let mut records = Vec::with_capacity(won.len());
+            let mut bodies = Vec::with_capacity(won.len());
+            for (_, _, _, message) in &won {
+                bodies.push(answer_body(message));
+                records.push(self.gears.record(message.clone(), partitions).await);
+            }
+            match self.bus.publish(records).await {
+                Ok(()) => {
+                    futures_util::future::join_all(
+                        won.iter()
+                            .zip(&bodies)
+                            .map(|((_, key, fp, _), body)| self.record_answer(key, fp, body, ttl)),
+                    )
+                    .await;
+                    for ((i, ..), body) in won.iter().zip(bodies) {
+                        results[*i] = Some(Ok(Accepted {
+                            body,
+                            replayed: false,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    // Nothing was accepted: free every key so a retry goes through.
+                    futures_util::future::join_all(
+                        won.iter().map(|(_, key, ..)| self.store.release(key)),
+                    )
+                    .await;
+                    let e = publish_error(e);
+                    for (i, ..) in &won {
+                        results[*i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        for (i, first) in copies {
+            results[i] = Some(match results[first].clone().expect("first of key decided") {
+                Ok(a) => Ok(Accepted {
+                    replayed: true,
+                    ..a
+                }),
+                Err(e) => Err(e),
+            });
+        }
+        results
+            .into_iter()
+            .zip(kinds)
+            .map(|(result, kind)| {
+                let result = result.expect("every item decided");
+                match kind {
+                    Some(kind) => self.account(kind, &result),
+                    None => {
+                        if let Err(e) = &result {
+                            self.metrics.reject(e.code);
+                        }
+                    }
+                }
+                result
+            })
+            .collect()
+    }
+
+    /// Validates an event and classifies its priority (DESIGN §3.1).
+    fn event_message(
         &self,
         room: &str,
         idempotency_key: &str,
-        raw_body: &[u8],
         req: EventRequest,
-    ) -> Result<Accepted, ApiError> {
+    ) -> Result<Message, ApiError> {
         check_id("Idempotency-Key", idempotency_key)?;
         check_id("user.id", &req.user.id)?;
         check_name(&req.user.name)?;
@@ -213,16 +389,27 @@ impl Ingest {
             }
             (Kind::Gift, Some(gift)) => {
                 check_id("gift.gift_id", &gift.gift_id)?;
-                if gift.count == 0 || gift.count > 1_000_000 {
+                if gift.count == 0 || gift.count > MAX_GIFT_COUNT {
                     return Err(ApiError::bad_request(
                         "bad_gift_count",
-                        "gift.count must be within 1..=1000000",
+                        format!("gift.count must be within 1..={MAX_GIFT_COUNT}"),
+                    ));
+                }
+                if gift.value > MAX_GIFT_VALUE {
+                    return Err(ApiError::bad_request(
+                        "bad_gift_value",
+                        format!("gift.value must be within 0..={MAX_GIFT_VALUE}"),
                     ));
                 }
                 if !text.is_empty() {
                     self.check_text(&text)?;
                 }
-                req.priority.unwrap_or(Priority::High)
+                match req.priority {
+                    Some(Priority::Whitelist) if !self.config.events_may_request_whitelist => {
+                        Priority::High
+                    }
+                    asked => asked.unwrap_or(Priority::High),
+                }
             }
             (Kind::System, _) => {
                 self.check_text(&text)?;
@@ -230,7 +417,7 @@ impl Ingest {
             }
         };
         self.check_shedding(priority)?;
-        let message = Message {
+        Ok(Message {
             id: new_message_id(),
             seq: 0,
             room: room.to_string(),
@@ -246,15 +433,7 @@ impl Ingest {
                 None
             },
             style: None,
-        };
-        let key = format!("ev:{{{room}}}:{idempotency_key}");
-        self.publish_once(
-            &key,
-            &fingerprint(raw_body),
-            self.config.idempotency_ttl_s,
-            message,
-        )
-        .await
+        })
     }
 
     fn account(&self, kind: Kind, result: &Result<Accepted, ApiError>) {
@@ -338,47 +517,91 @@ impl Ingest {
         message: Message,
     ) -> Result<Accepted, ApiError> {
         let ttl = Duration::from_secs(ttl_s.max(1));
+        if let Some(answer) = self.claim(key, fingerprint, ttl).await? {
+            return Ok(answer);
+        }
+        let body = answer_body(&message);
+        let record = self.gears.record(message, self.bus.partitions()).await;
+        if let Err(e) = self.bus.publish(vec![record]).await {
+            // Free the key: nothing was accepted, so a retry must be able to go through.
+            let _ = self.store.release(key).await;
+            return Err(publish_error(e));
+        }
+        self.record_answer(key, fingerprint, &body, ttl).await;
+        Ok(Accepted {
+            body,
+            replayed: false,
+        })
+    }
+
+    /// `SET key "<fingerprint>|pending" NX EX ttl`: `None` = claimed, go on;
+    /// `Some` = an earlier request's answer (a retry).
+    async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<Option<Accepted>, ApiError> {
         let pending = format!("{fingerprint}|{PENDING}");
         match self.store.claim(key, &pending, ttl).await {
-            Ok(Claim::Won) => {}
-            Ok(Claim::Held(value)) => return replay(&value, fingerprint),
+            Ok(Claim::Won) => Ok(None),
+            Ok(Claim::Held(value)) => replay(&value, fingerprint).map(Some),
             Err(e) => {
                 self.metrics
                     .store_errors
                     .with_label_values(&["claim"])
                     .inc();
                 tracing::warn!(error = %e, "dedup claim failed");
-                return Err(ApiError::unavailable(
+                Err(ApiError::unavailable(
                     "store_unavailable",
                     "try again shortly",
-                ));
+                ))
             }
         }
-        let body = serde_json::json!({"id": message.id}).to_string();
-        let record = self.gears.record(message, self.bus.partitions()).await;
-        if let Err(e) = self.bus.publish(vec![record]).await {
-            // Free the key: nothing was accepted, so a retry must be able to go through.
-            let _ = self.store.release(key).await;
-            return Err(match e {
-                BusError::Full(_) => {
-                    ApiError::unavailable("bus_full", "the pipeline is full; retry")
-                }
-                other => {
-                    tracing::warn!(error = %other, "bus publish failed");
-                    ApiError::unavailable("bus_unavailable", "the pipeline is unavailable; retry")
-                }
-            });
-        }
+    }
+
+    /// Replaces a won claim's "pending" by the answer retries get.
+    async fn record_answer(&self, key: &str, fingerprint: &str, body: &str, ttl: Duration) {
         let done = format!("{fingerprint}|{body}");
         if let Err(e) = self.store.set_claim(key, &done, ttl).await {
             // The message is on the bus; a retry will see "pending" (409) until the TTL.
             tracing::warn!(error = %e, "recording the idempotent answer failed");
         }
-        Ok(Accepted {
-            body,
-            replayed: false,
-        })
     }
+}
+
+/// Largest `gift.count` of one event.
+const MAX_GIFT_COUNT: u32 = 1_000_000;
+/// Largest `gift.value` (per gift): count × value stays exact for JSON
+/// readers that use doubles (2^53).
+const MAX_GIFT_VALUE: u64 = (1 << 53) / MAX_GIFT_COUNT as u64;
+
+/// Live-store key of a gift backend Idempotency-Key (room-scoped).
+fn event_key(room: &str, idempotency_key: &str) -> String {
+    format!("ev:{{{room}}}:{idempotency_key}")
+}
+
+/// The acknowledgement body (also what a retry gets back).
+fn answer_body(message: &Message) -> String {
+    serde_json::json!({"id": message.id}).to_string()
+}
+
+fn publish_error(e: BusError) -> ApiError {
+    match e {
+        BusError::Full(_) => ApiError::unavailable("bus_full", "the pipeline is full; retry"),
+        other => {
+            tracing::warn!(error = %other, "bus publish failed");
+            ApiError::unavailable("bus_unavailable", "the pipeline is unavailable; retry")
+        }
+    }
+}
+
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        "this key was used for a different request",
+    )
 }
 
 /// `blocked_lower` holds lowercase words; matching is case-insensitive.
@@ -399,11 +622,7 @@ fn check_blocked(text: &str, blocked_lower: &[String]) -> Result<(), ApiError> {
 fn replay(value: &str, fingerprint: &str) -> Result<Accepted, ApiError> {
     let (held_fp, state) = value.split_once('|').unwrap_or(("", value));
     if held_fp != fingerprint {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "this key was used for a different request",
-        ));
+        return Err(key_reused());
     }
     if state == PENDING {
         return Err(ApiError::new(
