@@ -121,6 +121,10 @@ pub struct BusConfig {
     /// A publish not acknowledged by Kafka within this fails (the client gets 503).
     #[serde(default = "default_publish_timeout_ms")]
     pub publish_timeout_ms: u64,
+    /// Kafka idempotent producer (`enable.idempotence`): retries never
+    /// duplicate or reorder a partition. Off only for brokers without it.
+    #[serde(default = "default_idempotence")]
+    pub idempotence: bool,
 }
 
 fn default_topic() -> String {
@@ -134,6 +138,9 @@ fn default_replication_factor() -> i32 {
 }
 fn default_publish_timeout_ms() -> u64 {
     5000
+}
+fn default_idempotence() -> bool {
+    true
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -551,6 +558,7 @@ mod tests {
         assert_eq!(c.bus.group_id, "danmaku-processor");
         assert_eq!(c.bus.replication_factor, 1);
         assert_eq!(c.bus.publish_timeout_ms, 2000);
+        assert!(c.bus.idempotence);
     }
 
     #[test]

@@ -352,3 +352,282 @@ async fn processor_sigkill_mid_stream_stores_every_ack_exactly_once() {
         stored.len()
     );
 }
+
+/// `cmdstat_zrangebyscore` calls so far (every live-store range read issues
+/// three: one per bucket, in one transaction).
+async fn zrange_calls(redis_url: &str) -> u64 {
+    let client = redis::Client::open(redis_url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_zrangebyscore:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn metric_of(http: &reqwest::Client, node: &Node, sample: &str) -> f64 {
+    let text = http
+        .get(format!("{}/metrics", node.base()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::metric_value(&text, sample).unwrap_or(0.0)
+}
+
+/// A big room (1000 viewers over 2 fronts) costs Redis reads that grow with
+/// fronts × seconds, not with viewers; small-room long-polls read through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_room_reads_grow_with_fronts_not_viewers() {
+    let Some((redis, kafka)) = services() else { return };
+    let c = Arc::new(Cluster::new(
+        "cost",
+        &redis,
+        &kafka,
+        &[
+            ("DANMAKU_FANOUT__BIG_ROOM_THRESHOLD", "300"),
+            ("DANMAKU_FANOUT__BIG_MIN_READ_GAP_MS", "1000"),
+            ("DANMAKU_FANOUT__PRESENCE_INTERVAL_MS", "300"),
+            ("DANMAKU_POLL__MAX_WAIT_MS", "2000"),
+        ],
+    ));
+    let _processor = c.node("processor").await;
+    let fronts = [Arc::new(c.node("front").await), Arc::new(c.node("front").await)];
+    let room = format!("big-{}", now_ms());
+
+    // 1000 viewers, 500 per front, opened 50 at a time.
+    let mut viewers = Vec::new();
+    for batch in 0..20 {
+        let front = fronts[batch % 2].clone();
+        let opens = (0..50).map(|_| {
+            let url = ws_url(&front, &room, "");
+            async move { WsViewer::connect(&url).await }
+        });
+        viewers.extend(futures_util::future::join_all(opens).await);
+    }
+    let sample = format!(r#"danmaku_room_online{{room="{room}"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for front in &fronts {
+        while metric_of(&c.http, front, &sample).await < 1000.0 {
+            assert!(Instant::now() < deadline, "room never counted 1000 viewers as big");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let before = zrange_calls(&c.redis_url).await;
+    let started = Instant::now();
+    let seconds = 10;
+    let collectors: Vec<_> = viewers
+        .into_iter()
+        .map(|mut v| tokio::spawn(async move { v.collect(5 * seconds, Duration::from_secs(40)).await.len() }))
+        .collect();
+    for i in 0..5 * seconds {
+        let front = &fronts[i % 2];
+        let (s, b) = c.post(front, &room, &format!("b{i}"), &format!("b{i}")).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let big_calls = zrange_calls(&c.redis_url).await - before;
+    let mut delivered = 0;
+    for col in collectors {
+        delivered += col.await.unwrap();
+    }
+    assert_eq!(delivered, 1000 * 5 * seconds, "every viewer got every message");
+    let bound = (2.0 * elapsed.ceil() * 3.0 * 2.0) as u64; // fronts × s × 3 per read × 2 slack
+    eprintln!(
+        "big room: {big_calls} ZRANGEBYSCORE in {elapsed:.1} s for 1000 viewers on 2 fronts (bound {bound})"
+    );
+    assert!(big_calls <= bound, "{big_calls} range reads > {bound}");
+
+    // For contrast: 100 long-poll viewers of a small room read through.
+    let small = format!("small-{}", now_ms());
+    let before = zrange_calls(&c.redis_url).await;
+    let requests = Arc::new(AtomicUsize::new(0));
+    let stop = Instant::now() + Duration::from_secs(5);
+    let pollers: Vec<_> = (0..100)
+        .map(|i| {
+            let (c, front, small, requests) =
+                (c.clone(), fronts[i % 2].clone(), small.clone(), requests.clone());
+            tokio::spawn(async move {
+                let mut cursor = 0u64;
+                while Instant::now() < stop {
+                    let r = c
+                        .http
+                        .get(format!(
+                            "{}/v1/rooms/{small}/poll?cursor={cursor}&wait_ms=500",
+                            front.base()
+                        ))
+                        .send()
+                        .await
+                        .unwrap();
+                    let v: Value = r.json().await.unwrap();
+                    cursor = v["cursor"].as_u64().unwrap_or(cursor);
+                    requests.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for i in 0..20 {
+        c.post(&fronts[0], &small, &format!("s{i}"), "small").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for p in pollers {
+        p.await.unwrap();
+    }
+    let small_calls = zrange_calls(&c.redis_url).await - before;
+    let requests = requests.load(Ordering::Relaxed);
+    eprintln!(
+        "small room read-through: {small_calls} ZRANGEBYSCORE for {requests} poll requests ({:.2} reads per request)",
+        small_calls as f64 / 3.0 / requests as f64
+    );
+    assert!(small_calls as f64 / 3.0 >= requests as f64 * 0.9, "read-through reads per request");
+}
+
+/// A redis-server of the test's own (AOF, fsync always) that it can restart.
+struct OwnRedis {
+    child: Option<Child>,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl OwnRedis {
+    fn start() -> OwnRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("danmaku-redis-{port}-{}", now_ms()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut r = OwnRedis {
+            child: None,
+            port,
+            dir,
+        };
+        r.spawn();
+        r
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM (redis flushes its AOF), wait, start again on the same port.
+    fn restart(&mut self, down_for: Duration) {
+        if let Some(mut c) = self.child.take() {
+            unsafe_sigterm(c.id());
+            let _ = c.wait();
+        }
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+}
+
+fn unsafe_sigterm(pid: u32) {
+    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Restarting Redis mid-run loses no acknowledged message; fronts answer
+/// 503 meanwhile (never a false ack) and recover without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_no_acknowledged_message() {
+    let Some((_, kafka)) = services() else { return };
+    let mut redis = OwnRedis::start();
+    let c = Arc::new(Cluster::new("redis-restart", &redis.url(), &kafka, &[]));
+    let _processor = c.node("processor").await;
+    let front = Arc::new(c.node("front").await);
+    let room = format!("rr-{}", now_ms());
+    let mut viewer = WsViewer::connect(&ws_url(&front, &room, "")).await;
+
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let poster = {
+        let (c, front, room, acked, refused) =
+            (c.clone(), front.clone(), room.clone(), acked.clone(), refused.clone());
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let text = format!("r{i}");
+                let (s, _) = c.post(&front, &room, &text, &text).await;
+                if s == StatusCode::ACCEPTED {
+                    acked.lock().unwrap().push(text);
+                } else {
+                    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "outage answers 503");
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let down = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        redis.restart(Duration::from_secs(2));
+        redis
+    })
+    .await
+    .map(|r| {
+        // Keep the server alive until the end of the test.
+        std::mem::forget(r);
+    })
+    .unwrap();
+    // The front reports ready again by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.http.get(format!("{}/readyz", front.base())).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "front did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let recovered = down.elapsed();
+    poster.await.unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let stored = c.wait_stored(&room, acked.len(), Duration::from_secs(30)).await;
+    let stored_texts: HashSet<String> = texts(&stored).into_iter().collect();
+    for t in &acked {
+        assert!(stored_texts.contains(t), "acknowledged {t} was lost");
+    }
+    assert_eq!(stored.len(), acked.len(), "nothing unacknowledged or twice");
+    assert_unique_ids(&stored);
+    let seen = viewer.collect(acked.len(), Duration::from_secs(30)).await;
+    assert_eq!(seen.len(), acked.len(), "the connected viewer got every stored message");
+    eprintln!(
+        "redis restart: {} acked, {} refused with 503, ready again after {:.1} s",
+        acked.len(),
+        refused.load(Ordering::Relaxed),
+        recovered.as_secs_f64()
+    );
+}

@@ -33,7 +33,9 @@ fn brokers() -> Option<String> {
                      memory://tansu/`) and set DANMAKU_TEST_KAFKA_BROKERS=127.0.0.1:9092"
                 );
             }
-            eprintln!("skipping: DANMAKU_TEST_KAFKA_BROKERS is not set (no Kafka broker to test against)");
+            eprintln!(
+                "skipping: DANMAKU_TEST_KAFKA_BROKERS is not set (no Kafka broker to test against)"
+            );
             None
         }
     }
@@ -102,7 +104,10 @@ async fn take(consumer: &mut Box<dyn BusConsumer>, n: usize) -> Vec<Delivery> {
             "got {} of {n} deliveries within {PATIENCE:?}",
             got.len()
         );
-        match consumer.poll(n - got.len(), Duration::from_millis(500)).await {
+        match consumer
+            .poll(n - got.len(), Duration::from_millis(500))
+            .await
+        {
             Ok(batch) => {
                 assert!(batch.len() <= n - got.len(), "poll returned more than max");
                 got.extend(batch);
@@ -131,7 +136,10 @@ async fn drain(consumer: &mut Box<dyn BusConsumer>, for_: Duration) -> Vec<Deliv
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < PATIENCE, "not within {PATIENCE:?}: {what}");
+        assert!(
+            start.elapsed() < PATIENCE,
+            "not within {PATIENCE:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -207,7 +215,10 @@ async fn order_per_key_is_kept() {
         assert_eq!(order, (0..40).map(|i| i.to_string()).collect::<Vec<_>>());
         let key = format!("{room}/danmaku");
         let p = danmaku::bus::partition_for(&key, 4);
-        assert!(mine.iter().all(|d| d.partition == p), "{room} on one partition");
+        assert!(
+            mine.iter().all(|d| d.partition == p),
+            "{room} on one partition"
+        );
         assert!(mine.windows(2).all(|w| w[0].offset < w[1].offset));
     }
     consumer.commit(&got).await.expect("commit");
@@ -247,24 +258,54 @@ async fn explicit_partition_is_honoured() {
 #[tokio::test]
 async fn committed_records_stay_done_and_uncommitted_ones_come_again() {
     let brokers = need_kafka!();
-    let config = cfg(&brokers, "commit", 2);
+    crash_semantics(&brokers, false).await;
+}
+
+/// The same with all ten records in one record batch, so the successor
+/// resumes from an offset inside that batch. Ignored because tansu 0.6
+/// (the broker CI runs) cannot serve a fetch that starts inside a batch: it
+/// returns only batches whose base offset is at or after the fetch offset, so
+/// the rest of the batch never comes. Apache Kafka does; run with `--ignored`
+/// against it.
+#[tokio::test]
+#[ignore = "tansu 0.6 cannot fetch from inside a record batch; run against Apache Kafka"]
+async fn uncommitted_records_come_again_from_inside_a_batch() {
+    let brokers = need_kafka!();
+    crash_semantics(&brokers, true).await;
+}
+
+async fn crash_semantics(brokers: &str, one_batch: bool) {
+    let config = cfg(brokers, "commit", 2);
     let bus = connect(&config).await;
-    let records = (0..10)
+    let records: Vec<BusRecord> = (0..10)
         .map(|i| BusRecord::keyed_by_room_kind(msg("crash", Kind::Danmaku, &i.to_string())))
         .collect();
-    bus.publish(records).await.expect("publish");
+    if one_batch {
+        bus.publish(records).await.expect("publish");
+    } else {
+        // One publish per record: every record is a batch of its own.
+        for r in records {
+            bus.publish(vec![r]).await.expect("publish");
+        }
+    }
 
     // A processor takes all ten, stores and commits only the first four, then dies.
     let mut a = bus.consumer().await.unwrap();
     let got = take(&mut a, 10).await;
-    assert_eq!(texts(&got), (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&got),
+        (0..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
     a.commit(&got[..4]).await.expect("commit");
     drop(a);
 
     // Its successor in the group gets exactly the six it did not commit.
     let mut b = bus.consumer().await.unwrap();
     let again = take(&mut b, 6).await;
-    assert_eq!(texts(&again), (4..10).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        texts(&again),
+        (4..10).map(|i| i.to_string()).collect::<Vec<_>>()
+    );
     let ids: Vec<&str> = got[4..].iter().map(|d| d.message.id.as_str()).collect();
     let again_ids: Vec<&str> = again.iter().map(|d| d.message.id.as_str()).collect();
     assert_eq!(ids, again_ids, "the same messages, not copies");
@@ -364,7 +405,10 @@ async fn undecodable_records_are_skipped_and_committed_past() {
 
     let mut b = bus.consumer().await.unwrap();
     let later = drain(&mut b, Duration::from_secs(5)).await;
-    assert!(later.is_empty(), "the partition is not wedged: nothing comes again");
+    assert!(
+        later.is_empty(),
+        "the partition is not wedged: nothing comes again"
+    );
     assert_eq!(bus.undecodable(), 2, "the bad records were committed past");
 }
 
@@ -393,11 +437,18 @@ async fn unreachable_broker_fails_publish_within_the_timeout() {
         matches!(result, Err(BusError::Unavailable(_))),
         "never Ok: {result:?}"
     );
+    eprintln!("publish to an unreachable broker failed after {took:?}: {result:?}");
     assert!(took < Duration::from_millis(1500 + 1500), "took {took:?}");
     assert!(bus.ping().await.is_err());
     assert_eq!(bus.pending(), 0, "a failed publish is not pending");
 
     let start = Instant::now();
-    assert!(KafkaBus::connect(&config).await.is_err());
+    let connected = KafkaBus::connect(&config).await;
+    eprintln!(
+        "connect to an unreachable broker failed after {:?}: {:?}",
+        start.elapsed(),
+        connected.as_ref().err()
+    );
+    assert!(connected.is_err());
     assert!(start.elapsed() < Duration::from_secs(20));
 }

@@ -4,6 +4,7 @@
 
 mod admin;
 mod extract;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,13 +13,13 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 
 use crate::app::AppState;
 use crate::auth::unix_now;
 use crate::error::ApiError;
-use crate::ingest::{Accepted, DanmakuRequest, EventRequest};
+use crate::ingest::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
 pub use extract::{parse_json, ApiQuery, RawBody, RoomPath};
 
 pub fn router(state: AppState) -> Router {
@@ -32,6 +33,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/demo/token", post(demo_token))
         .route("/v1/rooms/{room}/danmaku", post(post_danmaku))
         .route("/v1/rooms/{room}/events", post(post_event))
+        // A literal segment (matchit 0.8 gives ':' no meaning); a batch may
+        // be as large as `max_batch_events` single bodies.
+        .route(
+            "/v1/rooms/{room}/events:batch",
+            post(post_events_batch).layer(DefaultBodyLimit::max(
+                limit.saturating_mul(state.config.ingest.max_batch_events.max(1)),
+            )),
+        )
+        .route(
+            "/v1/rooms/{room}/snapshot",
+            get(snapshot::handler).layer(Extension(snapshot::SnapshotCache::new())),
+        )
         .route("/v1/rooms/{room}/ws", get(crate::front::ws::handler))
         .route("/v1/rooms/{room}/poll", get(crate::front::poll::handler))
         .route("/v1/rooms/{room}/sse", get(crate::front::sse::handler))
@@ -170,29 +183,150 @@ async fn post_danmaku(
     Ok(accepted(a))
 }
 
+/// Verifies the gift backend's signature headers over `body`.
+fn check_signed(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    refuse_if_stopping(s)?;
+    s.auth.gift_signature(
+        header_str(headers, "x-timestamp"),
+        header_str(headers, "x-signature"),
+        body,
+        unix_now(),
+    )?;
+    Ok(())
+}
+
+/// The event's canonical JSON (keys sorted, no whitespace): what its
+/// idempotency fingerprint is taken over, so a retry matches whatever its
+/// formatting, single or batched.
+fn canonical(value: &serde_json::Value) -> Vec<u8> {
+    let mut value = value.clone();
+    value.sort_all_objects();
+    serde_json::to_vec(&value).expect("a JSON value serialises")
+}
+
+fn invalid_body(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request("invalid_body", e.to_string())
+}
+
 async fn post_event(
     State(s): State<AppState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    let (key, req) = counted(&s, {
-        refuse_if_stopping(&s).and_then(|()| {
-            s.auth.gift_signature(
-                header_str(&headers, "x-timestamp"),
-                header_str(&headers, "x-signature"),
-                &body,
-                unix_now(),
-            )?;
+    let (key, fingerprint_source, req) = counted(&s, {
+        check_signed(&s, &headers, &body).and_then(|()| {
             let key = header_str(&headers, "idempotency-key").ok_or_else(|| {
                 ApiError::bad_request("missing_idempotency_key", "Idempotency-Key is required")
             })?;
-            let req: EventRequest = parse_json(&body)?;
-            Ok((key.to_string(), req))
+            let value: serde_json::Value = parse_json(&body)?;
+            let req = EventRequest::deserialize(&value).map_err(invalid_body)?;
+            Ok((key.to_string(), canonical(&value), req))
         })
     })?;
-    let a = s.ingest.event(&room, &key, &body, req).await?;
+    let a = s
+        .ingest
+        .event(&room, &key, &fingerprint_source, req)
+        .await?;
     Ok(accepted(a))
+}
+
+/// `POST /v1/rooms/{room}/events:batch` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    events: Vec<serde_json::Value>,
+}
+
+/// Signed once for the whole body (the same headers as a single event);
+/// each event carries its own `idempotency_key`. Answers `207 Multi-Status`
+/// with one result per event, in order: `{"index","status":202,"id"}` (plus
+/// `"replayed":true` for a retried key) or `{"index","status","error":
+/// {"code","message"},"retry_after_s"?}`. The batch as a whole is refused
+/// (401, 400, 413 `too_many_events`, 503) only when no event can be looked at.
+async fn post_events_batch(
+    State(s): State<AppState>,
+    RoomPath(room): RoomPath,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let max = s.config.ingest.max_batch_events;
+    let items = counted(&s, {
+        check_signed(&s, &headers, &body).and_then(|()| {
+            let req: BatchRequest = parse_json(&body)?;
+            if req.events.is_empty() {
+                return Err(ApiError::bad_request(
+                    "empty_batch",
+                    "events must hold at least one event",
+                ));
+            }
+            if req.events.len() > max {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_events",
+                    format!("a batch holds at most {max} events"),
+                ));
+            }
+            Ok(req.events.into_iter().map(batch_item).collect::<Vec<_>>())
+        })
+    })?;
+    let results = s.ingest.events(&room, items).await;
+    let results: Vec<serde_json::Value> = results
+        .into_iter()
+        .enumerate()
+        .map(|(index, r)| match r {
+            Ok(a) => {
+                let mut v = serde_json::from_str::<serde_json::Value>(&a.body)
+                    .unwrap_or_else(|_| serde_json::json!({}));
+                v["index"] = index.into();
+                v["status"] = StatusCode::ACCEPTED.as_u16().into();
+                if a.replayed {
+                    v["replayed"] = true.into();
+                }
+                v
+            }
+            Err(e) => {
+                let mut v = e.body();
+                v["index"] = index.into();
+                v["status"] = e.status.as_u16().into();
+                if let Some(s) = e.retry_after_s {
+                    v["retry_after_s"] = s.into();
+                }
+                v
+            }
+        })
+        .collect();
+    Ok((
+        StatusCode::MULTI_STATUS,
+        Json(serde_json::json!({ "results": results })),
+    )
+        .into_response())
+}
+
+/// One event of a batch: its key, canonical JSON (without the key) and body.
+fn batch_item(mut value: serde_json::Value) -> Result<BatchItem, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "each event must be a JSON object",
+        ));
+    }
+    if value.get("idempotency_key").is_none() {
+        return Err(ApiError::bad_request(
+            "missing_idempotency_key",
+            "each event needs \"idempotency_key\"",
+        ));
+    }
+    let event = BatchEvent::deserialize(&value).map_err(invalid_body)?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("idempotency_key");
+    }
+    let (idempotency_key, req) = event.into_parts();
+    Ok(BatchItem {
+        idempotency_key,
+        fingerprint_source: canonical(&value),
+        req,
+    })
 }
 
 #[derive(Deserialize, Default)]

@@ -8,7 +8,7 @@
 //!   explicit partition (gears 2 and 4) is honoured;
 //! - **publish** resolves `Ok` only once Kafka acknowledged every record
 //!   (`acks=all`, idempotent producer); any record not accepted makes it `Err`,
-//!   and it never waits longer than `publish_timeout_ms` (+ a small margin);
+//!   and it never waits longer than `publish_timeout_ms` (+ at most 2 s);
 //! - **consume**: deliveries carry partition and offset; offsets are committed
 //!   only by [`BusConsumer::commit`], which the processor calls after the store
 //!   write succeeded, so a crash redelivers (the store dedups by id);
@@ -19,7 +19,7 @@
 //! like processed ones: a poison record never wedges its partition.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,31 +52,21 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Producer batching delay: small, since a client waits for the ack.
 const LINGER_MS: &str = "2";
 
-/// Settings of the Kafka engine beyond [`BusConfig`], with production defaults.
-#[derive(Clone, Debug)]
+/// Settings of the Kafka engine beyond [`BusConfig`].
+#[derive(Clone, Debug, Default)]
 pub struct KafkaOptions {
-    /// `enable.idempotence` of the producer (exactly-once per partition on
-    /// retries, ordered with up to 5 requests in flight). On by default.
-    pub idempotence: bool,
-    /// Extra librdkafka properties applied to every client (e.g. security settings).
+    /// Extra librdkafka properties for every client (security settings,
+    /// `debug`, …); the engine's own producer and consumer settings win.
     pub extra: Vec<(String, String)>,
-}
-
-impl Default for KafkaOptions {
-    fn default() -> Self {
-        KafkaOptions {
-            idempotence: true,
-            extra: Vec::new(),
-        }
-    }
 }
 
 pub struct KafkaBus {
     config: BusConfig,
     options: KafkaOptions,
-    /// Replaced when the idempotent producer hits a fatal error (it cannot
-    /// be used again after one; see librdkafka's INTRODUCTION.md).
-    producer: RwLock<FutureProducer>,
+    /// The producer and its generation. Replaced when it is stuck: after a
+    /// fatal error, or when the broker keeps refusing its producer id/epoch
+    /// (see [`KafkaBus::recover_producer`]).
+    producer: RwLock<(u64, FutureProducer)>,
     partitions: u32,
     shared: Arc<Shared>,
     /// Dropping it stops the lag task.
@@ -87,6 +77,10 @@ struct Shared {
     /// Estimated lag of the group; see [`KafkaBus::pending`].
     pending: AtomicU64,
     undecodable: AtomicU64,
+    /// Per partition: the offset after the last record this node had
+    /// acknowledged. A floor for the high watermark that ListOffsets reports
+    /// (tansu 0.6 answers "latest" with the last batch's base offset + 1).
+    acked_end: Vec<AtomicI64>,
 }
 
 impl KafkaBus {
@@ -113,14 +107,12 @@ impl KafkaBus {
             // Metadata of a just-created topic can lag behind for a moment.
             let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
             loop {
-                let found = probe
-                    .fetch_metadata(Some(&topic), PING_TIMEOUT)
-                    .map(|md| {
-                        md.topics()
-                            .iter()
-                            .find(|t| t.name() == topic && t.error().is_none())
-                            .map_or(0, |t| t.partitions().len())
-                    });
+                let found = probe.fetch_metadata(Some(&topic), PING_TIMEOUT).map(|md| {
+                    md.topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len())
+                });
                 match found {
                     Ok(n) if n > 0 => return Ok((n as u32, probe)),
                     Err(e) if std::time::Instant::now() >= deadline => {
@@ -175,6 +167,7 @@ impl KafkaBus {
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
+            acked_end: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
         });
         let (stop_tx, stop_rx) = mpsc::channel();
         let lag_shared = shared.clone();
@@ -188,13 +181,13 @@ impl KafkaBus {
             topic = %config.topic,
             group = %config.group_id,
             partitions,
-            idempotence = options.idempotence,
+            idempotence = config.idempotence,
             "kafka bus ready"
         );
         Ok(KafkaBus {
             config: config.clone(),
             options,
-            producer: RwLock::new(producer),
+            producer: RwLock::new((0, producer)),
             partitions,
             shared,
             _lag_stop: Mutex::new(stop_tx),
@@ -214,15 +207,58 @@ impl KafkaBus {
         Duration::from_millis(self.config.publish_timeout_ms.max(1))
     }
 
-    /// After a fatal producer error (idempotence state lost), only a new
-    /// producer can publish again.
-    fn replace_producer_if_fatal(&self, producer: &FutureProducer) {
-        if let Some((code, reason)) = producer.client().fatal_error() {
-            tracing::error!(?code, %reason, "fatal kafka producer error; recreating the producer");
-            match make_producer(&self.config, &self.options) {
-                Ok(p) => *self.producer.write() = p,
-                Err(e) => tracing::error!(error = %e, "recreating the kafka producer failed"),
+    /// Replaces producer `generation` when it cannot publish again by itself:
+    /// - after a fatal error (librdkafka: the idempotent producer's state is
+    ///   lost; only a new producer instance can go on);
+    /// - when the broker refuses its producer id or epoch. After a timed-out
+    ///   record librdkafka bumps the idempotent producer's epoch locally;
+    ///   Apache Kafka accepts that, but tansu 0.6 answers every later batch
+    ///   with PRODUCER_FENCED, forever. A new producer gets a fresh id.
+    ///
+    /// Nothing acknowledged is lost: records still queued in the old
+    /// producer fail, and their publishers get an error.
+    fn recover_producer(&self, generation: u64, error: &KafkaError) {
+        let fatal = {
+            let slot = self.producer.read();
+            if slot.0 != generation {
+                return; // someone else replaced it already
             }
+            slot.1.client().fatal_error()
+        };
+        let stuck = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                RDKafkaErrorCode::Fatal
+                    | RDKafkaErrorCode::ProducerFenced
+                    | RDKafkaErrorCode::InvalidProducerEpoch
+                    | RDKafkaErrorCode::UnknownProducerId
+                    | RDKafkaErrorCode::InvalidProducerIdMapping
+                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            )
+        );
+        if fatal.is_none() && !stuck {
+            return;
+        }
+        let fresh = match make_producer(&self.config, &self.options) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "recreating the kafka producer failed");
+                return;
+            }
+        };
+        let old = {
+            let mut slot = self.producer.write();
+            if slot.0 != generation {
+                return;
+            }
+            let old = std::mem::replace(&mut slot.1, fresh);
+            slot.0 += 1;
+            old
+        };
+        tracing::warn!(%error, ?fatal, "kafka producer stuck; replaced it with a new one");
+        // Dropping a producer purges and flushes (up to 500 ms): not on a runtime thread.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn_blocking(move || drop(old));
         }
     }
 }
@@ -233,7 +269,7 @@ impl Bus for KafkaBus {
         if records.is_empty() {
             return Ok(());
         }
-        let producer = self.producer.read().clone();
+        let (generation, producer) = self.producer.read().clone();
         let n = records.len() as u64;
         // Enqueue everything first (one batch per partition), then await every
         // delivery report: the client is acknowledged only after all of them.
@@ -253,26 +289,35 @@ impl Bus for KafkaBus {
                     return Err(BusError::Full(self.pending()));
                 }
                 Err((e, _)) => {
-                    self.replace_producer_if_fatal(&producer);
+                    self.recover_producer(generation, &e);
                     return Err(BusError::Unavailable(format!("enqueueing a record: {e}")));
                 }
             }
         }
-        // librdkafka fails each record after message.timeout.ms; the outer
-        // timeout only guards against a report that never comes.
-        let margin = Duration::from_secs(1);
+        // librdkafka fails each record after message.timeout.ms (checked
+        // about once a second); the outer timeout only guards against a
+        // report that never comes. A record that timed out may still have
+        // been written (the request was in flight): the caller gets an error
+        // and may retry, which is at-least-once, never an unwritten Ok.
+        let margin = Duration::from_secs(2);
         let reports = tokio::time::timeout(
             self.publish_timeout() + margin,
             futures_util::future::join_all(deliveries),
         )
         .await
         .map_err(|_| BusError::Unavailable("kafka did not acknowledge in time".into()))?;
-        let mut failure = None;
+        let mut failure: Option<String> = None;
+        let mut producer_error: Option<KafkaError> = None;
         for report in reports {
             match report {
-                Ok(Ok(_)) => {}
+                Ok(Ok(delivery)) => {
+                    if let Some(end) = self.shared.acked_end.get(delivery.partition as usize) {
+                        end.fetch_max(delivery.offset + 1, Ordering::AcqRel);
+                    }
+                }
                 Ok(Err((e, _))) => {
                     failure.get_or_insert_with(|| format!("kafka refused a record: {e}"));
+                    producer_error.get_or_insert(e);
                 }
                 Err(_) => {
                     failure.get_or_insert_with(|| "the kafka producer went away".to_string());
@@ -280,7 +325,9 @@ impl Bus for KafkaBus {
             }
         }
         if let Some(reason) = failure {
-            self.replace_producer_if_fatal(&producer);
+            if let Some(e) = producer_error {
+                self.recover_producer(generation, &e);
+            }
             return Err(BusError::Unavailable(reason));
         }
         // Count them right away so shedding sees them before the next refresh.
@@ -311,7 +358,8 @@ impl Bus for KafkaBus {
     /// The processors' lag: Σ over partitions of (high watermark − the
     /// group's committed offset, or the low watermark if none), refreshed by a
     /// background thread every [`LAG_REFRESH`] (one OffsetFetch and one
-    /// ListOffsets per partition), so this call is one atomic load. Between
+    /// ListOffsets per partition), so this call is one atomic load. The high
+    /// watermark is at least the end of what this node had acknowledged. Between
     /// refreshes it is adjusted locally (+n on a publish, −n on a commit of
     /// this node), so it is an estimate that can be off by what other nodes did
     /// in the last half second. While Kafka is unreachable it keeps the last value.
@@ -324,7 +372,7 @@ impl Bus for KafkaBus {
     }
 
     async fn ping(&self) -> Result<(), BusError> {
-        let producer = self.producer.read().clone();
+        let producer = self.producer.read().1.clone();
         let topic = self.config.topic.clone();
         tokio::task::spawn_blocking(move || {
             let md = producer
@@ -541,7 +589,7 @@ fn make_producer(config: &BusConfig, options: &KafkaOptions) -> Result<FuturePro
         .set("acks", "all")
         .set(
             "enable.idempotence",
-            if options.idempotence { "true" } else { "false" },
+            if config.idempotence { "true" } else { "false" },
         )
         .set("max.in.flight.requests.per.connection", "5")
         .set("linger.ms", LINGER_MS)
@@ -571,7 +619,9 @@ async fn ensure_topic(config: &BusConfig, options: &KafkaOptions) -> Result<(), 
     .map_err(unavailable("creating the kafka topic"))?;
     for result in results {
         match result {
-            Ok(name) => tracing::info!(topic = %name, partitions = config.partitions, "created the kafka topic"),
+            Ok(name) => {
+                tracing::info!(topic = %name, partitions = config.partitions, "created the kafka topic")
+            }
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 return Err(BusError::Unavailable(format!(
@@ -593,7 +643,7 @@ fn lag_task(
 ) {
     let mut failing = false;
     loop {
-        match group_lag(&probe, &topic, partitions) {
+        match group_lag(&probe, &topic, partitions, &shared.acked_end) {
             Ok(lag) => {
                 shared.pending.store(lag, Ordering::Release);
                 if failing {
@@ -615,7 +665,12 @@ fn lag_task(
     }
 }
 
-fn group_lag(probe: &BaseConsumer, topic: &str, partitions: u32) -> Result<u64, KafkaError> {
+fn group_lag(
+    probe: &BaseConsumer,
+    topic: &str,
+    partitions: u32,
+    acked_end: &[AtomicI64],
+) -> Result<u64, KafkaError> {
     let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
     for p in 0..partitions as i32 {
         tpl.add_partition(topic, p);
@@ -624,6 +679,10 @@ fn group_lag(probe: &BaseConsumer, topic: &str, partitions: u32) -> Result<u64, 
     let mut lag: u64 = 0;
     for p in 0..partitions as i32 {
         let (low, high) = probe.fetch_watermarks(topic, p, LAG_QUERY_TIMEOUT)?;
+        let acked = acked_end
+            .get(p as usize)
+            .map_or(0, |a| a.load(Ordering::Acquire));
+        let high = high.max(acked);
         let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.max(low),
             _ => low,

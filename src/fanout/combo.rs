@@ -114,11 +114,7 @@ impl Combiner {
         }
         let mut out = Vec::with_capacity(messages.len());
         for m in messages {
-            let fields = if window_ms > 0 {
-                combinable(&m)
-            } else {
-                None
-            };
+            let fields = if window_ms > 0 { combinable(&m) } else { None };
             let Some((key, count)) = fields else {
                 out.push(m);
                 continue;
@@ -259,10 +255,21 @@ mod tests {
         );
         assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2]);
         assert_eq!(c.held_seqs().collect::<Vec<_>>(), vec![1, 3]);
-        let (out, _) = c.apply(2000, 3000, false, vec![gift(4, "a", "rose", 3, Priority::High)]);
+        let (out, _) = c.apply(
+            2000,
+            3000,
+            false,
+            vec![gift(4, "a", "rose", 3, Priority::High)],
+        );
         assert!(out.is_empty());
         let (out, stats) = c.apply(4000, 3000, false, vec![low(5)]);
-        assert_eq!(stats, ComboStats { combos: 1, merged: 2 });
+        assert_eq!(
+            stats,
+            ComboStats {
+                combos: 1,
+                merged: 2
+            }
+        );
         assert_eq!(out.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 5]);
         let v = json(&out[0]);
         assert_eq!(v["gift"]["count"], 6);
@@ -294,7 +301,12 @@ mod tests {
     #[test]
     fn flush_emits_everything_and_zero_window_is_off() {
         let mut c = Combiner::default();
-        c.apply(0, 3000, false, vec![gift(1, "a", "rose", 1, Priority::High)]);
+        c.apply(
+            0,
+            3000,
+            false,
+            vec![gift(1, "a", "rose", 1, Priority::High)],
+        );
         let (out, _) = c.apply(1, 3000, true, vec![gift(2, "a", "rose", 1, Priority::High)]);
         assert_eq!(out.len(), 1);
         assert_eq!(json(&out[0])["gift"]["count"], 2);
@@ -325,7 +337,11 @@ mod tests {
         let order: Vec<(Priority, u64)> = out.iter().map(|m| (m.priority, m.seq)).collect();
         assert_eq!(
             order,
-            vec![(Priority::Whitelist, 5), (Priority::High, 1), (Priority::Low, 7)]
+            vec![
+                (Priority::Whitelist, 5),
+                (Priority::High, 1),
+                (Priority::Low, 7)
+            ]
         );
     }
 }

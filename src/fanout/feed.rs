@@ -143,7 +143,7 @@ impl ViewerFeed {
                         self.target = frame.to;
                         return FeedEvent::Hello(self.hello(true, false));
                     }
-                    if frame.to <= self.cursor {
+                    if frame.to <= self.cursor && !late_only(&frame, self.cursor) {
                         continue;
                     }
                     if frame.from == self.cursor {
@@ -189,7 +189,9 @@ impl ViewerFeed {
     pub fn drain_ready(&mut self) -> Vec<Arc<Frame>> {
         let mut out: Vec<Arc<Frame>> = self.pending.take().into_iter().collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
-            if frame.epoch != self.epoch || frame.to <= self.cursor {
+            if frame.epoch != self.epoch
+                || (frame.to <= self.cursor && !late_only(&frame, self.cursor))
+            {
                 continue;
             }
             if frame.from != self.cursor {
@@ -276,6 +278,13 @@ impl ViewerFeed {
         };
         (frame, read.gap)
     }
+}
+
+/// A frame that does not move the cursor but starts at it: only messages the
+/// hub held back (late high, gift combos), sent after the viewer's cursor
+/// had already passed their seqs. The viewer has not seen them.
+fn late_only(frame: &Frame, cursor: u64) -> bool {
+    frame.from == cursor && frame.to == cursor
 }
 
 async fn subscribe(

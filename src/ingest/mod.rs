@@ -279,17 +279,14 @@ impl Ingest {
             }
             first_of_key.insert(item.idempotency_key.clone(), (i, fp.clone()));
             match self.event_message(room, &item.idempotency_key, item.req) {
-                Ok(message) => {
-                    todo.push((i, event_key(room, &item.idempotency_key), fp, message))
-                }
+                Ok(message) => todo.push((i, event_key(room, &item.idempotency_key), fp, message)),
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
 
         let ttl = Duration::from_secs(self.config.idempotency_ttl_s.max(1));
         let claims = futures_util::future::join_all(
-            todo.iter()
-                .map(|(_, key, fp, _)| self.claim(key, fp, ttl)),
+            todo.iter().map(|(_, key, fp, _)| self.claim(key, fp, ttl)),
         )
         .await;
         let mut won = Vec::new();
@@ -337,13 +334,15 @@ impl Ingest {
             }
         }
         for (i, first) in copies {
-            results[i] = Some(match results[first].clone().expect("first of key decided") {
-                Ok(a) => Ok(Accepted {
-                    replayed: true,
-                    ..a
-                }),
-                Err(e) => Err(e),
-            });
+            results[i] = Some(
+                match results[first].clone().expect("first of key decided") {
+                    Ok(a) => Ok(Accepted {
+                        replayed: true,
+                        ..a
+                    }),
+                    Err(e) => Err(e),
+                },
+            );
         }
         results
             .into_iter()

@@ -61,11 +61,6 @@ impl Hist {
         self.buckets[Self::index(v)].fetch_add(1, Relaxed);
     }
 
-    #[inline]
-    pub fn record_n(&self, v: u64, n: u64) {
-        self.buckets[Self::index(v)].fetch_add(n, Relaxed);
-    }
-
     pub fn reset(&self) {
         for b in self.buckets.iter() {
             b.store(0, Relaxed);
@@ -131,7 +126,6 @@ impl Counters {
             bytes: self.bytes.load(Relaxed),
             responses: self.responses.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
-            published: self.published.load(Relaxed),
         }
     }
 }
@@ -143,7 +137,6 @@ pub struct Snapshot {
     pub bytes: u64,
     pub responses: u64,
     pub accepted: u64,
-    pub published: u64,
 }
 
 static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# End-to-end browser test of the viewer page (issue 9): builds the server,
+# starts it on a free loopback port with the embedded defaults (no DANMAKU_*
+# settings from the caller's environment), drives Debian's Chromium with
+# playwright-core (tests/browser/live.spec.mjs) and stops the server again.
+# Screenshots and the server log go to test-output/browser/.
+#
+# Usage: tests/browser/run.sh
+# Env:   CARGO_TARGET_DIR (default ~/.cache/danmaku-target), CHROMIUM (default /usr/bin/chromium)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root="$(pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}"
+chromium_bin="${CHROMIUM:-/usr/bin/chromium}"
+out="$root/test-output/browser"
+rm -rf "$out"
+mkdir -p "$out"
+
+log() { printf '\n== %s\n' "$*"; }
+
+if [ ! -x "$chromium_bin" ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    log "installing chromium"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "browser test needs $chromium_bin: sudo apt-get install -y chromium" >&2
+    exit 1
+  fi
+fi
+command -v node >/dev/null || { echo "browser test needs node (>= 20) and npm" >&2; exit 1; }
+
+log "npm dependencies (tests/browser)"
+(
+  cd tests/browser
+  if [ -f package-lock.json ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  else
+    npm install --no-audit --no-fund --loglevel=error
+  fi
+)
+
+log "building the server"
+cargo build --locked --bin danmaku
+bin="$CARGO_TARGET_DIR/debug/danmaku"
+
+port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
+work="$(mktemp -d /tmp/danmaku-browser.XXXXXX)"
+server_pid=""
+cleanup() {
+  if [ -n "$server_pid" ]; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A fresh config: the embedded defaults (development secrets → demo tokens and
+# the dev gift secret the test signs with), none of the caller's DANMAKU_* env.
+: > "$work/config.toml"
+log "starting the server on 127.0.0.1:$port"
+(
+  for v in $(compgen -e | grep '^DANMAKU_' || true); do unset "$v"; done
+  cd "$work"
+  exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
+) >"$out/server.log" 2>&1 &
+server_pid=$!
+for _ in $(seq 1 100); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  if ! kill -0 "$server_pid" 2>/dev/null; then
+    echo "the server exited; log:" >&2
+    cat "$out/server.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
+
+log "browser test (headless $("$chromium_bin" --version 2>/dev/null | head -1))"
+started=$(date +%s)
+status=0
+DANMAKU_URL="http://127.0.0.1:$port" OUT_DIR="$out" CHROMIUM="$chromium_bin" \
+  node tests/browser/live.spec.mjs || status=$?
+echo "browser test took $(( $(date +%s) - started )) s; output in $out"
+exit "$status"
