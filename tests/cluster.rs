@@ -569,7 +569,22 @@ async fn redis_restart_loses_no_acknowledged_message() {
     let _processor = c.node("processor").await;
     let front = Arc::new(c.node("front").await);
     let room = format!("rr-{}", now_ms());
+    // The viewer reads all along (a viewer that reads nothing is cut after
+    // idle_timeout_s, as it should be).
     let mut viewer = WsViewer::connect(&ws_url(&front, &room, "")).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let got = viewer.collect(1, Duration::from_millis(200)).await;
+                if viewer.ended.is_some() {
+                    return viewer.ended.clone();
+                }
+                seen.lock().unwrap().extend(got);
+            }
+        })
+    };
 
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let refused = Arc::new(AtomicUsize::new(0));
@@ -592,15 +607,11 @@ async fn redis_restart_loses_no_acknowledged_message() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let down = Instant::now();
-    tokio::task::spawn_blocking(move || {
+    let redis = tokio::task::spawn_blocking(move || {
         redis.restart(Duration::from_secs(2));
         redis
     })
     .await
-    .map(|r| {
-        // Keep the server alive until the end of the test.
-        std::mem::forget(r);
-    })
     .unwrap();
     // The front reports ready again by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -622,8 +633,14 @@ async fn redis_restart_loses_no_acknowledged_message() {
     }
     assert_eq!(stored.len(), acked.len(), "nothing unacknowledged or twice");
     assert_unique_ids(&stored);
-    let seen = viewer.collect(acked.len(), Duration::from_secs(30)).await;
-    assert_eq!(seen.len(), acked.len(), "the connected viewer got every stored message");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.lock().unwrap().len() < acked.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = seen.lock().unwrap().len();
+    reader.abort();
+    assert_eq!(seen, acked.len(), "the connected viewer got every stored message");
+    drop(redis);
     eprintln!(
         "redis restart: {} acked, {} refused with 503, ready again after {:.1} s",
         acked.len(),
