@@ -387,7 +387,9 @@ async fn metric_of(http: &reqwest::Client, node: &Node, sample: &str) -> f64 {
 /// fronts × seconds, not with viewers; small-room long-polls read through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_room_reads_grow_with_fronts_not_viewers() {
-    let Some((redis, kafka)) = services() else { return };
+    let Some((redis, kafka)) = services() else {
+        return;
+    };
     let c = Arc::new(Cluster::new(
         "cost",
         &redis,
@@ -400,7 +402,10 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
         ],
     ));
     let _processor = c.node("processor").await;
-    let fronts = [Arc::new(c.node("front").await), Arc::new(c.node("front").await)];
+    let fronts = [
+        Arc::new(c.node("front").await),
+        Arc::new(c.node("front").await),
+    ];
     let room = format!("big-{}", now_ms());
 
     // 1000 viewers, 500 per front, opened 50 at a time.
@@ -417,7 +422,10 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     let deadline = Instant::now() + Duration::from_secs(20);
     for front in &fronts {
         while metric_of(&c.http, front, &sample).await < 1000.0 {
-            assert!(Instant::now() < deadline, "room never counted 1000 viewers as big");
+            assert!(
+                Instant::now() < deadline,
+                "room never counted 1000 viewers as big"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -427,11 +435,15 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     let seconds = 10;
     let collectors: Vec<_> = viewers
         .into_iter()
-        .map(|mut v| tokio::spawn(async move { v.collect(5 * seconds, Duration::from_secs(40)).await.len() }))
+        .map(|mut v| {
+            tokio::spawn(async move { v.collect(5 * seconds, Duration::from_secs(40)).await.len() })
+        })
         .collect();
     for i in 0..5 * seconds {
         let front = &fronts[i % 2];
-        let (s, b) = c.post(front, &room, &format!("b{i}"), &format!("b{i}")).await;
+        let (s, b) = c
+            .post(front, &room, &format!("b{i}"), &format!("b{i}"))
+            .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{b}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -441,7 +453,11 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     for col in collectors {
         delivered += col.await.unwrap();
     }
-    assert_eq!(delivered, 1000 * 5 * seconds, "every viewer got every message");
+    assert_eq!(
+        delivered,
+        1000 * 5 * seconds,
+        "every viewer got every message"
+    );
     let bound = (2.0 * elapsed.ceil() * 3.0 * 2.0) as u64; // fronts × s × 3 per read × 2 slack
     eprintln!(
         "big room: {big_calls} ZRANGEBYSCORE in {elapsed:.1} s for 1000 viewers on 2 fronts (bound {bound})"
@@ -455,8 +471,12 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     let stop = Instant::now() + Duration::from_secs(5);
     let pollers: Vec<_> = (0..100)
         .map(|i| {
-            let (c, front, small, requests) =
-                (c.clone(), fronts[i % 2].clone(), small.clone(), requests.clone());
+            let (c, front, small, requests) = (
+                c.clone(),
+                fronts[i % 2].clone(),
+                small.clone(),
+                requests.clone(),
+            );
             tokio::spawn(async move {
                 let mut cursor = 0u64;
                 while Instant::now() < stop {
@@ -489,7 +509,10 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
         "small room read-through: {small_calls} ZRANGEBYSCORE for {requests} poll requests ({:.2} reads per request)",
         small_calls as f64 / 3.0 / requests as f64
     );
-    assert!(small_calls as f64 / 3.0 >= requests as f64 * 0.9, "read-through reads per request");
+    assert!(
+        small_calls as f64 / 3.0 >= requests as f64 * 0.9,
+        "read-through reads per request"
+    );
 }
 
 /// A redis-server of the test's own (AOF, fsync always) that it can restart.
@@ -516,7 +539,14 @@ impl OwnRedis {
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -546,7 +576,10 @@ impl OwnRedis {
 }
 
 fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for OwnRedis {
@@ -589,8 +622,13 @@ async fn redis_restart_loses_no_acknowledged_message() {
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let refused = Arc::new(AtomicUsize::new(0));
     let poster = {
-        let (c, front, room, acked, refused) =
-            (c.clone(), front.clone(), room.clone(), acked.clone(), refused.clone());
+        let (c, front, room, acked, refused) = (
+            c.clone(),
+            front.clone(),
+            room.clone(),
+            acked.clone(),
+            refused.clone(),
+        );
         tokio::spawn(async move {
             for i in 0..400 {
                 let text = format!("r{i}");
@@ -616,7 +654,12 @@ async fn redis_restart_loses_no_acknowledged_message() {
     // The front reports ready again by itself.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let r = c.http.get(format!("{}/readyz", front.base())).send().await.unwrap();
+        let r = c
+            .http
+            .get(format!("{}/readyz", front.base()))
+            .send()
+            .await
+            .unwrap();
         if r.status() == StatusCode::OK {
             break;
         }
@@ -626,7 +669,9 @@ async fn redis_restart_loses_no_acknowledged_message() {
     let recovered = down.elapsed();
     poster.await.unwrap();
     let acked = acked.lock().unwrap().clone();
-    let stored = c.wait_stored(&room, acked.len(), Duration::from_secs(30)).await;
+    let stored = c
+        .wait_stored(&room, acked.len(), Duration::from_secs(30))
+        .await;
     let stored_texts: HashSet<String> = texts(&stored).into_iter().collect();
     for t in &acked {
         assert!(stored_texts.contains(t), "acknowledged {t} was lost");
@@ -639,7 +684,11 @@ async fn redis_restart_loses_no_acknowledged_message() {
     }
     let seen = seen.lock().unwrap().len();
     reader.abort();
-    assert_eq!(seen, acked.len(), "the connected viewer got every stored message");
+    assert_eq!(
+        seen,
+        acked.len(),
+        "the connected viewer got every stored message"
+    );
     drop(redis);
     eprintln!(
         "redis restart: {} acked, {} refused with 503, ready again after {:.1} s",
@@ -647,4 +696,176 @@ async fn redis_restart_loses_no_acknowledged_message() {
         refused.load(Ordering::Relaxed),
         recovered.as_secs_f64()
     );
+}
+
+/// A loopback TCP proxy that can cut every connection and refuse new ones,
+/// as a broker outage looks to its clients (the broker itself keeps its data).
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound); // refused: closed at once
+                    continue;
+                }
+                let (upstream, cut) = (upstream.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Broker unreachable: posts fail fast with 503 (never a false ack); when it
+/// is back, posts are accepted again and every acknowledged one is stored.
+/// The test runs its own tansu that advertises the proxy's address, so every
+/// client connection goes through the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_posts_fail_fast_then_recover() {
+    let Some((redis, _)) = services() else { return };
+    let broker_port = free_port();
+    let proxy = Proxy::start(format!("127.0.0.1:{broker_port}")).await;
+    let mut tansu = Command::new("tansu")
+        .arg("broker")
+        .arg("--listener-url")
+        .arg(format!("tcp://127.0.0.1:{broker_port}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://127.0.0.1:{}", proxy.port))
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu on PATH (scripts/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kafka = format!("127.0.0.1:{}", proxy.port);
+    let c = Arc::new(Cluster::new(
+        "broker-down",
+        &redis,
+        &kafka,
+        &[("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000")],
+    ));
+    let _processor = c.node("processor").await;
+    let front = c.node("front").await;
+    let room = format!("bd-{}", now_ms());
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (s, b) = c
+            .post(&front, &room, &format!("a{i}"), &format!("a{i}"))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        acked.push(format!("a{i}"));
+    }
+
+    proxy.down();
+    let down_at = Instant::now();
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let t = Instant::now();
+        let (s, b) = c
+            .post(&front, &room, &format!("d{i}"), &format!("d{i}"))
+            .await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no false ack while the broker is away: {b}"
+        );
+        assert_eq!(b["error"]["code"], "bus_unavailable", "{b}");
+    }
+    // Bounded by bus.publish_timeout_ms (2 s here) plus the bus's 2 s guard.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "posts fail fast (slowest {slowest:?})"
+    );
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+    // Posts are accepted again without restarting anything.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    let recovered_after = loop {
+        let text = format!("b{i}");
+        let (s, _) = c.post(&front, &room, &text, &text).await;
+        if s == StatusCode::ACCEPTED {
+            acked.push(text);
+            break down_at.elapsed();
+        }
+        assert!(Instant::now() < deadline, "posts did not recover");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for j in 0..20 {
+        let text = format!("c{j}");
+        let (s, b) = c.post(&front, &room, &text, &text).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        acked.push(text);
+    }
+    let stored = c
+        .wait_stored(&room, acked.len(), Duration::from_secs(60))
+        .await;
+    let stored_texts: HashSet<String> = texts(&stored).into_iter().collect();
+    for t in &acked {
+        assert!(stored_texts.contains(t), "acknowledged {t} was lost");
+    }
+    assert!(
+        !stored_texts.iter().any(|t| t.starts_with('d')),
+        "a refused post was stored"
+    );
+    assert_unique_ids(&stored);
+    eprintln!(
+        "broker down: refusals took at most {:.2} s; posts accepted again {:.1} s after the cut ({:.1} s after restore)",
+        slowest.as_secs_f64(),
+        recovered_after.as_secs_f64(),
+        recovered_after.as_secs_f64() - 1.0 - slowest.as_secs_f64() * 5.0
+    );
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+    proxy.restore();
 }
