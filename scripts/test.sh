@@ -1,43 +1,48 @@
 #!/usr/bin/env bash
-# Runs every test. Installs what the tests need if it is missing (Debian
-# packages, the tansu Kafka-compatible broker), starts it on loopback ports,
-# runs lint and all test suites (embedded engines, then the same integration
-# suite on Redis), and stops the services again on exit.
+# Runs every test. Installs what the tests need if it is missing (Debian's
+# redis-server, mariadb-server and chromium; the tansu Kafka-compatible
+# broker from crates.io; playwright-core from npm), starts the services on
+# loopback ports, runs lint and all test suites, and stops everything on exit.
 #
-# Usage: scripts/test.sh [extra args for cargo test's test binaries]
+# Usage: scripts/test.sh [extra args for the cargo test binaries]
 # Env:   CARGO_TARGET_DIR (default ~/.cache/danmaku-target, outside the clone)
 #        DANMAKU_TEST_PORT_BASE (default 16300): services use BASE..BASE+9
+#        DANMAKU_SKIP_BROWSER=1 skips the headless Chromium test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export PATH="$HOME/.cargo/bin:$PATH"
 base="${DANMAKU_TEST_PORT_BASE:-16300}"
 redis_port=$((base + 0))
+replay_redis_port=$((base + 1))
 kafka_port=$((base + 2))
+mysql_port=$((base + 3))
 work="$(mktemp -d /tmp/danmaku-test.XXXXXX)"
 pids=()
+started_mariadb=""
 
-log() { printf '\n== %s\n' "$*"; }
+log() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
 cleanup() {
+  [ -n "$started_mariadb" ] && scripts/mariadb-test.sh stop "$mysql_port" "$work/mariadb" || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v mariadbd >/dev/null || need_apt+=(mariadb-server)
+if [ -z "${DANMAKU_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
-  sudo_cmd=""
-  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-
-# tansu: an Apache Kafka-compatible broker, built once into ~/.cargo/bin.
-export PATH="$HOME/.cargo/bin:$PATH"
 if ! command -v tansu >/dev/null; then
   log "installing tansu (Kafka-compatible broker; ~10 minutes, once per machine)"
   cargo install tansu --locked --features dynostore
@@ -52,31 +57,44 @@ wait_port() { # name port seconds
   return 1
 }
 
-log "starting redis-server on 127.0.0.1:$redis_port"
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
-  --dir "$work" --logfile "$work/redis.log" &
-pids+=($!)
-wait_port redis "$redis_port" 20
-
-log "starting tansu on 127.0.0.1:$kafka_port"
+log "starting services"
+for port in "$redis_port" "$replay_redis_port"; do
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$work" --logfile "$work/redis-$port.log" &
+  pids+=($!)
+  wait_port redis "$port" 20
+done
 tansu broker --listener-url "tcp://127.0.0.1:$kafka_port" \
   --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
 pids+=($!)
 wait_port tansu "$kafka_port" 60
+scripts/mariadb-test.sh start "$mysql_port" "$work/mariadb"
+started_mariadb=1
 
 export DANMAKU_REQUIRE_SERVICES=1
-export DANMAKU_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export DANMAKU_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export DANMAKU_TEST_REPLAY_REDIS_URL="redis://127.0.0.1:$replay_redis_port"
+export DANMAKU_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
+export DANMAKU_TEST_MYSQL_URL="mysql://root@127.0.0.1:$mysql_port/danmaku_test"
 
 log "format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
-log "tests: unit + integration on the embedded engines + engine suites"
+log "unit, integration (embedded engines) and engine tests (Redis, Kafka, MariaDB, processes)"
 cargo test --all-targets --locked -- --include-ignored "$@"
 
-log "integration suite again with the Redis live store"
-DANMAKU_TEST_ENGINE=redis cargo test --locked --test embedded_api --test priority -- --include-ignored "$@"
+log "the integration suite again with the Redis live store"
+DANMAKU_TEST_ENGINE=redis cargo test --locked --test embedded_api --test priority \
+  --test snapshot_events --test gears -- --include-ignored "$@"
+
+log "the API suite again on Kafka + Redis in one process"
+DANMAKU_TEST_ENGINE=kafka cargo test --locked --test embedded_api -- --include-ignored "$@"
+
+if [ -z "${DANMAKU_SKIP_BROWSER:-}" ]; then
+  log "viewer page in headless Chromium"
+  tests/browser/run.sh
+fi
 
 log "all tests passed"

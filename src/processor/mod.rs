@@ -91,7 +91,9 @@ impl Processor {
                 }
             };
             if batch.is_empty() {
-                if shutdown.is_cancelled() {
+                // Drained = nothing waits on the bus any more (a Kafka poll can
+                // come back empty while a fetch is still on its way).
+                if shutdown.is_cancelled() && self.bus.pending() == 0 {
                     tracing::info!("processor drained; stopping");
                     return;
                 }

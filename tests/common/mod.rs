@@ -30,6 +30,8 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// `DANMAKU_REDIS_URL`). Shared engines keep state across tests and runs, so
 /// tests name rooms through `TestServer::room`. A Kafka bus goes here too
 /// when it lands.
+static NEXT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub fn base_config() -> Config {
     let mut c = Config::embedded();
     match std::env::var("DANMAKU_TEST_ENGINE").as_deref() {
@@ -45,9 +47,31 @@ pub fn base_config() -> Config {
             c.store.engine = "redis".to_string();
             c.store.redis_url = url;
         }
+        Ok("kafka") => {
+            // Redis live store + Kafka bus: the distributed engines in one process.
+            let env = |k: &str| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| panic!("DANMAKU_TEST_ENGINE=kafka needs {k}"))
+            };
+            c.store.engine = "redis".to_string();
+            c.store.redis_url = env("DANMAKU_TEST_REDIS_URL");
+            c.bus.engine = "kafka".to_string();
+            c.bus.kafka_brokers = env("DANMAKU_TEST_KAFKA_BROKERS");
+            let unique = format!(
+                "{}-{}",
+                std::process::id(),
+                NEXT_NS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let unique = format!("{unique}-{}", now_ms());
+            c.bus.topic = format!("test-{unique}");
+            c.bus.group_id = format!("test-{unique}");
+            c.bus.partitions = 2;
+        }
         Ok(other) => panic!(
             "DANMAKU_TEST_ENGINE={other} is not known to tests/common/mod.rs base_config() \
-             (memory, redis)"
+             (memory, redis, kafka)"
         ),
     }
     c.server.listen = "127.0.0.1:0".to_string();
