@@ -137,7 +137,15 @@ fn encoding(c: &mut Criterion) {
         let bytes: usize = msgs.iter().map(|m| m.json.len()).sum();
         g.throughput(Throughput::Bytes(bytes as u64));
         g.bench_function(name, |b| {
-            b.iter(|| black_box(Frame::encode("r1", epoch.clone(), 0, msgs.len() as u64, &msgs)))
+            b.iter(|| {
+                black_box(Frame::encode(
+                    "r1",
+                    epoch.clone(),
+                    0,
+                    msgs.len() as u64,
+                    &msgs,
+                ))
+            })
         });
     }
     g.finish();
@@ -300,7 +308,12 @@ fn ingest(c: &mut Criterion) {
                         .collect();
                     let t = Instant::now();
                     for req in reqs {
-                        black_box(ingest.danmaku("r1", &viewer, ip, req).await.expect("accepted"));
+                        black_box(
+                            ingest
+                                .danmaku("r1", &viewer, ip, req)
+                                .await
+                                .expect("accepted"),
+                        );
                     }
                     total += t.elapsed();
                     left -= chunk;

@@ -83,7 +83,7 @@ cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
 log "unit, integration (embedded engines) and engine tests (Redis, Kafka, MariaDB, processes)"
-cargo test --all-targets --locked -- --include-ignored "$@"
+cargo test --lib --bins --tests --locked -- --include-ignored "$@"
 
 log "the integration suite again with the Redis live store"
 DANMAKU_TEST_ENGINE=redis cargo test --locked --test embedded_api --test priority \

@@ -9,6 +9,8 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::archive::copier::Copier;
+use crate::archive::metrics::ArchiveMetrics;
 use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::Config;
@@ -28,6 +30,8 @@ pub enum Role {
     Front,
     /// Bus → live store.
     Processor,
+    /// Live store → archive copies of ended lives (replay).
+    Archiver,
 }
 
 impl Role {
@@ -36,6 +40,7 @@ impl Role {
             Role::Serve => "serve",
             Role::Front => "front",
             Role::Processor => "processor",
+            Role::Archiver => "archiver",
         }
     }
 
@@ -45,6 +50,14 @@ impl Role {
 
     fn runs_processor(self) -> bool {
         matches!(self, Role::Serve | Role::Processor)
+    }
+
+    fn runs_archiver(self, config: &Config) -> bool {
+        match self {
+            Role::Serve => config.archive.copier,
+            Role::Archiver => true,
+            _ => false,
+        }
     }
 }
 
@@ -61,6 +74,12 @@ pub struct AppInner {
     pub hubs: Arc<HubRegistry>,
     pub rooms: Arc<RoomDirectory>,
     pub metrics: Arc<Metrics>,
+    /// Viewer connections per client address.
+    pub viewer_slots: crate::front::PerIpLimiter,
+    /// Replay reads (cache → replay Redis → archive) and the archive.
+    pub replay: Arc<crate::replay::Replay>,
+    /// Wakes this node's archiver when a live ends here.
+    pub archive_wake: Arc<tokio::sync::Notify>,
     /// Cancelled first: stop taking new work (posts get 503).
     pub stopping: CancellationToken,
     /// Cancelled last: viewer sessions close with a reason.
@@ -80,6 +99,7 @@ pub struct Server {
     state: AppState,
     http: JoinHandle<std::io::Result<()>>,
     processor: Option<JoinHandle<()>>,
+    archiver: Option<JoinHandle<()>>,
     processor_pause: Arc<PauseGate>,
     memory_store: Option<Arc<MemoryStore>>,
     housekeeping: JoinHandle<()>,
@@ -104,7 +124,19 @@ impl Server {
                 let memory = Arc::new(MemoryStore::new(config.store.clone()));
                 (memory.clone(), Some(memory))
             };
-        let bus: Arc<dyn Bus> = if config.bus.engine == "kafka" {
+        let archive_metrics = Arc::new(ArchiveMetrics::new());
+        let archive = crate::archive::connect(&config.archive)
+            .await
+            .context("connecting to the archive")?;
+        let replay = Arc::new(crate::replay::Replay::new(
+            archive.clone(),
+            &config.store.replay_redis_url,
+            config.archive.clone(),
+            archive_metrics.clone(),
+        )?);
+        let archive_wake = Arc::new(tokio::sync::Notify::new());
+        // The archiver alone never uses the bus: no Kafka connection for it.
+        let bus: Arc<dyn Bus> = if config.bus.engine == "kafka" && role != Role::Archiver {
             let kafka = KafkaBus::connect(&config.bus)
                 .await
                 .context("connecting to the kafka bus")?;
@@ -141,12 +173,27 @@ impl Server {
             bus: bus.clone(),
             hubs,
             metrics: metrics.clone(),
+            viewer_slots: crate::front::PerIpLimiter::new(
+                config.server.max_viewer_connections_per_ip,
+            ),
+            replay,
+            archive_wake: archive_wake.clone(),
             stopping: stopping.clone(),
             closing,
             config,
         }));
 
         let processor_pause = Arc::new(PauseGate::default());
+        let archiver = role.runs_archiver(&state.config).then(|| {
+            let copier = Copier {
+                archive,
+                store: store.clone(),
+                metrics: archive_metrics,
+                config: state.config.archive.clone(),
+                wake: archive_wake,
+            };
+            tokio::spawn(copier.run(stopping.clone()))
+        });
         let processor = Processor {
             bus,
             store,
@@ -183,6 +230,7 @@ impl Server {
             role = role.name(),
             store = %state.config.store.engine,
             bus = %state.config.bus.engine,
+            archive = %state.config.archive.url.split('@').next_back().unwrap_or(""),
             "danmaku serving"
         );
         Ok(Server {
@@ -190,6 +238,7 @@ impl Server {
             state,
             http,
             processor,
+            archiver,
             processor_pause,
             memory_store,
             housekeeping,
@@ -225,6 +274,12 @@ impl Server {
         if let Some(processor) = self.processor {
             if tokio::time::timeout(grace, processor).await.is_err() {
                 tracing::warn!("processor did not drain within the grace period");
+            }
+        }
+        if let Some(archiver) = self.archiver {
+            // A copy stops between batches; what it committed is kept.
+            if tokio::time::timeout(grace, archiver).await.is_err() {
+                tracing::warn!("archiver did not stop within the grace period");
             }
         }
         self.state.hubs.flush_and_stop().await;

@@ -29,12 +29,17 @@ pub struct Config {
     pub ration: RationConfig,
     pub poll: PollConfig,
     pub snapshot: SnapshotConfig,
+    pub archive: ArchiveConfig,
 }
 
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// Browser origins allowed to open WebSocket / SSE streams (empty: any).
+    pub allowed_origins: Vec<String>,
+    /// Open viewer connections (streams + held polls) per client address.
+    pub max_viewer_connections_per_ip: usize,
     pub node_id: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_ms: u64,
@@ -150,6 +155,10 @@ pub struct StoreConfig {
     /// Redis URL for `engine = "redis"` (`DANMAKU_REDIS_URL`).
     #[serde(default)]
     pub redis_url: String,
+    /// Replay cache tier (DESIGN §3.8): a Redis instance separate from the
+    /// live one (`DANMAKU_REPLAY_REDIS_URL`); empty → no Redis tier.
+    #[serde(default)]
+    pub replay_redis_url: String,
     pub max_per_bucket: usize,
     pub max_age_s: u64,
     pub dedup_window: usize,
@@ -249,6 +258,36 @@ pub struct PollConfig {
     pub max_messages: usize,
 }
 
+/// Archive of ended lives and replay reads (DESIGN §3.8, docs/replay.md).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `sqlite::memory:`, `sqlite://path?mode=rwc` or `mysql://…` (`DANMAKU_ARCHIVE_URL`).
+    pub url: String,
+    /// `serve` runs the archiver role (copies ended lives) too.
+    pub copier: bool,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+    /// Messages read from the live store (and written) per batch.
+    pub batch_size: usize,
+    /// Pause between batches (throttle; 0 = none).
+    pub batch_pause_ms: u64,
+    /// How often the archiver looks for ended lives.
+    pub poll_interval_ms: u64,
+    /// A live is copied this long after its end (messages still on the bus).
+    pub settle_ms: u64,
+    /// Replay reads are served in aligned windows of this many ms.
+    pub replay_window_ms: u64,
+    /// Longest `to_ms - from_ms` of one replay request.
+    pub replay_max_span_ms: u64,
+    /// Front replay cache: most messages held (over all windows).
+    pub replay_cache_messages: u64,
+    /// Replay Redis: how long a filled live stays (seconds).
+    pub replay_redis_ttl_s: u64,
+    /// `Cache-Control` of replay responses.
+    pub replay_cache_control: String,
+}
+
 /// Fixed environment names of the run contract → config path.
 const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_LISTEN", "server.listen"),
@@ -256,6 +295,8 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
     ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
     ("DANMAKU_REDIS_URL", "store.redis_url"),
+    ("DANMAKU_REPLAY_REDIS_URL", "store.replay_redis_url"),
+    ("DANMAKU_ARCHIVE_URL", "archive.url"),
     ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
 ];
@@ -355,6 +396,25 @@ impl Config {
         }
         if axum::http::HeaderValue::from_str(&snap.cache_control).is_err() {
             bail!("snapshot.cache_control is not a valid header value");
+        }
+        let archive = &self.archive;
+        let url = archive.url.trim();
+        if !(url.starts_with("sqlite:") || url.starts_with("mysql:") || url.starts_with("mariadb:"))
+        {
+            bail!("archive.url must be sqlite:… or mysql://… (or DANMAKU_ARCHIVE_URL)");
+        }
+        if archive.batch_size == 0 || archive.replay_window_ms == 0 {
+            bail!("archive.batch_size and archive.replay_window_ms must be at least 1");
+        }
+        if archive.replay_max_span_ms < archive.replay_window_ms {
+            bail!("archive.replay_max_span_ms must be at least archive.replay_window_ms");
+        }
+        if axum::http::HeaderValue::from_str(&archive.replay_cache_control).is_err() {
+            bail!("archive.replay_cache_control is not a valid header value");
+        }
+        let replay = self.store.replay_redis_url.trim();
+        if !replay.is_empty() && replay == self.store.redis_url.trim() {
+            bail!("store.replay_redis_url must be a Redis separate from the live store's redis_url");
         }
         match self.bus.engine.as_str() {
             "memory" => {}
@@ -559,6 +619,24 @@ mod tests {
         assert_eq!(c.bus.replication_factor, 1);
         assert_eq!(c.bus.publish_timeout_ms, 2000);
         assert!(c.bus.idempotence);
+    }
+
+    #[test]
+    fn production_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        let c = Config::load(
+            Some(&path),
+            env(&[
+                ("DANMAKU_AUTH__JWT_SECRET_FILE", ""),
+                ("DANMAKU_AUTH__GIFT_SECRETS_FILE", ""),
+                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
+                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.bus.engine, "kafka");
+        assert_eq!(c.store.engine, "redis");
+        assert!(!c.auth.demo_tokens);
     }
 
     #[test]

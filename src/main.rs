@@ -54,19 +54,19 @@ fn main() -> ExitCode {
         Command::Serve => Role::Serve,
         Command::Front => Role::Front,
         Command::Processor => Role::Processor,
-        Command::Archiver => {
-            eprintln!(
-                "danmaku: the archiver role (live → archive copies for replay) is not in this \
-                 build yet; `serve`, `front` and `processor` are"
-            );
-            return ExitCode::from(2);
-        }
+        Command::Archiver => Role::Archiver,
     };
-    let shared = config.bus.engine != "memory" && config.store.engine != "memory";
+    let shared = if role == Role::Archiver {
+        // The archiver reads the live store and writes the archive: both shared.
+        config.store.engine != "memory" && !config.archive.url.contains(":memory:")
+    } else {
+        config.bus.engine != "memory" && config.store.engine != "memory"
+    };
     if role != Role::Serve && !shared {
         eprintln!(
             "danmaku: the {} role runs alone only against shared engines \
-             (bus.engine = \"kafka\", store.engine = \"redis\"); this configuration uses \
+             (bus.engine = \"kafka\", store.engine = \"redis\"; the archiver: store.engine = \
+             \"redis\" and an archive.url that is not in memory); this configuration uses \
              the embedded engines, which live inside one process: run `danmaku serve`",
             role.name()
         );

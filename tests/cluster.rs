@@ -143,6 +143,7 @@ impl Cluster {
             ("DANMAKU_INGEST__USER_BURST", "100000"),
             ("DANMAKU_INGEST__IP_RATE_PER_S", "1000000"),
             ("DANMAKU_INGEST__IP_BURST", "1000000"),
+            ("DANMAKU_SERVER__MAX_VIEWER_CONNECTIONS_PER_IP", "100000"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

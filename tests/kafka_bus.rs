@@ -438,7 +438,7 @@ async fn unreachable_broker_fails_publish_within_the_timeout() {
         "never Ok: {result:?}"
     );
     eprintln!("publish to an unreachable broker failed after {took:?}: {result:?}");
-    assert!(took < Duration::from_millis(1500 + 1500), "took {took:?}");
+    assert!(took < Duration::from_millis(1500 + 300), "took {took:?}");
     assert!(bus.ping().await.is_err());
     assert_eq!(bus.pending(), 0, "a failed publish is not pending");
 

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::auth::unix_now;
 use crate::error::ApiError;
 use crate::ingest::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
+pub use admin::require_admin;
 pub use extract::{parse_json, ApiQuery, RawBody, RoomPath};
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +49,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}/ws", get(crate::front::ws::handler))
         .route("/v1/rooms/{room}/poll", get(crate::front::poll::handler))
         .route("/v1/rooms/{room}/sse", get(crate::front::sse::handler))
+        .route("/v1/rooms/{room}/lives", get(crate::replay::lives))
+        .route("/v1/rooms/{room}/replay", get(crate::replay::replay))
+        .route(
+            "/v1/admin/rooms/{room}/live/start",
+            post(crate::replay::live_start),
+        )
+        .route("/v1/admin/rooms/{room}/live/end", post(crate::replay::live_end))
         .route(
             "/v1/admin/rooms/{room}/settings",
             get(admin::get_settings)
@@ -121,7 +129,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
     s.metrics.bus_pending.set(s.bus.pending() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        s.metrics.render() + &s.replay.metrics.render(),
     )
         .into_response()
 }

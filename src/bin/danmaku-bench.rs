@@ -18,6 +18,8 @@ mod net;
 mod procfs;
 #[path = "danmaku_bench/publisher.rs"]
 mod publisher;
+#[path = "danmaku_bench/spawn.rs"]
+mod spawn;
 #[path = "danmaku_bench/stats.rs"]
 mod stats;
 #[path = "danmaku_bench/viewer.rs"]
@@ -93,6 +95,23 @@ struct Common {
     /// No per-second progress lines.
     #[arg(long)]
     quiet: bool,
+    /// Run the scenario this many times and report medians (with --spawn, on a
+    /// fresh server each time).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
+    /// Start this server binary for each run (`PATH serve --listen <URL's address>`),
+    /// pinned to --server-cpus, and stop it afterwards.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// CPUs for the spawned server (e.g. "0").
+    #[arg(long, default_value = "0")]
+    server_cpus: String,
+    /// --config for the spawned server.
+    #[arg(long)]
+    server_config: Option<PathBuf>,
+    /// Environment for the spawned server, KEY=VALUE (repeatable).
+    #[arg(long = "server-env")]
+    server_env: Vec<String>,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -163,6 +182,11 @@ struct PollArgs {
     mode: PollMode,
     #[arg(long, default_value_t = 30_000)]
     wait_ms: u64,
+    /// Also hold this many WebSocket viewers in each room (not measured): with
+    /// hammering clients few polls are held at any instant, so the room counts
+    /// few viewers; WebSocket viewers keep it big (see fanout.big_room_threshold).
+    #[arg(long, default_value_t = 0)]
+    hold_ws: usize,
 }
 
 #[derive(Args, Clone, Debug)]
@@ -226,38 +250,210 @@ fn main() -> anyhow::Result<()> {
             .build()?
     };
     let _ = *stats::BASE;
-    let report = runtime.block_on(async move {
-        match cli.command {
-            Command::Fanout(a) => {
-                let spec = LoadSpec {
-                    clients: a.viewers,
-                    transport: a.transport,
-                    mode: PollMode::Follow,
-                    wait_ms: a.wait_ms,
-                };
-                run_load("fanout", &a.common, &a.load, spec, threads).await
+    if common.repeat == 0 || common.repeat > 100 {
+        bail!("--repeat must be within 1..=100");
+    }
+    let server_cpus = spawn::parse_cpus(&common.server_cpus)?;
+    procfs::raise_nofile(); // the spawned server inherits the raised limit
+    let mut reports = Vec::new();
+    for run in 0..common.repeat {
+        let mut spawned = None;
+        let mut command = cli_command_for(&cli.command);
+        if let Some(path) = &common.spawn {
+            let target = runtime.block_on(Target::parse(&common.url, 1))?;
+            let mut s = spawn::start(
+                path,
+                &target.addr.to_string(),
+                common.server_config.as_deref(),
+                &common.server_env,
+                &server_cpus,
+                run,
+            )?;
+            let ready = runtime.block_on(wait_healthy(&target, Duration::from_secs(15)));
+            if !ready || !spawn::running(&mut s) {
+                let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+                spawn::stop(s, Duration::from_secs(2));
+                bail!("the spawned server did not become healthy:\n{log}");
             }
-            Command::Poll(a) => {
-                let spec = LoadSpec {
-                    clients: a.clients,
-                    transport: Transport::Poll,
-                    mode: a.mode,
-                    wait_ms: a.wait_ms,
-                };
-                run_load("poll", &a.common, &a.load, spec, threads).await
-            }
-            Command::Idle(a) => run_idle(&a, threads).await,
+            eprintln!(
+                "run {}/{}: spawned {} (pid {}, CPUs {}, log {})",
+                run + 1,
+                common.repeat,
+                path.display(),
+                s.pid(),
+                common.server_cpus,
+                s.log.display()
+            );
+            set_server_pid(&mut command, s.pid());
+            spawned = Some(s);
+        } else if common.repeat > 1 {
+            eprintln!("run {}/{}", run + 1, common.repeat);
         }
-    })?;
+        let report = runtime.block_on(async {
+            match command {
+                Command::Fanout(a) => {
+                    let spec = LoadSpec {
+                        hold_ws: 0,
+                        clients: a.viewers,
+                        transport: a.transport,
+                        mode: PollMode::Follow,
+                        wait_ms: a.wait_ms,
+                    };
+                    run_load("fanout", &a.common, &a.load, spec, threads).await
+                }
+                Command::Poll(a) => {
+                    let spec = LoadSpec {
+                        hold_ws: a.hold_ws,
+                        clients: a.clients,
+                        transport: Transport::Poll,
+                        mode: a.mode,
+                        wait_ms: a.wait_ms,
+                    };
+                    run_load("poll", &a.common, &a.load, spec, threads).await
+                }
+                Command::Idle(a) => run_idle(&a, threads).await,
+            }
+        });
+        if let Some(s) = spawned {
+            spawn::stop(s, Duration::from_secs(10));
+        }
+        let mut report = report?;
+        report["run"] = json!(run + 1);
+        reports.push(report);
+        if run + 1 < common.repeat {
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+    let out = if reports.len() == 1 {
+        reports.pop().expect("one report")
+    } else {
+        let medians = medians(&reports);
+        print_medians(&medians, reports.len());
+        json!({"runs": reports, "median": medians})
+    };
     if let Some(path) = &common.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
+        std::fs::write(path, serde_json::to_string_pretty(&out)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     // Many sockets: leaving them to process exit is faster than dropping them one by one.
     std::process::exit(0);
 }
 
+fn cli_command_for(c: &Command) -> Command {
+    match c {
+        Command::Fanout(a) => Command::Fanout(a.clone()),
+        Command::Idle(a) => Command::Idle(a.clone()),
+        Command::Poll(a) => Command::Poll(a.clone()),
+    }
+}
+
+fn set_server_pid(c: &mut Command, pid: u32) {
+    let common = match c {
+        Command::Fanout(a) => &mut a.common,
+        Command::Idle(a) => &mut a.common,
+        Command::Poll(a) => &mut a.common,
+    };
+    common.server_pid = Some(pid);
+}
+
+async fn wait_healthy(target: &Target, bound: Duration) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < bound {
+        if let Ok((200, _)) = http_get(target, "/healthz").await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The figures whose median over runs is reported (JSON pointers).
+const MEDIAN_FIELDS: &[&str] = &[
+    "/deliveries_per_s",
+    "/deliveries_per_s_min_1s",
+    "/deliveries_per_server_cpu_s",
+    "/ratio_vs_bare_2_5M_per_cpu_s",
+    "/messages_per_frame",
+    "/frames_per_s",
+    "/bytes_per_s",
+    "/server_cpu_util",
+    "/tool_cpu_util",
+    "/poll_responses_per_s",
+    "/poll_responses_per_server_cpu_s",
+    "/latency_ms/p50_ms",
+    "/latency_ms/p99_ms",
+    "/latency_ms/p999_ms",
+    "/poll_rtt_ms/p50_ms",
+    "/poll_rtt_ms/p99_ms",
+    "/publish/accepted_per_s",
+    "/lost",
+    "/viewers_with_loss",
+    "/duplicates",
+    "/dropped",
+    "/connected",
+    "/server_rss_kb/baseline",
+    "/server_rss_kb/after_connect",
+    "/server_rss_kb/connected",
+    "/server_rss_kb/end",
+    "/server_rss_kb/peak",
+    "/server_rss_kb_per_connection",
+    "/server_rss_kb_per_connection_after_hold",
+    "/server_cpu_util_during_hold",
+];
+
+fn medians(reports: &[serde_json::Value]) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for field in MEDIAN_FIELDS {
+        let mut v: Vec<f64> = reports
+            .iter()
+            .filter_map(|r| r.pointer(field).and_then(|x| x.as_f64()))
+            .collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        let median = if v.len() % 2 == 1 {
+            v[v.len() / 2]
+        } else {
+            (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+        };
+        out.insert(
+            field.trim_start_matches('/').replace('/', "."),
+            json!({"median": median, "min": v[0], "max": v[v.len() - 1], "runs": v}),
+        );
+    }
+    serde_json::Value::Object(out)
+}
+
+fn print_medians(m: &serde_json::Value, runs: usize) {
+    println!("== median of {runs} runs ==");
+    if let Some(map) = m.as_object() {
+        for (k, v) in map {
+            let fmt = |x: f64| {
+                if x.abs() >= 1e4 {
+                    si(x)
+                } else if x.fract() == 0.0 {
+                    format!("{x:.0}")
+                } else {
+                    format!("{x:.3}")
+                }
+            };
+            let runs: Vec<String> = v["runs"]
+                .as_array()
+                .map(|a| a.iter().map(|x| fmt(f(x))).collect())
+                .unwrap_or_default();
+            println!(
+                "{k:<42} {:>10}   [{}]",
+                fmt(f(&v["median"])),
+                runs.join(", ")
+            );
+        }
+    }
+}
+
 struct LoadSpec {
+    /// WebSocket viewers held per room besides the measured clients.
+    hold_ws: usize,
     clients: usize,
     transport: Transport,
     mode: PollMode,
@@ -271,7 +467,9 @@ fn room_names(room: &str, rooms: usize) -> anyhow::Result<Vec<Arc<str>>> {
     let names: Vec<Arc<str>> = if rooms == 1 {
         vec![Arc::from(room)]
     } else {
-        (0..rooms).map(|i| Arc::from(format!("{room}-{i}"))).collect()
+        (0..rooms)
+            .map(|i| Arc::from(format!("{room}-{i}")))
+            .collect()
     };
     if let Some(bad) = names.iter().find(|n| !danmaku::message::valid_room(n)) {
         bail!("room name {bad:?} is not valid (1-64 of [A-Za-z0-9_-])");
@@ -305,7 +503,9 @@ async fn server_pid(common: &Common, target: &Target) -> Option<u32> {
         .flatten();
     match pid {
         Some(p) => eprintln!("server pid {p} (listens on port {port})"),
-        None => eprintln!("no server pid found for port {port}: no server CPU/RSS figures (pass --server-pid)"),
+        None => eprintln!(
+            "no server pid found for port {port}: no server CPU/RSS figures (pass --server-pid)"
+        ),
     }
     pid
 }
@@ -515,6 +715,13 @@ fn quantiles(h: &Hist) -> serde_json::Value {
     })
 }
 
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
 fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -547,7 +754,8 @@ async fn run_load(
     if !(load.rate > 0.0 && load.rate <= 1_000_000.0) && load.publishers > 0 {
         bail!("--rate must be within (0, 1000000]");
     }
-    let nofile = check_files(spec.clients + load.publishers)?;
+    let load_start = loadavg();
+    let nofile = check_files(spec.clients + load.publishers + spec.hold_ws * load.rooms)?;
     let target = Target::parse(&common.url, common.source_ips).await?;
     let rooms = room_names(&load.room, load.rooms)?;
     match http_get(&target, "/healthz").await {
@@ -581,14 +789,54 @@ async fn run_load(
         load.publish,
         procfs::affinity_of(0)
     );
+    // Held WebSocket viewers: their own context, so they count in no figure.
+    let held = new_ctx(common, target.clone(), 1);
+    let mut held_tasks = Vec::new();
+    for r in 0..rooms.len() {
+        for i in 0..spec.hold_ws {
+            held_tasks.push(spawn_viewer(
+                &held,
+                Transport::Ws,
+                PollMode::Follow,
+                0,
+                i,
+                r,
+                rooms[r].clone(),
+            ));
+        }
+    }
+    if spec.hold_ws > 0 {
+        let n = spec.hold_ws * rooms.len();
+        await_connections(&held, n, common.connect_timeout).await;
+        eprintln!(
+            "holding {} WebSocket viewers ({} failed); waiting for presence to count them",
+            held.counters.connected.load(Relaxed),
+            held.counters.connect_errors.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
     let series = Arc::new(Mutex::new(Vec::new()));
     let stop_sampler = CancellationToken::new();
-    let sampler = spawn_sampler(ctx.clone(), pid, common.quiet, series.clone(), stop_sampler.clone());
+    let sampler = spawn_sampler(
+        ctx.clone(),
+        pid,
+        common.quiet,
+        series.clone(),
+        stop_sampler.clone(),
+    );
 
     let mut viewers = Vec::with_capacity(spec.clients);
     for i in 0..spec.clients {
         let r = i % rooms.len();
-        viewers.push(spawn_viewer(&ctx, spec.transport, spec.mode, spec.wait_ms, i, r, rooms[r].clone()));
+        viewers.push(spawn_viewer(
+            &ctx,
+            spec.transport,
+            spec.mode,
+            spec.wait_ms,
+            i,
+            r,
+            rooms[r].clone(),
+        ));
     }
     let bound = common.connect_timeout + Duration::from_secs_f64(spec.clients as f64 / 500.0);
     let connect_time = await_connections(&ctx, spec.clients, bound).await;
@@ -653,6 +901,10 @@ async fn run_load(
     stop_sampler.cancel();
     let _ = sampler.await;
     let metrics_after = metrics(&target).await;
+    held.stop_viewers.cancel();
+    for t in held_tasks {
+        let _ = t.await;
+    }
 
     // ---- figures
     let secs = b.at.duration_since(a.at).as_secs_f64();
@@ -663,7 +915,11 @@ async fn run_load(
     let responses = d(|s| s.responses);
     let accepted = d(|s| s.accepted);
     let server_cpu = match (a.server, b.server) {
-        (Some(x), Some(y)) => Some((y.cpu_s - x.cpu_s, y.utime_s - x.utime_s, y.stime_s - x.stime_s)),
+        (Some(x), Some(y)) => Some((
+            y.cpu_s - x.cpu_s,
+            y.utime_s - x.utime_s,
+            y.stime_s - x.stime_s,
+        )),
         _ => None,
     };
     let client_cpu = match (a.client, b.client) {
@@ -694,14 +950,17 @@ async fn run_load(
         let m = room_max.entry(r.room).or_default();
         *m = (*m).max(r.track.last);
     }
-    let (mut lost, mut dups, mut late, mut with_loss, mut with_dups, mut max_lost) = (0, 0, 0, 0, 0, 0);
+    let (mut lost, mut dups, mut late, mut with_loss, mut with_dups, mut max_lost) =
+        (0, 0, 0, 0, 0, 0);
     let mut ended: BTreeMap<String, u64> = BTreeMap::new();
     let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut resets = 0;
     let mut poll_errors = 0;
     for r in &results {
         if let Some(e) = &r.connect_error {
-            *connect_errors.entry(e.chars().take(80).collect()).or_default() += 1;
+            *connect_errors
+                .entry(e.chars().take(80).collect())
+                .or_default() += 1;
             continue;
         }
         if let Some(e) = &r.ended {
@@ -747,6 +1006,7 @@ async fn run_load(
         "poll_mode": (spec.transport == Transport::Poll).then(|| format!("{:?}", spec.mode).to_lowercase()),
         "rooms": rooms.len(),
         "clients": spec.clients,
+        "held_ws_viewers": held.counters.connected.load(Relaxed),
         "connected": connected,
         "connect_errors": connect_errors,
         "connect_seconds": connect_time.as_secs_f64(),
@@ -757,6 +1017,7 @@ async fn run_load(
         "deliveries_per_s_median_1s": median_per_s,
         "expected_deliveries": expected,
         "frames_per_s": frames / secs,
+        "messages_per_frame": (frames > 0.0).then(|| deliveries / frames),
         "bytes_per_s": bytes / secs,
         "poll_responses_per_s": (spec.transport == Transport::Poll).then(|| responses / secs),
         "server_cpu_seconds": server_cpu.map(|c| c.0),
@@ -774,6 +1035,7 @@ async fn run_load(
             "peak": b.server.map(|s| s.hwm_kb),
         },
         "server_threads": b.server.map(|s| s.threads),
+        "loadavg_at_start": load_start,
         "tool_cpu_util": client_cpu.map(|c| c / secs),
         "latency_ms": quantiles(&ctx.latency),
         "poll_rtt_ms": (spec.transport == Transport::Poll).then(|| quantiles(&ctx.poll_rtt)),
@@ -812,11 +1074,19 @@ fn f(v: &serde_json::Value) -> f64 {
 
 fn print_load(r: &serde_json::Value) {
     let l = &r["latency_ms"];
-    println!("== {} ({}) ==", r["scenario"].as_str().unwrap_or(""), r["transport"].as_str().unwrap_or(""));
+    println!(
+        "== {} ({}) ==",
+        r["scenario"].as_str().unwrap_or(""),
+        r["transport"].as_str().unwrap_or("")
+    );
     println!("command          {}", r["command"].as_str().unwrap_or(""));
     println!(
         "clients          {} connected / {} (connect errors: {}) in {:.1} s; {} room(s)",
-        r["connected"], r["clients"], r["connect_errors"], f(&r["connect_seconds"]), r["rooms"]
+        r["connected"],
+        r["clients"],
+        r["connect_errors"],
+        f(&r["connect_seconds"]),
+        r["rooms"]
     );
     println!(
         "window           {:.1} s; published {:.1}/s accepted (target {}), refused {}, errors {}",
@@ -834,8 +1104,9 @@ fn print_load(r: &serde_json::Value) {
         si(f(&r["expected_deliveries"]) / f(&r["window_seconds"]))
     );
     println!(
-        "frames/s         {}   bytes/s {:.1} MB/s",
+        "frames/s         {} ({:.1} messages/frame)   bytes/s {:.1} MB/s",
         si(f(&r["frames_per_s"])),
+        f(&r["messages_per_frame"]),
         f(&r["bytes_per_s"]) / 1e6
     );
     if !r["poll_responses_per_s"].is_null() {
@@ -894,6 +1165,7 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     if a.transport == Transport::Poll {
         bail!("idle holds streams: --transport ws or sse");
     }
+    let load_start = loadavg();
     let nofile = check_files(a.viewers)?;
     let common = &a.common;
     let target = Target::parse(&common.url, common.source_ips).await?;
@@ -922,11 +1194,25 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     );
     let series = Arc::new(Mutex::new(Vec::new()));
     let stop_sampler = CancellationToken::new();
-    let sampler = spawn_sampler(ctx.clone(), Some(pid), common.quiet, series.clone(), stop_sampler.clone());
+    let sampler = spawn_sampler(
+        ctx.clone(),
+        Some(pid),
+        common.quiet,
+        series.clone(),
+        stop_sampler.clone(),
+    );
     let mut viewers = Vec::with_capacity(a.viewers);
     for i in 0..a.viewers {
         let r = i % rooms.len();
-        viewers.push(spawn_viewer(&ctx, a.transport, PollMode::Follow, 0, i, r, rooms[r].clone()));
+        viewers.push(spawn_viewer(
+            &ctx,
+            a.transport,
+            PollMode::Follow,
+            0,
+            i,
+            r,
+            rooms[r].clone(),
+        ));
     }
     let bound = common.connect_timeout + Duration::from_secs_f64(a.viewers as f64 / 500.0);
     let connect_time = await_connections(&ctx, a.viewers, bound).await;
@@ -949,7 +1235,9 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     for v in viewers {
         if let Ok(r) = v.await {
             if let Some(e) = r.connect_error {
-                *connect_errors.entry(e.chars().take(80).collect()).or_default() += 1;
+                *connect_errors
+                    .entry(e.chars().take(80).collect())
+                    .or_default() += 1;
             }
             if let Some(e) = r.ended {
                 *ended.entry(e.chars().take(80).collect()).or_default() += 1;
@@ -990,13 +1278,20 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
         "server_rss_kb_per_connection": delta_kb / n,
         "server_rss_kb_per_connection_after_hold": held_delta_kb / n,
         "server_threads": held.threads,
+        "loadavg_at_start": load_start,
         "server_cpu_util_during_hold": (held.cpu_s - settled.cpu_s) / hold_s,
         "server_cpu_seconds_connecting": settled.cpu_s - baseline.cpu_s,
         "tool_rss_kb_per_connection": (client1.rss_kb as f64 - client0.rss_kb as f64) / n,
         "ended_early": ended,
     });
-    println!("== idle ({}) ==", report["transport"].as_str().unwrap_or(""));
-    println!("command          {}", report["command"].as_str().unwrap_or(""));
+    println!(
+        "== idle ({}) ==",
+        report["transport"].as_str().unwrap_or("")
+    );
+    println!(
+        "command          {}",
+        report["command"].as_str().unwrap_or("")
+    );
     println!(
         "connections      {connected}/{} in {:.1} s ({} errors {}); server gauge {online}; {} still open after the hold",
         a.viewers,

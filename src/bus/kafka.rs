@@ -8,7 +8,7 @@
 //!   explicit partition (gears 2 and 4) is honoured;
 //! - **publish** resolves `Ok` only once Kafka acknowledged every record
 //!   (`acks=all`, idempotent producer); any record not accepted makes it `Err`,
-//!   and it never waits longer than `publish_timeout_ms` (+ at most 2 s);
+//!   and it never waits longer than `publish_timeout_ms`;
 //! - **consume**: deliveries carry partition and offset; offsets are committed
 //!   only by [`BusConsumer::commit`], which the processor calls after the store
 //!   write succeeded, so a crash redelivers (the store dedups by id);
@@ -51,12 +51,23 @@ const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Producer batching delay: small, since a client waits for the ack.
 const LINGER_MS: &str = "2";
+/// A processor that dies without leaving the group (SIGKILL, lost host) holds
+/// its partitions until this expires; librdkafka's 45 s default would stall
+/// those partitions that long. Brokers accept 6 s and up by default.
+const SESSION_TIMEOUT_MS: &str = "10000";
+const HEARTBEAT_INTERVAL_MS: &str = "1000";
+/// Longest a fetch waits on the broker for data. Apache Kafka answers as soon
+/// as data is there, so this only sets how often an idle consumer asks (10/s);
+/// tansu 0.6 always holds a fetch for about this long, so with librdkafka's
+/// 500 ms default every record would reach the processor 250-500 ms late
+/// (past the gear-2 threshold).
+const FETCH_WAIT_MS: &str = "100";
 
 /// Settings of the Kafka engine beyond [`BusConfig`].
 #[derive(Clone, Debug, Default)]
 pub struct KafkaOptions {
-    /// Extra librdkafka properties for every client (security settings,
-    /// `debug`, …); the engine's own producer and consumer settings win.
+    /// Extra librdkafka properties for every client (`debug`, tuning, …),
+    /// applied last: they override the engine's own settings.
     pub extra: Vec<(String, String)>,
 }
 
@@ -97,11 +108,14 @@ impl KafkaBus {
         options: KafkaOptions,
     ) -> Result<KafkaBus, BusError> {
         ensure_topic(config, &options).await?;
-        let probe: BaseConsumer = client_config(config, &options)
-            .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "false")
-            .create()
-            .map_err(unavailable("creating a metadata client"))?;
+        let probe: BaseConsumer = with_extra(
+            client_config(config)
+                .set("group.id", &config.group_id)
+                .set("enable.auto.commit", "false"),
+            &options,
+        )
+        .create()
+        .map_err(unavailable("creating a metadata client"))?;
         let topic = config.topic.clone();
         let (count, probe) = tokio::task::spawn_blocking(move || {
             // Metadata of a just-created topic can lag behind for a moment.
@@ -158,11 +172,14 @@ impl KafkaBus {
         let producer = make_producer(config, &options)?;
         let probe = match probe {
             Some(p) => p,
-            None => client_config(config, &options)
-                .set("group.id", &config.group_id)
-                .set("enable.auto.commit", "false")
-                .create()
-                .map_err(unavailable("creating a lag client"))?,
+            None => with_extra(
+                client_config(config)
+                    .set("group.id", &config.group_id)
+                    .set("enable.auto.commit", "false"),
+                &options,
+            )
+            .create()
+            .map_err(unavailable("creating a lag client"))?,
         };
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(0),
@@ -294,14 +311,15 @@ impl Bus for KafkaBus {
                 }
             }
         }
-        // librdkafka fails each record after message.timeout.ms (checked
-        // about once a second); the outer timeout only guards against a
-        // report that never comes. A record that timed out may still have
-        // been written (the request was in flight): the caller gets an error
-        // and may retry, which is at-least-once, never an unwritten Ok.
-        let margin = Duration::from_secs(2);
+        // librdkafka fails each record after message.timeout.ms (3/4 of
+        // ours; it checks about once a second, and an in-flight request can
+        // take a little longer), so this bound is usually not what fires; it
+        // makes `publish_timeout_ms` a hard limit. A record that timed out
+        // may still have been written (its request was in flight): the
+        // caller gets an error and may retry. At least once, never an Ok for
+        // a record Kafka did not acknowledge.
         let reports = tokio::time::timeout(
-            self.publish_timeout() + margin,
+            self.publish_timeout(),
             futures_util::future::join_all(deliveries),
         )
         .await
@@ -336,14 +354,20 @@ impl Bus for KafkaBus {
     }
 
     async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError> {
-        let consumer: StreamConsumer = client_config(&self.config, &self.options)
-            .set("group.id", &self.config.group_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .create()
-            .map_err(unavailable("creating a kafka consumer"))?;
+        let consumer: StreamConsumer = with_extra(
+            client_config(&self.config)
+                .set("group.id", &self.config.group_id)
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("enable.partition.eof", "false")
+                .set("fetch.wait.max.ms", FETCH_WAIT_MS)
+                .set("session.timeout.ms", SESSION_TIMEOUT_MS)
+                .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS),
+            &self.options,
+        )
+        .create()
+        .map_err(unavailable("creating a kafka consumer"))?;
         consumer
             .subscribe(&[&self.config.topic])
             .map_err(unavailable("subscribing"))?;
@@ -573,33 +597,43 @@ fn unavailable<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusErr
     move |e| BusError::Unavailable(format!("{what}: {e}"))
 }
 
-fn client_config(config: &BusConfig, options: &KafkaOptions) -> ClientConfig {
+fn client_config(config: &BusConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", config.kafka_brokers.trim())
         .set("client.id", "danmaku");
-    for (k, v) in &options.extra {
-        c.set(k, v);
-    }
     c
 }
 
+fn with_extra(config: &mut ClientConfig, options: &KafkaOptions) -> ClientConfig {
+    if let Ok(d) = std::env::var("TMP_KAFKA_DEBUG") { config.set("debug", &d); }
+    for (k, v) in &options.extra {
+        config.set(k, v);
+    }
+    config.clone()
+}
+
 fn make_producer(config: &BusConfig, options: &KafkaOptions) -> Result<FutureProducer, BusError> {
-    let timeout_ms = config.publish_timeout_ms.max(1).to_string();
-    client_config(config, options)
-        .set("acks", "all")
-        .set(
-            "enable.idempotence",
-            if config.idempotence { "true" } else { "false" },
-        )
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("linger.ms", LINGER_MS)
-        .set("message.timeout.ms", &timeout_ms)
-        .create()
-        .map_err(unavailable("creating the kafka producer"))
+    // librdkafka's own limit, under the hard one of `publish` so that its
+    // (more precise) error usually comes first.
+    let timeout_ms = (config.publish_timeout_ms.max(4) * 3 / 4).to_string();
+    with_extra(
+        client_config(config)
+            .set("acks", "all")
+            .set(
+                "enable.idempotence",
+                if config.idempotence { "true" } else { "false" },
+            )
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("linger.ms", LINGER_MS)
+            .set("message.timeout.ms", &timeout_ms),
+        options,
+    )
+    .create()
+    .map_err(unavailable("creating the kafka producer"))
 }
 
 async fn ensure_topic(config: &BusConfig, options: &KafkaOptions) -> Result<(), BusError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(config, options)
+    let admin: AdminClient<DefaultClientContext> = with_extra(&mut client_config(config), options)
         .create()
         .map_err(unavailable("creating a kafka admin client"))?;
     let topic = NewTopic::new(

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -29,7 +31,9 @@ pub async fn handler(
     State(s): State<AppState>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<PollQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Response, ApiError> {
+    let _slot = s.viewer_slots.acquire(peer.ip())?;
     let cfg = &s.config.poll;
     let wait = Duration::from_millis(
         q.wait_ms

@@ -4,14 +4,16 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnGuard, StreamQuery};
+use super::{ConnGuard, IpSlot, StreamQuery};
 use crate::api::{ApiQuery, RoomPath};
 use crate::app::AppState;
 use crate::error::ApiError;
@@ -21,6 +23,7 @@ pub async fn handler(
     State(s): State<AppState>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     if s.stopping.is_cancelled() {
@@ -29,6 +32,8 @@ pub async fn handler(
             "this node is shutting down",
         ));
     }
+    super::check_origin(&s.config.server.allowed_origins, &headers)?;
+    let slot = s.viewer_slots.acquire(peer.ip())?;
     let cursor = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -52,6 +57,7 @@ pub async fn handler(
         done: false,
         draining: Default::default(),
         _conn: ConnGuard::new(&s.metrics.connections, "sse"),
+        _slot: slot,
     };
     let body = Body::from_stream(stream::unfold(state, |mut st| async move {
         let chunk = st.next_chunk().await?;
@@ -75,6 +81,7 @@ struct SseState {
     /// At shutdown: queued frames, then the close event.
     draining: std::collections::VecDeque<Bytes>,
     _conn: ConnGuard,
+    _slot: IpSlot,
 }
 
 impl SseState {

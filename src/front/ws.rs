@@ -42,6 +42,8 @@ pub async fn handler(
             "this node is shutting down",
         ));
     }
+    super::check_origin(&s.config.server.allowed_origins, &headers)?;
+    let slot = s.viewer_slots.acquire(peer.ip())?;
     let bearer = q
         .token
         .as_deref()
@@ -55,7 +57,8 @@ pub async fn handler(
     Ok(upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| {
+        .on_upgrade(move |socket| async move {
+            let _slot = slot; // held for the life of the connection
             Session {
                 s,
                 room,
@@ -63,6 +66,7 @@ pub async fn handler(
                 ip: peer.ip(),
             }
             .run(socket, feed, hello)
+            .await
         }))
 }
 

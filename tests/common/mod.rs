@@ -75,6 +75,8 @@ pub fn base_config() -> Config {
         ),
     }
     c.server.listen = "127.0.0.1:0".to_string();
+    // Every test client comes from 127.0.0.1.
+    c.server.max_viewer_connections_per_ip = 100_000;
     // Short ticks keep tests fast; generous limits keep them from being
     // throttled unless a test means to be.
     c.fanout.tick_ms = 25;

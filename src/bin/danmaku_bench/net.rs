@@ -26,7 +26,9 @@ impl Target {
         let rest = url
             .strip_prefix("http://")
             .or_else(|| url.strip_prefix("ws://"))
-            .with_context(|| format!("{url}: only http:// (or ws://) loopback URLs are accepted"))?;
+            .with_context(|| {
+                format!("{url}: only http:// (or ws://) loopback URLs are accepted")
+            })?;
         let (hostport, path) = rest.split_once('/').unwrap_or((rest, ""));
         if !path.is_empty() {
             bail!("{url}: give the server's base URL without a path");
@@ -44,7 +46,9 @@ impl Target {
             bail!("{url}: no address");
         }
         if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
-            bail!("{url} resolves to {a}, which is not loopback: this tool only loads a local server");
+            bail!(
+                "{url} resolves to {a}, which is not loopback: this tool only loads a local server"
+            );
         }
         let addr = addrs
             .iter()
@@ -271,11 +275,9 @@ impl Conn {
                     .iter()
                     .position(|b| !b.is_ascii_hexdigit())
                     .unwrap_or(line.len());
-                let size = usize::from_str_radix(
-                    std::str::from_utf8(&line[..hex_end]).unwrap_or(""),
-                    16,
-                )
-                .map_err(|_| io::Error::other("bad chunk size"))?;
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&line[..hex_end]).unwrap_or(""), 16)
+                        .map_err(|_| io::Error::other("bad chunk size"))?;
                 let hdr = nl + 1;
                 self.ensure(hdr + size + 2).await?;
                 return Ok((hdr, size));

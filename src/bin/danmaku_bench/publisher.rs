@@ -52,12 +52,21 @@ pub struct PubResult {
 
 /// A viewer token: minted locally with `jwt_secret`, else from the server's
 /// development endpoint `POST /v1/demo/token`.
-pub async fn token(ctx: &Ctx, p: usize, run_id: &str, jwt_secret: Option<&str>) -> anyhow::Result<String> {
+pub async fn token(
+    ctx: &Ctx,
+    p: usize,
+    run_id: &str,
+    jwt_secret: Option<&str>,
+) -> anyhow::Result<String> {
     if let Some(secret) = jwt_secret {
         let mut auth = danmaku::config::Config::embedded().auth;
         auth.jwt_secret = secret.to_string();
         let a = danmaku::auth::Authenticator::new(&auth);
-        return Ok(a.issue(&format!("bench-{run_id}-{p}"), &format!("bench{p}"), 24 * 3600));
+        return Ok(a.issue(
+            &format!("bench-{run_id}-{p}"),
+            &format!("bench{p}"),
+            24 * 3600,
+        ));
     }
     let mut conn = Conn::connect(&ctx.target, p, 4096).await?;
     let body = format!(r#"{{"name":"bench{p}"}}"#);
@@ -89,7 +98,11 @@ pub async fn token(ctx: &Ctx, p: usize, run_id: &str, jwt_secret: Option<&str>) 
 
 fn request(cfg: &PubConfig, host: &str, token: &str, p: usize, n: u64) -> Vec<u8> {
     let room = &cfg.rooms[(n as usize + p) % cfg.rooms.len()];
-    let mut text = format!("{}{}:{p}:{n}", std::str::from_utf8(STAMP).unwrap(), now_us());
+    let mut text = format!(
+        "{}{}:{p}:{n}",
+        std::str::from_utf8(STAMP).unwrap(),
+        now_us()
+    );
     text.extend(std::iter::repeat_n('x', cfg.text_pad));
     let id = format!("b{}-{p}-{n}", cfg.run_id);
     match cfg.kind {
@@ -108,7 +121,9 @@ fn request(cfg: &PubConfig, host: &str, token: &str, p: usize, n: u64) -> Vec<u8
                     r#"{{"kind":"gift","user":{{"id":"bench{p}","name":"bench{p}"}},"text":"{text}","gift":{{"gift_id":"g{n}","count":1,"value":1}}}}"#
                 )
             } else {
-                format!(r#"{{"kind":"system","user":{{"id":"bench{p}","name":"bench{p}"}},"text":"{text}"}}"#)
+                format!(
+                    r#"{{"kind":"system","user":{{"id":"bench{p}","name":"bench{p}"}},"text":"{text}"}}"#
+                )
             };
             let ts = danmaku::auth::unix_now().to_string();
             let sig = danmaku::auth::sign_gift_request(&cfg.gift_secret, &ts, body.as_bytes());

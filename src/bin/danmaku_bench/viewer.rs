@@ -398,8 +398,7 @@ pub async fn poll_viewer(
         };
         if head.status == 200 {
             seqs.clear();
-            let lat = (sample && measuring && mode == PollMode::Follow)
-                .then(|| (&ctx.latency, t1));
+            let lat = (sample && measuring && mode == PollMode::Follow).then(|| (&ctx.latency, t1));
             let s = scan_batch(json, &mut seqs, lat);
             if mode == PollMode::Follow {
                 r.track.batch(&mut seqs);

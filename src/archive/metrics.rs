@@ -1,0 +1,123 @@
+//! Archive and replay metrics, in their own registry (appended to `/metrics`).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct ArchiveMetrics {
+    registry: Registry,
+    /// Replay windows served, by the tier that had them: cache, redis, archive.
+    pub replay_reads: IntCounterVec,
+    /// Queries the replay path sent to the archive (windows and live look-ups).
+    pub replay_archive_queries: IntCounter,
+    /// Replay Redis calls that failed (the read fell through to the archive).
+    pub replay_redis_errors: IntCounter,
+    /// Seconds since the end of the oldest ended live whose copy is pending.
+    pub archive_lag_seconds: IntGauge,
+    pub archive_pending_lives: IntGauge,
+    /// Messages per copied batch.
+    pub archive_batch_messages: Histogram,
+    pub archive_rows: IntCounter,
+    pub archive_lives_done: IntCounter,
+    /// Copy failures by step (read, write, finish, list) and trimmed gaps.
+    pub archive_errors: IntCounterVec,
+}
+
+impl Default for ArchiveMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ArchiveMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("metric names are unique");
+            c
+        }
+        ArchiveMetrics {
+            replay_reads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_replay_reads_total", "Replay windows read, by tier"),
+                    &["tier"],
+                )
+                .unwrap(),
+            ),
+            replay_archive_queries: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_archive_queries_total",
+                    "Archive queries made by replay reads",
+                )
+                .unwrap(),
+            ),
+            replay_redis_errors: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_redis_errors_total",
+                    "Replay Redis calls that failed",
+                )
+                .unwrap(),
+            ),
+            archive_lag_seconds: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_archive_lag_seconds",
+                    "Age of the oldest ended live not yet archived",
+                )
+                .unwrap(),
+            ),
+            archive_pending_lives: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_archive_pending_lives",
+                    "Ended lives not yet archived",
+                )
+                .unwrap(),
+            ),
+            archive_batch_messages: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "danmaku_archive_batch_messages",
+                        "Messages per archived batch",
+                    )
+                    .buckets(vec![
+                        0.0, 1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                    ]),
+                )
+                .unwrap(),
+            ),
+            archive_rows: reg(
+                &registry,
+                IntCounter::new("danmaku_archive_rows_total", "Messages copied to the archive")
+                    .unwrap(),
+            ),
+            archive_lives_done: reg(
+                &registry,
+                IntCounter::new("danmaku_archive_lives_total", "Lives archived").unwrap(),
+            ),
+            archive_errors: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("danmaku_archive_errors_total", "Archive copy errors"),
+                    &["op"],
+                )
+                .unwrap(),
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

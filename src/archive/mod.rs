@@ -1,0 +1,121 @@
+//! Archive port (DESIGN §2, §3.8): lives and the messages of ended lives, for
+//! replay. Engines: SQLite (embedded default) and MySQL/MariaDB, both behind
+//! [`sql::SqlArchive`] (sqlx `Any` driver, runtime queries, migrations under
+//! `migrations/<engine>` embedded at build time and applied at start).
+//!
+//! The copy from the live store is [`copier`]; it is idempotent: rows are keyed
+//! by (live, seq) and inserted with "insert or ignore", and each batch moves
+//! the live's `archived_through_seq` in the same transaction.
+
+pub mod copier;
+pub mod metrics;
+pub mod sql;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::config::ArchiveConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("archive unavailable: {0}")]
+    Unavailable(String),
+    /// The room already has a live that has not ended.
+    #[error("room already has an open live")]
+    AlreadyLive(Live),
+}
+
+/// One live of a room: `[started_at, ended_at]` (unix ms) of the room's stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Live {
+    pub id: String,
+    pub room: String,
+    pub started_at: u64,
+    pub ended_at: Option<u64>,
+    /// Highest live-store seq the copy has gone through.
+    pub archived_through_seq: u64,
+    /// When the copy completed (unix ms); `None` while pending.
+    pub archived_at: Option<u64>,
+}
+
+impl Live {
+    pub fn duration_ms(&self) -> Option<u64> {
+        self.ended_at.map(|e| e.saturating_sub(self.started_at))
+    }
+
+    /// The API view (`GET /v1/rooms/{room}/lives`, live start/end answers).
+    pub fn view(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "room": self.room,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "duration_ms": self.duration_ms(),
+            "archived": self.archived_at.is_some(),
+        })
+    }
+}
+
+/// One archived message: its seq in the live store, its offset from the
+/// live's start, and its JSON (which carries `offset_ms`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedMessage {
+    pub seq: u64,
+    pub offset_ms: u64,
+    pub ts: u64,
+    pub json: Bytes,
+}
+
+#[async_trait]
+pub trait Archive: Send + Sync + 'static {
+    /// Opens a live for `room`; fails with `AlreadyLive` if one is open.
+    async fn start_live(&self, room: &str, id: &str, started_at: u64)
+        -> Result<Live, ArchiveError>;
+
+    /// Ends the room's open live, if any.
+    async fn end_live(&self, room: &str, ended_at: u64) -> Result<Option<Live>, ArchiveError>;
+
+    async fn live(&self, id: &str) -> Result<Option<Live>, ArchiveError>;
+
+    /// The room's lives, newest first.
+    async fn lives(&self, room: &str, limit: usize) -> Result<Vec<Live>, ArchiveError>;
+
+    /// The room's latest live whose copy is complete.
+    async fn latest_archived(&self, room: &str) -> Result<Option<Live>, ArchiveError>;
+
+    /// Ended lives whose copy is not complete, oldest end first.
+    async fn pending(&self, limit: usize) -> Result<Vec<Live>, ArchiveError>;
+
+    /// Stores a batch (rows already present are left alone) and moves the
+    /// live's `archived_through_seq` to `through_seq`, in one transaction.
+    async fn append(
+        &self,
+        live_id: &str,
+        rows: &[ArchivedMessage],
+        through_seq: u64,
+    ) -> Result<(), ArchiveError>;
+
+    /// Marks the copy complete.
+    async fn finish(&self, live_id: &str, archived_at: u64) -> Result<(), ArchiveError>;
+
+    /// Messages with `from_ms <= offset_ms < to_ms`, by (offset_ms, seq).
+    async fn read_window(
+        &self,
+        live_id: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<ArchivedMessage>, ArchiveError>;
+
+    /// Rows stored for a live.
+    async fn count(&self, live_id: &str) -> Result<u64, ArchiveError>;
+
+    async fn ping(&self) -> Result<(), ArchiveError>;
+}
+
+/// Connects the configured engine and applies its migrations.
+pub async fn connect(config: &ArchiveConfig) -> anyhow::Result<Arc<dyn Archive>> {
+    Ok(Arc::new(sql::SqlArchive::connect(config).await?))
+}

@@ -1,0 +1,336 @@
+//! SQL archive engines: MySQL/MariaDB (`mysql://…`) and SQLite (`sqlite://…`,
+//! `sqlite::memory:`), through sqlx's `Any` driver with runtime queries.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Row};
+
+use super::{Archive, ArchiveError, ArchivedMessage, Live};
+use crate::config::ArchiveConfig;
+
+static MYSQL_MIGRATIONS: Migrator = sqlx::migrate!("migrations/mysql");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+
+const LIVE_COLUMNS: &str = "id, room, started_at, ended_at, archived_through_seq, archived_at";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    MySql,
+    Sqlite,
+}
+
+pub struct SqlArchive {
+    pool: AnyPool,
+    engine: Engine,
+}
+
+fn unavailable(e: sqlx::Error) -> ArchiveError {
+    ArchiveError::Unavailable(e.to_string())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn live_from(row: &AnyRow) -> Result<Live, sqlx::Error> {
+    Ok(Live {
+        id: row.try_get(0)?,
+        room: row.try_get(1)?,
+        started_at: uint(row.try_get(2)?),
+        ended_at: row.try_get::<Option<i64>, _>(3)?.map(uint),
+        archived_through_seq: uint(row.try_get(4)?),
+        archived_at: row.try_get::<Option<i64>, _>(5)?.map(uint),
+    })
+}
+
+impl SqlArchive {
+    pub async fn connect(config: &ArchiveConfig) -> anyhow::Result<SqlArchive> {
+        sqlx::any::install_default_drivers();
+        let url = config.url.trim();
+        let engine = if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+            Engine::MySql
+        } else if url.starts_with("sqlite:") {
+            Engine::Sqlite
+        } else {
+            anyhow::bail!("archive.url must be mysql://… or sqlite://… (got {url:?})");
+        };
+        let url = url.replacen("mariadb:", "mysql:", 1);
+        let memory = engine == Engine::Sqlite && url.contains(":memory:");
+        let mut options = AnyPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms.max(1)));
+        options = match engine {
+            Engine::MySql => options.max_connections(config.max_connections.max(1)),
+            // One connection: an in-memory database lives as long as it (so it
+            // is never closed), and SQLite serialises writers anyway.
+            Engine::Sqlite => options
+                .max_connections(1)
+                .min_connections(u32::from(memory))
+                .idle_timeout(None)
+                .max_lifetime(None),
+        };
+        let pool = options
+            .connect(&url)
+            .await
+            .with_context(|| format!("connecting to the archive ({})", redact(&url)))?;
+        let migrator = match engine {
+            Engine::MySql => &MYSQL_MIGRATIONS,
+            Engine::Sqlite => &SQLITE_MIGRATIONS,
+        };
+        migrator
+            .run(&pool)
+            .await
+            .context("applying the archive migrations")?;
+        Ok(SqlArchive { pool, engine })
+    }
+
+    async fn open_live(&self, room: &str) -> Result<Option<Live>, ArchiveError> {
+        let q = format!(
+            "SELECT {LIVE_COLUMNS} FROM lives WHERE room = ? AND ended_at IS NULL \
+             ORDER BY started_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(&q)
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(live_from).transpose().map_err(unavailable)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[async_trait]
+impl Archive for SqlArchive {
+    async fn start_live(
+        &self,
+        room: &str,
+        id: &str,
+        started_at: u64,
+    ) -> Result<Live, ArchiveError> {
+        if let Some(open) = self.open_live(room).await? {
+            return Err(ArchiveError::AlreadyLive(open));
+        }
+        sqlx::query("INSERT INTO lives (id, room, started_at) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(room)
+            .bind(int(started_at))
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(Live {
+            id: id.to_string(),
+            room: room.to_string(),
+            started_at,
+            ended_at: None,
+            archived_through_seq: 0,
+            archived_at: None,
+        })
+    }
+
+    async fn end_live(&self, room: &str, ended_at: u64) -> Result<Option<Live>, ArchiveError> {
+        let Some(mut live) = self.open_live(room).await? else {
+            return Ok(None);
+        };
+        let ended_at = ended_at.max(live.started_at);
+        sqlx::query("UPDATE lives SET ended_at = ? WHERE id = ? AND ended_at IS NULL")
+            .bind(int(ended_at))
+            .bind(&live.id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        live.ended_at = Some(ended_at);
+        Ok(Some(live))
+    }
+
+    async fn live(&self, id: &str) -> Result<Option<Live>, ArchiveError> {
+        let q = format!("SELECT {LIVE_COLUMNS} FROM lives WHERE id = ?");
+        let row = sqlx::query(&q)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(live_from).transpose().map_err(unavailable)
+    }
+
+    async fn lives(&self, room: &str, limit: usize) -> Result<Vec<Live>, ArchiveError> {
+        let q = format!(
+            "SELECT {LIVE_COLUMNS} FROM lives WHERE room = ? ORDER BY started_at DESC LIMIT ?"
+        );
+        let rows = sqlx::query(&q)
+            .bind(room)
+            .bind(int(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(live_from)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn latest_archived(&self, room: &str) -> Result<Option<Live>, ArchiveError> {
+        let q = format!(
+            "SELECT {LIVE_COLUMNS} FROM lives WHERE room = ? AND archived_at IS NOT NULL \
+             ORDER BY started_at DESC LIMIT 1"
+        );
+        let row = sqlx::query(&q)
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(live_from).transpose().map_err(unavailable)
+    }
+
+    async fn pending(&self, limit: usize) -> Result<Vec<Live>, ArchiveError> {
+        let q = format!(
+            "SELECT {LIVE_COLUMNS} FROM lives WHERE archived_at IS NULL AND ended_at IS NOT NULL \
+             ORDER BY ended_at LIMIT ?"
+        );
+        let rows = sqlx::query(&q)
+            .bind(int(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(live_from)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn append(
+        &self,
+        live_id: &str,
+        rows: &[ArchivedMessage],
+        through_seq: u64,
+    ) -> Result<(), ArchiveError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        // 5 binds a row: 200 rows stay far below every engine's bind limit.
+        for chunk in rows.chunks(200) {
+            let verb = match self.engine {
+                Engine::MySql => "INSERT IGNORE INTO",
+                Engine::Sqlite => "INSERT OR IGNORE INTO",
+            };
+            let mut q = format!(
+                "{verb} live_messages (live_id, seq, offset_ms, ts, body) VALUES "
+            );
+            for i in 0..chunk.len() {
+                q.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+            }
+            let mut query = sqlx::query(&q);
+            for m in chunk {
+                query = query
+                    .bind(live_id)
+                    .bind(int(m.seq))
+                    .bind(int(m.offset_ms))
+                    .bind(int(m.ts))
+                    .bind(String::from_utf8_lossy(&m.json).into_owned());
+            }
+            query.execute(&mut *tx).await.map_err(unavailable)?;
+        }
+        sqlx::query(
+            "UPDATE lives SET archived_through_seq = ? WHERE id = ? AND archived_through_seq < ?",
+        )
+        .bind(int(through_seq))
+        .bind(live_id)
+        .bind(int(through_seq))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn finish(&self, live_id: &str, archived_at: u64) -> Result<(), ArchiveError> {
+        sqlx::query("UPDATE lives SET archived_at = ? WHERE id = ? AND archived_at IS NULL")
+            .bind(int(archived_at))
+            .bind(live_id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn read_window(
+        &self,
+        live_id: &str,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<ArchivedMessage>, ArchiveError> {
+        let rows = sqlx::query(
+            "SELECT seq, offset_ms, ts, body FROM live_messages \
+             WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? ORDER BY offset_ms, seq",
+        )
+        .bind(live_id)
+        .bind(int(from_ms))
+        .bind(int(to_ms))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                Ok(ArchivedMessage {
+                    seq: uint(r.try_get(0)?),
+                    offset_ms: uint(r.try_get(1)?),
+                    ts: uint(r.try_get(2)?),
+                    // MySQL reports MEDIUMTEXT as BLOB through `Any`.
+                    json: match r.try_get::<String, _>(3) {
+                        Ok(s) => Bytes::from(s),
+                        Err(_) => Bytes::from(r.try_get::<Vec<u8>, _>(3)?),
+                    },
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(unavailable)
+    }
+
+    async fn count(&self, live_id: &str) -> Result<u64, ArchiveError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM live_messages WHERE live_id = ?")
+            .bind(live_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(uint(row.try_get(0).map_err(unavailable)?))
+    }
+
+    async fn ping(&self) -> Result<(), ArchiveError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("mysql://u:secret@h:1/db"),
+            "mysql://u:***@h:1/db".to_string()
+        );
+        assert_eq!(redact("sqlite::memory:"), "sqlite::memory:");
+    }
+}

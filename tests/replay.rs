@@ -1,0 +1,579 @@
+//! Replay (issue 7, DESIGN §3.8): live start/end, the archiver's idempotent
+//! copy, and replay reads through cache → replay Redis → archive.
+//!
+//! The embedded test always runs (SQLite in memory, memory store). The service
+//! test needs `DANMAKU_TEST_REDIS_URL` (live Redis), `DANMAKU_TEST_REPLAY_REDIS_URL`
+//! (a second redis-server) and `DANMAKU_TEST_MYSQL_URL` (MariaDB, see
+//! scripts/mariadb-test.sh); without them it skips, unless
+//! `DANMAKU_REQUIRE_SERVICES=1`, where it fails.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{metric_value, now_ms, TestServer, WAIT};
+use danmaku::message::{Kind, Message, Priority, UserRef};
+use danmaku::store::redis::RedisStore;
+use danmaku::store::{AppendOutcome, LiveStore};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const ADMIN: &str = "replay-test-admin-token";
+
+async fn admin_post(ts: &TestServer, path: &str) -> (StatusCode, Value) {
+    let res = ts
+        .http
+        .post(ts.url(path))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("POST");
+    let status = res.status();
+    let body = res.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn metric(ts: &TestServer, sample: &str) -> f64 {
+    metric_value(&ts.metrics().await, sample).unwrap_or(0.0)
+}
+
+async fn wait_archived(ts: &TestServer, room: &str, live: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body, _) = ts.get(&format!("/v1/rooms/{room}/lives")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        if let Some(l) = body["lives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == live && l["archived"] == true)
+        {
+            return l.clone();
+        }
+        assert!(Instant::now() < deadline, "live {live} not archived: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn offsets(messages: &Value) -> Vec<u64> {
+    messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["offset_ms"].as_u64().expect("offset_ms"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_live_is_archived_and_replayed() {
+    let ts = TestServer::start_with(|c| {
+        c.auth.admin_token = ADMIN.into();
+        c.archive.settle_ms = 0;
+        c.archive.poll_interval_ms = 50;
+        c.archive.replay_window_ms = 1000;
+    })
+    .await;
+    let room = ts.room("replay");
+    let token = ts.token("u1", "alice");
+
+    // Admin only.
+    let res = ts
+        .http
+        .post(ts.url(&format!("/v1/admin/rooms/{room}/live/start")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let (status, _) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/end")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "no live to end");
+
+    // Before the live: not part of it.
+    let (s, _, _) = ts.post_danmaku(&room, &token, "before", "before").await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    ts.wait_stored(&room, 1).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/start")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/start")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["live"]["id"], live.as_str());
+
+    // Not replayable until ended and archived.
+    let (status, body, _) = ts
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1000"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "live_not_ended");
+
+    for i in 0..30 {
+        let (s, b, _) = ts
+            .post_danmaku(&room, &token, &format!("m{i}"), &format!("hello {i}"))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+        if i % 10 == 9 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    ts.wait_stored(&room, 31).await;
+    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/end")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let l = wait_archived(&ts, &room, &live).await;
+    let duration = l["duration_ms"].as_u64().unwrap();
+    assert!(duration >= 800, "{l}");
+    assert!(l["started_at"].as_u64().unwrap() > 0 && l["ended_at"].as_u64().is_some());
+
+    // Whole live: the 30 messages, by offset, with offset_ms.
+    let to = duration + 1;
+    let (status, body, headers) = ts
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={to}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["live"], live.as_str());
+    assert_eq!(body["room"], room.as_str());
+    let msgs = body["messages"].as_array().unwrap();
+    let texts: Vec<_> = msgs.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let want: Vec<String> = (0..30).map(|i| format!("hello {i}")).collect();
+    assert_eq!(texts, want);
+    let offs = offsets(&body["messages"]);
+    assert!(offs.windows(2).all(|w| w[0] <= w[1]), "{offs:?}");
+    assert!(*offs.last().unwrap() >= 800, "{offs:?}");
+    let etag = headers["etag"].to_str().unwrap().to_string();
+    assert!(headers["cache-control"].to_str().unwrap().contains("max-age"));
+
+    // Default live = the latest archived; same window, same ETag; 304.
+    let (status, body2, h2) = ts
+        .get(&format!("/v1/rooms/{room}/replay?from_ms=0&to_ms={to}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body2, body);
+    assert_eq!(h2["etag"].to_str().unwrap(), etag);
+    let res = ts
+        .http
+        .get(ts.url(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={to}"
+        )))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_MODIFIED);
+
+    // A sub-window: exactly from <= offset < to.
+    let (a, b) = (offs[5], offs[25]);
+    let (_, sub, _) = ts
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"))
+        .await;
+    let want: Vec<u64> = offs.iter().copied().filter(|o| *o >= a && *o < b).collect();
+    assert_eq!(offsets(&sub["messages"]), want);
+
+    // Second read of a window: from the cache, no archive query.
+    let q = ts.metric("danmaku_replay_archive_queries_total").await;
+    let c = metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await;
+    let _ = ts
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"))
+        .await;
+    assert_eq!(ts.metric("danmaku_replay_archive_queries_total").await, q);
+    assert!(metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await > c);
+
+    // Bad requests.
+    for (query, code) in [
+        ("from_ms=10&to_ms=10", StatusCode::BAD_REQUEST),
+        ("from_ms=0&to_ms=999999999", StatusCode::BAD_REQUEST),
+        ("from_ms=x", StatusCode::BAD_REQUEST),
+        ("live=nope&from_ms=0&to_ms=10", StatusCode::NOT_FOUND),
+    ] {
+        let (status, body, _) = ts.get(&format!("/v1/rooms/{room}/replay?{query}")).await;
+        assert_eq!(status, code, "{query}: {body}");
+        assert!(body["error"]["code"].is_string());
+    }
+    let (status, _, _) = ts
+        .get(&format!("/v1/rooms/{}/replay?from_ms=0&to_ms=10", ts.room("other")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(ts.metrics().await.contains("danmaku_archive_batch_messages"));
+    ts.shutdown().await;
+}
+
+// ---- services: live Redis, replay Redis, MariaDB --------------------------
+
+fn services() -> Option<(String, String, String)> {
+    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    match (
+        get("DANMAKU_TEST_REDIS_URL"),
+        get("DANMAKU_TEST_REPLAY_REDIS_URL"),
+        get("DANMAKU_TEST_MYSQL_URL"),
+    ) {
+        (Some(r), Some(rr), Some(m)) => Some((r, rr, m)),
+        _ => {
+            assert!(
+                std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL / \
+                 DANMAKU_TEST_REPLAY_REDIS_URL / DANMAKU_TEST_MYSQL_URL are not set"
+            );
+            eprintln!(
+                "skipping: set DANMAKU_TEST_REDIS_URL, DANMAKU_TEST_REPLAY_REDIS_URL and \
+                 DANMAKU_TEST_MYSQL_URL"
+            );
+            None
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `danmaku archiver` process; killed when dropped.
+struct Archiver(Child);
+
+impl Archiver {
+    fn spawn(redis: &str, mysql: &str) -> Archiver {
+        let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+            .arg("archiver")
+            .env("DANMAKU_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("DANMAKU_STORE__ENGINE", "redis")
+            .env("DANMAKU_REDIS_URL", redis)
+            .env("DANMAKU_ARCHIVE_URL", mysql)
+            .env("DANMAKU_ARCHIVE__BATCH_SIZE", "100")
+            .env("DANMAKU_ARCHIVE__BATCH_PAUSE_MS", "20")
+            .env("DANMAKU_ARCHIVE__SETTLE_MS", "0")
+            .env("DANMAKU_ARCHIVE__POLL_INTERVAL_MS", "100")
+            .env("DANMAKU_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn danmaku archiver");
+        Archiver(child)
+    }
+
+    fn sigkill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// TCP proxy that can refuse and cut connections (replay Redis "down").
+struct Proxy {
+    port: u16,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (up2, cut2) = (up.clone(), cut.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let (upstream, cut) = (upstream.clone(), cut2.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            port,
+            up,
+            cut,
+            task,
+        }
+    }
+
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap();
+    rest.split('/').next().unwrap().to_string()
+}
+
+/// Total commands the Redis at `url` has run, `info` and `config` excluded.
+async fn redis_calls(url: &str) -> u64 {
+    redis_calls_by_command(url).await.values().sum()
+}
+
+async fn redis_calls_by_command(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let text: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter(|l| !l.starts_with("info:") && !l.starts_with("config"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let calls = rest
+                .split(',')
+                .find_map(|kv| kv.strip_prefix("calls="))
+                .and_then(|v| v.parse::<u64>().ok())?;
+            Some((name.to_string(), calls))
+        })
+        .collect()
+}
+
+async fn replay_server(live_redis: &str, replay_redis: &str, mysql: &str) -> TestServer {
+    let (live_redis, replay_redis, mysql) = (
+        live_redis.to_string(),
+        replay_redis.to_string(),
+        mysql.to_string(),
+    );
+    TestServer::start_with(move |c| {
+        c.auth.admin_token = ADMIN.into();
+        c.store.engine = "redis".into();
+        c.store.redis_url = live_redis;
+        c.store.replay_redis_url = replay_redis;
+        c.store.max_per_bucket = 20_000;
+        c.archive.url = mysql;
+        c.archive.copier = false; // the spawned archiver copies
+        c.archive.replay_window_ms = 500;
+        // Presence exchanges are this front's only periodic live-Redis
+        // traffic; far apart, so that the live Redis sees nothing but replay
+        // reads (of which there must be none) while they are counted.
+        c.fanout.presence_interval_ms = 600_000;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
+    let Some((redis_url, replay_url, mysql_url)) = services() else {
+        return;
+    };
+    let proxy = Proxy::start(host_port(&replay_url)).await;
+    let proxied = format!("redis://127.0.0.1:{}/", proxy.port);
+    let ts = replay_server(&redis_url, &proxied, &mysql_url).await;
+    let room = ts.room("replay10k");
+    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/start")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let started_at = body["live"]["started_at"].as_u64().unwrap();
+
+    // 10 000 messages, straight into the live Redis (the ingest path has its
+    // own tests), spread over ~2 s so that they span several windows.
+    let store = RedisStore::connect(&redis_url, ts.config.store.clone())
+        .await
+        .unwrap();
+    let mut expected: Vec<(u64, u64, String)> = Vec::new(); // (offset, seq, id)
+    for b in 0..20 {
+        let batch: Vec<Message> = (0..500)
+            .map(|i| Message {
+                id: format!("{room}-{b}-{i}"),
+                seq: 0,
+                room: room.clone(),
+                kind: Kind::Danmaku,
+                priority: if i % 10 == 0 {
+                    Priority::High
+                } else {
+                    Priority::Low
+                },
+                user: UserRef {
+                    id: format!("u{i}"),
+                    name: "n".into(),
+                },
+                text: format!("m {b} {i}"),
+                ts: now_ms().max(started_at),
+                offset_ms: None,
+                gift: None,
+                style: None,
+            })
+            .collect();
+        let metas: Vec<(u64, String)> = batch.iter().map(|m| (m.ts, m.id.clone())).collect();
+        let out = store.append(&room, batch).await.unwrap();
+        for ((t, id), o) in metas.into_iter().zip(out) {
+            let AppendOutcome::Stored { seq } = o else {
+                panic!("duplicate")
+            };
+            expected.push((t - started_at, seq, id));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    expected.sort();
+    assert_eq!(expected.len(), 10_000);
+    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/end")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The archiver copies 100 a batch; killed part-way, then restarted.
+    let archive = danmaku::archive::connect(&ts.config.archive).await.unwrap();
+    let mut archiver = Archiver::spawn(&redis_url, &mysql_url);
+    let deadline = Instant::now() + WAIT * 3;
+    loop {
+        let n = archive.count(&live).await.unwrap();
+        if n >= 2000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "archiver copied only {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    archiver.sigkill();
+    let partial = archive.count(&live).await.unwrap();
+    let l = archive.live(&live).await.unwrap().unwrap();
+    assert!(partial < 10_000, "killed too late: {partial}");
+    assert!(l.archived_at.is_none());
+    eprintln!(
+        "archiver killed after {partial} rows (through seq {})",
+        l.archived_through_seq
+    );
+    let mut archiver = Archiver::spawn(&redis_url, &mysql_url);
+    wait_archived(&ts, &room, &live).await;
+    archiver.sigkill();
+    assert_eq!(archive.count(&live).await.unwrap(), 10_000);
+    let all = archive.read_window(&live, 0, u64::MAX >> 2).await.unwrap();
+    let got: Vec<(u64, u64)> = all.iter().map(|m| (m.offset_ms, m.seq)).collect();
+    let want: Vec<(u64, u64)> = expected.iter().map(|(o, s, _)| (*o, *s)).collect();
+    assert_eq!(got, want, "no duplicates, no gaps, same offsets");
+    assert_eq!(
+        all.iter().map(|m| m.seq).collect::<BTreeSet<_>>().len(),
+        10_000
+    );
+
+    // Replay windows: exactly from <= offset < to, in order; zero commands
+    // on the live Redis.
+    let max = expected.last().unwrap().0 + 1;
+    let windows = [
+        (0, max),
+        (0, 1),
+        (137, 1233),
+        (max / 2, max / 2 + 700),
+        (max - 10, max + 5000),
+    ];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = redis_calls(&redis_url).await;
+    let before_by = redis_calls_by_command(&redis_url).await;
+    for (from, to) in windows {
+        let (status, body, _) = ts
+            .get(&format!(
+                "/v1/rooms/{room}/replay?live={live}&from_ms={from}&to_ms={to}"
+            ))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let got: Vec<String> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_string())
+            .collect();
+        let want: Vec<String> = expected
+            .iter()
+            .filter(|(o, _, _)| *o >= from && *o < to)
+            .map(|(_, _, id)| id.clone())
+            .collect();
+        assert_eq!(got.len(), want.len(), "window [{from}, {to})");
+        assert_eq!(got, want, "window [{from}, {to})");
+    }
+    // Second read of the same window: no archive query.
+    let q = metric(&ts, "danmaku_replay_archive_queries_total").await;
+    let a = metric(&ts, "danmaku_replay_reads_total{tier=\"archive\"}").await;
+    let (status, _, _) = ts
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=137&to_ms=1233"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(metric(&ts, "danmaku_replay_archive_queries_total").await, q);
+    assert_eq!(
+        metric(&ts, "danmaku_replay_reads_total{tier=\"archive\"}").await,
+        a
+    );
+    assert!(metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await > 0.0);
+    let after = redis_calls(&redis_url).await;
+    let after_by = redis_calls_by_command(&redis_url).await;
+    let delta: Vec<_> = after_by
+        .iter()
+        .filter(|(k, v)| before_by.get(*k) != Some(v))
+        .collect();
+    assert_eq!(after, before, "replay reads touched the live Redis: {delta:?}");
+
+    // A second front (cold cache) gets the windows from the replay Redis.
+    let ts2 = replay_server(&redis_url, &proxied, &mysql_url).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // its start-up connections
+    let before_by = redis_calls_by_command(&redis_url).await;
+    let (status, body, _) = ts2
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={max}"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["messages"].as_array().unwrap().len(), 10_000);
+    assert!(metric(&ts2, "danmaku_replay_reads_total{tier=\"redis\"}").await > 0.0);
+    assert_eq!(
+        metric(&ts2, "danmaku_replay_reads_total{tier=\"archive\"}").await,
+        0.0
+    );
+    let after_by = redis_calls_by_command(&redis_url).await;
+    assert_eq!(after_by, before_by, "replay reads touched the live Redis");
+    ts2.shutdown().await;
+
+    // Replay Redis down: a cold front still answers (archive), then recovers.
+    proxy.down();
+    let ts3 = replay_server(&redis_url, &proxied, &mysql_url).await;
+    let (status, body, _) = ts3
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=500"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let want = expected.iter().filter(|(o, _, _)| *o < 500).count();
+    assert_eq!(body["messages"].as_array().unwrap().len(), want);
+    assert!(metric(&ts3, "danmaku_replay_reads_total{tier=\"archive\"}").await > 0.0);
+    assert!(metric(&ts3, "danmaku_replay_redis_errors_total").await > 0.0);
+    proxy.restore();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, _, _) = ts3
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=500&to_ms={max}"
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        metric(&ts3, "danmaku_replay_reads_total{tier=\"redis\"}").await > 0.0,
+        "replay Redis used again after it came back"
+    );
+    ts3.shutdown().await;
+    ts.shutdown().await;
+}
