@@ -125,7 +125,13 @@ impl Server {
                 (memory.clone(), Some(memory))
             };
         let archive_metrics = Arc::new(ArchiveMetrics::new());
-        let archive = crate::archive::connect(&config.archive)
+        // The processor role neither serves replay nor copies: it gets an
+        // empty in-memory archive rather than a connection to the real one.
+        let mut archive_config = config.archive.clone();
+        if role == Role::Processor {
+            archive_config.url = "sqlite::memory:".into();
+        }
+        let archive = crate::archive::connect(&archive_config)
             .await
             .context("connecting to the archive")?;
         let replay = Arc::new(crate::replay::Replay::new(

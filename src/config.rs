@@ -414,7 +414,9 @@ impl Config {
         }
         let replay = self.store.replay_redis_url.trim();
         if !replay.is_empty() && replay == self.store.redis_url.trim() {
-            bail!("store.replay_redis_url must be a Redis separate from the live store's redis_url");
+            bail!(
+                "store.replay_redis_url must be a Redis separate from the live store's redis_url"
+            );
         }
         match self.bus.engine.as_str() {
             "memory" => {}

@@ -31,7 +31,8 @@ pub type Window = Arc<Vec<ArchivedMessage>>;
 
 pub struct Replay {
     archive: Arc<dyn Archive>,
-    cache: moka::sync::Cache<(String, u64), Window>,
+    /// `None` when `archive.replay_cache_messages` is 0 (no front cache).
+    cache: Option<moka::sync::Cache<(String, u64), Window>>,
     /// Archived lives by id (immutable once archived).
     lives: moka::sync::Cache<String, Live>,
     /// A room's latest archived live, briefly.
@@ -58,10 +59,12 @@ impl Replay {
         };
         Ok(Replay {
             archive,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(config.replay_cache_messages.max(1))
-                .weigher(|_, w: &Window| u32::try_from(w.len() + 1).unwrap_or(u32::MAX))
-                .build(),
+            cache: (config.replay_cache_messages > 0).then(|| {
+                moka::sync::Cache::builder()
+                    .max_capacity(config.replay_cache_messages)
+                    .weigher(|_, w: &Window| u32::try_from(w.len() + 1).unwrap_or(u32::MAX))
+                    .build()
+            }),
             lives: moka::sync::Cache::builder().max_capacity(10_000).build(),
             latest: moka::sync::Cache::builder()
                 .max_capacity(10_000)
@@ -107,17 +110,25 @@ impl Replay {
     /// One aligned window of an archived live: cache → Redis → archive.
     pub async fn window(&self, live: &str, start: u64) -> Result<Window, ArchiveError> {
         let key = (live.to_string(), start);
-        if let Some(w) = self.cache.get(&key) {
-            self.metrics.replay_reads.with_label_values(&["cache"]).inc();
+        if let Some(w) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            self.metrics
+                .replay_reads
+                .with_label_values(&["cache"])
+                .inc();
             return Ok(w);
         }
         let end = start.saturating_add(self.config.replay_window_ms);
         if let Some(redis) = &self.redis {
             match redis.read(live, start, end).await {
                 Ok(Some(w)) => {
-                    self.metrics.replay_reads.with_label_values(&["redis"]).inc();
+                    self.metrics
+                        .replay_reads
+                        .with_label_values(&["redis"])
+                        .inc();
                     let w = Arc::new(w);
-                    self.cache.insert(key, w.clone());
+                    if let Some(c) = &self.cache {
+                        c.insert(key, w.clone());
+                    }
                     return Ok(w);
                 }
                 Ok(None) => {}
@@ -140,7 +151,9 @@ impl Replay {
             }
         }
         let w = Arc::new(rows);
-        self.cache.insert(key, w.clone());
+        if let Some(c) = &self.cache {
+            c.insert(key, w.clone());
+        }
         Ok(w)
     }
 }
@@ -457,14 +470,20 @@ pub async fn replay(
     if matches {
         return Ok((
             StatusCode::NOT_MODIFIED,
-            [(header::ETAG, etag_value), (header::CACHE_CONTROL, cache_control)],
+            [
+                (header::ETAG, etag_value),
+                (header::CACHE_CONTROL, cache_control),
+            ],
         )
             .into_response());
     }
     Ok((
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
             (header::ETAG, etag_value),
             (header::CACHE_CONTROL, cache_control),
         ],

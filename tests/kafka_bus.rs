@@ -4,7 +4,8 @@
 //! these tests may create topics on. Unset, the tests that need it skip with a
 //! notice, or fail when `DANMAKU_REQUIRE_SERVICES=1`. Every test uses its own
 //! topic and consumer group, so they run in parallel. The unreachable-broker
-//! test needs no broker and always runs.
+//! test needs no broker and always runs. `DANMAKU_TEST_KAFKA_FLAVOR=apache`
+//! (the broker is Apache Kafka, not tansu) adds one test tansu 0.6 fails.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -262,15 +263,21 @@ async fn committed_records_stay_done_and_uncommitted_ones_come_again() {
 }
 
 /// The same with all ten records in one record batch, so the successor
-/// resumes from an offset inside that batch. Ignored because tansu 0.6
-/// (the broker CI runs) cannot serve a fetch that starts inside a batch: it
-/// returns only batches whose base offset is at or after the fetch offset, so
-/// the rest of the batch never comes. Apache Kafka does; run with `--ignored`
-/// against it.
+/// resumes from an offset inside that batch. tansu 0.6 (the broker CI runs)
+/// cannot serve a fetch that starts inside a batch: it returns only batches
+/// whose base offset is at or after the fetch offset, so the rest of the
+/// batch never comes. Apache Kafka does; this runs only when
+/// `DANMAKU_TEST_KAFKA_FLAVOR=apache` says the broker is Apache Kafka.
 #[tokio::test]
-#[ignore = "tansu 0.6 cannot fetch from inside a record batch; run against Apache Kafka"]
 async fn uncommitted_records_come_again_from_inside_a_batch() {
     let brokers = need_kafka!();
+    if std::env::var("DANMAKU_TEST_KAFKA_FLAVOR").as_deref() != Ok("apache") {
+        eprintln!(
+            "skipping: resuming inside a record batch needs Apache Kafka (tansu 0.6 skips the \
+             batch's tail); set DANMAKU_TEST_KAFKA_FLAVOR=apache to run it"
+        );
+        return;
+    }
     crash_semantics(&brokers, true).await;
 }
 

@@ -54,7 +54,10 @@ async fn wait_archived(ts: &TestServer, room: &str, live: &str) -> Value {
         {
             return l.clone();
         }
-        assert!(Instant::now() < deadline, "live {live} not archived: {body}");
+        assert!(
+            Instant::now() < deadline,
+            "live {live} not archived: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -106,7 +109,9 @@ async fn embedded_live_is_archived_and_replayed() {
 
     // Not replayable until ended and archived.
     let (status, body, _) = ts
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1000"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1000"
+        ))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["error"]["code"], "live_not_ended");
@@ -131,7 +136,9 @@ async fn embedded_live_is_archived_and_replayed() {
     // Whole live: the 30 messages, by offset, with offset_ms.
     let to = duration + 1;
     let (status, body, headers) = ts
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={to}"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={to}"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["live"], live.as_str());
@@ -144,7 +151,10 @@ async fn embedded_live_is_archived_and_replayed() {
     assert!(offs.windows(2).all(|w| w[0] <= w[1]), "{offs:?}");
     assert!(*offs.last().unwrap() >= 800, "{offs:?}");
     let etag = headers["etag"].to_str().unwrap().to_string();
-    assert!(headers["cache-control"].to_str().unwrap().contains("max-age"));
+    assert!(headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("max-age"));
 
     // Default live = the latest archived; same window, same ETag; 304.
     let (status, body2, h2) = ts
@@ -167,7 +177,9 @@ async fn embedded_live_is_archived_and_replayed() {
     // A sub-window: exactly from <= offset < to.
     let (a, b) = (offs[5], offs[25]);
     let (_, sub, _) = ts
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"
+        ))
         .await;
     let want: Vec<u64> = offs.iter().copied().filter(|o| *o >= a && *o < b).collect();
     assert_eq!(offsets(&sub["messages"]), want);
@@ -176,7 +188,9 @@ async fn embedded_live_is_archived_and_replayed() {
     let q = ts.metric("danmaku_replay_archive_queries_total").await;
     let c = metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await;
     let _ = ts
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms={a}&to_ms={b}"
+        ))
         .await;
     assert_eq!(ts.metric("danmaku_replay_archive_queries_total").await, q);
     assert!(metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await > c);
@@ -193,10 +207,16 @@ async fn embedded_live_is_archived_and_replayed() {
         assert!(body["error"]["code"].is_string());
     }
     let (status, _, _) = ts
-        .get(&format!("/v1/rooms/{}/replay?from_ms=0&to_ms=10", ts.room("other")))
+        .get(&format!(
+            "/v1/rooms/{}/replay?from_ms=0&to_ms=10",
+            ts.room("other")
+        ))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(ts.metrics().await.contains("danmaku_archive_batch_messages"));
+    assert!(ts
+        .metrics()
+        .await
+        .contains("danmaku_archive_batch_messages"));
     ts.shutdown().await;
 }
 
@@ -362,6 +382,15 @@ async fn redis_calls_by_command(url: &str) -> std::collections::BTreeMap<String,
 }
 
 async fn replay_server(live_redis: &str, replay_redis: &str, mysql: &str) -> TestServer {
+    replay_server_with(live_redis, replay_redis, mysql, |_| {}).await
+}
+
+async fn replay_server_with(
+    live_redis: &str,
+    replay_redis: &str,
+    mysql: &str,
+    adjust: impl FnOnce(&mut danmaku::config::Config) + Send + 'static,
+) -> TestServer {
     let (live_redis, replay_redis, mysql) = (
         live_redis.to_string(),
         replay_redis.to_string(),
@@ -380,6 +409,7 @@ async fn replay_server(live_redis: &str, replay_redis: &str, mysql: &str) -> Tes
         // traffic; far apart, so that the live Redis sees nothing but replay
         // reads (of which there must be none) while they are counted.
         c.fanout.presence_interval_ms = 600_000;
+        adjust(c);
     })
     .await
 }
@@ -531,14 +561,19 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
         .iter()
         .filter(|(k, v)| before_by.get(*k) != Some(v))
         .collect();
-    assert_eq!(after, before, "replay reads touched the live Redis: {delta:?}");
+    assert_eq!(
+        after, before,
+        "replay reads touched the live Redis: {delta:?}"
+    );
 
     // A second front (cold cache) gets the windows from the replay Redis.
     let ts2 = replay_server(&redis_url, &proxied, &mysql_url).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // its start-up connections
     let before_by = redis_calls_by_command(&redis_url).await;
     let (status, body, _) = ts2
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={max}"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={max}"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["messages"].as_array().unwrap().len(), 10_000);
@@ -555,7 +590,9 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
     proxy.down();
     let ts3 = replay_server(&redis_url, &proxied, &mysql_url).await;
     let (status, body, _) = ts3
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=500"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=500"
+        ))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let want = expected.iter().filter(|(o, _, _)| *o < 500).count();
@@ -575,5 +612,120 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
         "replay Redis used again after it came back"
     );
     ts3.shutdown().await;
+
+    // A front with no cache of its own, connected to the replay Redis when it
+    // goes away: answers from the archive meanwhile, back on Redis after.
+    let ts4 = replay_server_with(&redis_url, &proxied, &mysql_url, |c| {
+        c.archive.replay_cache_messages = 0;
+    })
+    .await;
+    let path = format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms={max}");
+    let tier = |t: &str| format!("danmaku_replay_reads_total{{tier=\"{t}\"}}");
+    let (status, body, _) = ts4.get(&path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["messages"].as_array().unwrap().len(), 10_000);
+    let redis_hits = metric(&ts4, &tier("redis")).await;
+    assert!(redis_hits > 0.0);
+    assert_eq!(metric(&ts4, &tier("archive")).await, 0.0);
+    proxy.down();
+    let (status, down_body, _) = ts4.get(&path).await;
+    assert_eq!(status, StatusCode::OK, "{down_body}");
+    assert_eq!(down_body["messages"], body["messages"]);
+    assert!(metric(&ts4, &tier("archive")).await > 0.0);
+    proxy.restore();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let before = metric(&ts4, &tier("redis")).await;
+        let (status, again, _) = ts4.get(&path).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(again["messages"], body["messages"]);
+        if metric(&ts4, &tier("redis")).await > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replay Redis not used again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ts4.shutdown().await;
     ts.shutdown().await;
+}
+
+#[test]
+fn archive_and_replay_redis_env_names() {
+    use danmaku::config::Config;
+    let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let c = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_ARCHIVE_URL", "mysql://u:p@127.0.0.1:3306/d"),
+            ("DANMAKU_REPLAY_REDIS_URL", "redis://127.0.0.1:6380/"),
+            ("DANMAKU_ARCHIVE__BATCH_SIZE", "50"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.archive.url, "mysql://u:p@127.0.0.1:3306/d");
+    assert_eq!(c.store.replay_redis_url, "redis://127.0.0.1:6380/");
+    assert_eq!(c.archive.batch_size, 50);
+    // Replay traffic never goes to the live Redis.
+    let same = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_REDIS_URL", "redis://127.0.0.1:6379/"),
+            ("DANMAKU_REPLAY_REDIS_URL", "redis://127.0.0.1:6379/"),
+        ]),
+    );
+    assert!(same.is_err());
+    assert!(Config::load(None, env(&[("DANMAKU_ARCHIVE_URL", "postgres://x")])).is_err());
+}
+
+/// SQLite file engine: migrations, idempotent batches, windows, pending lives.
+#[tokio::test]
+async fn sqlite_file_archive_is_idempotent() {
+    use danmaku::archive::{ArchiveError, ArchivedMessage};
+    let dir = std::env::temp_dir().join(format!("danmaku-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("a{}.db", now_ms()));
+    let mut cfg = danmaku::config::Config::embedded().archive;
+    cfg.url = format!("sqlite://{}?mode=rwc", path.display());
+    let a = danmaku::archive::connect(&cfg).await.unwrap();
+    let live = a.start_live("r", "l1", 1000).await.unwrap();
+    assert!(matches!(
+        a.start_live("r", "l2", 1001).await,
+        Err(ArchiveError::AlreadyLive(_))
+    ));
+    assert!(a.pending(10).await.unwrap().is_empty(), "not ended yet");
+    a.end_live("r", 5000).await.unwrap().unwrap();
+    assert_eq!(a.pending(10).await.unwrap()[0].id, live.id);
+    let rows: Vec<ArchivedMessage> = (1..=10)
+        .map(|seq| ArchivedMessage {
+            seq,
+            offset_ms: (10 - seq) * 100,
+            ts: 1000 + (10 - seq) * 100,
+            json: format!("{{\"seq\":{seq}}}").into(),
+        })
+        .collect();
+    a.append("l1", &rows[..6], 6).await.unwrap();
+    a.append("l1", &rows, 10).await.unwrap(); // a redone batch
+    a.append("l1", &rows[3..], 10).await.unwrap();
+    assert_eq!(a.count("l1").await.unwrap(), 10);
+    assert_eq!(
+        a.live("l1").await.unwrap().unwrap().archived_through_seq,
+        10
+    );
+    let w = a.read_window("l1", 200, 500).await.unwrap();
+    let seqs: Vec<u64> = w.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, vec![8, 7, 6], "by offset");
+    assert_eq!(w[0].json, "{\"seq\":8}");
+    a.finish("l1", 6000).await.unwrap();
+    assert!(a.pending(10).await.unwrap().is_empty());
+    assert_eq!(a.latest_archived("r").await.unwrap().unwrap().id, "l1");
+    // Reopened: the data is on disk, migrations are not applied twice.
+    drop(a);
+    let a = danmaku::archive::connect(&cfg).await.unwrap();
+    assert_eq!(a.count("l1").await.unwrap(), 10);
+    let _ = std::fs::remove_dir_all(&dir);
 }

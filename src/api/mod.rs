@@ -55,7 +55,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/rooms/{room}/live/start",
             post(crate::replay::live_start),
         )
-        .route("/v1/admin/rooms/{room}/live/end", post(crate::replay::live_end))
+        .route(
+            "/v1/admin/rooms/{room}/live/end",
+            post(crate::replay::live_end),
+        )
         .route(
             "/v1/admin/rooms/{room}/settings",
             get(admin::get_settings)

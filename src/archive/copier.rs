@@ -66,7 +66,10 @@ impl Copier {
         let pending = match self.archive.pending(100).await {
             Ok(p) => p,
             Err(e) => {
-                self.metrics.archive_errors.with_label_values(&["list"]).inc();
+                self.metrics
+                    .archive_errors
+                    .with_label_values(&["list"])
+                    .inc();
                 tracing::warn!(error = %e, "archiver: cannot list pending lives");
                 return None;
             }
@@ -104,7 +107,10 @@ impl Copier {
     async fn copy(&self, live: &Live, stop: &CancellationToken) -> Result<bool, CopyError> {
         let ended_at = live.ended_at.unwrap_or(u64::MAX);
         let head = self.store.head(&live.room).await.inspect_err(|_| {
-            self.metrics.archive_errors.with_label_values(&["read"]).inc();
+            self.metrics
+                .archive_errors
+                .with_label_values(&["read"])
+                .inc();
         })?;
         let mut cursor = live.archived_through_seq;
         let batch = self.config.batch_size.max(1);
@@ -118,10 +124,16 @@ impl Copier {
                 .read_range(&live.room, cursor, head.seq, batch)
                 .await
                 .inspect_err(|_| {
-                    self.metrics.archive_errors.with_label_values(&["read"]).inc();
+                    self.metrics
+                        .archive_errors
+                        .with_label_values(&["read"])
+                        .inc();
                 })?;
             if read.gap {
-                self.metrics.archive_errors.with_label_values(&["gap"]).inc();
+                self.metrics
+                    .archive_errors
+                    .with_label_values(&["gap"])
+                    .inc();
                 tracing::warn!(live = %live.id, room = %live.room, after = cursor, "archiver: messages were trimmed from the live store before the copy (raise store retention)");
             }
             let rows: Vec<ArchivedMessage> = read
@@ -135,7 +147,10 @@ impl Copier {
                 .append(&live.id, &rows, through)
                 .await
                 .inspect_err(|_| {
-                    self.metrics.archive_errors.with_label_values(&["write"]).inc();
+                    self.metrics
+                        .archive_errors
+                        .with_label_values(&["write"])
+                        .inc();
                 })?;
             self.metrics
                 .archive_batch_messages
@@ -153,7 +168,10 @@ impl Copier {
             .finish(&live.id, now_ms())
             .await
             .inspect_err(|_| {
-                self.metrics.archive_errors.with_label_values(&["finish"]).inc();
+                self.metrics
+                    .archive_errors
+                    .with_label_values(&["finish"])
+                    .inc();
             })?;
         self.metrics.archive_lives_done.inc();
         tracing::info!(live = %live.id, room = %live.room, through = cursor, "archiver: live archived");

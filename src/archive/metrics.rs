@@ -94,8 +94,11 @@ impl ArchiveMetrics {
             ),
             archive_rows: reg(
                 &registry,
-                IntCounter::new("danmaku_archive_rows_total", "Messages copied to the archive")
-                    .unwrap(),
+                IntCounter::new(
+                    "danmaku_archive_rows_total",
+                    "Messages copied to the archive",
+                )
+                .unwrap(),
             ),
             archive_lives_done: reg(
                 &registry,

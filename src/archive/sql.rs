@@ -231,11 +231,13 @@ impl Archive for SqlArchive {
                 Engine::MySql => "INSERT IGNORE INTO",
                 Engine::Sqlite => "INSERT OR IGNORE INTO",
             };
-            let mut q = format!(
-                "{verb} live_messages (live_id, seq, offset_ms, ts, body) VALUES "
-            );
+            let mut q = format!("{verb} live_messages (live_id, seq, offset_ms, ts, body) VALUES ");
             for i in 0..chunk.len() {
-                q.push_str(if i == 0 { "(?, ?, ?, ?, ?)" } else { ", (?, ?, ?, ?, ?)" });
+                q.push_str(if i == 0 {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?)"
+                });
             }
             let mut query = sqlx::query(&q);
             for m in chunk {

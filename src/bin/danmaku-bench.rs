@@ -792,7 +792,7 @@ async fn run_load(
     // Held WebSocket viewers: their own context, so they count in no figure.
     let held = new_ctx(common, target.clone(), 1);
     let mut held_tasks = Vec::new();
-    for r in 0..rooms.len() {
+    for (r, room) in rooms.iter().enumerate() {
         for i in 0..spec.hold_ws {
             held_tasks.push(spawn_viewer(
                 &held,
@@ -801,7 +801,7 @@ async fn run_load(
                 0,
                 i,
                 r,
-                rooms[r].clone(),
+                room.clone(),
             ));
         }
     }
@@ -1313,4 +1313,46 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     );
     println!("ended early      {}", report["ended_early"]);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_cpu_lists() {
+        assert_eq!(parse_duration("20s").unwrap(), Duration::from_secs(20));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3h").is_err());
+        assert_eq!(spawn::parse_cpus("0").unwrap(), vec![0]);
+        assert_eq!(spawn::parse_cpus("0-2,5").unwrap(), vec![0, 1, 2, 5]);
+        assert!(spawn::parse_cpus("").is_err());
+    }
+
+    #[test]
+    fn medians_of_runs() {
+        let runs = vec![
+            json!({"deliveries_per_s": 3.0, "latency_ms": {"p99_ms": 10.0}}),
+            json!({"deliveries_per_s": 1.0, "latency_ms": {"p99_ms": 30.0}}),
+            json!({"deliveries_per_s": 2.0, "latency_ms": {"p99_ms": 20.0}}),
+        ];
+        let m = medians(&runs);
+        assert_eq!(m["deliveries_per_s"]["median"], 2.0);
+        assert_eq!(m["latency_ms.p99_ms"]["median"], 20.0);
+        assert_eq!(m["latency_ms.p99_ms"]["max"], 30.0);
+    }
+
+    #[tokio::test]
+    async fn only_loopback_urls() {
+        assert!(Target::parse("http://127.0.0.1:8080", 1).await.is_ok());
+        assert!(Target::parse("http://localhost:8080", 1).await.is_ok());
+        assert!(Target::parse("http://[::1]:8080", 1).await.is_ok());
+        assert!(Target::parse("http://10.1.2.3:8080", 1).await.is_err());
+        assert!(Target::parse("https://127.0.0.1:8080", 1).await.is_err());
+        assert!(Target::parse("http://127.0.0.1:8080/v1", 1).await.is_err());
+        let t = Target::parse("http://127.0.0.1:8080", 3).await.unwrap();
+        assert_eq!(t.sources.len(), 3);
+    }
 }

@@ -17,6 +17,20 @@
 //! Records that do not decode as a [`Message`] are logged, counted
 //! ([`KafkaBus::undecodable`]) and skipped, and their offsets are committed
 //! like processed ones: a poison record never wedges its partition.
+//!
+//! Production runs Apache Kafka; tests run tansu 0.6, whose gaps are covered
+//! here without changing behaviour on Kafka:
+//! - ListOffsets "latest" answers the last batch's base offset + 1, so the
+//!   lag also counts what this node had acknowledged (`acked_end`);
+//! - a fetch is always held for about `fetch.wait.max.ms`, hence 100 ms;
+//! - after a timed-out record librdkafka bumps the idempotent producer's
+//!   epoch, which tansu fences forever: the producer is replaced;
+//! - a member restarted after its leader was SIGKILLed can be left with no
+//!   partitions for good: it rejoins (see `KafkaConsumer::watch_assignment`).
+//!
+//! Not covered: tansu cannot serve a fetch that starts inside a record batch
+//! (it skips the rest of that batch), so a consumer resuming from a commit
+//! made in the middle of a producer batch misses that batch's tail on tansu.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -56,6 +70,8 @@ const LINGER_MS: &str = "2";
 /// those partitions that long. Brokers accept 6 s and up by default.
 const SESSION_TIMEOUT_MS: &str = "10000";
 const HEARTBEAT_INTERVAL_MS: &str = "1000";
+/// See [`KafkaConsumer::watch_assignment`]: twice the session timeout.
+const REJOIN_IDLE_AFTER: Duration = Duration::from_secs(20);
 /// Longest a fetch waits on the broker for data. Apache Kafka answers as soon
 /// as data is there, so this only sets how often an idle consumer asks (10/s);
 /// tansu 0.6 always holds a fetch for about this long, so with librdkafka's
@@ -376,6 +392,7 @@ impl Bus for KafkaBus {
             topic: self.config.topic.clone(),
             parts: HashMap::new(),
             shared: self.shared.clone(),
+            idle: IdleWatch::default(),
         }))
     }
 
@@ -423,6 +440,17 @@ struct KafkaConsumer {
     topic: String,
     parts: HashMap<i32, PartState>,
     shared: Arc<Shared>,
+    idle: IdleWatch,
+}
+
+/// Watches for a member left with no partitions while work waits and nobody
+/// makes progress (see [`KafkaConsumer::watch_assignment`]).
+#[derive(Default)]
+struct IdleWatch {
+    /// Since when the assignment has been empty, and the lag then.
+    empty_since: Option<(std::time::Instant, u64)>,
+    /// Rejoined once in this empty spell already.
+    rejoined: bool,
 }
 
 /// What this consumer has seen of one partition, to commit safely.
@@ -445,6 +473,51 @@ impl PartState {
 }
 
 impl KafkaConsumer {
+    /// Rejoins the group once when this member has owned no partition for
+    /// [`REJOIN_IDLE_AFTER`] while records wait and the group's lag has not
+    /// gone down in that time (so no other member is working them).
+    ///
+    /// On Apache Kafka that state does not last: a dead member is dropped
+    /// after `session.timeout.ms` and its partitions are reassigned; a
+    /// surplus member (more processors than partitions) is idle while the
+    /// others make progress, so this never fires. tansu 0.6 can leave a
+    /// restarted processor there for good: if the group's leader was killed
+    /// (SIGKILL), the survivor's JoinGroup that evicts it still names the dead
+    /// leader, SyncGroup then succeeds with an empty assignment, and
+    /// heartbeats in that generation keep succeeding, so no rebalance ever
+    /// comes. Leaving and joining again gets a fresh generation.
+    fn watch_assignment(&mut self) {
+        let empty = self
+            .consumer
+            .assignment()
+            .map(|a| a.count() == 0)
+            .unwrap_or(false);
+        if !empty {
+            self.idle = IdleWatch::default();
+            return;
+        }
+        let lag = self.shared.pending.load(Ordering::Acquire);
+        let Some((since, lag_then)) = self.idle.empty_since else {
+            self.idle.empty_since = Some((std::time::Instant::now(), lag));
+            return;
+        };
+        if self.idle.rejoined || since.elapsed() < REJOIN_IDLE_AFTER || lag == 0 || lag < lag_then {
+            return;
+        }
+        self.idle.rejoined = true;
+        tracing::warn!(
+            topic = %self.topic,
+            lag,
+            idle_s = since.elapsed().as_secs(),
+            "no partition assigned while records wait and nobody consumes them; rejoining the group"
+        );
+        self.consumer.unsubscribe();
+        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::warn!(error = %e, "resubscribing to the kafka topic failed");
+            self.idle.rejoined = false;
+        }
+    }
+
     /// Synchronous commit on a blocking thread: it returns once the group
     /// coordinator stored the offsets, so a commit reported `Ok` survives a
     /// crash of this process, errors reach the processor (which logs them),
@@ -479,6 +552,7 @@ impl KafkaConsumer {
 #[async_trait]
 impl BusConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        self.watch_assignment();
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + wait;
         let consumer = self.consumer.clone();
@@ -605,7 +679,6 @@ fn client_config(config: &BusConfig) -> ClientConfig {
 }
 
 fn with_extra(config: &mut ClientConfig, options: &KafkaOptions) -> ClientConfig {
-    if let Ok(d) = std::env::var("TMP_KAFKA_DEBUG") { config.set("debug", &d); }
     for (k, v) in &options.extra {
         config.set(k, v);
     }

@@ -311,6 +311,7 @@ mod tests {
         StoreConfig {
             engine: "memory".into(),
             redis_url: String::new(),
+            replay_redis_url: String::new(),
             max_per_bucket,
             max_age_s: 600,
             dedup_window: 1000,

@@ -392,3 +392,30 @@ fn parse_ws_header(d: &[u8]) -> Option<WsFrame> {
         len,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_headers_of_each_length_form() {
+        assert!(parse_ws_header(&[0x81]).is_none());
+        let f = parse_ws_header(&[0x81, 5, b'h']).unwrap();
+        assert_eq!((f.opcode, f.fin, f.hdr, f.len), (OP_TEXT, true, 2, 5));
+        let f = parse_ws_header(&[0x01, 126, 0x12, 0x34]).unwrap();
+        assert_eq!((f.opcode, f.fin, f.hdr, f.len), (OP_TEXT, false, 4, 0x1234));
+        assert!(parse_ws_header(&[0x82, 127, 0, 0]).is_none());
+        let f = parse_ws_header(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]).unwrap();
+        assert_eq!((f.opcode, f.hdr, f.len), (OP_BINARY, 10, 65536));
+        let f = parse_ws_header(&[0x89, 0x80 | 2]).unwrap();
+        assert_eq!(
+            (f.opcode, f.hdr, f.len),
+            (OP_PING, 6, 2),
+            "masked: 4 key bytes"
+        );
+        let f = parse_ws_header(&[0x88, 2, 0x03, 0xf0]).unwrap();
+        assert_eq!((f.opcode, f.len), (OP_CLOSE, 2));
+        assert_eq!(OP_CONT, 0);
+        assert_eq!(OP_PONG, 0xA);
+    }
+}

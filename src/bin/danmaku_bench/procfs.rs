@@ -90,7 +90,7 @@ pub fn raise_nofile() -> u64 {
             }
         }
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// The pid of the process holding a socket that listens on `port` (IPv4 or

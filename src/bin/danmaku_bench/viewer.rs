@@ -175,7 +175,7 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
     let Some(mut conn) = connect_with(&ctx, &mut r, || open_ws(&ctx, i, &room)).await else {
         return r;
     };
-    let sample = i % ctx.latency_every.max(1) == 0;
+    let sample = i.is_multiple_of(ctx.latency_every.max(1));
     let stop = ctx.stop_viewers.clone();
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
@@ -251,7 +251,7 @@ pub async fn sse_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>
     let Some(mut conn) = connect_with(&ctx, &mut r, || open_sse(&ctx, i, &room)).await else {
         return r;
     };
-    let sample = i % ctx.latency_every.max(1) == 0;
+    let sample = i.is_multiple_of(ctx.latency_every.max(1));
     let stop = ctx.stop_viewers.clone();
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
@@ -345,7 +345,7 @@ pub async fn poll_viewer(
     else {
         return r;
     };
-    let sample = i % ctx.latency_every.max(1) == 0;
+    let sample = i.is_multiple_of(ctx.latency_every.max(1));
     let stop = ctx.stop_viewers.clone();
     let cancelled = stop.cancelled();
     tokio::pin!(cancelled);
