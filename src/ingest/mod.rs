@@ -290,10 +290,15 @@ impl Ingest {
         )
         .await;
         let mut won = Vec::new();
-        for ((i, key, fp, message), claim) in todo.into_iter().zip(claims) {
+        for ((i, key, fp, mut message), claim) in todo.into_iter().zip(claims) {
             match claim {
-                Ok(None) => won.push((i, key, fp, message)),
-                Ok(Some(answer)) => results[i] = Some(Ok(answer)),
+                Ok(Claimed::Go(earlier_id)) => {
+                    if let Some(id) = earlier_id {
+                        message.id = id;
+                    }
+                    won.push((i, key, fp, message));
+                }
+                Ok(Claimed::Answer(answer)) => results[i] = Some(Ok(answer)),
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
@@ -321,10 +326,10 @@ impl Ingest {
                     }
                 }
                 Err(e) => {
-                    // Nothing was accepted: free every key so a retry goes through.
-                    futures_util::future::join_all(
-                        won.iter().map(|(_, key, ..)| self.store.release(key)),
-                    )
+                    // Not acknowledged: a retry goes through, with the same ids.
+                    futures_util::future::join_all(won.iter().map(|(_, key, fp, message)| {
+                        self.mark_for_retry(key, fp, &message.id, ttl)
+                    }))
                     .await;
                     let e = publish_error(e);
                     for (i, ..) in &won {
@@ -516,14 +521,17 @@ impl Ingest {
         message: Message,
     ) -> Result<Accepted, ApiError> {
         let ttl = Duration::from_secs(ttl_s.max(1));
-        if let Some(answer) = self.claim(key, fingerprint, ttl).await? {
-            return Ok(answer);
+        let mut message = message;
+        match self.claim(key, fingerprint, ttl).await? {
+            Claimed::Answer(answer) => return Ok(answer),
+            Claimed::Go(Some(earlier_id)) => message.id = earlier_id,
+            Claimed::Go(None) => {}
         }
         let body = answer_body(&message);
+        let id = message.id.clone();
         let record = self.gears.record(message, self.bus.partitions()).await;
         if let Err(e) = self.bus.publish(vec![record]).await {
-            // Free the key: nothing was accepted, so a retry must be able to go through.
-            let _ = self.store.release(key).await;
+            self.mark_for_retry(key, fingerprint, &id, ttl).await;
             return Err(publish_error(e));
         }
         self.record_answer(key, fingerprint, &body, ttl).await;
@@ -533,18 +541,27 @@ impl Ingest {
         })
     }
 
-    /// `SET key "<fingerprint>|pending" NX EX ttl`: `None` = claimed, go on;
-    /// `Some` = an earlier request's answer (a retry).
+    /// `SET key "<fingerprint>|pending" NX EX ttl`: go on (reusing the
+    /// message id of an earlier attempt whose publish failed), or an earlier
+    /// request's answer (a retry).
     async fn claim(
         &self,
         key: &str,
         fingerprint: &str,
         ttl: Duration,
-    ) -> Result<Option<Accepted>, ApiError> {
+    ) -> Result<Claimed, ApiError> {
         let pending = format!("{fingerprint}|{PENDING}");
         match self.store.claim(key, &pending, ttl).await {
-            Ok(Claim::Won) => Ok(None),
-            Ok(Claim::Held(value)) => replay(&value, fingerprint).map(Some),
+            Ok(Claim::Won) => Ok(Claimed::Go(None)),
+            Ok(Claim::Held(value)) => {
+                if let Some(id) = retry_id(&value, fingerprint) {
+                    // Ours again (a concurrent retry would reuse the same id,
+                    // which the store dedups).
+                    let _ = self.store.set_claim(key, &pending, ttl).await;
+                    return Ok(Claimed::Go(Some(id.to_string())));
+                }
+                replay(&value, fingerprint).map(Claimed::Answer)
+            }
             Err(e) => {
                 self.metrics
                     .store_errors
@@ -556,6 +573,16 @@ impl Ingest {
                     "try again shortly",
                 ))
             }
+        }
+    }
+
+    /// A failed publish may still have reached the bus (a Kafka timeout can
+    /// land later): keep the key with the message id, so a retry publishes
+    /// the same id and the store keeps at most one copy.
+    async fn mark_for_retry(&self, key: &str, fingerprint: &str, id: &str, ttl: Duration) {
+        let value = format!("{fingerprint}|{RETRY}{id}");
+        if self.store.set_claim(key, &value, ttl).await.is_err() {
+            let _ = self.store.release(key).await;
         }
     }
 
@@ -616,6 +643,24 @@ fn check_blocked(text: &str, blocked_lower: &[String]) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// Outcome of claiming an idempotency key.
+enum Claimed {
+    /// Publish; `Some(id)`: reuse the message id of an earlier failed attempt.
+    Go(Option<String>),
+    /// An earlier request's answer.
+    Answer(Accepted),
+}
+
+/// Claim state after a failed publish: `retry:<message id>`.
+const RETRY: &str = "retry:";
+
+fn retry_id<'a>(value: &'a str, fingerprint: &str) -> Option<&'a str> {
+    let (held_fp, state) = value.split_once('|')?;
+    (held_fp == fingerprint)
+        .then(|| state.strip_prefix(RETRY))
+        .flatten()
 }
 
 fn replay(value: &str, fingerprint: &str) -> Result<Accepted, ApiError> {
@@ -723,6 +768,72 @@ mod tests {
     }
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// A bus whose first publish fails after possibly writing (a Kafka
+    /// delivery timeout), then works.
+    struct FlakyBus {
+        inner: MemoryBus,
+        failed: std::sync::atomic::AtomicBool,
+        ids: parking_lot::Mutex<Vec<String>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Bus for FlakyBus {
+        async fn publish(&self, records: Vec<crate::bus::BusRecord>) -> Result<(), BusError> {
+            self.ids
+                .lock()
+                .extend(records.iter().map(|r| r.message.id.clone()));
+            self.inner.publish(records).await?;
+            if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(BusError::Unavailable("delivery timed out".into()));
+            }
+            Ok(())
+        }
+        async fn consumer(&self) -> Result<Box<dyn crate::bus::BusConsumer>, BusError> {
+            self.inner.consumer().await
+        }
+        fn pending(&self) -> u64 {
+            self.inner.pending()
+        }
+        fn partitions(&self) -> u32 {
+            self.inner.partitions()
+        }
+        async fn ping(&self) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
+        let c = Config::embedded();
+        let bus = Arc::new(FlakyBus {
+            inner: MemoryBus::new(2, 1000),
+            failed: Default::default(),
+            ids: Default::default(),
+        });
+        let store = Arc::new(MemoryStore::new(c.store.clone()));
+        let ing = Ingest::new(
+            c.ingest,
+            bus.clone(),
+            store,
+            Arc::new(Metrics::new()),
+            Arc::new(RoomDirectory::new(c.ration)),
+        );
+        let v = viewer("u1");
+        let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
+        assert_eq!(e.code, "bus_unavailable");
+        let ok = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+        let ids = bus.ids.lock().clone();
+        assert_eq!(ids.len(), 2, "published twice");
+        assert_eq!(
+            ids[0], ids[1],
+            "with the same message id: the store keeps one"
+        );
+        assert!(ok.body.contains(&ids[0]));
+        // A third try is a plain replay.
+        let again = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+        assert!(again.replayed);
+    }
 
     #[tokio::test]
     async fn validation_codes() {
