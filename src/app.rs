@@ -158,7 +158,7 @@ impl Server {
             metrics.clone(),
             rooms.clone(),
             config.fanout.clone(),
-            config.ration.lite_after_frames,
+            std::time::Duration::from_millis(config.ration.lite_after_ms),
             node_id(&config),
         );
         if role.runs_front() {

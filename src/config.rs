@@ -219,7 +219,7 @@ pub struct RationConfig {
     pub high_share: f64,
     pub high_max_lag_ms: u64,
     /// A connection this many frames behind gets frames without low.
-    pub lite_after_frames: usize,
+    pub lite_after_ms: u64,
 }
 
 impl RationConfig {

@@ -34,7 +34,7 @@ async fn run() {
         // debug build neither sheds low (lite frames) nor cuts viewers.
         c.ration.budget_tiers = vec![(0, 10_000)];
         c.fanout.max_lag_frames = 512;
-        c.ration.lite_after_frames = 512;
+        c.ration.lite_after_ms = 60_000;
     })
     .await;
     let room = ts.room("big-room");

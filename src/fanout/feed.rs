@@ -124,7 +124,7 @@ impl ViewerFeed {
         if let Some(frame) = self.pending.take() {
             return FeedEvent::Frame { frame, lite: false };
         }
-        let lite_after = self.registry.lite_after_frames();
+        let lite_after = self.registry.lite_after();
         loop {
             if self.cursor < self.target {
                 match self.catch_up().await {
@@ -148,8 +148,9 @@ impl ViewerFeed {
                     }
                     if frame.from == self.cursor {
                         self.cursor = frame.to;
-                        // Behind by several frames: shed this frame's low first.
-                        let lite = frame.lite.is_some() && self.sub.frames.len() >= lite_after;
+                        // Behind (frames reach it late — not merely several
+                        // frames of one backlog at once): shed this frame's low first.
+                        let lite = frame.lite.is_some() && frame.encoded_at.elapsed() >= lite_after;
                         if lite {
                             let shed = frame.full.count - frame.encoded(true).count;
                             self.registry

@@ -21,6 +21,8 @@ pub struct Frame {
     pub lite: Option<Encoded>,
     /// The messages, for the local cache (their JSON bytes are shared).
     pub messages: Arc<[StoredMessage]>,
+    /// When the hub encoded it: how late a connection is, seen from a frame.
+    pub encoded_at: std::time::Instant,
 }
 
 /// One frame's bytes in each transport's framing.
@@ -72,6 +74,7 @@ impl Frame {
             full: Encoded::new(room, &epoch, to, messages),
             lite,
             messages: messages.into(),
+            encoded_at: std::time::Instant::now(),
             epoch,
             from,
             to,

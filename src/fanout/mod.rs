@@ -378,7 +378,7 @@ pub struct HubRegistry {
     metrics: Arc<Metrics>,
     rooms: Arc<RoomDirectory>,
     config: FanoutConfig,
-    lite_after_frames: usize,
+    lite_after: Duration,
     node_id: String,
     /// Cancelled at shutdown: each hub ticks once more, then stops.
     flushing: CancellationToken,
@@ -391,7 +391,7 @@ impl HubRegistry {
         metrics: Arc<Metrics>,
         rooms: Arc<RoomDirectory>,
         config: FanoutConfig,
-        lite_after_frames: usize,
+        lite_after: Duration,
         node_id: String,
     ) -> Arc<Self> {
         Arc::new(HubRegistry {
@@ -400,7 +400,7 @@ impl HubRegistry {
             metrics,
             rooms,
             config,
-            lite_after_frames,
+            lite_after,
             node_id,
             flushing: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -419,8 +419,9 @@ impl HubRegistry {
         &self.metrics
     }
 
-    pub fn lite_after_frames(&self) -> usize {
-        self.lite_after_frames
+    /// A connection handing out frames this late is behind: it sheds low.
+    pub fn lite_after(&self) -> Duration {
+        self.lite_after
     }
 
     pub fn rooms(&self) -> &Arc<RoomDirectory> {
