@@ -1184,7 +1184,6 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     common_small.read_buf = common.read_buf.min(1024);
     let ctx = new_ctx(&common_small, target.clone(), 1);
     let baseline = procfs::sample(pid)?;
-    let client0 = procfs::sample(0)?;
     eprintln!(
         "idle: {} {:?} connections in {} room(s); server baseline RSS {} KB",
         a.viewers,
@@ -1224,7 +1223,6 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     );
     tokio::time::sleep(a.settle).await;
     let settled = procfs::sample(pid)?;
-    let client1 = procfs::sample(0)?;
     tokio::time::sleep(a.hold).await;
     let held = procfs::sample(pid)?;
     let metrics_now = metrics(&target).await;
@@ -1281,7 +1279,6 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
         "loadavg_at_start": load_start,
         "server_cpu_util_during_hold": (held.cpu_s - settled.cpu_s) / hold_s,
         "server_cpu_seconds_connecting": settled.cpu_s - baseline.cpu_s,
-        "tool_rss_kb_per_connection": (client1.rss_kb as f64 - client0.rss_kb as f64) / n,
         "ended_early": ended,
     });
     println!(
@@ -1305,11 +1302,10 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
         baseline.rss_kb, settled.rss_kb, hold_s, held.rss_kb, held.hwm_kb
     );
     println!(
-        "per connection   {:.2} KB (after hold {:.2} KB); server CPU while idle {:.2}% of a core; tool {:.2} KB/conn",
+        "per connection   {:.2} KB (after hold {:.2} KB); server CPU while idle {:.2}% of a core",
         delta_kb / n,
         held_delta_kb / n,
         100.0 * f(&report["server_cpu_util_during_hold"]),
-        f(&report["tool_rss_kb_per_connection"])
     );
     println!("ended early      {}", report["ended_early"]);
     Ok(report)

@@ -55,6 +55,8 @@ pub async fn handler(
     let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
     let hello = serde_json::to_string(&hello).expect("hello serialises");
     Ok(upgrade
+        // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
+        .read_buffer_size(512)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| async move {
