@@ -315,11 +315,7 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
-        String::from_utf8(buf).unwrap_or_default()
+        render_registry(&self.registry)
     }
 
     pub fn account_selection(&self, s: &crate::fanout::ration::Selection) {
@@ -353,6 +349,15 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         self.rejections.with_label_values(&[reason]).inc();
     }
+}
+
+/// A registry in Prometheus text format (the main one and the archive's).
+pub fn render_registry(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut buf)
+        .expect("text encoding");
+    String::from_utf8(buf).unwrap_or_default()
 }
 
 impl Default for Metrics {

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::proxy::Proxy;
+
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -697,67 +699,6 @@ async fn redis_restart_loses_no_acknowledged_message() {
         refused.load(Ordering::Relaxed),
         recovered.as_secs_f64()
     );
-}
-
-/// A loopback TCP proxy that can cut every connection and refuse new ones,
-/// as a broker outage looks to its clients (the broker itself keeps its data).
-struct Proxy {
-    port: u16,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    cut: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let (up2, cut2) = (up.clone(), cut.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !up2.load(Ordering::SeqCst) {
-                    drop(inbound); // refused: closed at once
-                    continue;
-                }
-                let (upstream, cut) = (upstream.clone(), cut2.clone());
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.notified() => {}
-                    }
-                });
-            }
-        });
-        Proxy {
-            port,
-            up,
-            cut,
-            task,
-        }
-    }
-
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Broker unreachable: posts fail fast with 503 (never a false ack); when it

@@ -1,9 +1,6 @@
 //! Archive and replay metrics, in their own registry (appended to `/metrics`).
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct ArchiveMetrics {
     registry: Registry,
@@ -117,10 +114,6 @@ impl ArchiveMetrics {
     }
 
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
-            .expect("text encoding");
-        String::from_utf8(buf).unwrap_or_default()
+        crate::metrics::render_registry(&self.registry)
     }
 }

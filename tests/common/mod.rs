@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::time::{Duration, Instant};
 
 use danmaku::app::Server;
