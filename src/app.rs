@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::Config;
 use crate::fanout::HubRegistry;
+use crate::http_listener::ListenerLimits;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::processor::{PauseGate, Processor};
@@ -181,6 +182,7 @@ impl Server {
             metrics: metrics.clone(),
             viewer_slots: crate::front::PerIpLimiter::new(
                 config.server.max_viewer_connections_per_ip,
+                "viewer connections",
             ),
             replay,
             archive_wake: archive_wake.clone(),
@@ -221,15 +223,13 @@ impl Server {
         } else {
             crate::api::ops_router(state.clone())
         };
-        let shutdown = stopping.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-        });
+        let http = tokio::spawn(crate::http_listener::serve(
+            listener,
+            app,
+            ListenerLimits::from_config(&state.config.server),
+            state.metrics.clone(),
+            stopping.clone(),
+        ));
         let housekeeping = tokio::spawn(housekeeping(state.clone(), memory_store.clone()));
         tracing::info!(
             %addr,

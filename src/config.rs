@@ -43,6 +43,14 @@ pub struct ServerConfig {
     pub node_id: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_ms: u64,
+    /// Deadline for a request head, and for a keep-alive connection's next one.
+    pub header_read_timeout_ms: u64,
+    /// Deadline for a whole request body once its head has arrived.
+    pub body_read_timeout_ms: u64,
+    pub max_header_bytes: usize,
+    /// Open TCP connections on this node (0: the open-file limit less 512).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Deserialize, Clone)]
@@ -364,6 +372,18 @@ impl Config {
         }
         if self.auth.jwt_secret.len() < 16 {
             bail!("auth.jwt_secret must be at least 16 bytes");
+        }
+        let server = &self.server;
+        if server.header_read_timeout_ms == 0 || server.body_read_timeout_ms == 0 {
+            bail!(
+                "server.header_read_timeout_ms and server.body_read_timeout_ms must be at least 1"
+            );
+        }
+        if server.max_header_bytes < 1024 {
+            bail!("server.max_header_bytes must be at least 1024");
+        }
+        if server.max_connections_per_ip == 0 || server.max_viewer_connections_per_ip == 0 {
+            bail!("server.max_connections_per_ip and max_viewer_connections_per_ip must be at least 1");
         }
         if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
             bail!("fanout.tick_ms must be within 1..=10000");

@@ -57,6 +57,15 @@ pub struct Metrics {
     pub room_online: IntGaugeVec,
     /// Processing delay: store write time minus the front's timestamp.
     pub process_delay_seconds: Histogram,
+    /// Open client TCP connections (any route, upgraded ones included).
+    pub http_connections_open: IntGauge,
+    /// Connections refused at accept, by cap (node, address).
+    pub http_connections_refused: IntCounterVec,
+    /// Connections ended by an error, by kind (header_timeout,
+    /// header_too_large, malformed, io).
+    pub http_connection_errors: IntCounterVec,
+    /// Failed accepts (e.g. out of file descriptors).
+    pub http_accept_errors: IntCounter,
 }
 
 impl Metrics {
@@ -309,6 +318,36 @@ impl Metrics {
                     .buckets(buckets_delay),
                 )
                 .unwrap(),
+            ),
+            http_connections_open: reg(
+                &registry,
+                IntGauge::new("danmaku_http_connections", "Open client TCP connections").unwrap(),
+            ),
+            http_connections_refused: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_http_connections_refused_total",
+                        "Connections refused at accept, by cap",
+                    ),
+                    &["cap"],
+                )
+                .unwrap(),
+            ),
+            http_connection_errors: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_http_connection_errors_total",
+                        "Connections ended by an error, by kind",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            http_accept_errors: reg(
+                &registry,
+                IntCounter::new("danmaku_http_accept_errors_total", "Failed accepts").unwrap(),
             ),
             registry,
         }

@@ -48,17 +48,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-/// The raw body within the configured size limit, or 413 `body_too_large`.
+/// The raw body within the configured size limit, or 413 `body_too_large`;
+/// it must arrive whole within `server.body_read_timeout_ms`, or 408
+/// `body_timeout` (a body trickled byte by byte holds no handler for ever).
 pub struct RawBody(pub Bytes);
 
 impl FromRequest<AppState> for RawBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let result = Bytes::from_request(req, state)
-            .await
-            .map(RawBody)
-            .map_err(|e| {
+        let deadline = std::time::Duration::from_millis(state.config.server.body_read_timeout_ms);
+        let read = tokio::time::timeout(deadline, Bytes::from_request(req, state)).await;
+        let result = match read {
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} ms",
+                    deadline.as_millis()
+                ),
+            )),
+            Ok(read) => read.map(RawBody).map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
@@ -68,7 +78,8 @@ impl FromRequest<AppState> for RawBody {
                 } else {
                     ApiError::bad_request("bad_body", e.body_text())
                 }
-            });
+            }),
+        };
         // Refused before any handler ran: count it here.
         if let Err(e) = &result {
             state.metrics.reject(e.code);

@@ -40,6 +40,8 @@ impl Drop for ConnGuard {
 pub struct PerIpLimiter {
     counts: std::sync::Arc<dashmap::DashMap<std::net::IpAddr, usize>>,
     max: usize,
+    /// What is counted, for the error message ("viewer connections").
+    what: &'static str,
 }
 
 /// One connection's slot; freed when dropped.
@@ -50,10 +52,11 @@ pub struct IpSlot {
 }
 
 impl PerIpLimiter {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, what: &'static str) -> Self {
         PerIpLimiter {
             counts: Default::default(),
             max,
+            what,
         }
     }
 
@@ -63,7 +66,7 @@ impl PerIpLimiter {
         if *n >= self.max {
             return Err(crate::error::ApiError::too_many(
                 "too_many_connections",
-                format!("at most {} viewer connections per address", self.max),
+                format!("at most {} {} per address", self.max, self.what),
                 5,
             ));
         }
@@ -114,7 +117,7 @@ mod tests {
 
     #[test]
     fn per_ip_slots_are_bounded_and_freed() {
-        let l = PerIpLimiter::new(2);
+        let l = PerIpLimiter::new(2, "viewer connections");
         let ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let a = l.acquire(ip).unwrap();
         let _b = l.acquire(ip).unwrap();

@@ -20,11 +20,16 @@ use crate::fanout::feed::{FeedEvent, ViewerFeed};
 use crate::ingest::DanmakuRequest;
 use crate::message::Style;
 
-/// Largest message a viewer may send over the socket.
+/// Largest message a viewer may send over the socket: a bigger one closes
+/// the socket with 1009 and a reason (which quotes this figure).
 const MAX_CLIENT_MESSAGE: usize = 4096;
+/// What the WebSocket reader buffers at most for one message; past it the
+/// socket is cut without a close frame (the reader cannot answer mid-frame).
+const MAX_READ_MESSAGE: usize = 16 * MAX_CLIENT_MESSAGE;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_BIG: u16 = 1009;
 
 pub async fn handler(
     State(s): State<AppState>,
@@ -57,8 +62,8 @@ pub async fn handler(
     Ok(upgrade
         // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
         .read_buffer_size(512)
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(MAX_READ_MESSAGE)
+        .max_frame_size(MAX_READ_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot; // held for the life of the connection
             Session {
@@ -72,9 +77,13 @@ pub async fn handler(
         }))
 }
 
+/// A viewer's WebSocket text message: `{"type":"send","client_msg_id",
+/// "text","style"?}` (the HTTP danmaku body), `{"type":"auth","token"}` or
+/// `{"type":"ping"}`, parsed with [`crate::api::parse_json`]. Public for the
+/// fuzz targets (docs/fuzzing.md).
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
-enum ClientMessage {
+pub enum ClientMessage {
     Send {
         client_msg_id: String,
         text: String,
@@ -147,6 +156,10 @@ impl Session {
                     let Some(Ok(message)) = incoming else { return };
                     idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle);
                     match message {
+                        Message::Text(text) if text.len() > MAX_CLIENT_MESSAGE => {
+                            close(&mut socket, CLOSE_TOO_BIG, "message too big: at most 4096 bytes").await;
+                            return;
+                        }
                         Message::Text(text) => {
                             let reply = self.on_text(&text).await;
                             if !socket.send(Message::Text(reply.into())).await {
