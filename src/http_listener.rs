@@ -64,17 +64,39 @@ impl ListenerLimits {
 /// `accept` would fail with EMFILE instead of a clear answer.
 fn default_max_connections() -> usize {
     const RESERVE: u64 = 512;
+    open_file_limit()
+        .map_or(1024, |(soft, _)| soft)
+        .saturating_sub(RESERVE)
+        .clamp(64, 1 << 20) as usize
+}
+
+/// The soft and hard RLIMIT_NOFILE.
+fn open_file_limit() -> Option<(u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit writes into the struct it is given.
-    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
-        lim.rlim_cur
-    } else {
-        1024
-    };
-    soft.saturating_sub(RESERVE).clamp(64, 1 << 20) as usize
+    // SAFETY: getrlimit only writes into the struct it is given.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
+        .then_some((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft open-file limit to the hard one (a server holds one
+/// descriptor per viewer; the usual soft default of 1024 is for desktop
+/// programs). Returns the soft limit in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    let (soft, hard) = open_file_limit()?;
+    if soft < hard {
+        let want = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return Some(hard);
+        }
+    }
+    Some(soft)
 }
 
 /// Serves `app` on `listener` until `shutdown`; then stops accepting, asks
@@ -87,6 +109,12 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
+    tracing::info!(
+        max_connections = limits.max_connections,
+        max_connections_per_ip = limits.max_connections_per_ip,
+        header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
+        "accepting connections"
+    );
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
