@@ -1,6 +1,7 @@
 //! Criterion benches of the fan-out and ingest hot paths (issue 8):
 //! rationing selection, frame encoding, a hub tick handing one frame to
-//! 10 000 subscribers, and ingest validation. Run with
+//! 10 000 subscribers, a long-poll answer from a big room's cache, and
+//! ingest validation. Run with
 //! `cargo bench --bench hot_paths` (see BENCHMARKS.md for the figures).
 
 use std::hint::black_box;
@@ -16,6 +17,7 @@ use danmaku::auth::{sign_gift_request, Authenticator, ViewerClaims};
 use danmaku::bus::memory::MemoryBus;
 use danmaku::bus::Bus;
 use danmaku::config::Config;
+use danmaku::fanout::cache::CachedFrames;
 use danmaku::fanout::frame::Frame;
 use danmaku::fanout::ration::{RationRules, Rationer};
 use danmaku::ingest::{DanmakuRequest, Ingest};
@@ -258,6 +260,53 @@ fn hub_tick(c: &mut Criterion) {
     drop(tx);
 }
 
+/// A cache of 10 frames of 30 mixed messages, as a big room holds them.
+fn cache_frames() -> std::collections::VecDeque<Arc<Frame>> {
+    let epoch: Arc<str> = Arc::from("0123456789abcdef");
+    (0..10u64)
+        .map(|i| {
+            let msgs: Vec<StoredMessage> = input(30, true)
+                .into_iter()
+                .map(|mut m| {
+                    m.seq += i * 30;
+                    m
+                })
+                .collect();
+            Arc::new(Frame::encode(
+                "r1",
+                epoch.clone(),
+                i * 30,
+                i * 30 + 30,
+                &msgs,
+            ))
+        })
+        .collect()
+}
+
+/// A big room's long-poll answer from its local cache, as the hammer
+/// benchmark asks it (BENCHMARKS.md §3: ~59 messages, ~1.8 frames per
+/// answer): a client at the start of the second newest frame gets the last
+/// two, taken under the hub's position lock as `Hub::cached_frames_after`
+/// does, then encoded as one batch.
+fn poll_cache(c: &mut Criterion) {
+    let mut g = c.benchmark_group("poll_cache");
+    let recent = parking_lot::Mutex::new(cache_frames());
+    let epoch: Arc<str> = Arc::from("0123456789abcdef");
+    let (sent, after) = (10 * 30, 8 * 30);
+    g.throughput(Throughput::Elements(60));
+    g.bench_function("answer_2_frames_60_msgs", |b| {
+        b.iter(|| {
+            let read = {
+                let pos = recent.lock();
+                CachedFrames::after(&pos, epoch.clone(), sent, black_box(after), 100)
+            };
+            assert_eq!(read.message_count(), 60);
+            black_box(read.encode("r1", false))
+        })
+    });
+    g.finish();
+}
+
 fn ingest(c: &mut Criterion) {
     let mut g = c.benchmark_group("ingest");
     let rt = runtime();
@@ -368,5 +417,5 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rationing, encoding, hub_tick, ingest);
+criterion_group!(benches, rationing, encoding, hub_tick, poll_cache, ingest);
 criterion_main!(benches);

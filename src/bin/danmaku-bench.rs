@@ -7,6 +7,8 @@
 //!   (utime + stime from /proc) and RSS — so deliveries per server-CPU-second.
 //! - `idle`: opens N connections and holds them: server RSS per connection.
 //! - `poll`: M long-poll clients on a room: answers per second.
+//! - `snapshot`: M keep-alive clients revalidating a room's snapshot with
+//!   `If-None-Match`, as CDN edges do: 304s per second.
 //!
 //! Every run is bounded in time and connection count. See BENCHMARKS.md.
 
@@ -18,6 +20,8 @@ mod net;
 mod procfs;
 #[path = "danmaku_bench/publisher.rs"]
 mod publisher;
+#[path = "danmaku_bench/snapshot.rs"]
+mod snapshot;
 #[path = "danmaku_bench/spawn.rs"]
 mod spawn;
 #[path = "danmaku_bench/stats.rs"]
@@ -64,6 +68,9 @@ enum Command {
     Idle(IdleArgs),
     /// Long-poll clients on a room (follow the stream, or hammer the cache).
     Poll(PollArgs),
+    /// Keep-alive clients revalidating a room's snapshot with If-None-Match,
+    /// as CDN edges do: 304s/s, 200s/s, request latency, server CPU and RSS.
+    Snapshot(SnapshotArgs),
 }
 
 #[derive(Args, Clone, Debug)]
@@ -190,6 +197,24 @@ struct PollArgs {
 }
 
 #[derive(Args, Clone, Debug)]
+// A static room by default (every revalidation a 304); --drain and
+// --latency-every concern viewers, which this scenario has none of.
+#[command(
+    mut_arg("publishers", |a| a.default_value("0")),
+    mut_arg("drain", |a| a.hide(true)),
+    mut_arg("latency_every", |a| a.hide(true))
+)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    common: Common,
+    #[command(flatten)]
+    load: LoadArgs,
+    /// Revalidating clients (keep-alive connections, one request in flight each).
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+}
+
+#[derive(Args, Clone, Debug)]
 struct IdleArgs {
     #[command(flatten)]
     common: Common,
@@ -233,6 +258,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fanout(a) => a.common.clone(),
         Command::Idle(a) => a.common.clone(),
         Command::Poll(a) => a.common.clone(),
+        Command::Snapshot(a) => a.common.clone(),
     };
     let threads = if common.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -311,6 +337,7 @@ fn main() -> anyhow::Result<()> {
                     };
                     run_load("poll", &a.common, &a.load, spec, threads).await
                 }
+                Command::Snapshot(a) => run_snapshot(&a, threads).await,
                 Command::Idle(a) => run_idle(&a, threads).await,
             }
         });
@@ -344,6 +371,7 @@ fn cli_command_for(c: &Command) -> Command {
         Command::Fanout(a) => Command::Fanout(a.clone()),
         Command::Idle(a) => Command::Idle(a.clone()),
         Command::Poll(a) => Command::Poll(a.clone()),
+        Command::Snapshot(a) => Command::Snapshot(a.clone()),
     }
 }
 
@@ -352,6 +380,7 @@ fn set_server_pid(c: &mut Command, pid: u32) {
         Command::Fanout(a) => &mut a.common,
         Command::Idle(a) => &mut a.common,
         Command::Poll(a) => &mut a.common,
+        Command::Snapshot(a) => &mut a.common,
     };
     common.server_pid = Some(pid);
 }
@@ -385,6 +414,13 @@ const MEDIAN_FIELDS: &[&str] = &[
     "/latency_ms/p999_ms",
     "/poll_rtt_ms/p50_ms",
     "/poll_rtt_ms/p99_ms",
+    "/not_modified_per_s",
+    "/not_modified_per_s_min_1s",
+    "/not_modified_per_server_cpu_s",
+    "/ok_per_s",
+    "/request_errors",
+    "/request_rtt_ms/p50_ms",
+    "/request_rtt_ms/p99_ms",
     "/publish/accepted_per_s",
     "/lost",
     "/viewers_with_loss",
@@ -557,6 +593,8 @@ const METRICS_OF_INTEREST: &[&str] = &[
     "danmaku_room_budget",
     "danmaku_hub_tick_seconds_sum",
     "danmaku_hub_tick_seconds_count",
+    "danmaku_snapshot_builds_total",
+    "danmaku_snapshot_responses_total",
 ];
 
 fn metrics_delta(
@@ -602,10 +640,36 @@ fn tick_now(ctx: &Ctx, pid: Option<u32>) -> Tick {
     }
 }
 
+/// The counter columns of a progress line: per-second rates between two snapshots.
+type Progress = fn(prev: &Snapshot, now: &Snapshot, rate: &dyn Fn(u64, u64) -> f64) -> String;
+
+fn load_progress(p: &Snapshot, t: &Snapshot, rate: &dyn Fn(u64, u64) -> f64) -> String {
+    format!(
+        "deliv/s {:>9} frames/s {:>8} MB/s {:>6.1} resp/s {:>7} pub/s {:>5}",
+        si(rate(p.deliveries, t.deliveries)),
+        si(rate(p.frames, t.frames)),
+        rate(p.bytes, t.bytes) / 1e6,
+        si(rate(p.responses, t.responses)),
+        si(rate(p.accepted, t.accepted)),
+    )
+}
+
+fn snapshot_progress(p: &Snapshot, t: &Snapshot, rate: &dyn Fn(u64, u64) -> f64) -> String {
+    format!(
+        "304/s {:>8} 200/s {:>6} err/s {:>5} MB/s {:>6.1} pub/s {:>5}",
+        si(rate(p.not_modified, t.not_modified)),
+        si(rate(p.snapshot_ok, t.snapshot_ok)),
+        si(rate(p.request_errors, t.request_errors)),
+        rate(p.bytes, t.bytes) / 1e6,
+        si(rate(p.accepted, t.accepted)),
+    )
+}
+
 fn spawn_sampler(
     ctx: Arc<Ctx>,
     pid: Option<u32>,
     quiet: bool,
+    progress: Progress,
     series: Arc<Mutex<Vec<Tick>>>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -628,14 +692,10 @@ fn spawn_sampler(
                     _ => "-".into(),
                 };
                 eprintln!(
-                    "[{:>4.0}s] conn {:>6} deliv/s {:>9} frames/s {:>8} MB/s {:>6.1} resp/s {:>7} pub/s {:>5} | srv cpu {:>4} rss {:>6} MB | tool cpu {:>4}",
+                    "[{:>4.0}s] conn {:>6} {} | srv cpu {:>4} rss {:>6} MB | tool cpu {:>4}",
                     started.elapsed().as_secs_f64(),
                     t.connected,
-                    si(rate(prev.counters.deliveries, t.counters.deliveries)),
-                    si(rate(prev.counters.frames, t.counters.frames)),
-                    rate(prev.counters.bytes, t.counters.bytes) / 1e6,
-                    si(rate(prev.counters.responses, t.counters.responses)),
-                    si(rate(prev.counters.accepted, t.counters.accepted)),
+                    progress(&prev.counters, &t.counters, &rate),
                     cpu(prev.server, t.server),
                     t.server.map_or(0, |s| s.rss_kb / 1024),
                     cpu(prev.client, t.client),
@@ -741,13 +801,24 @@ fn machine() -> serde_json::Value {
     json!({"cpu": cpu, "cpus": cpus, "kernel": kernel})
 }
 
-async fn run_load(
-    scenario: &str,
-    common: &Common,
-    load: &LoadArgs,
-    spec: LoadSpec,
-    threads: usize,
-) -> anyhow::Result<serde_json::Value> {
+/// What a run under load starts from: the server found healthy, its pid, the
+/// shared context, publisher tokens, and the figures before any load.
+struct Setup {
+    load_start: String,
+    nofile: u64,
+    target: Target,
+    rooms: Vec<Arc<str>>,
+    pid: Option<u32>,
+    ctx: Arc<Ctx>,
+    run_id: String,
+    tokens: Vec<String>,
+    metrics_before: BTreeMap<String, f64>,
+    baseline: Option<ProcSample>,
+}
+
+/// Checks the bounds for `connections` besides the publishers, finds the
+/// server, and gets the publisher tokens.
+async fn setup(common: &Common, load: &LoadArgs, connections: usize) -> anyhow::Result<Setup> {
     if load.duration > MAX_RUN || load.warmup > MAX_RUN || load.drain > Duration::from_secs(60) {
         bail!("--duration and --warmup are bounded to 1 h, --drain to 60 s");
     }
@@ -755,7 +826,7 @@ async fn run_load(
         bail!("--rate must be within (0, 1000000]");
     }
     let load_start = loadavg();
-    let nofile = check_files(spec.clients + load.publishers + spec.hold_ws * load.rooms)?;
+    let nofile = check_files(connections + load.publishers)?;
     let target = Target::parse(&common.url, common.source_ips).await?;
     let rooms = room_names(&load.room, load.rooms)?;
     match http_get(&target, "/healthz").await {
@@ -778,7 +849,188 @@ async fn run_load(
     }
     let metrics_before = metrics(&target).await;
     let baseline = pid.and_then(|p| procfs::sample(p).ok());
+    Ok(Setup {
+        load_start,
+        nofile,
+        target,
+        rooms,
+        pid,
+        ctx,
+        run_id,
+        tokens,
+        metrics_before,
+        baseline,
+    })
+}
 
+/// The publisher tasks of a run (none with `--publishers 0`).
+struct Publishers {
+    tasks: Vec<tokio::task::JoinHandle<PubResult>>,
+    stop: CancellationToken,
+}
+
+impl Publishers {
+    /// Starts one task per token, together at `load.rate`, spread over one period.
+    fn start(
+        ctx: &Arc<Ctx>,
+        load: &LoadArgs,
+        rooms: &[Arc<str>],
+        run_id: &str,
+        tokens: Vec<String>,
+    ) -> Publishers {
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if load.publishers > 0 {
+            let period = Duration::from_secs_f64(load.publishers as f64 / load.rate);
+            let cfg = Arc::new(PubConfig {
+                kind: load.publish,
+                period,
+                rooms: rooms.to_vec(),
+                gift_secret: load.gift_secret.clone(),
+                text_pad: load.text_pad,
+                run_id: run_id.to_string(),
+            });
+            for (p, token) in tokens.into_iter().enumerate() {
+                let offset = period.mul_f64(p as f64 / load.publishers as f64);
+                tasks.push(tokio::spawn(publisher::publisher(
+                    ctx.clone(),
+                    cfg.clone(),
+                    p,
+                    token,
+                    offset,
+                    stop.clone(),
+                )));
+            }
+        }
+        Publishers { tasks, stop }
+    }
+
+    async fn stop(self) -> Vec<PubResult> {
+        self.stop.cancel();
+        let mut results = Vec::new();
+        for p in self.tasks {
+            results.push(p.await.unwrap_or_default());
+        }
+        results
+    }
+}
+
+/// Warm-up, then the measured window: histograms are reset at its start and
+/// only record while `measuring`. Returns the window's first and last ticks.
+async fn measure(ctx: &Ctx, pid: Option<u32>, load: &LoadArgs) -> (Tick, Tick) {
+    tokio::time::sleep(load.warmup).await;
+    ctx.latency.reset();
+    ctx.poll_rtt.reset();
+    ctx.publish_rtt.reset();
+    ctx.measuring.store(true, Relaxed);
+    let a = tick_now(ctx, pid);
+    tokio::time::sleep(load.duration).await;
+    let b = tick_now(ctx, pid);
+    ctx.measuring.store(false, Relaxed);
+    (a, b)
+}
+
+/// Server CPU seconds (total, user, system) and the tool's, between two ticks.
+fn cpu_between(a: &Tick, b: &Tick) -> (Option<(f64, f64, f64)>, Option<f64>) {
+    let server = match (a.server, b.server) {
+        (Some(x), Some(y)) => Some((
+            y.cpu_s - x.cpu_s,
+            y.utime_s - x.utime_s,
+            y.stime_s - x.stime_s,
+        )),
+        _ => None,
+    };
+    let client = match (a.client, b.client) {
+        (Some(x), Some(y)) => Some(y.cpu_s - x.cpu_s),
+        _ => None,
+    };
+    (server, client)
+}
+
+/// The lowest and the median 1-s rate of a counter inside the window `a..b`:
+/// the sustained rate, which the window's mean can hide.
+fn per_second(
+    series: &[Tick],
+    a: &Tick,
+    b: &Tick,
+    counter: fn(&Snapshot) -> u64,
+) -> (Option<f64>, Option<f64>) {
+    let mut rates: Vec<f64> = series
+        .windows(2)
+        .filter(|w| w[0].at >= a.at && w[1].at <= b.at)
+        .map(|w| {
+            (counter(&w[1].counters) - counter(&w[0].counters)) as f64
+                / w[1].at.duration_since(w[0].at).as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    let median = (!rates.is_empty()).then(|| rates[rates.len() / 2]);
+    (rates.first().copied(), median)
+}
+
+/// Counts one reason (cut to 80 characters, so that similar ones group).
+fn tally(reasons: &mut BTreeMap<String, u64>, reason: &str) {
+    *reasons
+        .entry(reason.chars().take(80).collect())
+        .or_default() += 1;
+}
+
+/// The publishers' figures for the report.
+fn publish_report(
+    load: &LoadArgs,
+    ctx: &Ctx,
+    results: &[PubResult],
+    accepted_per_s: f64,
+) -> serde_json::Value {
+    let mut refused: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut last_refusal = None;
+    let mut total = PubResult::default();
+    for p in results {
+        total.sent += p.sent;
+        total.accepted += p.accepted;
+        total.errors += p.errors;
+        total.late += p.late;
+        for (k, v) in &p.refused {
+            *refused.entry(*k).or_default() += v;
+        }
+        if p.last_refusal.is_some() {
+            last_refusal = p.last_refusal.clone();
+        }
+    }
+    json!({
+        "kind": format!("{:?}", load.publish).to_lowercase(),
+        "publishers": load.publishers,
+        "rate_target": if load.publishers > 0 { load.rate } else { 0.0 },
+        "accepted_per_s": accepted_per_s,
+        "sent": total.sent,
+        "accepted": total.accepted,
+        "refused": refused,
+        "last_refusal": last_refusal,
+        "errors": total.errors,
+        "late": total.late,
+        "rtt_ms": quantiles(&ctx.publish_rtt),
+    })
+}
+
+async fn run_load(
+    scenario: &str,
+    common: &Common,
+    load: &LoadArgs,
+    spec: LoadSpec,
+    threads: usize,
+) -> anyhow::Result<serde_json::Value> {
+    let Setup {
+        load_start,
+        nofile,
+        target,
+        rooms,
+        pid,
+        ctx,
+        run_id,
+        tokens,
+        metrics_before,
+        baseline,
+    } = setup(common, load, spec.clients + spec.hold_ws * load.rooms).await?;
     eprintln!(
         "{scenario}: {} {:?} clients in {} room(s), {} publisher(s) at {}/s ({:?}), tool threads {threads} on CPUs {}",
         spec.clients,
@@ -821,6 +1073,7 @@ async fn run_load(
         ctx.clone(),
         pid,
         common.quiet,
+        load_progress,
         series.clone(),
         stop_sampler.clone(),
     );
@@ -851,45 +1104,9 @@ async fn run_load(
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after_connect = pid.and_then(|p| procfs::sample(p).ok());
 
-    let stop_publishers = CancellationToken::new();
-    let mut pubs = Vec::new();
-    if load.publishers > 0 {
-        let period = Duration::from_secs_f64(load.publishers as f64 / load.rate);
-        let cfg = Arc::new(PubConfig {
-            kind: load.publish,
-            period,
-            rooms: rooms.clone(),
-            gift_secret: load.gift_secret.clone(),
-            text_pad: load.text_pad,
-            run_id: run_id.clone(),
-        });
-        for (p, token) in tokens.into_iter().enumerate() {
-            let offset = period.mul_f64(p as f64 / load.publishers as f64);
-            pubs.push(tokio::spawn(publisher::publisher(
-                ctx.clone(),
-                cfg.clone(),
-                p,
-                token,
-                offset,
-                stop_publishers.clone(),
-            )));
-        }
-    }
-
-    tokio::time::sleep(load.warmup).await;
-    ctx.latency.reset();
-    ctx.poll_rtt.reset();
-    ctx.publish_rtt.reset();
-    ctx.measuring.store(true, Relaxed);
-    let a = tick_now(&ctx, pid);
-    tokio::time::sleep(load.duration).await;
-    let b = tick_now(&ctx, pid);
-    ctx.measuring.store(false, Relaxed);
-    stop_publishers.cancel();
-    let mut pub_results = Vec::new();
-    for p in pubs {
-        pub_results.push(p.await.unwrap_or_default());
-    }
+    let pubs = Publishers::start(&ctx, load, &rooms, &run_id, tokens);
+    let (a, b) = measure(&ctx, pid, load).await;
+    let pub_results = pubs.stop().await;
     tokio::time::sleep(load.drain).await;
     ctx.stop_viewers.cancel();
     let mut results = Vec::with_capacity(viewers.len());
@@ -914,34 +1131,10 @@ async fn run_load(
     let bytes = d(|s| s.bytes);
     let responses = d(|s| s.responses);
     let accepted = d(|s| s.accepted);
-    let server_cpu = match (a.server, b.server) {
-        (Some(x), Some(y)) => Some((
-            y.cpu_s - x.cpu_s,
-            y.utime_s - x.utime_s,
-            y.stime_s - x.stime_s,
-        )),
-        _ => None,
-    };
-    let client_cpu = match (a.client, b.client) {
-        (Some(x), Some(y)) => Some(y.cpu_s - x.cpu_s),
-        _ => None,
-    };
+    let (server_cpu, client_cpu) = cpu_between(&a, &b);
     let per_cpu = |n: f64| server_cpu.and_then(|(c, _, _)| (c > 0.0).then(|| n / c));
     // Per-second deliveries inside the window: the sustained (minimum) rate.
-    let window: Vec<f64> = {
-        let s = series.lock();
-        s.windows(2)
-            .filter(|w| w[0].at >= a.at && w[1].at <= b.at)
-            .map(|w| {
-                (w[1].counters.deliveries - w[0].counters.deliveries) as f64
-                    / w[1].at.duration_since(w[0].at).as_secs_f64()
-            })
-            .collect()
-    };
-    let mut sorted = window.clone();
-    sorted.sort_by(f64::total_cmp);
-    let min_per_s = sorted.first().copied();
-    let median_per_s = (!sorted.is_empty()).then(|| sorted[sorted.len() / 2]);
+    let (min_per_s, median_per_s) = per_second(&series.lock(), &a, &b, |s| s.deliveries);
 
     // Losses: every viewer must have every seq from where it joined to its room's last.
     let check = spec.transport != Transport::Poll || spec.mode == PollMode::Follow;
@@ -958,13 +1151,11 @@ async fn run_load(
     let mut poll_errors = 0;
     for r in &results {
         if let Some(e) = &r.connect_error {
-            *connect_errors
-                .entry(e.chars().take(80).collect())
-                .or_default() += 1;
+            tally(&mut connect_errors, e);
             continue;
         }
         if let Some(e) = &r.ended {
-            *ended.entry(e.chars().take(80).collect()).or_default() += 1;
+            tally(&mut ended, e);
         }
         resets += r.resets;
         poll_errors += r.poll_errors;
@@ -978,21 +1169,6 @@ async fn run_load(
         with_loss += (l > 0) as u64;
         with_dups += (r.track.dups > 0) as u64;
         max_lost = max_lost.max(l);
-    }
-    let mut refused: BTreeMap<u16, u64> = BTreeMap::new();
-    let mut last_refusal = None;
-    let mut sent_total = PubResult::default();
-    for p in &pub_results {
-        sent_total.sent += p.sent;
-        sent_total.accepted += p.accepted;
-        sent_total.errors += p.errors;
-        sent_total.late += p.late;
-        for (k, v) in &p.refused {
-            *refused.entry(*k).or_default() += v;
-        }
-        if p.last_refusal.is_some() {
-            last_refusal = p.last_refusal.clone();
-        }
     }
     let viewers_per_room = connected as f64 / rooms.len() as f64;
     let expected = accepted * viewers_per_room;
@@ -1039,18 +1215,7 @@ async fn run_load(
         "tool_cpu_util": client_cpu.map(|c| c / secs),
         "latency_ms": quantiles(&ctx.latency),
         "poll_rtt_ms": (spec.transport == Transport::Poll).then(|| quantiles(&ctx.poll_rtt)),
-        "publish": {
-            "kind": format!("{:?}", load.publish).to_lowercase(),
-            "rate_target": load.rate,
-            "accepted_per_s": accepted / secs,
-            "sent": sent_total.sent,
-            "accepted": sent_total.accepted,
-            "refused": refused,
-            "last_refusal": last_refusal,
-            "errors": sent_total.errors,
-            "late": sent_total.late,
-            "rtt_ms": quantiles(&ctx.publish_rtt),
-        },
+        "publish": publish_report(load, &ctx, &pub_results, accepted / secs),
         "seq_check": check,
         "lost": lost,
         "viewers_with_loss": with_loss,
@@ -1072,13 +1237,7 @@ fn f(v: &serde_json::Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
-fn print_load(r: &serde_json::Value) {
-    let l = &r["latency_ms"];
-    println!(
-        "== {} ({}) ==",
-        r["scenario"].as_str().unwrap_or(""),
-        r["transport"].as_str().unwrap_or("")
-    );
+fn print_run(r: &serde_json::Value) {
     println!("command          {}", r["command"].as_str().unwrap_or(""));
     println!(
         "clients          {} connected / {} (connect errors: {}) in {:.1} s; {} room(s)",
@@ -1096,6 +1255,28 @@ fn print_load(r: &serde_json::Value) {
         r["publish"]["refused"],
         r["publish"]["errors"]
     );
+}
+
+fn print_rss(r: &serde_json::Value) {
+    let rss = &r["server_rss_kb"];
+    println!(
+        "server RSS       baseline {} MB, after connect {} MB, end {} MB, peak {} MB; tool CPU {:.1}%",
+        rss["baseline"].as_u64().unwrap_or(0) / 1024,
+        rss["after_connect"].as_u64().unwrap_or(0) / 1024,
+        rss["end"].as_u64().unwrap_or(0) / 1024,
+        rss["peak"].as_u64().unwrap_or(0) / 1024,
+        100.0 * f(&r["tool_cpu_util"])
+    );
+}
+
+fn print_load(r: &serde_json::Value) {
+    let l = &r["latency_ms"];
+    println!(
+        "== {} ({}) ==",
+        r["scenario"].as_str().unwrap_or(""),
+        r["transport"].as_str().unwrap_or("")
+    );
+    print_run(r);
     println!(
         "deliveries/s     {} (1-s min {}, median {}); expected {}",
         si(f(&r["deliveries_per_s"])),
@@ -1126,15 +1307,7 @@ fn print_load(r: &serde_json::Value) {
         si(f(&r["deliveries_per_server_cpu_s"])),
         f(&r["ratio_vs_bare_2_5M_per_cpu_s"])
     );
-    let rss = &r["server_rss_kb"];
-    println!(
-        "server RSS       baseline {} MB, after connect {} MB, end {} MB, peak {} MB; tool CPU {:.1}%",
-        rss["baseline"].as_u64().unwrap_or(0) / 1024,
-        rss["after_connect"].as_u64().unwrap_or(0) / 1024,
-        rss["end"].as_u64().unwrap_or(0) / 1024,
-        rss["peak"].as_u64().unwrap_or(0) / 1024,
-        100.0 * f(&r["tool_cpu_util"])
-    );
+    print_rss(r);
     println!(
         "latency          p50 {:.1} ms  p90 {:.1} ms  p99 {:.1} ms  p999 {:.1} ms  max {:.1} ms  ({} samples)",
         f(&l["p50_ms"]), f(&l["p90_ms"]), f(&l["p99_ms"]), f(&l["p999_ms"]), f(&l["max_ms"]), l["count"]
@@ -1156,6 +1329,171 @@ fn print_load(r: &serde_json::Value) {
     if r["publish"]["last_refusal"].is_string() {
         println!("last refusal     {}", r["publish"]["last_refusal"]);
     }
+}
+
+async fn run_snapshot(a: &SnapshotArgs, threads: usize) -> anyhow::Result<serde_json::Value> {
+    let (common, load) = (&a.common, &a.load);
+    let Setup {
+        load_start,
+        nofile,
+        target,
+        rooms,
+        pid,
+        ctx,
+        run_id,
+        tokens,
+        metrics_before,
+        baseline,
+    } = setup(common, load, a.clients).await?;
+    eprintln!(
+        "snapshot: {} clients in {} room(s), {} publisher(s) at {}/s ({:?}), tool threads {threads} on CPUs {}",
+        a.clients,
+        rooms.len(),
+        load.publishers,
+        load.rate,
+        load.publish,
+        procfs::affinity_of(0)
+    );
+    let series = Arc::new(Mutex::new(Vec::new()));
+    let stop_sampler = CancellationToken::new();
+    let sampler = spawn_sampler(
+        ctx.clone(),
+        pid,
+        common.quiet,
+        snapshot_progress,
+        series.clone(),
+        stop_sampler.clone(),
+    );
+    let mut clients = Vec::with_capacity(a.clients);
+    for i in 0..a.clients {
+        let r = i % rooms.len();
+        clients.push(tokio::spawn(snapshot::snapshot_client(
+            ctx.clone(),
+            i,
+            r,
+            rooms[r].clone(),
+        )));
+    }
+    let bound = common.connect_timeout + Duration::from_secs_f64(a.clients as f64 / 500.0);
+    let connect_time = await_connections(&ctx, a.clients, bound).await;
+    let connected = ctx.counters.connected.load(Relaxed);
+    eprintln!(
+        "connected {connected}/{} in {:.1}s ({} errors)",
+        a.clients,
+        connect_time.as_secs_f64(),
+        ctx.counters.connect_errors.load(Relaxed)
+    );
+    let after_connect = pid.and_then(|p| procfs::sample(p).ok());
+    let pubs = Publishers::start(&ctx, load, &rooms, &run_id, tokens);
+    let (t0, t1) = measure(&ctx, pid, load).await;
+    let pub_results = pubs.stop().await;
+    ctx.stop_viewers.cancel();
+    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
+    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut error_answers = 0;
+    for c in clients {
+        if let Ok(r) = c.await {
+            if let Some(e) = &r.connect_error {
+                tally(&mut connect_errors, e);
+            }
+            if let Some(e) = &r.ended {
+                tally(&mut ended, e);
+            }
+            error_answers += r.poll_errors;
+        }
+    }
+    stop_sampler.cancel();
+    let _ = sampler.await;
+    let metrics_after = metrics(&target).await;
+
+    let secs = t1.at.duration_since(t0.at).as_secs_f64();
+    let d = |f: fn(&Snapshot) -> u64| (f(&t1.counters) - f(&t0.counters)) as f64;
+    let not_modified = d(|s| s.not_modified);
+    let ok = d(|s| s.snapshot_ok);
+    let errors = d(|s| s.request_errors);
+    let (server_cpu, client_cpu) = cpu_between(&t0, &t1);
+    let per_cpu = |n: f64| server_cpu.and_then(|(c, _, _)| (c > 0.0).then(|| n / c));
+    let (min_per_s, median_per_s) = per_second(&series.lock(), &t0, &t1, |s| s.not_modified);
+    let report = json!({
+        "scenario": "snapshot",
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine(),
+        "tool": {"threads": threads, "cpus": procfs::affinity_of(0), "open_files": nofile},
+        "server": {"pid": pid, "cpus": pid.map(procfs::affinity_of)},
+        "rooms": rooms.len(),
+        "clients": a.clients,
+        "connected": connected,
+        "connect_errors": connect_errors,
+        "connect_seconds": connect_time.as_secs_f64(),
+        "window_seconds": secs,
+        "requests_per_s": (not_modified + ok + errors) / secs,
+        "not_modified_per_s": not_modified / secs,
+        "not_modified_per_s_min_1s": min_per_s,
+        "not_modified_per_s_median_1s": median_per_s,
+        "ok_per_s": ok / secs,
+        "request_errors": errors,
+        "request_errors_per_s": errors / secs,
+        "bytes_per_s": d(|s| s.bytes) / secs,
+        "server_cpu_seconds": server_cpu.map(|c| c.0),
+        "server_cpu_user_seconds": server_cpu.map(|c| c.1),
+        "server_cpu_system_seconds": server_cpu.map(|c| c.2),
+        "server_cpu_util": server_cpu.map(|c| c.0 / secs),
+        "not_modified_per_server_cpu_s": per_cpu(not_modified),
+        "server_rss_kb": {
+            "baseline": baseline.map(|s| s.rss_kb),
+            "after_connect": after_connect.map(|s| s.rss_kb),
+            "end": t1.server.map(|s| s.rss_kb),
+            "peak": t1.server.map(|s| s.hwm_kb),
+        },
+        "server_threads": t1.server.map(|s| s.threads),
+        "loadavg_at_start": load_start,
+        "tool_cpu_util": client_cpu.map(|c| c / secs),
+        "request_rtt_ms": quantiles(&ctx.poll_rtt),
+        "publish": publish_report(load, &ctx, &pub_results, d(|s| s.accepted) / secs),
+        "error_answers": error_answers,
+        "ended_early": ended,
+        "dropped": ctx.counters.dropped.load(Relaxed),
+        "server_metrics_delta": metrics_delta(&metrics_before, &metrics_after),
+    });
+    print_snapshot(&report);
+    Ok(report)
+}
+
+fn print_snapshot(r: &serde_json::Value) {
+    println!("== snapshot ==");
+    print_run(r);
+    println!(
+        "304/s            {} (1-s min {}, median {}); 200/s {:.1}; errors {:.0} ({:.1}/s)",
+        si(f(&r["not_modified_per_s"])),
+        si(f(&r["not_modified_per_s_min_1s"])),
+        si(f(&r["not_modified_per_s_median_1s"])),
+        f(&r["ok_per_s"]),
+        f(&r["request_errors"]),
+        f(&r["request_errors_per_s"])
+    );
+    let l = &r["request_rtt_ms"];
+    println!(
+        "request rtt      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p999 {:.2} ms  max {:.2} ms  ({} samples); {:.1} MB/s",
+        f(&l["p50_ms"]), f(&l["p90_ms"]), f(&l["p99_ms"]), f(&l["p999_ms"]), f(&l["max_ms"]), l["count"],
+        f(&r["bytes_per_s"]) / 1e6
+    );
+    println!(
+        "server CPU       {:.1}% of a core (user {:.2} s, sys {:.2} s); 304s per server CPU-s {}",
+        100.0 * f(&r["server_cpu_util"]),
+        f(&r["server_cpu_user_seconds"]),
+        f(&r["server_cpu_system_seconds"]),
+        si(f(&r["not_modified_per_server_cpu_s"]))
+    );
+    print_rss(r);
+    if r["publish"]["publishers"].as_u64() > Some(0) {
+        println!(
+            "publish rtt      p50 {:.2} ms  p99 {:.2} ms",
+            f(&r["publish"]["rtt_ms"]["p50_ms"]),
+            f(&r["publish"]["rtt_ms"]["p99_ms"])
+        );
+    }
+    println!("ended early      {} {}", r["dropped"], r["ended_early"]);
+    println!("server metrics   {}", r["server_metrics_delta"]);
 }
 
 async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Value> {
@@ -1197,6 +1535,7 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
         ctx.clone(),
         Some(pid),
         common.quiet,
+        load_progress,
         series.clone(),
         stop_sampler.clone(),
     );
@@ -1232,13 +1571,11 @@ async fn run_idle(a: &IdleArgs, threads: usize) -> anyhow::Result<serde_json::Va
     let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     for v in viewers {
         if let Ok(r) = v.await {
-            if let Some(e) = r.connect_error {
-                *connect_errors
-                    .entry(e.chars().take(80).collect())
-                    .or_default() += 1;
+            if let Some(e) = &r.connect_error {
+                tally(&mut connect_errors, e);
             }
-            if let Some(e) = r.ended {
-                *ended.entry(e.chars().take(80).collect()).or_default() += 1;
+            if let Some(e) = &r.ended {
+                tally(&mut ended, e);
             }
         }
     }

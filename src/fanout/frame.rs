@@ -92,14 +92,21 @@ impl Frame {
 
 /// `{"type":"batch","room","epoch","cursor","messages":[...]}` built by
 /// concatenating the messages' stored JSON (no re-encoding per message).
-pub fn encode_batch(
+/// Takes borrowed messages (a slice, or several frames' in turn); they are
+/// walked twice, to reserve the whole length first.
+pub fn encode_batch<'a, I>(
     room: &str,
     epoch: &str,
     cursor: u64,
-    messages: &[StoredMessage],
+    messages: I,
     reset: bool,
-) -> Vec<u8> {
-    let body_len: usize = messages.iter().map(|m| m.json.len() + 1).sum();
+) -> Vec<u8>
+where
+    I: IntoIterator<Item = &'a StoredMessage>,
+    I::IntoIter: Clone,
+{
+    let messages = messages.into_iter();
+    let body_len: usize = messages.clone().map(|m| m.json.len() + 1).sum();
     let mut out = Vec::with_capacity(body_len + room.len() + epoch.len() + 96);
     out.extend_from_slice(b"{\"type\":\"batch\",\"room\":");
     serde_json::to_writer(&mut out, room).expect("vec write");
@@ -110,7 +117,7 @@ pub fn encode_batch(
         out.extend_from_slice(b",\"reset\":true");
     }
     out.extend_from_slice(b",\"messages\":[");
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.enumerate() {
         if i > 0 {
             out.push(b',');
         }

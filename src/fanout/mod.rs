@@ -2,6 +2,7 @@
 //! the room's new messages from its source, encodes one frame and hands the
 //! same bytes to every subscriber through a bounded broadcast ring.
 
+pub mod cache;
 pub mod combo;
 pub mod feed;
 pub mod frame;
@@ -25,6 +26,7 @@ use crate::message::{now_ms, StoredMessage};
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
+use cache::CachedFrames;
 use combo::Combiner;
 pub use frame::Frame;
 use ration::Rationer;
@@ -176,43 +178,34 @@ impl Hub {
     }
 
     /// The cached frames after `after` (whole frames, at most `limit`
-    /// messages unless one frame alone is bigger).
-    pub fn cached_after(&self, after: u64, limit: usize) -> CacheRead {
+    /// messages unless one frame alone is bigger), shared: nothing is copied.
+    pub fn cached_frames_after(&self, after: u64, limit: usize) -> CachedFrames {
         let pos = self.position.lock();
-        let start = pos.recent.partition_point(|f| f.to <= after);
-        let mut read = CacheRead {
-            epoch: pos.epoch.clone(),
-            cursor: after.min(pos.sent_cursor),
-            messages: Vec::new(),
-            gap: false,
-            single: None,
+        CachedFrames::after(
+            &pos.recent,
+            pos.epoch.clone(),
+            pos.sent_cursor,
+            after,
+            limit,
+        )
+    }
+
+    /// `cached_frames_after` with the messages copied out, for callers that
+    /// need them owned (none when one whole frame answers: `single`).
+    pub fn cached_after(&self, after: u64, limit: usize) -> CacheRead {
+        let frames = self.cached_frames_after(after, limit);
+        let single = frames.single().cloned();
+        let messages = match single {
+            Some(_) => Vec::new(),
+            None => frames.messages().cloned().collect(),
         };
-        let Some(first) = pos.recent.get(start) else {
-            return read;
-        };
-        read.gap = first.from > after;
-        if first.from == after && start + 1 == pos.recent.len() {
-            read.cursor = first.to;
-            read.single = Some(first.clone());
-            return read;
+        CacheRead {
+            cursor: frames.cursor,
+            gap: frames.gap,
+            epoch: frames.epoch,
+            messages,
+            single,
         }
-        for frame in pos.recent.iter().skip(start) {
-            if !read.messages.is_empty() && read.messages.len() + frame.messages.len() > limit {
-                break;
-            }
-            // A frame straddling `after` (a cursor that is not a frame
-            // boundary) contributes only what is newer than `after`.
-            let straddles = frame.from < after;
-            read.messages.extend(
-                frame
-                    .messages
-                    .iter()
-                    .filter(|m| !straddles || m.seq > after)
-                    .cloned(),
-            );
-            read.cursor = frame.to;
-        }
-        read
     }
 
     /// Stops the hub if nobody uses it (checked under the position lock, so a
@@ -495,16 +488,19 @@ impl HubRegistry {
         let mut idle_since: Option<Instant> = None;
         let mut rationer = Rationer::default();
         let read_interval = Duration::from_millis(self.config.read_interval_ms);
-        let mut last_read = Instant::now() - read_interval;
+        // Gaps are measured between the ticks' slots on the interval grid, not
+        // between when they ran: a tick processed late must not make the next
+        // one look early and skip its read (BENCHMARKS.md F2).
+        let mut last_read: Option<tokio::time::Instant> = None;
         loop {
-            tokio::select! {
-                _ = interval.tick() => {}
+            let slot = tokio::select! {
+                slot = interval.tick() => slot,
                 _ = self.flushing.cancelled() => {
                     let last = HubContext { final_tick: true, ..self.context() };
                     hub.tick(&last, &mut rationer, true).await;
                     return;
                 }
-            }
+            };
             // Read on a notice (no more often than the room's rate allows) or
             // when the fallback interval has passed without one.
             let min_gap = Duration::from_millis(if hub.is_big() {
@@ -512,11 +508,11 @@ impl HubRegistry {
             } else {
                 self.config.small_min_read_gap_ms
             });
-            let since = last_read.elapsed();
+            let since = last_read.map_or(Duration::MAX, |last| slot - last);
             let read =
                 since >= read_interval || (hub.dirty.load(Ordering::Acquire) && since >= min_gap);
             if read {
-                last_read = Instant::now();
+                last_read = Some(slot);
             }
             hub.tick(&self.context(), &mut rationer, read).await;
             if hub.online() > 0 {

@@ -131,7 +131,8 @@ async fn read_through(
 }
 
 /// Big rooms answer from this node's cache of recent frames (narrow window,
-/// fewer messages), never from the store; one frame is sent as its bytes.
+/// fewer messages), never from the store: one frame is sent as its bytes,
+/// several are encoded straight from their shared messages.
 fn from_cache(
     s: &AppState,
     hub: &Hub,
@@ -140,25 +141,25 @@ fn from_cache(
     cursor: u64,
     expired: bool,
 ) -> Answer {
-    let read = hub.cached_after(cursor, s.config.fanout.big_poll_max_messages);
+    let limit = s.config.fanout.big_poll_max_messages;
+    let read = hub.cached_frames_after(cursor, limit);
     let reset = epoch.is_some_and(|e| !e.is_empty() && e != &*read.epoch);
     if reset {
         // Everything cached belongs to the new stream.
-        let read = hub.cached_after(0, s.config.fanout.big_poll_max_messages);
-        let body = encode_batch(room, &read.epoch, read.cursor, &read.messages, true);
-        return Answer::Respond(Body::from(body), read.messages.len());
+        let read = hub.cached_frames_after(0, limit);
+        return Answer::Respond(Body::from(read.encode(room, true)), read.message_count());
     }
-    if let Some(frame) = read.single {
+    if let Some(frame) = read.single() {
         s.metrics.cache_reads.with_label_values(&["hit"]).inc();
         // Shares the frame's bytes: no copy, no encoding per request.
         let body = Body::from(frame.full.json.clone());
         return Answer::Respond(body, frame.full.count);
     }
-    if read.messages.is_empty() && !expired {
+    let count = read.message_count();
+    if count == 0 && !expired {
         return Answer::Wait;
     }
     let result = if read.gap { "gap" } else { "hit" };
     s.metrics.cache_reads.with_label_values(&[result]).inc();
-    let body = encode_batch(room, &read.epoch, read.cursor, &read.messages, false);
-    Answer::Respond(Body::from(body), read.messages.len())
+    Answer::Respond(Body::from(read.encode(room, false)), count)
 }

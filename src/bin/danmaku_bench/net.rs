@@ -75,6 +75,49 @@ pub struct Head {
     pub status: u16,
     pub content_length: Option<usize>,
     pub chunked: bool,
+    /// A status that never has a body (1xx, 204, 304), whatever the headers say.
+    pub bodiless: bool,
+}
+
+/// Parses a response head at the front of `d`: `None` until it is complete,
+/// else the head and its length. With `etag`, the `ETag` value is copied there
+/// (cleared when the response has none).
+fn parse_head(d: &[u8], etag: Option<&mut Vec<u8>>) -> io::Result<Option<(Head, usize)>> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut res = httparse::Response::new(&mut headers);
+    let n = match res.parse(d) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(io::Error::other(format!("bad response head: {e}"))),
+    };
+    let status = res.code.unwrap_or(0);
+    let mut head = Head {
+        status,
+        content_length: None,
+        chunked: false,
+        bodiless: (100..200).contains(&status) || status == 204 || status == 304,
+    };
+    let mut etag = etag;
+    if let Some(e) = etag.as_deref_mut() {
+        e.clear();
+    }
+    for h in res.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            head.content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = h
+                .value
+                .windows(7)
+                .any(|w| w.eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("etag") {
+            if let Some(e) = etag.as_deref_mut() {
+                e.extend_from_slice(h.value);
+            }
+        }
+    }
+    Ok(Some((head, n)))
 }
 
 /// A WebSocket frame at the front of the buffer: payload is
@@ -203,39 +246,20 @@ impl Conn {
 
     /// Reads and consumes one response head.
     pub async fn read_head(&mut self) -> io::Result<Head> {
+        self.read_head_etag(None).await
+    }
+
+    /// `read_head`, also copying the `ETag` value into `etag` when there is one.
+    pub async fn read_head_etag(&mut self, mut etag: Option<&mut Vec<u8>>) -> io::Result<Head> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut res = httparse::Response::new(&mut headers);
-            match res.parse(self.data()) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let mut head = Head {
-                        status: res.code.unwrap_or(0),
-                        content_length: None,
-                        chunked: false,
-                    };
-                    for h in res.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("content-length") {
-                            head.content_length = std::str::from_utf8(h.value)
-                                .ok()
-                                .and_then(|v| v.trim().parse().ok());
-                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            head.chunked = h
-                                .value
-                                .windows(7)
-                                .any(|w| w.eq_ignore_ascii_case(b"chunked"));
-                        }
-                    }
-                    self.consume(n);
-                    return Ok(head);
-                }
-                Ok(httparse::Status::Partial) => {
-                    if self.end - self.pos > 64 * 1024 {
-                        return Err(io::Error::other("response head too large"));
-                    }
-                    self.fill().await?;
-                }
-                Err(e) => return Err(io::Error::other(format!("bad response head: {e}"))),
+            if let Some((head, n)) = parse_head(self.data(), etag.as_deref_mut())? {
+                self.consume(n);
+                return Ok(head);
             }
+            if self.end - self.pos > 64 * 1024 {
+                return Err(io::Error::other("response head too large"));
+            }
+            self.fill().await?;
         }
     }
 
@@ -243,6 +267,9 @@ impl Conn {
     /// bodies stay in the buffer (`Body::InBuffer(len)`: `data()[..len]`,
     /// then `consume(len)`); chunked ones are collected.
     pub async fn read_body(&mut self, head: &Head) -> io::Result<Body> {
+        if head.bodiless {
+            return Ok(Body::InBuffer(0));
+        }
         if let Some(len) = head.content_length {
             self.ensure(len).await?;
             return Ok(Body::InBuffer(len));
@@ -396,6 +423,32 @@ fn parse_ws_header(d: &[u8]) -> Option<WsFrame> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_heads_with_etags_and_bodiless_statuses() {
+        let mut etag = b"stale".to_vec();
+        let d =
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"abc\"\r\ncache-control: x\r\n\r\nHTTP/1.1 200";
+        let (h, n) = parse_head(d, Some(&mut etag)).unwrap().unwrap();
+        assert_eq!((h.status, h.bodiless, h.content_length), (304, true, None));
+        assert_eq!(etag, b"\"abc\"");
+        assert!(d[n..].starts_with(b"HTTP/1.1 200"), "head length");
+        let d = b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\netag: \"d\"\r\n\r\n{}";
+        let (h, _) = parse_head(d, Some(&mut etag)).unwrap().unwrap();
+        assert_eq!(
+            (h.status, h.bodiless, h.content_length),
+            (200, false, Some(12))
+        );
+        assert_eq!(etag, b"\"d\"");
+        let d = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n";
+        let (h, _) = parse_head(d, Some(&mut etag)).unwrap().unwrap();
+        assert!(h.chunked && !h.bodiless);
+        assert!(etag.is_empty(), "no ETag: cleared");
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\ncontent-le", None)
+            .unwrap()
+            .is_none());
+        assert!(parse_head(b"HTTQ/1.1 200\r\n\r\n", None).is_err());
+    }
 
     #[test]
     fn ws_headers_of_each_length_form() {

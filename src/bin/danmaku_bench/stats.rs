@@ -108,6 +108,12 @@ pub struct Counters {
     pub bytes: AtomicU64,
     /// Long-poll answers (poll transport only).
     pub responses: AtomicU64,
+    /// Snapshot revalidations answered `304 Not Modified`.
+    pub not_modified: AtomicU64,
+    /// Snapshot requests answered `200` (a first fetch, or the room changed).
+    pub snapshot_ok: AtomicU64,
+    /// Snapshot requests answered with any other status, or that failed.
+    pub request_errors: AtomicU64,
     pub connected: AtomicU64,
     pub connect_errors: AtomicU64,
     /// Viewers whose connection ended before the run did.
@@ -126,6 +132,9 @@ impl Counters {
             bytes: self.bytes.load(Relaxed),
             responses: self.responses.load(Relaxed),
             accepted: self.accepted.load(Relaxed),
+            not_modified: self.not_modified.load(Relaxed),
+            snapshot_ok: self.snapshot_ok.load(Relaxed),
+            request_errors: self.request_errors.load(Relaxed),
         }
     }
 }
@@ -137,6 +146,9 @@ pub struct Snapshot {
     pub bytes: u64,
     pub responses: u64,
     pub accepted: u64,
+    pub not_modified: u64,
+    pub snapshot_ok: u64,
+    pub request_errors: u64,
 }
 
 static SEQ: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"seq\":"));

@@ -37,7 +37,7 @@ pub struct Ctx {
     pub latency: Hist,
     /// Publish request round trip, µs (only while `measuring`).
     pub publish_rtt: Hist,
-    /// Long-poll request → answer, µs (only while `measuring`).
+    /// Long-poll or snapshot request → answer, µs (only while `measuring`).
     pub poll_rtt: Hist,
     pub measuring: AtomicBool,
     /// Record latency for every n-th viewer only (1 = all).
@@ -61,11 +61,11 @@ pub struct ViewerResult {
     pub track: SeqTrack,
     pub frames: u64,
     pub resets: u64,
-    /// Long-poll answers that were not 200.
+    /// Long-poll answers that were not 200; snapshot answers neither 200 nor 304.
     pub poll_errors: u64,
 }
 
-fn room_path(room: &str, what: &str) -> String {
+pub fn room_path(room: &str, what: &str) -> String {
     format!("/v1/rooms/{room}/{what}")
 }
 
@@ -134,7 +134,7 @@ async fn open_sse(ctx: &Ctx, i: usize, room: &str) -> std::io::Result<Conn> {
 }
 
 /// Connects under the shared connect limit and timeout.
-async fn connect_with<F, Fut>(ctx: &Ctx, r: &mut ViewerResult, open: F) -> Option<Conn>
+pub async fn connect_with<F, Fut>(ctx: &Ctx, r: &mut ViewerResult, open: F) -> Option<Conn>
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = std::io::Result<Conn>>,
@@ -161,7 +161,7 @@ where
     }
 }
 
-fn ended_early(ctx: &Ctx, r: &ViewerResult) {
+pub fn ended_early(ctx: &Ctx, r: &ViewerResult) {
     if r.ended.is_some() && !ctx.stop_viewers.is_cancelled() {
         ctx.counters.dropped.fetch_add(1, Relaxed);
     }
