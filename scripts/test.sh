@@ -43,9 +43,23 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! command -v tansu >/dev/null; then
-  log "installing tansu (Kafka-compatible broker; ~10 minutes, once per machine)"
-  cargo install tansu --locked --features dynostore
+# tansu with `dynostore` (memory://) and `libsql` (sqlite://, durable: the fault
+# suite kills the broker). cargo records an install's features in
+# ~/.cargo/.crates2.json; an older build without libsql is replaced.
+tansu_has_libsql() {
+  python3 - "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" <<'PY'
+import json, sys
+try:
+    installs = json.load(open(sys.argv[1]))["installs"]
+except (OSError, ValueError, KeyError):
+    sys.exit(1)
+sys.exit(0 if any(k.startswith("tansu ") and "libsql" in v.get("features", [])
+                  for k, v in installs.items()) else 1)
+PY
+}
+if ! command -v tansu >/dev/null || ! tansu_has_libsql; then
+  log "installing tansu (Kafka-compatible broker; ~15 minutes, once per machine)"
+  cargo install tansu --locked --force --features dynostore,libsql
 fi
 
 wait_port() { # name port seconds
@@ -91,6 +105,12 @@ DANMAKU_TEST_ENGINE=redis cargo test --locked --test embedded_api --test priorit
 
 log "the API suite again on Kafka + Redis in one process"
 DANMAKU_TEST_ENGINE=kafka cargo test --locked --test embedded_api -- --include-ignored "$@"
+
+log "fuzz targets (short runs)"
+scripts/fuzz.sh "${DANMAKU_FUZZ_SECONDS:-20}"
+
+log "HTTP API against its OpenAPI document (schemathesis)"
+scripts/schemathesis.sh
 
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ]; then
   log "viewer page in headless Chromium"

@@ -456,7 +456,11 @@ pub async fn replay(
                 body.extend_from_slice(&m.json);
             }
         }
-        start += w;
+        // The last window of a range ending near u64::MAX has no successor.
+        let Some(next) = start.checked_add(w) else {
+            break;
+        };
+        start = next;
     }
     body.extend_from_slice(b"]}");
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);

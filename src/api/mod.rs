@@ -4,6 +4,7 @@
 
 mod admin;
 mod extract;
+mod openapi;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/demo/token", post(demo_token))
         .route("/v1/rooms/{room}/danmaku", post(post_danmaku))
         .route("/v1/rooms/{room}/events", post(post_event))
@@ -230,9 +232,8 @@ async fn post_event(
             let key = header_str(&headers, "idempotency-key").ok_or_else(|| {
                 ApiError::bad_request("missing_idempotency_key", "Idempotency-Key is required")
             })?;
-            let value: serde_json::Value = parse_json(&body)?;
-            let req = EventRequest::deserialize(&value).map_err(invalid_body)?;
-            Ok((key.to_string(), canonical(&value), req))
+            let (fingerprint_source, req) = parse_event(&body)?;
+            Ok((key.to_string(), fingerprint_source, req))
         })
     })?;
     let a = s
@@ -242,11 +243,45 @@ async fn post_event(
     Ok(accepted(a))
 }
 
+/// Parses a `POST /v1/rooms/{room}/events` body (after the signature check):
+/// the event and its idempotency fingerprint source (canonical JSON).
+/// Refusals are `malformed_json` / `invalid_body`.
+pub fn parse_event(body: &[u8]) -> Result<(Vec<u8>, EventRequest), ApiError> {
+    let value: serde_json::Value = parse_json(body)?;
+    let req = EventRequest::deserialize(&value).map_err(invalid_body)?;
+    Ok((canonical(&value), req))
+}
+
 /// `POST /v1/rooms/{room}/events:batch` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
     events: Vec<serde_json::Value>,
+}
+
+/// Parses a `POST /v1/rooms/{room}/events:batch` body (after the signature
+/// check) into one result per event, in order. The batch as a whole is
+/// refused (`malformed_json`, `invalid_body`, `empty_batch`, 413
+/// `too_many_events`) only when no event can be looked at.
+pub fn parse_batch(
+    body: &[u8],
+    max_events: usize,
+) -> Result<Vec<Result<BatchItem, ApiError>>, ApiError> {
+    let req: BatchRequest = parse_json(body)?;
+    if req.events.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_batch",
+            "events must hold at least one event",
+        ));
+    }
+    if req.events.len() > max_events {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_events",
+            format!("a batch holds at most {max_events} events"),
+        ));
+    }
+    Ok(req.events.into_iter().map(batch_item).collect())
 }
 
 /// Signed once for the whole body (the same headers as a single event);
@@ -263,23 +298,7 @@ async fn post_events_batch(
 ) -> Result<Response, ApiError> {
     let max = s.config.ingest.max_batch_events;
     let items = counted(&s, {
-        check_signed(&s, &headers, &body).and_then(|()| {
-            let req: BatchRequest = parse_json(&body)?;
-            if req.events.is_empty() {
-                return Err(ApiError::bad_request(
-                    "empty_batch",
-                    "events must hold at least one event",
-                ));
-            }
-            if req.events.len() > max {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_many_events",
-                    format!("a batch holds at most {max} events"),
-                ));
-            }
-            Ok(req.events.into_iter().map(batch_item).collect::<Vec<_>>())
-        })
+        check_signed(&s, &headers, &body).and_then(|()| parse_batch(&body, max))
     })?;
     let results = s.ingest.events(&room, items).await;
     let results: Vec<serde_json::Value> = results
