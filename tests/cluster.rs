@@ -7,10 +7,10 @@
 
 mod common;
 
+use common::procs::{Node, OwnRedis, Tansu};
 use common::proxy::Proxy;
 
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use common::{now_ms, WsViewer, WAIT};
 use danmaku::auth::Authenticator;
 use danmaku::config::Config;
 use danmaku::store::redis::RedisStore;
-use danmaku::store::LiveStore;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -36,88 +35,6 @@ fn services() -> Option<(String, String)> {
             eprintln!("skipping: set DANMAKU_TEST_REDIS_URL and DANMAKU_TEST_KAFKA_BROKERS");
             None
         }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One `danmaku` process; killed when dropped.
-struct Node {
-    child: Child,
-    port: u16,
-    role: &'static str,
-    env: Vec<(String, String)>,
-}
-
-impl Node {
-    fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn spawn(role: &'static str, env: &[(String, String)]) -> Node {
-        let port = free_port();
-        let mut env = env.to_vec();
-        env.push(("DANMAKU_LISTEN".into(), format!("127.0.0.1:{port}")));
-        let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
-            .arg(role)
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("DANMAKU_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn danmaku");
-        Node {
-            child,
-            port,
-            role,
-            env,
-        }
-    }
-
-    async fn ready(&self, http: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = http.get(format!("{}/readyz", self.base())).send().await {
-                if r.status() == StatusCode::OK {
-                    return;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not become ready",
-                self.role
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The same role and port again (after a kill).
-    fn restart(&mut self) {
-        self.sigkill();
-        let mut env = self.env.clone();
-        env.retain(|(k, _)| k != "DANMAKU_LISTEN");
-        let again = Node::spawn(self.role, &env);
-        let port = again.port;
-        let _ = std::mem::replace(self, again);
-        self.port = port;
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -204,24 +121,7 @@ impl Cluster {
 
     /// Every stored message of a room (straight from Redis).
     async fn stored(&self, room: &str) -> Vec<Value> {
-        let store = self.store().await;
-        let mut out = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let read = store
-                .read_range(room, cursor, u64::MAX, 1000)
-                .await
-                .unwrap();
-            out.extend(
-                read.messages
-                    .iter()
-                    .map(|m| serde_json::from_slice::<Value>(&m.json).unwrap()),
-            );
-            if read.messages.is_empty() || read.cursor <= cursor {
-                return out;
-            }
-            cursor = read.cursor;
-        }
+        common::read_stream(&self.store().await, room).await
     }
 
     async fn wait_stored(&self, room: &str, n: usize, within: Duration) -> Vec<Value> {
@@ -518,83 +418,6 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     );
 }
 
-/// A redis-server of the test's own (AOF, fsync always) that it can restart.
-struct OwnRedis {
-    child: Option<Child>,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl OwnRedis {
-    fn start() -> OwnRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("danmaku-redis-{port}-{}", now_ms()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut r = OwnRedis {
-            child: None,
-            port,
-            dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGTERM (redis flushes its AOF), wait, start again on the same port.
-    fn restart(&mut self, down_for: Duration) {
-        if let Some(mut c) = self.child.take() {
-            unsafe_sigterm(c.id());
-            let _ = c.wait();
-        }
-        std::thread::sleep(down_for);
-        self.spawn();
-    }
-}
-
-fn unsafe_sigterm(pid: u32) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Restarting Redis mid-run loses no acknowledged message; fronts answer
 /// 503 meanwhile (never a false ack) and recover without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -708,24 +531,10 @@ async fn redis_restart_loses_no_acknowledged_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_posts_fail_fast_then_recover() {
     let Some((redis, _)) = services() else { return };
-    let broker_port = free_port();
+    let broker_port = common::procs::free_port();
     let proxy = Proxy::start(format!("127.0.0.1:{broker_port}")).await;
-    let mut tansu = Command::new("tansu")
-        .arg("broker")
-        .arg("--listener-url")
-        .arg(format!("tcp://127.0.0.1:{broker_port}"))
-        .arg("--advertised-listener-url")
-        .arg(format!("tcp://127.0.0.1:{}", proxy.port))
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    let tansu = Tansu::try_start_at(broker_port, Some(proxy.port), "memory://tansu/")
         .expect("tansu on PATH (scripts/test.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", broker_port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let kafka = format!("127.0.0.1:{}", proxy.port);
     let c = Arc::new(Cluster::new(
         "broker-down",
@@ -807,7 +616,6 @@ async fn broker_down_posts_fail_fast_then_recover() {
         recovered_after.as_secs_f64(),
         recovered_after.as_secs_f64() - 1.0 - slowest.as_secs_f64() * 5.0
     );
-    let _ = tansu.kill();
-    let _ = tansu.wait();
+    drop(tansu);
     proxy.restore();
 }

@@ -9,10 +9,10 @@
 
 mod common;
 
+use common::procs::Node;
 use common::proxy::Proxy;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{metric_value, now_ms, TestServer, WAIT};
@@ -245,47 +245,22 @@ fn services() -> Option<(String, String, String)> {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `danmaku archiver` process; killed when dropped.
-struct Archiver(Child);
-
-impl Archiver {
-    fn spawn(redis: &str, mysql: &str) -> Archiver {
-        let child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
-            .arg("archiver")
-            .env("DANMAKU_LISTEN", format!("127.0.0.1:{}", free_port()))
-            .env("DANMAKU_STORE__ENGINE", "redis")
-            .env("DANMAKU_REDIS_URL", redis)
-            .env("DANMAKU_ARCHIVE_URL", mysql)
-            .env("DANMAKU_ARCHIVE__BATCH_SIZE", "100")
-            .env("DANMAKU_ARCHIVE__BATCH_PAUSE_MS", "20")
-            .env("DANMAKU_ARCHIVE__SETTLE_MS", "0")
-            .env("DANMAKU_ARCHIVE__POLL_INTERVAL_MS", "100")
-            .env("DANMAKU_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn danmaku archiver");
-        Archiver(child)
-    }
-
-    fn sigkill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Archiver {
-    fn drop(&mut self) {
-        self.sigkill();
-    }
+/// A `danmaku archiver` process against the live Redis and MariaDB; killed
+/// when dropped.
+fn spawn_archiver(redis: &str, mysql: &str) -> Node {
+    let env: Vec<(String, String)> = [
+        ("DANMAKU_STORE__ENGINE", "redis"),
+        ("DANMAKU_REDIS_URL", redis),
+        ("DANMAKU_ARCHIVE_URL", mysql),
+        ("DANMAKU_ARCHIVE__BATCH_SIZE", "100"),
+        ("DANMAKU_ARCHIVE__BATCH_PAUSE_MS", "20"),
+        ("DANMAKU_ARCHIVE__SETTLE_MS", "0"),
+        ("DANMAKU_ARCHIVE__POLL_INTERVAL_MS", "100"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    Node::spawn("archiver", &env)
 }
 
 fn host_port(url: &str) -> String {
@@ -414,7 +389,7 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
 
     // The archiver copies 100 a batch; killed part-way, then restarted.
     let archive = danmaku::archive::connect(&ts.config.archive).await.unwrap();
-    let mut archiver = Archiver::spawn(&redis_url, &mysql_url);
+    let mut archiver = spawn_archiver(&redis_url, &mysql_url);
     let deadline = Instant::now() + WAIT * 3;
     loop {
         let n = archive.count(&live).await.unwrap();
@@ -433,7 +408,7 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
         "archiver killed after {partial} rows (through seq {})",
         l.archived_through_seq
     );
-    let mut archiver = Archiver::spawn(&redis_url, &mysql_url);
+    let mut archiver = spawn_archiver(&redis_url, &mysql_url);
     wait_archived(&ts, &room, &live).await;
     archiver.sigkill();
     assert_eq!(archive.count(&live).await.unwrap(), 10_000);

@@ -52,6 +52,38 @@ fn live_from(row: &AnyRow) -> Result<Live, sqlx::Error> {
     })
 }
 
+/// Name of the MySQL user lock that serialises migrations between nodes.
+const MIGRATION_LOCK: &str = "danmaku_archive_migrations";
+/// How long a node waits for another node's migrations (seconds).
+const MIGRATION_LOCK_WAIT_S: i64 = 60;
+
+/// Applies the migrations under a lock of our own: sqlx takes
+/// `GET_LOCK(name, -1)`, which MariaDB (10.11) answers with NULL without
+/// locking, so nodes started together on an empty database raced and the
+/// loser exited with "migration 1 is partially applied".
+async fn migrate_mysql(pool: &sqlx::AnyPool, migrator: &Migrator) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await.context("connecting to migrate")?;
+    let locked: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+        .bind(MIGRATION_LOCK)
+        .bind(MIGRATION_LOCK_WAIT_S)
+        .fetch_one(&mut *conn)
+        .await
+        .context("taking the archive migration lock")?;
+    if locked != Some(1) {
+        anyhow::bail!("another node held the archive migration lock for {MIGRATION_LOCK_WAIT_S} s");
+    }
+    let result = migrator
+        .run(&mut *conn)
+        .await
+        .context("applying the archive migrations");
+    // Also released when the connection closes.
+    let _ = sqlx::query("SELECT RELEASE_LOCK(?)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result.map(|_| ())
+}
+
 impl SqlArchive {
     pub async fn connect(config: &ArchiveConfig) -> anyhow::Result<SqlArchive> {
         sqlx::any::install_default_drivers();
@@ -85,10 +117,13 @@ impl SqlArchive {
             Engine::MySql => &MYSQL_MIGRATIONS,
             Engine::Sqlite => &SQLITE_MIGRATIONS,
         };
-        migrator
-            .run(&pool)
-            .await
-            .context("applying the archive migrations")?;
+        match engine {
+            Engine::MySql => migrate_mysql(&pool, migrator).await?,
+            Engine::Sqlite => migrator
+                .run(&pool)
+                .await
+                .context("applying the archive migrations")?,
+        }
         Ok(SqlArchive { pool, engine })
     }
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod procs;
 pub mod proxy;
 
 use std::time::{Duration, Instant};
@@ -320,24 +321,7 @@ impl TestServer {
     /// Everything stored in the room, read from the node's live store (not
     /// through a viewer transport, which rations what it hands out).
     pub async fn read_all(&self, room: &str) -> Vec<Value> {
-        let store = &self.server.state().store;
-        let mut out = Vec::new();
-        let mut cursor = 0;
-        loop {
-            let read = store
-                .read_range(room, cursor, u64::MAX, 1000)
-                .await
-                .expect("store read");
-            out.extend(
-                read.messages
-                    .iter()
-                    .map(|m| serde_json::from_slice::<Value>(&m.json).expect("stored JSON")),
-            );
-            if read.messages.is_empty() || read.cursor <= cursor {
-                return out;
-            }
-            cursor = read.cursor;
-        }
+        read_stream(self.server.state().store.as_ref(), room).await
     }
 
     /// Waits until the room holds at least `n` messages; returns them all.
@@ -400,6 +384,27 @@ impl TestServer {
             res,
             buf: Vec::new(),
         }
+    }
+}
+
+/// Every message a live store holds for `room`, in seq order, as JSON.
+pub async fn read_stream(store: &dyn danmaku::store::LiveStore, room: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let read = store
+            .read_range(room, cursor, u64::MAX, 1000)
+            .await
+            .expect("store read");
+        out.extend(
+            read.messages
+                .iter()
+                .map(|m| serde_json::from_slice::<Value>(&m.json).expect("stored JSON")),
+        );
+        if read.messages.is_empty() || read.cursor <= cursor {
+            return out;
+        }
+        cursor = read.cursor;
     }
 }
 
@@ -566,9 +571,17 @@ pub struct WsViewer {
 impl WsViewer {
     /// Connects and reads the `hello`.
     pub async fn connect(url: &str) -> WsViewer {
+        Self::try_connect(url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `connect`, but a refused or failed connection is an `Err` (for
+    /// viewers that reconnect elsewhere when a node is down).
+    pub async fn try_connect(url: &str) -> Result<WsViewer, String> {
         let ws = match tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await {
-            Err(_) => panic!("WebSocket connect to {url} timed out"),
-            Ok(Err(e)) => panic!("WebSocket connect to {url}: {e}"),
+            Err(_) => return Err(format!("WebSocket connect to {url} timed out")),
+            Ok(Err(e)) => return Err(format!("WebSocket connect to {url}: {e}")),
             Ok(Ok((ws, _response))) => ws,
         };
         let mut v = WsViewer {
@@ -585,12 +598,12 @@ impl WsViewer {
         let hello = v
             .next_json(WAIT)
             .await
-            .unwrap_or_else(|e| panic!("no hello from {url}: {e:?}"));
+            .map_err(|e| format!("no hello from {url}: {e:?}"))?;
         assert_eq!(hello["type"], "hello", "first message is hello: {hello}");
         v.cursor = hello["cursor"].as_u64().expect("hello.cursor");
         v.epoch = hello["epoch"].as_str().expect("hello.epoch").to_string();
         v.hello = hello;
-        v
+        Ok(v)
     }
 
     /// The next JSON text message (pings/pongs skipped).

@@ -1,0 +1,485 @@
+//! Real processes for the process-level tests (tests/cluster.rs,
+//! tests/replay.rs, tests/chaos.rs): `danmaku` roles, and services of a
+//! test's own (redis-server, tansu, MariaDB) where the test kills and
+//! restarts them. Every process here is killed when its guard is dropped,
+//! also when the test panics.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use super::now_ms;
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `DANMAKU_REQUIRE_SERVICES=1`: a missing service fails the test instead of
+/// skipping it.
+pub fn services_required() -> bool {
+    std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() == Ok("1")
+}
+
+/// Whether `program` runs (`program --version` or similar exits at all).
+pub fn have_program(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// `None` when every program in `programs` is there; otherwise skips (prints
+/// why) or, with `DANMAKU_REQUIRE_SERVICES=1`, fails.
+pub fn require_programs(programs: &[&str]) -> Option<()> {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| !have_program(p))
+        .collect();
+    if missing.is_empty() {
+        return Some(());
+    }
+    assert!(
+        !services_required(),
+        "DANMAKU_REQUIRE_SERVICES=1 but {missing:?} not found on PATH (scripts/test.sh installs them)"
+    );
+    eprintln!("skipping: {missing:?} not found on PATH (scripts/test.sh installs them)");
+    None
+}
+
+fn wait_port(what: &str, port: u16, within: Duration, child: &mut Child) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before opening 127.0.0.1:{port}: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not open 127.0.0.1:{port} in {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A scratch directory, removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn new(what: &str) -> ScratchDir {
+        let dir = std::env::temp_dir().join(format!(
+            "danmaku-{what}-{}-{}-{}",
+            std::process::id(),
+            now_ms(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ---- danmaku roles -----------------------------------------------------------
+
+/// One `danmaku` process (`front`, `processor`, `archiver`); killed when
+/// dropped.
+pub struct Node {
+    child: Option<Child>,
+    pub port: u16,
+    pub role: &'static str,
+    env: Vec<(String, String)>,
+}
+
+impl Node {
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts `danmaku ROLE` on a free port with `env` (plus `DANMAKU_LISTEN`
+    /// and `DANMAKU_LOG=warn` unless `env` sets it).
+    pub fn spawn(role: &'static str, env: &[(String, String)]) -> Node {
+        let mut node = Node {
+            child: None,
+            port: free_port(),
+            role,
+            env: env
+                .iter()
+                .filter(|(k, _)| k != "DANMAKU_LISTEN")
+                .cloned()
+                .collect(),
+        };
+        node.start();
+        node
+    }
+
+    fn start(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_danmaku"));
+        cmd.arg(self.role)
+            .env("DANMAKU_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("DANMAKU_LISTEN", format!("127.0.0.1:{}", self.port))
+            .stdout(node_log(self.role, self.port))
+            .stderr(Stdio::inherit());
+        self.child = Some(cmd.spawn().expect("spawn danmaku"));
+    }
+
+    /// `/readyz` answers 200 now.
+    pub async fn is_ready(&self, http: &reqwest::Client) -> bool {
+        matches!(
+            http.get(format!("{}/readyz", self.base())).send().await,
+            Ok(r) if r.status() == StatusCode::OK
+        )
+    }
+
+    /// Waits (up to 30 s) until `/readyz` answers 200.
+    pub async fn ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.is_ready(http).await {
+            assert!(
+                Instant::now() < deadline,
+                "{} on port {} did not become ready",
+                self.role,
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn sigkill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// The same role again (after a kill), on a new port.
+    pub fn restart(&mut self) {
+        self.sigkill();
+        self.port = free_port();
+        self.start();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+/// Where a node's log (its stdout) goes: `DANMAKU_TEST_NODE_LOGS=DIR` keeps
+/// one file per process there (`ROLE-PORT.log`), for a failure's post-mortem;
+/// otherwise nowhere.
+fn node_log(role: &str, port: u16) -> Stdio {
+    match std::env::var("DANMAKU_TEST_NODE_LOGS") {
+        Ok(dir) if !dir.trim().is_empty() => {
+            let _ = std::fs::create_dir_all(&dir);
+            let path = PathBuf::from(dir).join(format!("{role}-{port}.log"));
+            match std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            {
+                Ok(f) => Stdio::from(f),
+                Err(_) => Stdio::null(),
+            }
+        }
+        _ => Stdio::null(),
+    }
+}
+
+// ---- redis-server ------------------------------------------------------------
+
+/// A redis-server of the test's own on a free port, with an AOF fsynced on
+/// every write (`appendfsync always`), so whatever Redis acknowledged
+/// survives a SIGKILL; it restarts on the same port.
+pub struct OwnRedis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: ScratchDir,
+}
+
+impl OwnRedis {
+    pub fn start() -> OwnRedis {
+        let mut r = OwnRedis {
+            child: None,
+            port: free_port(),
+            dir: ScratchDir::new("redis"),
+        };
+        r.spawn();
+        r
+    }
+
+    /// Starts redis-server (again) on its port and data directory.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir.0)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        wait_port(
+            "redis-server",
+            self.port,
+            Duration::from_secs(10),
+            &mut child,
+        );
+        self.child = Some(child);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGTERM (redis flushes its AOF), wait, start again on the same port.
+    pub fn restart(&mut self, down_for: Duration) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+        std::thread::sleep(down_for);
+        self.spawn();
+    }
+
+    /// SIGKILL: no shutdown of any kind (the AOF holds every write Redis
+    /// acknowledged, fsynced).
+    pub fn sigkill(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+// ---- tansu (Kafka-compatible broker) -----------------------------------------
+
+/// The tansu binary: `DANMAKU_TEST_TANSU`, else `tansu` on PATH.
+pub fn tansu_program() -> String {
+    std::env::var("DANMAKU_TEST_TANSU")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "tansu".into())
+}
+
+/// A tansu broker of the test's own, restartable on the same port and
+/// storage. `storage` is a `--storage-engine` URL; relative `sqlite://NAME`
+/// paths are inside the broker's own directory.
+pub struct Tansu {
+    child: Option<Child>,
+    pub port: u16,
+    /// The address advertised to clients (the listener's, or a proxy's).
+    pub advertised: u16,
+    pub storage: String,
+    dir: ScratchDir,
+}
+
+impl Tansu {
+    /// Starts a broker listening on `port`, advertising `advertised` (a
+    /// proxy's port, say) or else its own; `Err` (with what it printed) if it
+    /// exits at once, e.g. because the build lacks the storage engine asked for.
+    pub fn try_start_at(
+        port: u16,
+        advertised: Option<u16>,
+        storage: &str,
+    ) -> Result<Tansu, String> {
+        let mut t = Tansu {
+            child: None,
+            port,
+            advertised: advertised.unwrap_or(port),
+            storage: storage.to_string(),
+            dir: ScratchDir::new("tansu"),
+        };
+        t.try_spawn()?;
+        Ok(t)
+    }
+
+    pub fn start(storage: &str) -> Tansu {
+        Self::try_start_at(free_port(), None, storage)
+            .unwrap_or_else(|e| panic!("tansu did not start: {e}"))
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised)
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
+        let log = self.dir.0.join("tansu.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let mut child = Command::new(tansu_program())
+            .current_dir(&self.dir.0)
+            .arg("broker")
+            .arg("--listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.port))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://127.0.0.1:{}", self.advertised))
+            .args(["--storage-engine", &self.storage])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", tansu_program()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let printed = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: String = printed
+                    .chars()
+                    .rev()
+                    .take(600)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                return Err(format!("tansu exited ({status}): {tail}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("tansu did not open its port in 30 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILL.
+    pub fn sigkill(&mut self) {
+        kill_child(&mut self.child);
+    }
+
+    /// Starts again on the same port and storage (after a kill).
+    pub fn restart(&mut self) {
+        self.sigkill();
+        self.try_spawn()
+            .unwrap_or_else(|e| panic!("tansu did not restart: {e}"));
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        kill_child(&mut self.child);
+    }
+}
+
+// ---- MariaDB -----------------------------------------------------------------
+
+/// A MariaDB of the test's own (scripts/mariadb-test.sh), restartable on the
+/// same port and data directory. Stopped when dropped.
+pub struct OwnMariaDb {
+    pub port: u16,
+    dir: ScratchDir,
+}
+
+fn mariadb_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/mariadb-test.sh")
+}
+
+impl OwnMariaDb {
+    pub fn start() -> OwnMariaDb {
+        let m = OwnMariaDb {
+            port: free_port(),
+            dir: ScratchDir::new("mariadb"),
+        };
+        m.run_script("start");
+        m
+    }
+
+    fn run_script(&self, cmd: &str) {
+        let status = Command::new("bash")
+            .arg(mariadb_script())
+            .arg(cmd)
+            .arg(self.port.to_string())
+            .arg(&self.dir.0)
+            .status()
+            .expect("bash scripts/mariadb-test.sh");
+        assert!(status.success(), "scripts/mariadb-test.sh {cmd} failed");
+    }
+
+    /// `mysql://root@127.0.0.1:PORT/danmaku_test`
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/danmaku_test", self.port)
+    }
+
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.0.join("mysqld.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// SIGKILL the server (no shutdown); returns once it is gone.
+    pub fn sigkill(&self) {
+        let Some(pid) = self.pid() else { return };
+        signal(pid, "KILL");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // A zombie until its parent (nohup'd, re-parented) is reaped.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if state.split_whitespace().nth(2) == Some("Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "mariadbd {pid} did not die");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = std::fs::remove_file(self.dir.0.join("mysqld.pid"));
+    }
+
+    /// Starts the server again on the same port and data (after a kill);
+    /// returns once it answers.
+    pub fn start_again(&self) {
+        self.run_script("start");
+    }
+}
+
+impl Drop for OwnMariaDb {
+    fn drop(&mut self) {
+        if self.pid().is_some() {
+            let _ = Command::new("bash")
+                .arg(mariadb_script())
+                .arg("stop")
+                .arg(self.port.to_string())
+                .arg(&self.dir.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
