@@ -27,6 +27,9 @@ pub struct Metrics {
     pub frames_sent: IntCounter,
     pub hubs: IntGauge,
     pub hub_tick_seconds: Histogram,
+    /// Hub reads put off because the previous frame's fan-out was not half
+    /// done (its messages join the next frame).
+    pub hub_reads_deferred: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     /// Rationing per tick: delivered by bucket, dropped by bucket and reason.
     pub ration_delivered: IntCounterVec,
@@ -342,6 +345,14 @@ impl Metrics {
                         "Connections ended by an error, by kind",
                     ),
                     &["kind"],
+                )
+                .unwrap(),
+            ),
+            hub_reads_deferred: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_hub_reads_deferred_total",
+                    "Hub reads put off while the previous frame was still being written",
                 )
                 .unwrap(),
             ),

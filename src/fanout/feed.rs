@@ -2,6 +2,7 @@
 //! is in step, store reads to catch up when it is not (a resumed cursor, a
 //! frame that overlaps), so its cursor advances without gaps or repeats.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ impl ViewerFeed {
             }
             match self.sub.frames.recv().await {
                 Ok(frame) => {
+                    frame.taken.fetch_add(1, Ordering::Relaxed);
                     if frame.epoch != self.epoch {
                         self.epoch = frame.epoch.clone();
                         self.cursor = 0;

@@ -2,6 +2,7 @@
 //! every connection of a room, in each transport's framing.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
@@ -23,6 +24,10 @@ pub struct Frame {
     pub messages: Arc<[StoredMessage]>,
     /// When the hub encoded it: how late a connection is, seen from a frame.
     pub encoded_at: std::time::Instant,
+    /// Subscribers when it was broadcast, and how many have taken it from
+    /// the ring since: how far its fan-out has gone (see `Frame::fanout_behind`).
+    pub receivers: AtomicUsize,
+    pub taken: AtomicUsize,
 }
 
 /// One frame's bytes in each transport's framing.
@@ -54,6 +59,12 @@ impl Encoded {
 }
 
 impl Frame {
+    /// Fewer than half of its subscribers have taken this frame yet: its
+    /// fan-out (one write per viewer) is still running.
+    pub fn fanout_behind(&self) -> bool {
+        self.taken.load(Ordering::Relaxed) * 2 < self.receivers.load(Ordering::Relaxed)
+    }
+
     pub fn encode(
         room: &str,
         epoch: Arc<str>,
@@ -75,6 +86,8 @@ impl Frame {
             lite,
             messages: messages.into(),
             encoded_at: std::time::Instant::now(),
+            receivers: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
             epoch,
             from,
             to,

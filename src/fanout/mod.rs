@@ -147,6 +147,15 @@ impl Hub {
         self.big.load(Ordering::Acquire)
     }
 
+    /// The newest frame's fan-out is less than half done.
+    fn fanout_behind(&self) -> bool {
+        self.position
+            .lock()
+            .recent
+            .back()
+            .is_some_and(|f| f.fanout_behind())
+    }
+
     /// Subscribes at the current position; `None` if the hub has stopped.
     pub fn subscribe(self: &Arc<Self>) -> Option<Subscription> {
         let pos = self.position.lock();
@@ -339,6 +348,9 @@ impl Hub {
             }
         }
         let count = frame.full.count as u64;
+        frame
+            .receivers
+            .store(self.tx.receiver_count(), Ordering::Relaxed);
         let receivers = self.tx.send(frame).unwrap_or(0) as u64;
         drop(pos);
         self.cursor_tx.send_replace(to);
@@ -349,6 +361,46 @@ impl Hub {
             .with_label_values(&["stream"])
             .inc_by(count * receivers);
     }
+}
+
+/// What a hub tick knows when it decides whether to read new messages.
+struct ReadCheck {
+    /// Since the last read, measured on the tick grid.
+    since: Duration,
+    /// Read at least this often, notice or not.
+    read_interval: Duration,
+    /// Read on a notice at most this often.
+    min_gap: Duration,
+    tick: Duration,
+    /// A "room updated" notice arrived since the last read.
+    dirty: bool,
+    /// Fewer than half of the viewers have taken the previous frame.
+    fanout_behind: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum ReadDecision {
+    Read,
+    /// Nothing new, or too soon after the last read.
+    Wait,
+    /// New messages, but the previous frame is still being written to the
+    /// viewers: they join the next frame instead, so a node that cannot write
+    /// a frame per tick to every viewer writes fewer, bigger frames rather
+    /// than falling behind (at most 3 ticks are merged).
+    Defer,
+}
+
+fn should_read(c: ReadCheck) -> ReadDecision {
+    if c.since >= c.read_interval {
+        return ReadDecision::Read;
+    }
+    if !c.dirty || c.since < c.min_gap {
+        return ReadDecision::Wait;
+    }
+    if c.fanout_behind && c.since < c.tick * 3 {
+        return ReadDecision::Defer;
+    }
+    ReadDecision::Read
 }
 
 /// What a hub tick needs from its registry.
@@ -509,11 +561,21 @@ impl HubRegistry {
                 self.config.small_min_read_gap_ms
             });
             let since = last_read.map_or(Duration::MAX, |last| slot - last);
-            let read =
-                since >= read_interval || (hub.dirty.load(Ordering::Acquire) && since >= min_gap);
-            if read {
+            let read = should_read(ReadCheck {
+                since,
+                read_interval,
+                min_gap,
+                tick: Duration::from_millis(self.config.tick_ms),
+                dirty: hub.dirty.load(Ordering::Acquire),
+                fanout_behind: hub.fanout_behind(),
+            });
+            if read == ReadDecision::Defer {
+                self.metrics.hub_reads_deferred.inc();
+            }
+            if read == ReadDecision::Read {
                 last_read = Some(slot);
             }
+            let read = read == ReadDecision::Read;
             hub.tick(&self.context(), &mut rationer, read).await;
             if hub.online() > 0 {
                 idle_since = None;
@@ -635,5 +697,52 @@ impl HubRegistry {
         self.tasks.close();
         self.flushing.cancel();
         self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(since_ms: u64, dirty: bool, fanout_behind: bool) -> ReadDecision {
+        should_read(ReadCheck {
+            since: Duration::from_millis(since_ms),
+            read_interval: Duration::from_millis(1000),
+            min_gap: Duration::from_millis(100),
+            tick: Duration::from_millis(100),
+            dirty,
+            fanout_behind,
+        })
+    }
+
+    #[test]
+    fn reads_on_a_notice_once_the_gap_has_passed() {
+        assert_eq!(check(100, true, false), ReadDecision::Read);
+        assert_eq!(check(99, true, false), ReadDecision::Wait);
+        assert_eq!(check(500, false, false), ReadDecision::Wait);
+        assert_eq!(
+            check(1000, false, false),
+            ReadDecision::Read,
+            "fallback interval"
+        );
+    }
+
+    #[test]
+    fn a_fanout_still_running_defers_the_read_for_at_most_three_ticks() {
+        assert_eq!(check(100, true, true), ReadDecision::Defer);
+        assert_eq!(check(200, true, true), ReadDecision::Defer);
+        assert_eq!(check(300, true, true), ReadDecision::Read);
+        assert_eq!(check(99, true, true), ReadDecision::Wait, "too soon anyway");
+        assert_eq!(check(150, false, true), ReadDecision::Wait, "nothing new");
+    }
+
+    #[test]
+    fn a_frame_is_behind_until_half_its_receivers_took_it() {
+        let f = Frame::encode("r", "e".into(), 0, 0, &[]);
+        f.receivers.store(10, Ordering::Relaxed);
+        f.taken.store(4, Ordering::Relaxed);
+        assert!(f.fanout_behind());
+        f.taken.store(5, Ordering::Relaxed);
+        assert!(!f.fanout_behind());
     }
 }
