@@ -233,6 +233,45 @@ mod tests {
     }
 
     #[test]
+    fn exp_and_nbf_hold_within_the_clock_skew_and_other_algs_are_refused() {
+        let a = auth_with(&["k1"]); // jwt_leeway_s = 30 (default)
+        let now = unix_now();
+        let token = |exp: u64, nbf: Option<u64>, alg: Algorithm| {
+            let claims = ViewerClaims {
+                sub: "u".into(),
+                name: "n".into(),
+                exp,
+                nbf,
+            };
+            encode(&Header::new(alg), &claims, &a.encoding).unwrap()
+        };
+        let hs256 = Algorithm::HS256;
+        // Expired 10 s ago: within the 30 s skew. 60 s ago: refused.
+        assert!(a.viewer(Some(&token(now - 10, None, hs256))).is_ok());
+        assert_eq!(
+            a.viewer(Some(&token(now - 60, None, hs256))).unwrap_err(),
+            AuthFailure::ExpiredToken
+        );
+        // Not valid before 10 s from now: within the skew. 120 s: refused.
+        assert!(a
+            .viewer(Some(&token(now + 600, Some(now + 10), hs256)))
+            .is_ok());
+        assert_eq!(
+            a.viewer(Some(&token(now + 600, Some(now + 120), hs256)))
+                .unwrap_err(),
+            AuthFailure::InvalidToken
+        );
+        // The right secret under another HMAC algorithm: refused (alg pinned).
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            assert_eq!(
+                a.viewer(Some(&token(now + 600, None, alg))).unwrap_err(),
+                AuthFailure::InvalidToken,
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
     fn gift_signatures_with_rotation_and_window() {
         let a = auth_with(&["old-secret", "new-secret"]);
         let now = 1_700_000_000;
