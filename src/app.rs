@@ -226,7 +226,8 @@ impl Server {
         let http = tokio::spawn(crate::http_listener::serve(
             listener,
             app,
-            ListenerLimits::from_config(&state.config.server),
+            ListenerLimits::from_config(&state.config.server)
+                .with_push_backlog(state.config.fanout.push_backlog_bytes),
             state.metrics.clone(),
             stopping.clone(),
         ));

@@ -217,6 +217,12 @@ pub struct FanoutConfig {
     /// Gift combos: a user's repeated gift within this window reaches viewers
     /// as one message with the total count (0 = off).
     pub combo_window_ms: u64,
+    /// Hubs write each frame to in-step WebSocket viewers themselves, one
+    /// non-blocking write per viewer (no per-viewer task woken per frame).
+    pub direct_writes: bool,
+    /// Bytes a WebSocket may queue for a slow reader; past it the hub stops
+    /// writing to it and the viewer's own task takes over (lite frames, cut).
+    pub push_backlog_bytes: usize,
 }
 
 #[derive(Deserialize, Clone, Debug)]

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::error::ApiError;
+use crate::front::socket::{SharedSocket, StackIo};
 use crate::front::{IpSlot, PerIpLimiter};
 use crate::metrics::Metrics;
 
@@ -42,6 +43,9 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Bytes a socket queues for a slow reader before the hub stops writing
+    /// to it directly (`fanout.push_backlog_bytes`).
+    pub push_backlog_bytes: usize,
 }
 
 impl ListenerLimits {
@@ -55,7 +59,13 @@ impl ListenerLimits {
                 c.max_connections
             },
             max_connections_per_ip: c.max_connections_per_ip,
+            push_backlog_bytes: 64 << 10,
         }
+    }
+
+    pub fn with_push_backlog(mut self, bytes: usize) -> Self {
+        self.push_backlog_bytes = bytes.max(1);
+        self
     }
 }
 
@@ -159,13 +169,16 @@ pub async fn serve(
         };
         // Frames are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
+        let socket = SharedSocket::new(stream, limits.push_backlog_bytes);
         let io = TokioIo::new(CountedStream {
-            stream,
+            io: StackIo(socket.clone()),
             _slots: ConnectionSlots::new(node_slot, ip_slot, metrics.clone()),
         });
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            // The WebSocket handler hands the raw socket to the room's hub.
+            req.extensions_mut().insert(ClientSocket(socket.clone()));
             // A Router is always ready: no poll_ready needed.
             app.clone().call(req)
         });
@@ -284,9 +297,14 @@ impl Drop for ConnectionSlots {
 /// A client socket that carries its slots: hyper hands the socket to an
 /// upgraded WebSocket, and the slots go with it until it closes.
 struct CountedStream {
-    stream: TcpStream,
+    io: StackIo,
     _slots: ConnectionSlots,
 }
+
+/// The request's connection, shared with whoever may write to it directly
+/// (a WebSocket viewer's hub); in every request's extensions.
+#[derive(Clone)]
+pub struct ClientSocket(pub Arc<SharedSocket>);
 
 impl AsyncRead for CountedStream {
     fn poll_read(
@@ -294,7 +312,7 @@ impl AsyncRead for CountedStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -304,7 +322,7 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -312,19 +330,19 @@ impl AsyncWrite for CountedStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 

@@ -31,6 +31,11 @@ pub struct Metrics {
     /// done (its messages join the next frame).
     pub hub_reads_deferred: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
+    /// Frames hubs wrote to WebSocket viewers themselves, by what the socket
+    /// did ("written" at once, "queued" behind earlier bytes).
+    pub direct_writes: IntCounterVec,
+    /// Viewers handed back from the hub's writes to their own task, by why.
+    pub direct_detached: IntCounterVec,
     /// Rationing per tick: delivered by bucket, dropped by bucket and reason.
     pub ration_delivered: IntCounterVec,
     pub ration_dropped: IntCounterVec,
@@ -345,6 +350,28 @@ impl Metrics {
                         "Connections ended by an error, by kind",
                     ),
                     &["kind"],
+                )
+                .unwrap(),
+            ),
+            direct_writes: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_direct_writes_total",
+                        "Frames hubs wrote to WebSocket viewers themselves",
+                    ),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            direct_detached: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_direct_detached_total",
+                        "Viewers handed back from hub writes to their own task",
+                    ),
+                    &["reason"],
                 )
                 .unwrap(),
             ),

@@ -51,6 +51,8 @@ pub struct ViewerFeed {
     pending: Option<Arc<Frame>>,
     /// Seqs the hub still holds back at subscribe time: not ours to catch up.
     undecided: Arc<[u64]>,
+    /// `Frame::no` of the last broadcast frame taken from the ring.
+    frame_no: u64,
 }
 
 impl ViewerFeed {
@@ -81,6 +83,7 @@ impl ViewerFeed {
             cursor,
             target: sub.cursor,
             undecided: sub.undecided.clone(),
+            frame_no: sub.frame_no,
             hub,
             sub,
             pending: None,
@@ -97,6 +100,24 @@ impl ViewerFeed {
 
     pub fn cursor(&self) -> u64 {
         self.cursor
+    }
+
+    pub fn epoch(&self) -> &Arc<str> {
+        &self.epoch
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// `Frame::no` of the last broadcast frame this feed has taken.
+    pub fn frame_no(&self) -> u64 {
+        self.frame_no
+    }
+
+    /// Nothing to catch up: the next frame from the ring continues the stream.
+    pub fn in_step(&self) -> bool {
+        self.pending.is_none() && self.cursor >= self.target
     }
 
     pub fn online(&self) -> usize {
@@ -139,6 +160,7 @@ impl ViewerFeed {
             match self.sub.frames.recv().await {
                 Ok(frame) => {
                     frame.taken.fetch_add(1, Ordering::Relaxed);
+                    self.frame_no = frame.no;
                     if frame.epoch != self.epoch {
                         self.epoch = frame.epoch.clone();
                         self.cursor = 0;
@@ -177,6 +199,7 @@ impl ViewerFeed {
                     if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
                         self.target = self.target.max(sub.cursor);
                         self.undecided = sub.undecided.clone();
+                        self.frame_no = sub.frame_no;
                         self.hub = hub;
                         self.sub = sub;
                     } else {

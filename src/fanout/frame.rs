@@ -28,6 +28,9 @@ pub struct Frame {
     /// the ring since: how far its fan-out has gone (see `Frame::fanout_behind`).
     pub receivers: AtomicUsize,
     pub taken: AtomicUsize,
+    /// The hub's count of frames broadcast, this one included (0: not a
+    /// broadcast frame, e.g. a catch-up read).
+    pub no: u64,
 }
 
 /// One frame's bytes in each transport's framing.
@@ -39,6 +42,9 @@ pub struct Encoded {
     pub ws_text: Utf8Bytes,
     /// The same JSON as one SSE event with `id: <cursor>`.
     pub sse: Bytes,
+    /// The whole WebSocket text frame (header and payload): server frames
+    /// are unmasked, so these bytes suit every viewer.
+    pub ws_frame: Bytes,
 }
 
 impl Encoded {
@@ -48,8 +54,15 @@ impl Encoded {
         write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
         sse.extend_from_slice(&json);
         sse.extend_from_slice(b"\n\n");
-        let json = Bytes::from(json);
+        let mut ws_frame = Vec::with_capacity(json.len() + 10);
+        ws_text_header(&mut ws_frame, json.len());
+        let header = ws_frame.len();
+        ws_frame.extend_from_slice(&json);
+        let ws_frame = Bytes::from(ws_frame);
+        // The JSON is the frame's payload: one buffer for both.
+        let json = ws_frame.slice(header..);
         Encoded {
+            ws_frame,
             count: messages.len(),
             ws_text: Utf8Bytes::try_from(json.clone()).expect("JSON is UTF-8"),
             json,
@@ -88,6 +101,7 @@ impl Frame {
             encoded_at: std::time::Instant::now(),
             receivers: AtomicUsize::new(0),
             taken: AtomicUsize::new(0),
+            no: 0,
             epoch,
             from,
             to,
@@ -101,6 +115,30 @@ impl Frame {
             _ => &self.full,
         }
     }
+}
+
+/// The header of an unmasked, final WebSocket text frame of `len` bytes.
+pub fn ws_text_header(out: &mut Vec<u8>, len: usize) {
+    out.push(0x81);
+    match len {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+}
+
+/// One unmasked WebSocket text frame holding `text`.
+pub fn ws_text_frame(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 10);
+    ws_text_header(&mut out, text.len());
+    out.extend_from_slice(text);
+    out
 }
 
 /// `{"type":"batch","room","epoch","cursor","messages":[...]}` built by
@@ -167,6 +205,23 @@ mod tests {
             serde_json::from_str(f.encoded(true).ws_text.as_str()).unwrap();
         assert_eq!(lite["messages"].as_array().unwrap().len(), 1, "low shed");
         assert_eq!(lite["cursor"], 6);
+        assert_eq!(f.full.ws_frame[0], 0x81, "final text frame");
+        assert_eq!(
+            &f.full.ws_frame[f.full.ws_frame.len() - f.full.json.len()..],
+            &f.full.json[..]
+        );
+        for len in [0usize, 125, 126, 65535, 65536] {
+            let frame = ws_text_frame(&vec![b'x'; len]);
+            let (hdr, n) = match frame[1] {
+                126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
+                127 => (
+                    10,
+                    u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+                ),
+                n => (2, n as usize),
+            };
+            assert_eq!((n, frame.len()), (len, hdr + len), "payload length {len}");
+        }
         let sse = std::str::from_utf8(&f.full.sse).unwrap();
         assert!(sse.starts_with("id: 6\nevent: batch\ndata: {"));
         assert!(sse.ends_with("}\n\n"));

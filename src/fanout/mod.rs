@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod combo;
+pub mod direct;
 pub mod feed;
 pub mod frame;
 pub mod ration;
@@ -28,6 +29,7 @@ use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
 use cache::CachedFrames;
 use combo::Combiner;
+use direct::{Detach, DirectList, DirectViewer};
 pub use frame::Frame;
 use ration::Rationer;
 
@@ -47,6 +49,8 @@ pub struct Hub {
     dirty: AtomicBool,
     /// Gifts held for a combo (only the hub task uses it).
     combos: Mutex<Combiner>,
+    /// WebSocket viewers the hub writes to itself (see `direct`).
+    direct: Mutex<DirectList>,
 }
 
 struct Position {
@@ -60,6 +64,8 @@ struct Position {
     /// Recent frames, oldest first: the local cache big rooms are served from.
     recent: VecDeque<Arc<Frame>>,
     recent_messages: usize,
+    /// Frames broadcast so far (the last one's `Frame::no`).
+    frames_sent: u64,
     stopped: bool,
 }
 
@@ -70,8 +76,13 @@ pub struct Subscription {
     pub cursor: u64,
     /// Seqs at or below `cursor` that the hub will still deliver itself.
     pub undecided: Arc<[u64]>,
+    /// `Frame::no` of the last frame broadcast before this subscription.
+    pub frame_no: u64,
     _guard: CountGuard,
 }
+
+/// Counts a stream viewer in the room's online figure while alive.
+pub struct StreamGuard(#[allow(dead_code)] CountGuard);
 
 /// A long-poll waiter: wakes when the hub broadcasts past `cursor`.
 pub struct PollWaiter {
@@ -120,6 +131,7 @@ impl Hub {
                 undecided: Arc::from([]),
                 recent: VecDeque::new(),
                 recent_messages: 0,
+                frames_sent: 0,
                 stopped: false,
             }),
             streams: AtomicUsize::new(0),
@@ -128,7 +140,28 @@ impl Hub {
             big: AtomicBool::new(false),
             dirty: AtomicBool::new(true),
             combos: Mutex::new(Combiner::default()),
+            direct: Mutex::new(DirectList::default()),
         }
+    }
+
+    /// Asks the hub to write to `viewer` itself from the next frame on that
+    /// the viewer is in step with (see `direct`).
+    pub fn request_direct(&self, viewer: Arc<DirectViewer>) {
+        if viewer.mark_wanting() {
+            self.direct.lock().request(viewer);
+        }
+    }
+
+    /// A viewer's task took it back from the hub.
+    pub fn direct_left(&self) {
+        self.direct.lock().note_gone();
+    }
+
+    /// Counts one more stream viewer (a directly written one holds this
+    /// instead of a subscription).
+    pub fn stream_guard(self: &Arc<Self>) -> StreamGuard {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        StreamGuard(CountGuard(self.clone(), |h| &h.streams))
     }
 
     /// Viewers of this room on this node (streams and held polls).
@@ -168,6 +201,7 @@ impl Hub {
             epoch: pos.epoch.clone(),
             cursor: pos.sent_cursor,
             undecided: pos.undecided.clone(),
+            frame_no: pos.frames_sent,
             _guard: CountGuard(self.clone(), |h| &h.streams),
         })
     }
@@ -237,7 +271,10 @@ impl Hub {
         if !read {
             if rationer.has_undecided() || self.combos.lock().is_holding() {
                 let (epoch, cursor) = self.read_position();
-                self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
+                let sent = self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
+                self.write_direct(ctx, sent).await;
+            } else if self.direct.lock().prune() {
+                tracing::trace!(room = %self.room, "direct viewers pruned");
             }
             timer.observe_duration();
             return;
@@ -273,7 +310,8 @@ impl Hub {
                 continue;
             }
             let caught_up = read.cursor >= read.head;
-            self.ration_and_send(ctx, rationer, epoch, read.cursor, read.messages);
+            let sent = self.ration_and_send(ctx, rationer, epoch, read.cursor, read.messages);
+            self.write_direct(ctx, sent).await;
             if caught_up {
                 break;
             }
@@ -281,9 +319,47 @@ impl Hub {
         if ctx.final_tick && self.combos.lock().is_holding() {
             // The read failed: still hand out the held gifts before stopping.
             let (epoch, cursor) = self.read_position();
-            self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
+            let sent = self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
+            self.write_direct(ctx, sent).await;
         }
         timer.observe_duration();
+    }
+
+    /// Writes a broadcast frame to the viewers the hub writes to itself.
+    async fn write_direct(&self, ctx: &HubContext<'_>, sent: Option<Broadcast>) {
+        let Some(Broadcast {
+            frame,
+            direct: Some(members),
+        }) = sent
+        else {
+            return;
+        };
+        let gone = self.direct.lock().gone_counter();
+        let stats = direct::fan_out(&frame, &members, &gone).await;
+        frame
+            .taken
+            .fetch_add((stats.written + stats.queued) as usize, Ordering::Relaxed);
+        let m = ctx.metrics;
+        m.direct_writes
+            .with_label_values(&["written"])
+            .inc_by(stats.written);
+        if stats.queued > 0 {
+            m.direct_writes
+                .with_label_values(&["queued"])
+                .inc_by(stats.queued);
+        }
+        for (i, n) in stats.detached.iter().enumerate() {
+            if *n > 0 {
+                let why = [Detach::OutOfStep, Detach::Backlog, Detach::Closed][i];
+                m.direct_detached
+                    .with_label_values(&[why.label()])
+                    .inc_by(*n);
+            }
+        }
+        m.frames_sent.inc_by(stats.written + stats.queued);
+        m.delivered
+            .with_label_values(&["stream"])
+            .inc_by(stats.messages);
     }
 
     fn read_position(&self) -> (Arc<str>, u64) {
@@ -293,6 +369,7 @@ impl Hub {
 
     /// Rations `input` (read up to `to`), and broadcasts the selection as
     /// one frame shared by every subscriber; keeps it in the local cache.
+    /// Returns the frame and the direct viewers still to be written to.
     fn ration_and_send(
         &self,
         ctx: &HubContext<'_>,
@@ -300,7 +377,7 @@ impl Hub {
         epoch: Arc<str>,
         to: u64,
         input: Vec<StoredMessage>,
-    ) {
+    ) -> Option<Broadcast> {
         let rules = ctx.rooms.rules(&self.room, self.cluster_online());
         let now = now_ms();
         let mut selection = rationer.tick(now, ctx.tick_ms, &rules, input);
@@ -330,15 +407,18 @@ impl Hub {
         pos.read_cursor = to;
         pos.undecided = undecided;
         if selection.messages.is_empty() {
-            return;
+            return None;
         }
-        let frame = Arc::new(Frame::encode(
-            &self.room,
-            epoch,
-            pos.sent_cursor,
-            to,
-            &selection.messages,
-        ));
+        let mut frame = Frame::encode(&self.room, epoch, pos.sent_cursor, to, &selection.messages);
+        // Viewers that took every frame so far join the direct writes now,
+        // before this broadcast: from this frame on, the hub writes to them.
+        let direct = self
+            .direct
+            .lock()
+            .prepare(&frame.epoch, pos.sent_cursor, pos.frames_sent);
+        pos.frames_sent += 1;
+        frame.no = pos.frames_sent;
+        let frame = Arc::new(frame);
         pos.sent_cursor = to;
         pos.recent_messages += frame.messages.len();
         pos.recent.push_back(frame.clone());
@@ -348,10 +428,11 @@ impl Hub {
             }
         }
         let count = frame.full.count as u64;
-        frame
-            .receivers
-            .store(self.tx.receiver_count(), Ordering::Relaxed);
-        let receivers = self.tx.send(frame).unwrap_or(0) as u64;
+        frame.receivers.store(
+            self.tx.receiver_count() + direct.as_ref().map_or(0, |d| d.len()),
+            Ordering::Relaxed,
+        );
+        let receivers = self.tx.send(frame.clone()).unwrap_or(0) as u64;
         drop(pos);
         self.cursor_tx.send_replace(to);
         ctx.metrics.frames_encoded.inc();
@@ -360,7 +441,14 @@ impl Hub {
             .delivered
             .with_label_values(&["stream"])
             .inc_by(count * receivers);
+        Some(Broadcast { frame, direct })
     }
+}
+
+/// A frame just broadcast, and the viewers the hub writes it to itself.
+struct Broadcast {
+    frame: Arc<Frame>,
+    direct: Option<Arc<[Arc<DirectViewer>]>>,
 }
 
 /// What a hub tick knows when it decides whether to read new messages.

@@ -2,6 +2,7 @@
 //! idle and slow-consumer cuts, and a close reason on shutdown.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -9,6 +10,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use axum::Extension;
 use serde::Deserialize;
 
 use super::{ConnGuard, StreamQuery};
@@ -16,7 +18,13 @@ use crate::api::{ApiQuery, RoomPath};
 use crate::app::AppState;
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
-use crate::fanout::feed::{FeedEvent, ViewerFeed};
+use crate::fanout::direct::DirectViewer;
+use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
+use crate::fanout::frame::ws_text_frame;
+use crate::fanout::frame::Encoded;
+use crate::fanout::{Hub, StreamGuard};
+use crate::front::socket::{Push, SharedSocket};
+use crate::http_listener::ClientSocket;
 use crate::ingest::DanmakuRequest;
 use crate::message::Style;
 
@@ -36,6 +44,7 @@ pub async fn handler(
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<ClientSocket>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -59,6 +68,9 @@ pub async fn handler(
     };
     let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
     let hello = serde_json::to_string(&hello).expect("hello serialises");
+    let raw = client
+        .map(|Extension(ClientSocket(raw))| raw)
+        .filter(|_| s.config.fanout.direct_writes);
     Ok(upgrade
         // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
         .read_buffer_size(512)
@@ -72,7 +84,7 @@ pub async fn handler(
                 viewer,
                 ip: peer.ip(),
             }
-            .run(socket, feed, hello)
+            .run(socket, raw, feed, hello)
             .await
         }))
 }
@@ -103,17 +115,80 @@ struct Session {
     ip: IpAddr,
 }
 
+/// Where a viewer's frames come from.
+enum Source {
+    /// Its own task takes them from the ring (or the store) and sends them.
+    Feed(ViewerFeed),
+    /// The hub writes them itself; the task flushes what the socket queued.
+    Direct { _online: StreamGuard },
+}
+
+enum Event {
+    Feed(FeedEvent),
+    /// The hub attached or detached the viewer.
+    Changed,
+}
+
+/// What became of a frame the task sent in order with the hub's writes.
+enum Sent {
+    Yes,
+    /// The hub writes to this viewer now (this frame included).
+    HubHasIt,
+    Failed,
+}
+
+/// The viewer's place in the hub's direct writes, taken back for good when
+/// the session ends however it ends.
+struct DirectSlot {
+    viewer: Arc<DirectViewer>,
+    hub: Option<Arc<Hub>>,
+}
+
+impl Drop for DirectSlot {
+    fn drop(&mut self) {
+        self.viewer.take_back(true);
+        if let Some(hub) = &self.hub {
+            hub.direct_left();
+        }
+    }
+}
+
 impl Session {
-    async fn run(mut self, socket: WebSocket, mut feed: ViewerFeed, hello: String) {
+    async fn run(
+        mut self,
+        socket: WebSocket,
+        raw: Option<Arc<SharedSocket>>,
+        feed: ViewerFeed,
+        hello: String,
+    ) {
         let _conn = ConnGuard::new(&self.s.metrics.connections, "ws");
         let cfg = &self.s.config.fanout;
+        let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(1));
         let mut socket = TimedSocket {
             socket,
-            timeout: Duration::from_millis(cfg.send_timeout_ms.max(1)),
+            timeout: send_timeout,
             metrics: self.s.metrics.clone(),
         };
+        // Pushes are enabled before anything is written on the upgraded
+        // socket, so every stack write from here on is taken whole.
+        let mut direct = raw.map(|raw| {
+            raw.enable_pushes();
+            DirectSlot {
+                viewer: Arc::new(DirectViewer::new(
+                    raw,
+                    feed.epoch().clone(),
+                    feed.cursor(),
+                    feed.frame_no(),
+                )),
+                hub: None,
+            }
+        });
         if !socket.send(Message::Text(hello.into())).await {
             return;
+        }
+        let mut source = Source::Feed(feed);
+        if let Some(slot) = &mut direct {
+            request_direct(slot, &source);
         }
         let ping_every = Duration::from_secs(cfg.ping_s.max(1));
         let idle = Duration::from_secs(cfg.idle_timeout_s.max(1));
@@ -123,32 +198,64 @@ impl Session {
         tokio::pin!(idle_deadline);
         let closing = self.s.closing.clone();
         loop {
+            let viewer = direct.as_ref().map(|d| d.viewer.clone());
             tokio::select! {
                 biased;
                 _ = closing.cancelled() => {
-                    for frame in feed.drain_ready() {
-                        if !socket.send(Message::Text(frame.full.ws_text.clone())).await {
+                    let hub_was_writing = viewer.as_ref().is_some_and(|v| v.take_back(false));
+                    if let (Source::Feed(feed), false) = (&mut source, hub_was_writing) {
+                        for frame in feed.drain_ready() {
+                            let out = Outgoing::Frame(&frame.full);
+                            if !self.send_frame(&mut socket, viewer.as_deref(), feed, out).await {
+                                return;
+                            }
+                        }
+                    }
+                    if let Some(v) = &viewer {
+                        if !flush(&v.socket, send_timeout, &self.s.metrics).await {
                             return;
                         }
                     }
                     close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
                     return;
                 }
-                event = feed.next() => {
+                event = next_event(&mut source, viewer.as_deref()) => {
                     let sent = match event {
-                        FeedEvent::Frame { frame, lite } => {
-                            socket.send(Message::Text(frame.encoded(lite).ws_text.clone())).await
+                        Event::Changed => {
+                            let Some(slot) = &mut direct else { continue };
+                            match self.switch(&mut source, slot, &mut socket).await {
+                                Ok(()) => true,
+                                Err(reason) => {
+                                    close(&mut socket, CLOSE_GOING_AWAY, reason).await;
+                                    return;
+                                }
+                            }
                         }
-                        FeedEvent::Hello(hello) => {
-                            let text = serde_json::to_string(&hello).expect("hello serialises");
-                            socket.send(Message::Text(text.into())).await
+                        Event::Feed(FeedEvent::Frame { frame, lite }) => {
+                            let Source::Feed(feed) = &mut source else { continue };
+                            let out = Outgoing::Frame(frame.encoded(lite));
+                            let sent = self.send_frame(&mut socket, viewer.as_deref(), feed, out).await;
+                            if let (true, false, Some(slot)) = (sent, lite, &mut direct) {
+                                request_direct(slot, &source);
+                            }
+                            sent
                         }
-                        FeedEvent::SlowConsumer => {
+                        Event::Feed(FeedEvent::Hello(hello)) => {
+                            let Source::Feed(feed) = &mut source else { continue };
+                            self.send_frame(&mut socket, viewer.as_deref(), feed, Outgoing::Hello(&hello)).await
+                        }
+                        Event::Feed(FeedEvent::SlowConsumer) => {
                             close(&mut socket, CLOSE_POLICY, "slow consumer: reconnect with your cursor").await;
                             return;
                         }
                     };
                     if !sent {
+                        return;
+                    }
+                }
+                _ = backlog_waiting(viewer.as_deref()) => {
+                    let v = viewer.as_ref().expect("only with a direct viewer");
+                    if !flush(&v.socket, send_timeout, &self.s.metrics).await {
                         return;
                     }
                 }
@@ -187,6 +294,64 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends a frame from the viewer's own task. With a direct viewer the
+    /// frame goes out in order with the hub's writes, and what was sent is
+    /// recorded under the viewer's lock; without one, through tungstenite.
+    async fn send_frame(
+        &self,
+        socket: &mut TimedSocket,
+        viewer: Option<&DirectViewer>,
+        feed: &ViewerFeed,
+        out: Outgoing<'_>,
+    ) -> bool {
+        let Some(viewer) = viewer else {
+            return socket.send(Message::Text(out.text())).await;
+        };
+        let bytes = out.ws_frame();
+        matches!(
+            send_in_order(viewer, feed, &bytes, socket.timeout, &self.s.metrics).await,
+            Sent::Yes | Sent::HubHasIt
+        )
+    }
+
+    /// Follows an attach or a detach by the hub.
+    async fn switch(
+        &self,
+        source: &mut Source,
+        slot: &mut DirectSlot,
+        socket: &mut TimedSocket,
+    ) -> Result<(), &'static str> {
+        let attached = slot.viewer.lock().attached();
+        match source {
+            Source::Feed(feed) if attached => {
+                *source = Source::Direct {
+                    _online: feed.hub().stream_guard(),
+                };
+            }
+            Source::Direct { .. } if !attached => {
+                let (epoch, cursor) = {
+                    let st = slot.viewer.lock();
+                    (st.epoch.clone(), st.cursor)
+                };
+                let (feed, hello) =
+                    ViewerFeed::open(&self.s.hubs, &self.room, Some(&epoch), Some(cursor))
+                        .await
+                        .map_err(|_| "stream interrupted: reconnect with your cursor")?;
+                if hello.reset || hello.gap {
+                    if !self
+                        .send_frame(socket, Some(&slot.viewer), &feed, Outgoing::Hello(&hello))
+                        .await
+                    {
+                        return Err("stream interrupted: reconnect with your cursor");
+                    }
+                }
+                *source = Source::Feed(feed);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Handles one client message; returns the reply to send.
@@ -240,6 +405,112 @@ impl Session {
                     }
                     Err(e) => error_json(&e, Some(&client_msg_id)),
                 }
+            }
+        }
+    }
+}
+
+/// Asks the hub to write to the viewer itself, once it is in step.
+fn request_direct(slot: &mut DirectSlot, source: &Source) {
+    let Source::Feed(feed) = source else { return };
+    if feed.in_step() && slot.viewer.socket.backlog_len() == 0 {
+        slot.hub = Some(feed.hub().clone());
+        feed.hub().request_direct(slot.viewer.clone());
+    }
+}
+
+async fn next_event(source: &mut Source, viewer: Option<&DirectViewer>) -> Event {
+    match (source, viewer) {
+        (Source::Feed(feed), None) => Event::Feed(feed.next().await),
+        (Source::Feed(feed), Some(v)) => tokio::select! {
+            event = feed.next() => Event::Feed(event),
+            _ = v.changed.notified() => Event::Changed,
+        },
+        (Source::Direct { .. }, Some(v)) => {
+            v.changed.notified().await;
+            Event::Changed
+        }
+        (Source::Direct { .. }, None) => std::future::pending().await,
+    }
+}
+
+async fn backlog_waiting(viewer: Option<&DirectViewer>) {
+    match viewer {
+        Some(v) => v.socket.backlog_waiting.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes what the socket queued; `false` (and counted) if the viewer
+/// takes nothing for `timeout`, or the socket broke.
+async fn flush(
+    socket: &SharedSocket,
+    timeout: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
+    match tokio::time::timeout(timeout, socket.flush_backlog()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            metrics.slow_consumer_disconnects.inc();
+            false
+        }
+    }
+}
+
+/// Pushes `bytes` under the viewer's lock (so the hub's writes cannot pass
+/// it) and records the feed's position; waits while the backlog is full.
+async fn send_in_order(
+    viewer: &DirectViewer,
+    feed: &ViewerFeed,
+    bytes: &[u8],
+    timeout: Duration,
+    metrics: &crate::metrics::Metrics,
+) -> Sent {
+    loop {
+        {
+            let mut st = viewer.lock();
+            if st.attached() {
+                // Attached just before this frame was broadcast: the hub wrote it.
+                return Sent::HubHasIt;
+            }
+            match viewer.socket.push(bytes) {
+                Push::Written | Push::Queued => {
+                    st.cursor = feed.cursor();
+                    st.epoch = feed.epoch().clone();
+                    st.frame_no = feed.frame_no();
+                    return Sent::Yes;
+                }
+                Push::Closed => return Sent::Failed,
+                Push::Full => {}
+            }
+        }
+        if !flush(&viewer.socket, timeout, metrics).await {
+            return Sent::Failed;
+        }
+    }
+}
+
+/// A frame or a hello for the viewer, in whichever form its path needs.
+enum Outgoing<'a> {
+    Frame(&'a Encoded),
+    Hello(&'a Hello),
+}
+
+impl Outgoing<'_> {
+    fn text(&self) -> Utf8Bytes {
+        match self {
+            Outgoing::Frame(e) => e.ws_text.clone(),
+            Outgoing::Hello(h) => serde_json::to_string(h).expect("hello serialises").into(),
+        }
+    }
+
+    fn ws_frame(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self {
+            Outgoing::Frame(e) => std::borrow::Cow::Borrowed(&e.ws_frame[..]),
+            Outgoing::Hello(h) => {
+                let text = serde_json::to_vec(h).expect("hello serialises");
+                std::borrow::Cow::Owned(ws_text_frame(&text))
             }
         }
     }
