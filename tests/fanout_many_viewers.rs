@@ -133,6 +133,13 @@ async fn run() {
         encoded * VIEWERS as f64,
         "every encoded frame went to all {VIEWERS} viewers"
     );
+    // In step, viewers are written to by the hub itself (no task per viewer).
+    let direct = metric_value(&m, "danmaku_direct_writes_total{result=\"written\"}").unwrap_or(0.0)
+        + metric_value(&m, "danmaku_direct_writes_total{result=\"queued\"}").unwrap_or(0.0);
+    assert!(
+        direct >= sent / 2.0,
+        "most frame copies were hub writes: {direct} of {sent}"
+    );
     assert_eq!(
         metric_value(&m, "danmaku_messages_delivered_total{transport=\"stream\"}"),
         Some((MESSAGES * VIEWERS) as f64)

@@ -213,14 +213,17 @@ impl DirectList {
 
     /// Drops detached members; attaches the requests that are in step with
     /// the frame about to be broadcast (called under the hub's position lock,
-    /// right before that broadcast). Returns the members to write it to.
+    /// right before that broadcast). Returns the members to write it to, and
+    /// how many of them joined now (they still hold a ring receiver that
+    /// this broadcast counts, until their task lets it go).
     pub fn prepare(
         &mut self,
         epoch: &str,
         next_from: u64,
         last_no: u64,
-    ) -> Option<Arc<[Arc<DirectViewer>]>> {
+    ) -> (Option<Arc<[Arc<DirectViewer>]>>, usize) {
         let mut changed = self.prune();
+        let mut joined = 0;
         let members = &mut self.members;
         self.requests
             .retain(|r| match r.try_attach(epoch, next_from, last_no) {
@@ -228,6 +231,7 @@ impl DirectList {
                 Some(attached) => {
                     if attached {
                         members.push(r.clone());
+                        joined += 1;
                         changed = true;
                     }
                     false
@@ -236,7 +240,7 @@ impl DirectList {
         if changed {
             self.snapshot = (!self.members.is_empty()).then(|| self.members.clone().into());
         }
-        self.snapshot.clone()
+        (self.snapshot.clone(), joined)
     }
 
     /// Drops members that are no longer attached; true if any was.

@@ -53,6 +53,8 @@ pub struct ViewerFeed {
     undecided: Arc<[u64]>,
     /// `Frame::no` of the last broadcast frame taken from the ring.
     frame_no: u64,
+    /// `danmaku_messages_delivered_total{transport="stream"}`, resolved once.
+    delivered_stream: prometheus::IntCounter,
 }
 
 impl ViewerFeed {
@@ -84,6 +86,7 @@ impl ViewerFeed {
             target: sub.cursor,
             undecided: sub.undecided.clone(),
             frame_no: sub.frame_no,
+            delivered_stream: registry.metrics().delivered.with_label_values(&["stream"]),
             hub,
             sub,
             pending: None,
@@ -108,6 +111,16 @@ impl ViewerFeed {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// Counts a ring frame handed to the connection (catch-up frames are
+    /// counted when read; frames the hub writes itself, by the hub).
+    pub fn count_sent(&self, frame: &Frame, lite: bool) {
+        if frame.no > 0 {
+            self.registry.metrics().frames_sent.inc();
+            self.delivered_stream
+                .inc_by(frame.encoded(lite).count as u64);
+        }
     }
 
     /// `Frame::no` of the last broadcast frame this feed has taken.

@@ -412,10 +412,10 @@ impl Hub {
         let mut frame = Frame::encode(&self.room, epoch, pos.sent_cursor, to, &selection.messages);
         // Viewers that took every frame so far join the direct writes now,
         // before this broadcast: from this frame on, the hub writes to them.
-        let direct = self
-            .direct
-            .lock()
-            .prepare(&frame.epoch, pos.sent_cursor, pos.frames_sent);
+        let (direct, joined) =
+            self.direct
+                .lock()
+                .prepare(&frame.epoch, pos.sent_cursor, pos.frames_sent);
         pos.frames_sent += 1;
         frame.no = pos.frames_sent;
         let frame = Arc::new(frame);
@@ -427,20 +427,17 @@ impl Hub {
                 pos.recent_messages -= old.messages.len();
             }
         }
-        let count = frame.full.count as u64;
+        let ring = self.tx.receiver_count().saturating_sub(joined);
         frame.receivers.store(
-            self.tx.receiver_count() + direct.as_ref().map_or(0, |d| d.len()),
+            ring + direct.as_ref().map_or(0, |d| d.len()),
             Ordering::Relaxed,
         );
-        let receivers = self.tx.send(frame.clone()).unwrap_or(0) as u64;
+        // Ring receivers count what they send themselves (`ViewerFeed::
+        // count_sent`): some that just joined the direct writes drop it.
+        let _ = self.tx.send(frame.clone());
         drop(pos);
         self.cursor_tx.send_replace(to);
         ctx.metrics.frames_encoded.inc();
-        ctx.metrics.frames_sent.inc_by(receivers);
-        ctx.metrics
-            .delivered
-            .with_label_values(&["stream"])
-            .inc_by(count * receivers);
         Some(Broadcast { frame, direct })
     }
 }

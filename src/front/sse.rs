@@ -99,13 +99,19 @@ impl SseState {
             biased;
             _ = self.closing.cancelled() => {
                 let frames = self.feed.drain_ready();
+                for f in &frames {
+                    self.feed.count_sent(f, false);
+                }
                 self.draining.extend(frames.iter().map(|f| f.full.sse.clone()));
                 let close = self.close_event("server shutting down");
                 self.draining.push_back(close);
                 self.draining.pop_front()
             }
             event = self.feed.next() => Some(match event {
-                FeedEvent::Frame { frame, lite } => frame.encoded(lite).sse.clone(),
+                FeedEvent::Frame { frame, lite } => {
+                    self.feed.count_sent(&frame, lite);
+                    frame.encoded(lite).sse.clone()
+                }
                 FeedEvent::Hello(hello) => hello_event(&hello),
                 FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID"),
             }),

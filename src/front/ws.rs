@@ -21,7 +21,7 @@ use crate::error::ApiError;
 use crate::fanout::direct::DirectViewer;
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 use crate::fanout::frame::ws_text_frame;
-use crate::fanout::frame::Encoded;
+use crate::fanout::Frame;
 use crate::fanout::{Hub, StreamGuard};
 use crate::front::socket::{Push, SharedSocket};
 use crate::http_listener::ClientSocket;
@@ -132,7 +132,7 @@ enum Event {
 /// What became of a frame the task sent in order with the hub's writes.
 enum Sent {
     Yes,
-    /// The hub writes to this viewer now (this frame included).
+    /// The hub wrote it (or writes to this viewer now, this frame included).
     HubHasIt,
     Failed,
 }
@@ -205,7 +205,7 @@ impl Session {
                     let hub_was_writing = viewer.as_ref().is_some_and(|v| v.take_back(false));
                     if let (Source::Feed(feed), false) = (&mut source, hub_was_writing) {
                         for frame in feed.drain_ready() {
-                            let out = Outgoing::Frame(&frame.full);
+                            let out = Outgoing::Frame(&frame, false);
                             if !self.send_frame(&mut socket, viewer.as_deref(), feed, out).await {
                                 return;
                             }
@@ -233,7 +233,7 @@ impl Session {
                         }
                         Event::Feed(FeedEvent::Frame { frame, lite }) => {
                             let Source::Feed(feed) = &mut source else { continue };
-                            let out = Outgoing::Frame(frame.encoded(lite));
+                            let out = Outgoing::Frame(&frame, lite);
                             let sent = self.send_frame(&mut socket, viewer.as_deref(), feed, out).await;
                             if let (true, false, Some(slot)) = (sent, lite, &mut direct) {
                                 request_direct(slot, &source);
@@ -251,6 +251,12 @@ impl Session {
                     };
                     if !sent {
                         return;
+                    }
+                    // The hub took over with this frame: stop reading the ring now.
+                    if let (Source::Feed(feed), Some(v)) = (&source, &viewer) {
+                        if v.is_attached() {
+                            source = Source::Direct { _online: feed.hub().stream_guard() };
+                        }
                     }
                 }
                 _ = backlog_waiting(viewer.as_deref()) => {
@@ -306,14 +312,35 @@ impl Session {
         feed: &ViewerFeed,
         out: Outgoing<'_>,
     ) -> bool {
-        let Some(viewer) = viewer else {
-            return socket.send(Message::Text(out.text())).await;
+        let sent = match viewer {
+            None => {
+                if socket.send(Message::Text(out.text())).await {
+                    Sent::Yes
+                } else {
+                    Sent::Failed
+                }
+            }
+            Some(viewer) => {
+                let sending = Sending {
+                    frame_no: out.frame_no(),
+                    cursor_after: out.cursor_after(feed),
+                };
+                let bytes = out.ws_frame();
+                send_in_order(
+                    viewer,
+                    feed,
+                    sending,
+                    &bytes,
+                    socket.timeout,
+                    &self.s.metrics,
+                )
+                .await
+            }
         };
-        let bytes = out.ws_frame();
-        matches!(
-            send_in_order(viewer, feed, &bytes, socket.timeout, &self.s.metrics).await,
-            Sent::Yes | Sent::HubHasIt
-        )
+        if let (Sent::Yes, Outgoing::Frame(frame, lite)) = (&sent, &out) {
+            feed.count_sent(frame, *lite);
+        }
+        !matches!(sent, Sent::Failed)
     }
 
     /// Follows an attach or a detach by the hub.
@@ -339,13 +366,12 @@ impl Session {
                     ViewerFeed::open(&self.s.hubs, &self.room, Some(&epoch), Some(cursor))
                         .await
                         .map_err(|_| "stream interrupted: reconnect with your cursor")?;
-                if hello.reset || hello.gap {
-                    if !self
+                let told = !(hello.reset || hello.gap)
+                    || self
                         .send_frame(socket, Some(&slot.viewer), &feed, Outgoing::Hello(&hello))
-                        .await
-                    {
-                        return Err("stream interrupted: reconnect with your cursor");
-                    }
+                        .await;
+                if !told {
+                    return Err("stream interrupted: reconnect with your cursor");
                 }
                 *source = Source::Feed(feed);
             }
@@ -460,9 +486,18 @@ async fn flush(
 
 /// Pushes `bytes` under the viewer's lock (so the hub's writes cannot pass
 /// it) and records the feed's position; waits while the backlog is full.
+/// What a send moves the viewer's recorded position to.
+struct Sending {
+    /// The frame's `Frame::no` (0 if not a broadcast frame).
+    frame_no: u64,
+    /// The viewer's cursor once it has these bytes.
+    cursor_after: u64,
+}
+
 async fn send_in_order(
     viewer: &DirectViewer,
     feed: &ViewerFeed,
+    sending: Sending,
     bytes: &[u8],
     timeout: Duration,
     metrics: &crate::metrics::Metrics,
@@ -470,13 +505,15 @@ async fn send_in_order(
     loop {
         {
             let mut st = viewer.lock();
-            if st.attached() {
-                // Attached just before this frame was broadcast: the hub wrote it.
+            // Attached just before this frame was broadcast, or written by the
+            // hub before it handed the viewer back: the hub has sent it.
+            let frame_no = sending.frame_no;
+            if st.attached() || (frame_no > 0 && frame_no <= st.frame_no) {
                 return Sent::HubHasIt;
             }
             match viewer.socket.push(bytes) {
                 Push::Written | Push::Queued => {
-                    st.cursor = feed.cursor();
+                    st.cursor = sending.cursor_after;
                     st.epoch = feed.epoch().clone();
                     st.frame_no = feed.frame_no();
                     return Sent::Yes;
@@ -493,21 +530,38 @@ async fn send_in_order(
 
 /// A frame or a hello for the viewer, in whichever form its path needs.
 enum Outgoing<'a> {
-    Frame(&'a Encoded),
+    /// A frame, and whether its lite variant is meant.
+    Frame(&'a Frame, bool),
     Hello(&'a Hello),
 }
 
 impl Outgoing<'_> {
     fn text(&self) -> Utf8Bytes {
         match self {
-            Outgoing::Frame(e) => e.ws_text.clone(),
+            Outgoing::Frame(f, lite) => f.encoded(*lite).ws_text.clone(),
             Outgoing::Hello(h) => serde_json::to_string(h).expect("hello serialises").into(),
+        }
+    }
+
+    /// Where the viewer stands once it has this: a hello tells the cursor
+    /// before the feed's first catch-up frame, which is not sent yet.
+    fn cursor_after(&self, feed: &ViewerFeed) -> u64 {
+        match self {
+            Outgoing::Frame(..) => feed.cursor(),
+            Outgoing::Hello(h) => h.cursor,
+        }
+    }
+
+    fn frame_no(&self) -> u64 {
+        match self {
+            Outgoing::Frame(f, _) => f.no,
+            Outgoing::Hello(_) => 0,
         }
     }
 
     fn ws_frame(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Outgoing::Frame(e) => std::borrow::Cow::Borrowed(&e.ws_frame[..]),
+            Outgoing::Frame(f, lite) => std::borrow::Cow::Borrowed(&f.encoded(*lite).ws_frame[..]),
             Outgoing::Hello(h) => {
                 let text = serde_json::to_vec(h).expect("hello serialises");
                 std::borrow::Cow::Owned(ws_text_frame(&text))

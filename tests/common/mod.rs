@@ -584,6 +584,31 @@ impl WsViewer {
             Ok(Err(e)) => return Err(format!("WebSocket connect to {url}: {e}")),
             Ok(Ok((ws, _response))) => ws,
         };
+        Self::start(url, ws).await
+    }
+
+    /// Connects with a socket receive buffer of about `rcvbuf` bytes, so
+    /// that a viewer which stops reading soon fills the server's socket.
+    pub async fn connect_small_buffer(url: &str, rcvbuf: u32) -> WsViewer {
+        let addr = url
+            .trim_start_matches("ws://")
+            .split('/')
+            .next()
+            .expect("host:port");
+        let addr: std::net::SocketAddr = addr.parse().expect("a loopback address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(rcvbuf).expect("SO_RCVBUF");
+        let tcp = socket.connect(addr).await.expect("connect");
+        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
+            .await
+            .expect("WebSocket handshake");
+        Self::start(url, ws).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn start(
+        url: &str,
+        ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ) -> Result<WsViewer, String> {
         let mut v = WsViewer {
             ws,
             hello: Value::Null,
