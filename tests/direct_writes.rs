@@ -155,3 +155,60 @@ async fn with_direct_writes_off_viewers_are_served_by_their_own_tasks() {
     );
     assert!(t.metric("danmaku_frames_sent_total").await >= 2.0);
 }
+
+/// A viewer resuming in a big room catches up from the node's cache, which
+/// may hand it the very frame the hub broadcast: it must still be sent (it
+/// was not written by the hub to this viewer), then the hub takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_in_a_big_room_gets_the_cached_frame_then_hub_writes() {
+    let t = TestServer::start_with(|c| {
+        c.fanout.big_room_threshold = 1;
+        c.fanout.presence_interval_ms = 100;
+        c.ration.budget_tiers = vec![(0, 100_000)];
+        c.ingest.user_rate_per_s = 100_000.0;
+        c.ingest.user_burst = 100_000.0;
+    })
+    .await;
+    let room = "bigresume";
+    let mut first = t.ws(room, &[]).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while t
+        .metric(&format!(r#"danmaku_room_online{{room="{room}"}}"#))
+        .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the room never became big"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = t.token("u1", "Fan");
+    post_many(&t, room, &token, 0, 3).await;
+    assert_eq!(first.collect(3, WAIT).await.len(), 3);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post_many(&t, room, &token, 3, 3).await;
+    assert_eq!(first.collect(3, WAIT).await.len(), 3);
+    // Resume from the cursor before the newest frame: the cache answers
+    // with that broadcast frame itself.
+    let n = first.batches.len();
+    assert!(n >= 2, "two frames at least");
+    let from = first.batches[n - 2]["cursor"].as_u64().unwrap();
+    let last_to = first.batches[n - 1]["cursor"].as_u64().unwrap();
+    let from_s = from.to_string();
+    let epoch = first.epoch.clone();
+    let mut resumed = t.ws(room, &[("cursor", &from_s), ("epoch", &epoch)]).await;
+    let caught_up = resumed.collect((last_to - from) as usize, WAIT).await;
+    assert_eq!(
+        seq_list(&caught_up),
+        (from + 1..=last_to).collect::<Vec<u64>>(),
+        "the cached frame reached the resumed viewer"
+    );
+    post_many(&t, room, &token, 6, 4).await;
+    let more = resumed.collect(4, WAIT).await;
+    assert_eq!(
+        seq_list(&more),
+        (last_to + 1..=last_to + 4).collect::<Vec<u64>>()
+    );
+    assert_eq!(first.collect(4, WAIT).await.len(), 4);
+}

@@ -40,11 +40,17 @@ pub struct DirectState {
     /// Asked the hub to take over; withdrawn on close.
     wants: bool,
     closed: bool,
+    /// Why the hub last handed the viewer back.
+    detached: Option<Detach>,
 }
 
 impl DirectState {
     pub fn attached(&self) -> bool {
         self.attached
+    }
+
+    pub fn detached(&self) -> Option<Detach> {
+        self.detached
     }
 }
 
@@ -88,6 +94,7 @@ impl DirectViewer {
                 attached: false,
                 wants: false,
                 closed: false,
+                detached: None,
             }),
             attached: AtomicBool::new(false),
             changed: Notify::new(),
@@ -111,6 +118,11 @@ impl DirectViewer {
         }
         st.wants = true;
         true
+    }
+
+    /// Forgets a request (made to a hub that has since been replaced).
+    pub fn withdraw(&self) {
+        self.state.lock().wants = false;
     }
 
     /// The task takes its viewer back (shutdown, connection end); `close`:
@@ -178,6 +190,7 @@ impl DirectViewer {
             }
             Err(why) => {
                 st.attached = false;
+                st.detached = Some(why);
                 self.attached.store(false, Ordering::Release);
                 drop(st);
                 stats.detached[why as usize] += 1;
@@ -201,14 +214,6 @@ pub struct DirectList {
 impl DirectList {
     pub fn request(&mut self, viewer: Arc<DirectViewer>) {
         self.requests.push(viewer);
-    }
-
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
     }
 
     /// Drops detached members; attaches the requests that are in step with

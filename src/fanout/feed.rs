@@ -30,8 +30,14 @@ pub struct Hello {
 }
 
 pub enum FeedEvent {
-    /// A frame to send; `lite` = send its variant without low (the viewer is behind).
-    Frame { frame: Arc<Frame>, lite: bool },
+    /// A frame to send; `lite` = send its variant without low (the viewer is
+    /// behind); `from_ring`: as broadcast, not read to catch up (a big room's
+    /// catch-up may hand out a cached broadcast frame too).
+    Frame {
+        frame: Arc<Frame>,
+        lite: bool,
+        from_ring: bool,
+    },
     /// The stream was replaced (store failover): start again from the new one.
     Hello(Hello),
     /// The viewer fell more frames behind than the ring holds.
@@ -113,10 +119,10 @@ impl ViewerFeed {
         &self.hub
     }
 
-    /// Counts a ring frame handed to the connection (catch-up frames are
-    /// counted when read; frames the hub writes itself, by the hub).
-    pub fn count_sent(&self, frame: &Frame, lite: bool) {
-        if frame.no > 0 {
+    /// Counts a frame handed to the connection if it came from the ring
+    /// (catch-up frames are counted when read; the hub counts its own writes).
+    pub fn count_sent(&self, frame: &Frame, lite: bool, from_ring: bool) {
+        if from_ring {
             self.registry.metrics().frames_sent.inc();
             self.delivered_stream
                 .inc_by(frame.encoded(lite).count as u64);
@@ -157,13 +163,23 @@ impl ViewerFeed {
     /// The next thing to send. Cancel-safe: state changes only after awaits.
     pub async fn next(&mut self) -> FeedEvent {
         if let Some(frame) = self.pending.take() {
-            return FeedEvent::Frame { frame, lite: false };
+            return FeedEvent::Frame {
+                frame,
+                lite: false,
+                from_ring: false,
+            };
         }
         let lite_after = self.registry.lite_after();
         loop {
             if self.cursor < self.target {
                 match self.catch_up().await {
-                    Ok((frame, _)) => return FeedEvent::Frame { frame, lite: false },
+                    Ok((frame, _)) => {
+                        return FeedEvent::Frame {
+                            frame,
+                            lite: false,
+                            from_ring: false,
+                        }
+                    }
                     Err(_) => {
                         tokio::time::sleep(Duration::from_millis(250)).await;
                         continue;
@@ -198,7 +214,11 @@ impl ViewerFeed {
                                 continue; // nothing left to send; the cursor still moved
                             }
                         }
-                        return FeedEvent::Frame { frame, lite };
+                        return FeedEvent::Frame {
+                            frame,
+                            lite,
+                            from_ring: true,
+                        };
                     }
                     // Not contiguous with what this viewer has: fill from the store.
                     self.target = frame.to;
@@ -224,9 +244,15 @@ impl ViewerFeed {
     }
 
     /// Frames already queued for this viewer, without waiting: at shutdown,
-    /// what the hubs' last tick sent goes out before the close.
-    pub fn drain_ready(&mut self) -> Vec<Arc<Frame>> {
-        let mut out: Vec<Arc<Frame>> = self.pending.take().into_iter().collect();
+    /// what the hubs' last tick sent goes out before the close. Each with
+    /// whether it came from the ring (see `FeedEvent::Frame`).
+    pub fn drain_ready(&mut self) -> Vec<(Arc<Frame>, bool)> {
+        let mut out: Vec<(Arc<Frame>, bool)> = self
+            .pending
+            .take()
+            .map(|f| (f, false))
+            .into_iter()
+            .collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
             if frame.epoch != self.epoch
                 || (frame.to <= self.cursor && !late_only(&frame, self.cursor))
@@ -237,7 +263,8 @@ impl ViewerFeed {
                 break; // would need a store read; the viewer resumes by cursor
             }
             self.cursor = frame.to;
-            out.push(frame);
+            self.frame_no = frame.no;
+            out.push((frame, true));
         }
         out
     }

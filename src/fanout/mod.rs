@@ -268,13 +268,13 @@ impl Hub {
     /// and broadcasts one frame per read.
     async fn tick(&self, ctx: &HubContext<'_>, rationer: &mut Rationer, read: bool) {
         let timer = ctx.metrics.hub_tick_seconds.start_timer();
+        // Let go of viewers that left (their sockets close with them).
+        self.direct.lock().prune();
         if !read {
             if rationer.has_undecided() || self.combos.lock().is_holding() {
                 let (epoch, cursor) = self.read_position();
                 let sent = self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
                 self.write_direct(ctx, sent).await;
-            } else if self.direct.lock().prune() {
-                tracing::trace!(room = %self.room, "direct viewers pruned");
             }
             timer.observe_duration();
             return;

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -25,6 +25,8 @@ pub struct SharedSocket {
     /// Most bytes the backlog holds before a push is refused (`Full`).
     backlog_limit: usize,
     pushes: AtomicBool,
+    /// Bytes written out of the backlog so far (a flush's progress).
+    backlog_written: AtomicU64,
     /// Woken when a push leaves bytes in the backlog: the connection's task
     /// flushes them (see [`SharedSocket::flush_backlog`]).
     pub backlog_waiting: Notify,
@@ -50,12 +52,21 @@ impl SharedSocket {
             backlog: Mutex::new(Vec::new()),
             backlog_limit,
             pushes: AtomicBool::new(false),
+            backlog_written: AtomicU64::new(0),
             backlog_waiting: Notify::new(),
         })
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    /// Bytes written out of the backlog so far.
+    pub fn backlog_written(&self) -> u64 {
+        self.backlog_written.load(Ordering::Relaxed)
+    }
+
+    /// Ends both directions now (writers still holding the socket get errors).
+    pub fn shutdown(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: shutdown(2) on a descriptor this socket owns.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_RDWR) };
     }
 
     /// From now on frames may be pushed, and stack writes are taken whole.
@@ -126,10 +137,15 @@ impl SharedSocket {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     backlog.drain(..n);
+                    self.backlog_written.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
+        }
+        if backlog.capacity() > 16 << 10 {
+            // A burst is over: an idle connection keeps no big buffer.
+            *backlog = Vec::new();
         }
         Ok(())
     }
@@ -197,8 +213,17 @@ impl AsyncRead for StackIo {
     ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.stream.poll_read_ready(cx))?;
-            match self.0.stream.try_read(buf.initialize_unfilled()) {
+            // SAFETY: as tokio's own TcpStream does: read(2) only writes into
+            // the buffer, and only the `n` bytes it wrote are marked filled.
+            // (Zero-filling hyper's whole read buffer on every read is what
+            // this avoids.)
+            let unfilled = unsafe {
+                &mut *(buf.unfilled_mut() as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
+            };
+            match self.0.stream.try_read(unfilled) {
                 Ok(n) => {
+                    // SAFETY: the kernel initialised these `n` bytes.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }

@@ -99,17 +99,17 @@ impl SseState {
             biased;
             _ = self.closing.cancelled() => {
                 let frames = self.feed.drain_ready();
-                for f in &frames {
-                    self.feed.count_sent(f, false);
+                for (f, from_ring) in &frames {
+                    self.feed.count_sent(f, false, *from_ring);
                 }
-                self.draining.extend(frames.iter().map(|f| f.full.sse.clone()));
+                self.draining.extend(frames.iter().map(|(f, _)| f.full.sse.clone()));
                 let close = self.close_event("server shutting down");
                 self.draining.push_back(close);
                 self.draining.pop_front()
             }
             event = self.feed.next() => Some(match event {
-                FeedEvent::Frame { frame, lite } => {
-                    self.feed.count_sent(&frame, lite);
+                FeedEvent::Frame { frame, lite, from_ring } => {
+                    self.feed.count_sent(&frame, lite, from_ring);
                     frame.encoded(lite).sse.clone()
                 }
                 FeedEvent::Hello(hello) => hello_event(&hello),

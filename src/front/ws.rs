@@ -18,7 +18,7 @@ use crate::api::{ApiQuery, RoomPath};
 use crate::app::AppState;
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
-use crate::fanout::direct::DirectViewer;
+use crate::fanout::direct::{Detach, DirectViewer};
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 use crate::fanout::frame::ws_text_frame;
 use crate::fanout::Frame;
@@ -144,12 +144,22 @@ struct DirectSlot {
     hub: Option<Arc<Hub>>,
 }
 
-impl Drop for DirectSlot {
-    fn drop(&mut self) {
+impl DirectSlot {
+    /// Takes the viewer back from the hub for good.
+    fn release(&self) {
         self.viewer.take_back(true);
         if let Some(hub) = &self.hub {
             hub.direct_left();
         }
+    }
+}
+
+impl Drop for DirectSlot {
+    fn drop(&mut self) {
+        self.release();
+        // The hub may hold the socket until its next tick: the client sees
+        // the end now, not then.
+        self.viewer.socket.shutdown();
     }
 }
 
@@ -204,8 +214,8 @@ impl Session {
                 _ = closing.cancelled() => {
                     let hub_was_writing = viewer.as_ref().is_some_and(|v| v.take_back(false));
                     if let (Source::Feed(feed), false) = (&mut source, hub_was_writing) {
-                        for frame in feed.drain_ready() {
-                            let out = Outgoing::Frame(&frame, false);
+                        for (frame, from_ring) in feed.drain_ready() {
+                            let out = Outgoing::Frame(&frame, false, from_ring);
                             if !self.send_frame(&mut socket, viewer.as_deref(), feed, out).await {
                                 return;
                             }
@@ -216,7 +226,7 @@ impl Session {
                             return;
                         }
                     }
-                    close(&mut socket, CLOSE_GOING_AWAY, "server shutting down").await;
+                    close(&mut socket, &direct, CLOSE_GOING_AWAY, "server shutting down").await;
                     return;
                 }
                 event = next_event(&mut source, viewer.as_deref()) => {
@@ -226,14 +236,14 @@ impl Session {
                             match self.switch(&mut source, slot, &mut socket).await {
                                 Ok(()) => true,
                                 Err(reason) => {
-                                    close(&mut socket, CLOSE_GOING_AWAY, reason).await;
+                                    close(&mut socket, &direct, CLOSE_GOING_AWAY, reason).await;
                                     return;
                                 }
                             }
                         }
-                        Event::Feed(FeedEvent::Frame { frame, lite }) => {
+                        Event::Feed(FeedEvent::Frame { frame, lite, from_ring }) => {
                             let Source::Feed(feed) = &mut source else { continue };
-                            let out = Outgoing::Frame(&frame, lite);
+                            let out = Outgoing::Frame(&frame, lite, from_ring);
                             let sent = self.send_frame(&mut socket, viewer.as_deref(), feed, out).await;
                             if let (true, false, Some(slot)) = (sent, lite, &mut direct) {
                                 request_direct(slot, &source);
@@ -245,7 +255,7 @@ impl Session {
                             self.send_frame(&mut socket, viewer.as_deref(), feed, Outgoing::Hello(&hello)).await
                         }
                         Event::Feed(FeedEvent::SlowConsumer) => {
-                            close(&mut socket, CLOSE_POLICY, "slow consumer: reconnect with your cursor").await;
+                            close(&mut socket, &direct, CLOSE_POLICY, "slow consumer: reconnect with your cursor").await;
                             return;
                         }
                     };
@@ -270,7 +280,7 @@ impl Session {
                     idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle);
                     match message {
                         Message::Text(text) if text.len() > MAX_CLIENT_MESSAGE => {
-                            close(&mut socket, CLOSE_TOO_BIG, "message too big: at most 4096 bytes").await;
+                            close(&mut socket, &direct, CLOSE_TOO_BIG, "message too big: at most 4096 bytes").await;
                             return;
                         }
                         Message::Text(text) => {
@@ -290,7 +300,7 @@ impl Session {
                     }
                 }
                 _ = &mut idle_deadline => {
-                    close(&mut socket, CLOSE_GOING_AWAY, "idle timeout").await;
+                    close(&mut socket, &direct, CLOSE_GOING_AWAY, "idle timeout").await;
                     return;
                 }
                 _ = ping.tick() => {
@@ -337,8 +347,8 @@ impl Session {
                 .await
             }
         };
-        if let (Sent::Yes, Outgoing::Frame(frame, lite)) = (&sent, &out) {
-            feed.count_sent(frame, *lite);
+        if let (Sent::Yes, Outgoing::Frame(frame, lite, from_ring)) = (&sent, &out) {
+            feed.count_sent(frame, *lite, *from_ring);
         }
         !matches!(sent, Sent::Failed)
     }
@@ -358,10 +368,13 @@ impl Session {
                 };
             }
             Source::Direct { .. } if !attached => {
-                let (epoch, cursor) = {
+                let (epoch, cursor, why) = {
                     let st = slot.viewer.lock();
-                    (st.epoch.clone(), st.cursor)
+                    (st.epoch.clone(), st.cursor, st.detached())
                 };
+                if why == Some(Detach::Closed) {
+                    return Err("connection closed");
+                }
                 let (feed, hello) =
                     ViewerFeed::open(&self.s.hubs, &self.room, Some(&epoch), Some(cursor))
                         .await
@@ -439,10 +452,19 @@ impl Session {
 /// Asks the hub to write to the viewer itself, once it is in step.
 fn request_direct(slot: &mut DirectSlot, source: &Source) {
     let Source::Feed(feed) = source else { return };
-    if feed.in_step() && slot.viewer.socket.backlog_len() == 0 {
-        slot.hub = Some(feed.hub().clone());
-        feed.hub().request_direct(slot.viewer.clone());
+    if !feed.in_step() || slot.viewer.socket.backlog_len() > 0 {
+        return;
     }
+    if slot
+        .hub
+        .as_ref()
+        .is_some_and(|h| !Arc::ptr_eq(h, feed.hub()))
+    {
+        // The room's hub was replaced: a request left with the old one is void.
+        slot.viewer.withdraw();
+    }
+    slot.hub = Some(feed.hub().clone());
+    feed.hub().request_direct(slot.viewer.clone());
 }
 
 async fn next_event(source: &mut Source, viewer: Option<&DirectViewer>) -> Event {
@@ -468,24 +490,27 @@ async fn backlog_waiting(viewer: Option<&DirectViewer>) {
 }
 
 /// Writes what the socket queued; `false` (and counted) if the viewer
-/// takes nothing for `timeout`, or the socket broke.
+/// takes nothing at all for `timeout` (a viewer that reads, however slowly
+/// the hub refills its backlog, is not cut), or the socket broke.
 async fn flush(
     socket: &SharedSocket,
     timeout: Duration,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
-    match tokio::time::timeout(timeout, socket.flush_backlog()).await {
-        Ok(Ok(())) => true,
-        Ok(Err(_)) => false,
-        Err(_) => {
-            metrics.slow_consumer_disconnects.inc();
-            false
+    loop {
+        let moved = socket.backlog_written();
+        match tokio::time::timeout(timeout, socket.flush_backlog()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) if socket.backlog_written() != moved => continue,
+            Err(_) => {
+                metrics.slow_consumer_disconnects.inc();
+                return false;
+            }
         }
     }
 }
 
-/// Pushes `bytes` under the viewer's lock (so the hub's writes cannot pass
-/// it) and records the feed's position; waits while the backlog is full.
 /// What a send moves the viewer's recorded position to.
 struct Sending {
     /// The frame's `Frame::no` (0 if not a broadcast frame).
@@ -494,6 +519,8 @@ struct Sending {
     cursor_after: u64,
 }
 
+/// Pushes `bytes` under the viewer's lock (so the hub's writes cannot pass
+/// it) and records the feed's position; waits while the backlog is full.
 async fn send_in_order(
     viewer: &DirectViewer,
     feed: &ViewerFeed,
@@ -530,15 +557,16 @@ async fn send_in_order(
 
 /// A frame or a hello for the viewer, in whichever form its path needs.
 enum Outgoing<'a> {
-    /// A frame, and whether its lite variant is meant.
-    Frame(&'a Frame, bool),
+    /// A frame, whether its lite variant is meant, and whether it came from
+    /// the ring (only those can have been written by the hub).
+    Frame(&'a Frame, bool, bool),
     Hello(&'a Hello),
 }
 
 impl Outgoing<'_> {
     fn text(&self) -> Utf8Bytes {
         match self {
-            Outgoing::Frame(f, lite) => f.encoded(*lite).ws_text.clone(),
+            Outgoing::Frame(f, lite, _) => f.encoded(*lite).ws_text.clone(),
             Outgoing::Hello(h) => serde_json::to_string(h).expect("hello serialises").into(),
         }
     }
@@ -554,14 +582,17 @@ impl Outgoing<'_> {
 
     fn frame_no(&self) -> u64 {
         match self {
-            Outgoing::Frame(f, _) => f.no,
+            Outgoing::Frame(f, _, true) => f.no,
+            Outgoing::Frame(_, _, false) => 0,
             Outgoing::Hello(_) => 0,
         }
     }
 
     fn ws_frame(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Outgoing::Frame(f, lite) => std::borrow::Cow::Borrowed(&f.encoded(*lite).ws_frame[..]),
+            Outgoing::Frame(f, lite, _) => {
+                std::borrow::Cow::Borrowed(&f.encoded(*lite).ws_frame[..])
+            }
             Outgoing::Hello(h) => {
                 let text = serde_json::to_vec(h).expect("hello serialises");
                 std::borrow::Cow::Owned(ws_text_frame(&text))
@@ -607,7 +638,17 @@ impl TimedSocket {
     }
 }
 
-async fn close(socket: &mut TimedSocket, code: u16, reason: &'static str) {
+/// Sends a close frame; the hub stops writing to the viewer first, so
+/// nothing follows the close on the wire.
+async fn close(
+    socket: &mut TimedSocket,
+    direct: &Option<DirectSlot>,
+    code: u16,
+    reason: &'static str,
+) {
+    if let Some(slot) = direct {
+        slot.release();
+    }
     let frame = CloseFrame {
         code,
         reason: Utf8Bytes::from_static(reason),
