@@ -19,6 +19,13 @@ async fn post_many(t: &TestServer, room: &str, token: &str, from: usize, n: usiz
     }
 }
 
+/// Lifts rationing and rate limits: these tests are about delivery.
+fn unrationed(c: &mut danmaku::config::Config) {
+    c.ration.budget_tiers = vec![(0, 100_000)];
+    c.ingest.user_rate_per_s = 100_000.0;
+    c.ingest.user_burst = 100_000.0;
+}
+
 fn seq_list(messages: &[serde_json::Value]) -> Vec<u64> {
     messages
         .iter()
@@ -35,9 +42,7 @@ async fn a_stalled_viewer_is_handed_back_caught_up_and_taken_over_again() {
         c.fanout.send_timeout_ms = 30_000;
         c.fanout.max_lag_frames = 10_000;
         c.ration.lite_after_ms = 600_000;
-        c.ration.budget_tiers = vec![(0, 100_000)];
-        c.ingest.user_rate_per_s = 100_000.0;
-        c.ingest.user_burst = 100_000.0;
+        unrationed(c);
     })
     .await;
     let room = "handover";
@@ -134,9 +139,7 @@ async fn a_stalled_viewer_is_handed_back_caught_up_and_taken_over_again() {
 async fn with_direct_writes_off_viewers_are_served_by_their_own_tasks() {
     let t = TestServer::start_with(|c| {
         c.fanout.direct_writes = false;
-        c.ration.budget_tiers = vec![(0, 100_000)];
-        c.ingest.user_rate_per_s = 100_000.0;
-        c.ingest.user_burst = 100_000.0;
+        unrationed(c);
     })
     .await;
     let room = "tasks";
@@ -164,9 +167,7 @@ async fn resuming_in_a_big_room_gets_the_cached_frame_then_hub_writes() {
     let t = TestServer::start_with(|c| {
         c.fanout.big_room_threshold = 1;
         c.fanout.presence_interval_ms = 100;
-        c.ration.budget_tiers = vec![(0, 100_000)];
-        c.ingest.user_rate_per_s = 100_000.0;
-        c.ingest.user_burst = 100_000.0;
+        unrationed(c);
     })
     .await;
     let room = "bigresume";

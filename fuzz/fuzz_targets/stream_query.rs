@@ -131,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
 
         let frames = feed.drain_ready();
         let mut cursor = expected;
-        for frame in &frames {
+        for (frame, _from_ring) in &frames {
             assert_eq!(frame.from, cursor, "frames follow each other: {q:?}");
             assert!(frame.to > frame.from && frame.to <= MESSAGES, "{q:?}");
             assert_eq!(&*frame.epoch, r.epoch.as_str());
