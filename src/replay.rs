@@ -80,6 +80,20 @@ impl Replay {
         &self.archive
     }
 
+    /// Whether the isolated replay Redis answers a PING; `None` if none is
+    /// configured (replay then reads the archive directly).
+    pub async fn ping_redis(&self) -> Option<bool> {
+        let redis = self.redis.as_ref()?;
+        let ping = async {
+            let mut c = redis.conn().await?;
+            ::redis::cmd("PING").query_async::<String>(&mut c).await
+        };
+        Some(matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(_))
+        ))
+    }
+
     /// An archived-or-not live by id (archived ones are cached).
     async fn live(&self, id: &str) -> Result<Option<Live>, ArchiveError> {
         if let Some(l) = self.lives.get(id) {

@@ -1206,6 +1206,9 @@ async fn health_readiness_and_metrics() {
     let (status, body, _) = ts.get("/readyz").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ready", "{body}");
+    for dependency in ["store", "bus", "accepting", "archive"] {
+        assert_eq!(body["checks"][dependency], true, "{dependency}: {body}");
+    }
 
     // Some traffic so every family has samples.
     let mut v = ts.ws(room, &[]).await;

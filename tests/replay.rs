@@ -504,6 +504,12 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
     // Replay Redis down: a cold front still answers (archive), then recovers.
     proxy.down();
     let ts3 = replay_server(&redis_url, &proxied, &mysql_url).await;
+    // Readiness shows it, but the node stays in service for live rooms.
+    let (status, ready, _) = ts3.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{ready}");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    assert_eq!(ready["checks"]["replay_redis"], false, "{ready}");
+    assert_eq!(ready["checks"]["archive"], true, "{ready}");
     let (status, body, _) = ts3
         .get(&format!(
             "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=500"
@@ -516,6 +522,9 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
     assert!(metric(&ts3, "danmaku_replay_redis_errors_total").await > 0.0);
     proxy.restore();
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, ready, _) = ts3.get("/readyz").await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["replay_redis"], true, "{ready}");
     let (status, _, _) = ts3
         .get(&format!(
             "/v1/rooms/{room}/replay?live={live}&from_ms=500&to_ms={max}"

@@ -117,11 +117,28 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let store = matches!(tokio::time::timeout(t, s.store.ping()).await, Ok(Ok(())));
     let bus = matches!(tokio::time::timeout(t, s.bus.ping()).await, Ok(Ok(())));
     let stopping = s.stopping.is_cancelled();
+    // The archive and the replay Redis serve replay and archiving only: a
+    // node without them still serves live rooms, so it stays in the load
+    // balancer ("degraded", 200) rather than out of it.
+    let archive = matches!(
+        tokio::time::timeout(t, s.replay.archive().ping()).await,
+        Ok(Ok(()))
+    );
+    let replay_redis = s.replay.ping_redis().await;
     let ready = store && bus && !stopping;
-    let body = serde_json::json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"store": store, "bus": bus, "accepting": !stopping},
+    let whole = archive && replay_redis != Some(false);
+    let status = match (ready, whole) {
+        (false, _) => "not_ready",
+        (true, false) => "degraded",
+        (true, true) => "ready",
+    };
+    let mut checks = serde_json::json!({
+        "store": store, "bus": bus, "accepting": !stopping, "archive": archive,
     });
+    if let Some(up) = replay_redis {
+        checks["replay_redis"] = up.into();
+    }
+    let body = serde_json::json!({"status": status, "checks": checks});
     let code = if ready {
         StatusCode::OK
     } else {
