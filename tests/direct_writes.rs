@@ -213,3 +213,68 @@ async fn resuming_in_a_big_room_gets_the_cached_frame_then_hub_writes() {
     );
     assert_eq!(first.collect(4, WAIT).await.len(), 4);
 }
+
+/// The live store loses a room's stream (a Redis restart without
+/// persistence): viewers the hub was writing to are handed back, told
+/// `reset` with the new epoch, and get the new stream from its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_stream_resets_viewers_the_hub_was_writing_to() {
+    let Some(url) = test_redis_url() else { return };
+    let redis_url = url.clone();
+    let t = TestServer::start_with(move |c| {
+        c.store.engine = "redis".into();
+        c.store.redis_url = redis_url;
+        unrationed(c);
+    })
+    .await;
+    let room = t.room("lost");
+    let mut v = t.ws(&room, &[]).await;
+    let token = t.token("u1", "Fan");
+    post_many(&t, &room, &token, 0, 5).await;
+    assert_eq!(v.collect(5, WAIT).await.len(), 5);
+    let old_epoch = v.epoch.clone();
+    assert!(
+        t.metric(r#"danmaku_direct_writes_total{result="written"}"#)
+            .await
+            >= 1.0
+    );
+
+    // Lose the stream: every key of the room goes (docs/redis-keys.md).
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for key in [
+        "seq",
+        "epoch",
+        "b:whitelist",
+        "b:high",
+        "b:low",
+        "ids",
+        "trimmed",
+    ] {
+        let _: () = redis::cmd("DEL")
+            .arg(format!("dm:{{{room}}}:{key}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    post_many(&t, &room, &token, 5, 3).await;
+    let (hello, before) = v.until_other(WAIT, |m| m["type"] == "hello").await;
+    assert!(
+        before.is_empty(),
+        "nothing of the new stream before the reset: {before:?}"
+    );
+    let hello = hello.expect("a reset hello");
+    assert_ne!(hello["epoch"], old_epoch.as_str(), "{hello}");
+    v.accept_reset(&hello);
+    let fresh = v.collect(3, WAIT).await;
+    assert_eq!(
+        seq_list(&fresh),
+        vec![1, 2, 3],
+        "the new stream from its start"
+    );
+    let out_of_step = r#"danmaku_direct_detached_total{reason="out_of_step"}"#;
+    assert!(
+        t.metric(out_of_step).await >= 1.0,
+        "the hub handed the viewer back"
+    );
+}

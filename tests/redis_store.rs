@@ -7,6 +7,8 @@
 //! Each test uses its own rooms and keys, so they run in parallel; the one
 //! test that flushes the server holds `FLUSH` exclusively.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,22 +28,7 @@ use tokio::task::JoinHandle;
 static FLUSH: RwLock<()> = RwLock::const_new(());
 
 fn redis_url() -> Option<String> {
-    match std::env::var("DANMAKU_TEST_REDIS_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            if std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!(
-                    "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL is not set: start \
-                     redis-server (e.g. `redis-server --port 6390 --save '' --appendonly no \
-                     --daemonize yes`) and set DANMAKU_TEST_REDIS_URL=redis://127.0.0.1:6390"
-                );
-            }
-            eprintln!(
-                "skipping: DANMAKU_TEST_REDIS_URL is not set (no redis-server to test against)"
-            );
-            None
-        }
-    }
+    common::test_redis_url()
 }
 
 /// `let url = need_redis!();` — the test's URL, or return (skip).

@@ -156,7 +156,8 @@ impl ViewerFeed {
         }
     }
 
-    fn cursor_before_pending(&self) -> u64 {
+    /// The cursor the hello tells: before the first catch-up frame, if any.
+    pub fn cursor_before_pending(&self) -> u64 {
         self.pending.as_ref().map_or(self.cursor, |f| f.from)
     }
 

@@ -28,8 +28,8 @@ pub struct Frame {
     /// the ring since: how far its fan-out has gone (see `Frame::fanout_behind`).
     pub receivers: AtomicUsize,
     pub taken: AtomicUsize,
-    /// The hub's count of frames broadcast, this one included (0: not a
-    /// broadcast frame, e.g. a catch-up read).
+    /// Number of a broadcast frame, growing over the process's hubs (0: not
+    /// a broadcast frame, e.g. a catch-up read).
     pub no: u64,
 }
 

@@ -64,8 +64,8 @@ struct Position {
     /// Recent frames, oldest first: the local cache big rooms are served from.
     recent: VecDeque<Arc<Frame>>,
     recent_messages: usize,
-    /// Frames broadcast so far (the last one's `Frame::no`).
-    frames_sent: u64,
+    /// `Frame::no` of the last frame broadcast (0: none yet).
+    last_frame_no: u64,
     stopped: bool,
 }
 
@@ -131,7 +131,7 @@ impl Hub {
                 undecided: Arc::from([]),
                 recent: VecDeque::new(),
                 recent_messages: 0,
-                frames_sent: 0,
+                last_frame_no: 0,
                 stopped: false,
             }),
             streams: AtomicUsize::new(0),
@@ -201,7 +201,7 @@ impl Hub {
             epoch: pos.epoch.clone(),
             cursor: pos.sent_cursor,
             undecided: pos.undecided.clone(),
-            frame_no: pos.frames_sent,
+            frame_no: pos.last_frame_no,
             _guard: CountGuard(self.clone(), |h| &h.streams),
         })
     }
@@ -415,9 +415,9 @@ impl Hub {
         let (direct, joined) =
             self.direct
                 .lock()
-                .prepare(&frame.epoch, pos.sent_cursor, pos.frames_sent);
-        pos.frames_sent += 1;
-        frame.no = pos.frames_sent;
+                .prepare(&frame.epoch, pos.sent_cursor, pos.last_frame_no);
+        frame.no = next_frame_no();
+        pos.last_frame_no = frame.no;
         let frame = Arc::new(frame);
         pos.sent_cursor = to;
         pos.recent_messages += frame.messages.len();
@@ -440,6 +440,14 @@ impl Hub {
         ctx.metrics.frames_encoded.inc();
         Some(Broadcast { frame, direct })
     }
+}
+
+/// Numbers broadcast frames across all hubs of the process, so a viewer
+/// whose room's hub is replaced never mistakes a new hub's frame for one
+/// it has already taken (`Frame::no` only grows).
+fn next_frame_no() -> u64 {
+    static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    LAST.fetch_add(1, Ordering::Relaxed) + 1
 }
 
 /// A frame just broadcast, and the viewers the hub writes it to itself.

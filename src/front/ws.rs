@@ -184,10 +184,11 @@ impl Session {
         let mut direct = raw.map(|raw| {
             raw.enable_pushes();
             DirectSlot {
+                // What the viewer has been sent so far: nothing after the hello.
                 viewer: Arc::new(DirectViewer::new(
                     raw,
                     feed.epoch().clone(),
-                    feed.cursor(),
+                    feed.cursor_before_pending(),
                     feed.frame_no(),
                 )),
                 hub: None,
@@ -490,19 +491,25 @@ async fn backlog_waiting(viewer: Option<&DirectViewer>) {
 }
 
 /// Writes what the socket queued; `false` (and counted) if the viewer
-/// takes nothing at all for `timeout` (a viewer that reads, however slowly
-/// the hub refills its backlog, is not cut), or the socket broke.
+/// takes nothing at all for `timeout`, cannot empty it within twice that
+/// (a trickle reader would hold the session for ever), or the socket broke.
 async fn flush(
     socket: &SharedSocket,
     timeout: Duration,
     metrics: &crate::metrics::Metrics,
 ) -> bool {
+    let give_up = tokio::time::Instant::now() + timeout * 2;
     loop {
         let moved = socket.backlog_written();
-        match tokio::time::timeout(timeout, socket.flush_backlog()).await {
+        let wait = timeout.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
+        match tokio::time::timeout(wait, socket.flush_backlog()).await {
             Ok(Ok(())) => return true,
             Ok(Err(_)) => return false,
-            Err(_) if socket.backlog_written() != moved => continue,
+            Err(_)
+                if socket.backlog_written() != moved && tokio::time::Instant::now() < give_up =>
+            {
+                continue
+            }
             Err(_) => {
                 metrics.slow_consumer_disconnects.inc();
                 return false;
@@ -532,11 +539,19 @@ async fn send_in_order(
     loop {
         {
             let mut st = viewer.lock();
-            // Attached just before this frame was broadcast, or written by the
-            // hub before it handed the viewer back: the hub has sent it.
+            // A ring frame broadcast after the hub took the viewer over, or
+            // written by the hub before it handed the viewer back: sent.
             let frame_no = sending.frame_no;
-            if st.attached() || (frame_no > 0 && frame_no <= st.frame_no) {
+            if frame_no > 0 && (st.attached() || frame_no <= st.frame_no) {
                 return Sent::HubHasIt;
+            }
+            if st.attached() {
+                // A hello or a catch-up: the stream left the hub's (an epoch
+                // change the hub has not reached yet). The task takes over.
+                drop(st);
+                viewer.take_back(false);
+                feed.hub().direct_left();
+                continue;
             }
             match viewer.socket.push(bytes) {
                 Push::Written | Push::Queued => {

@@ -35,6 +35,27 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// when it lands.
 static NEXT_NS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// `DANMAKU_TEST_REDIS_URL`, or `None` (the test skips) — except under
+/// `DANMAKU_REQUIRE_SERVICES=1` (scripts/test.sh), where its absence fails.
+pub fn test_redis_url() -> Option<String> {
+    match std::env::var("DANMAKU_TEST_REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            if std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!(
+                    "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL is not set: start \
+                     redis-server (e.g. `redis-server --port 6390 --save '' --appendonly no \
+                     --daemonize yes`) and set DANMAKU_TEST_REDIS_URL=redis://127.0.0.1:6390"
+                );
+            }
+            eprintln!(
+                "skipping: DANMAKU_TEST_REDIS_URL is not set (no redis-server to test against)"
+            );
+            None
+        }
+    }
+}
+
 pub fn base_config() -> Config {
     let mut c = Config::embedded();
     match std::env::var("DANMAKU_TEST_ENGINE").as_deref() {
@@ -700,6 +721,14 @@ impl WsViewer {
                 Err(_) => return (None, msgs),
             }
         }
+    }
+
+    /// Follows a `hello` with `"reset": true`: the stream starts over.
+    pub fn accept_reset(&mut self, hello: &Value) {
+        assert_eq!(hello["reset"], true, "{hello}");
+        self.cursor = hello["cursor"].as_u64().expect("hello.cursor");
+        self.epoch = hello["epoch"].as_str().expect("hello.epoch").to_string();
+        self.seen.clear();
     }
 
     fn take_batch(&mut self, v: Value) -> Vec<Value> {
