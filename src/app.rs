@@ -226,8 +226,7 @@ impl Server {
         let http = tokio::spawn(crate::http_listener::serve(
             listener,
             app,
-            ListenerLimits::from_config(&state.config.server)
-                .with_push_backlog(state.config.fanout.push_backlog_bytes),
+            ListenerLimits::from_config(&state.config.server, &state.config.fanout),
             state.metrics.clone(),
             stopping.clone(),
         ));

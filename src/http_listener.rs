@@ -49,7 +49,10 @@ pub struct ListenerLimits {
 }
 
 impl ListenerLimits {
-    pub fn from_config(c: &crate::config::ServerConfig) -> Self {
+    pub fn from_config(
+        c: &crate::config::ServerConfig,
+        fanout: &crate::config::FanoutConfig,
+    ) -> Self {
         ListenerLimits {
             header_read_timeout: Duration::from_millis(c.header_read_timeout_ms.max(1)),
             max_header_bytes: c.max_header_bytes,
@@ -59,13 +62,8 @@ impl ListenerLimits {
                 c.max_connections
             },
             max_connections_per_ip: c.max_connections_per_ip,
-            push_backlog_bytes: 64 << 10,
+            push_backlog_bytes: fanout.push_backlog_bytes.max(1),
         }
-    }
-
-    pub fn with_push_backlog(mut self, bytes: usize) -> Self {
-        self.push_backlog_bytes = bytes.max(1);
-        self
     }
 }
 

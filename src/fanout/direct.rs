@@ -65,6 +65,9 @@ pub enum Detach {
 }
 
 impl Detach {
+    /// Every reason, in the order of `DirectStats::detached`.
+    pub const ALL: [Detach; 3] = [Detach::OutOfStep, Detach::Backlog, Detach::Closed];
+
     pub fn label(self) -> &'static str {
         match self {
             Detach::OutOfStep => "out_of_step",
@@ -227,7 +230,7 @@ impl DirectList {
         next_from: u64,
         last_no: u64,
     ) -> (Option<Arc<[Arc<DirectViewer>]>>, usize) {
-        let mut changed = self.prune();
+        self.prune();
         let mut joined = 0;
         let members = &mut self.members;
         self.requests
@@ -237,30 +240,31 @@ impl DirectList {
                     if attached {
                         members.push(r.clone());
                         joined += 1;
-                        changed = true;
                     }
                     false
                 }
             });
-        if changed {
-            self.snapshot = (!self.members.is_empty()).then(|| self.members.clone().into());
+        if joined > 0 {
+            self.refresh_snapshot();
         }
         (self.snapshot.clone(), joined)
     }
 
-    /// Drops members that are no longer attached; true if any was.
-    pub fn prune(&mut self) -> bool {
+    /// Drops members that are no longer attached (and closed requests).
+    pub fn prune(&mut self) {
         if self.gone.swap(0, Ordering::AcqRel) == 0 {
-            return false;
+            return;
         }
         let before = self.members.len();
         self.members.retain(|m| m.is_attached());
         self.requests.retain(|r| !r.lock().closed);
         if self.members.len() != before {
-            self.snapshot = (!self.members.is_empty()).then(|| self.members.clone().into());
-            return true;
+            self.refresh_snapshot();
         }
-        false
+    }
+
+    fn refresh_snapshot(&mut self) {
+        self.snapshot = (!self.members.is_empty()).then(|| self.members.clone().into());
     }
 
     /// Counts a detach done outside the fan-out (the task took its viewer back).

@@ -273,8 +273,8 @@ impl Hub {
         if !read {
             if rationer.has_undecided() || self.combos.lock().is_holding() {
                 let (epoch, cursor) = self.read_position();
-                let sent = self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
-                self.write_direct(ctx, sent).await;
+                self.broadcast(ctx, rationer, epoch, cursor, Vec::new())
+                    .await;
             }
             timer.observe_duration();
             return;
@@ -310,8 +310,8 @@ impl Hub {
                 continue;
             }
             let caught_up = read.cursor >= read.head;
-            let sent = self.ration_and_send(ctx, rationer, epoch, read.cursor, read.messages);
-            self.write_direct(ctx, sent).await;
+            self.broadcast(ctx, rationer, epoch, read.cursor, read.messages)
+                .await;
             if caught_up {
                 break;
             }
@@ -319,18 +319,26 @@ impl Hub {
         if ctx.final_tick && self.combos.lock().is_holding() {
             // The read failed: still hand out the held gifts before stopping.
             let (epoch, cursor) = self.read_position();
-            let sent = self.ration_and_send(ctx, rationer, epoch, cursor, Vec::new());
-            self.write_direct(ctx, sent).await;
+            self.broadcast(ctx, rationer, epoch, cursor, Vec::new())
+                .await;
         }
         timer.observe_duration();
     }
 
-    /// Writes a broadcast frame to the viewers the hub writes to itself.
-    async fn write_direct(&self, ctx: &HubContext<'_>, sent: Option<Broadcast>) {
+    /// Rations and broadcasts (`ration_and_send`), then writes the frame to
+    /// the viewers the hub writes to itself.
+    async fn broadcast(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        epoch: Arc<str>,
+        to: u64,
+        input: Vec<StoredMessage>,
+    ) {
         let Some(Broadcast {
             frame,
             direct: Some(members),
-        }) = sent
+        }) = self.ration_and_send(ctx, rationer, epoch, to, input)
         else {
             return;
         };
@@ -348,12 +356,11 @@ impl Hub {
                 .with_label_values(&["queued"])
                 .inc_by(stats.queued);
         }
-        for (i, n) in stats.detached.iter().enumerate() {
-            if *n > 0 {
-                let why = [Detach::OutOfStep, Detach::Backlog, Detach::Closed][i];
+        for (why, n) in Detach::ALL.iter().zip(stats.detached) {
+            if n > 0 {
                 m.direct_detached
                     .with_label_values(&[why.label()])
-                    .inc_by(*n);
+                    .inc_by(n);
             }
         }
         m.frames_sent.inc_by(stats.written + stats.queued);

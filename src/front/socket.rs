@@ -94,22 +94,18 @@ impl SharedSocket {
             backlog.extend_from_slice(frame);
             return Push::Queued;
         }
-        match self.stream.try_write(frame) {
-            Ok(n) if n == frame.len() => Push::Written,
-            Ok(n) => {
-                backlog.extend_from_slice(&frame[n..]);
-                drop(backlog);
-                self.backlog_waiting.notify_one();
-                Push::Queued
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                backlog.extend_from_slice(frame);
-                drop(backlog);
-                self.backlog_waiting.notify_one();
-                Push::Queued
-            }
-            Err(e) => broken(e),
+        let written = match self.stream.try_write(frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return broken(e),
+        };
+        if written == frame.len() {
+            return Push::Written;
         }
+        backlog.extend_from_slice(&frame[written..]);
+        drop(backlog);
+        self.backlog_waiting.notify_one();
+        Push::Queued
     }
 
     /// Writes the backlog until it is empty (waiting for the socket as needed).

@@ -264,10 +264,8 @@ impl Session {
                         return;
                     }
                     // The hub took over with this frame: stop reading the ring now.
-                    if let (Source::Feed(feed), Some(v)) = (&source, &viewer) {
-                        if v.is_attached() {
-                            source = Source::Direct { _online: feed.hub().stream_guard() };
-                        }
+                    if let Some(v) = &viewer {
+                        follow_attach(&mut source, v);
                     }
                 }
                 _ = backlog_waiting(viewer.as_deref()) => {
@@ -361,13 +359,9 @@ impl Session {
         slot: &mut DirectSlot,
         socket: &mut TimedSocket,
     ) -> Result<(), &'static str> {
-        let attached = slot.viewer.lock().attached();
+        let attached = slot.viewer.is_attached();
         match source {
-            Source::Feed(feed) if attached => {
-                *source = Source::Direct {
-                    _online: feed.hub().stream_guard(),
-                };
-            }
+            Source::Feed(_) if attached => follow_attach(source, &slot.viewer),
             Source::Direct { .. } if !attached => {
                 let (epoch, cursor, why) = {
                     let st = slot.viewer.lock();
@@ -446,6 +440,17 @@ impl Session {
                     Err(e) => error_json(&e, Some(&client_msg_id)),
                 }
             }
+        }
+    }
+}
+
+/// The hub writes to the viewer now: drop the ring (keep counting it online).
+fn follow_attach(source: &mut Source, viewer: &DirectViewer) {
+    if let Source::Feed(feed) = source {
+        if viewer.is_attached() {
+            *source = Source::Direct {
+                _online: feed.hub().stream_guard(),
+            };
         }
     }
 }
