@@ -24,7 +24,10 @@ use tokio::sync::Notify;
 
 const TICK: Duration = Duration::from_millis(100);
 
-/// A viewer's socket and what the tick loop could not write at once.
+/// A viewer's socket and what the tick loop could not write at once. Its
+/// own minimal backlog, not the server's `SharedSocket`: the reference must
+/// not take on the server's costs (on SharedSocket it measured 3.64 M
+/// deliveries per CPU-s against 3.84 M, medians of 3).
 struct Viewer {
     stream: Arc<TcpStream>,
     backlog: Mutex<Backlog>,
