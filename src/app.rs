@@ -9,20 +9,21 @@ use anyhow::Context;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::copier::Copier;
 use crate::archive::metrics::ArchiveMetrics;
+use crate::archiver::Copier;
 use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::Config;
 use crate::fanout::HubRegistry;
-use crate::http_listener::ListenerLimits;
+use crate::http::listener::ListenerLimits;
+use crate::http::{AppInner, AppState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::processor::{PauseGate, Processor};
 use crate::rooms::RoomDirectory;
 use crate::store::{memory::MemoryStore, redis::RedisStore, LiveStore};
 
-/// Which roles a process runs (DESIGN §1).
+/// Which roles a process runs (docs/architecture.md, "Roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     /// Every role in one process.
@@ -59,38 +60,6 @@ impl Role {
             Role::Archiver => true,
             _ => false,
         }
-    }
-}
-
-/// Everything request handlers need; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(pub Arc<AppInner>);
-
-pub struct AppInner {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub ingest: Ingest,
-    pub store: Arc<dyn LiveStore>,
-    pub bus: Arc<dyn Bus>,
-    pub hubs: Arc<HubRegistry>,
-    pub rooms: Arc<RoomDirectory>,
-    pub metrics: Arc<Metrics>,
-    /// Viewer connections per client address.
-    pub viewer_slots: crate::front::PerIpLimiter,
-    /// Replay reads (cache → replay Redis → archive) and the archive.
-    pub replay: Arc<crate::replay::Replay>,
-    /// Wakes this node's archiver when a live ends here.
-    pub archive_wake: Arc<tokio::sync::Notify>,
-    /// Cancelled first: stop taking new work (posts get 503).
-    pub stopping: CancellationToken,
-    /// Cancelled last: viewer sessions close with a reason.
-    pub closing: CancellationToken,
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppInner;
-    fn deref(&self) -> &AppInner {
-        &self.0
     }
 }
 
@@ -166,29 +135,31 @@ impl Server {
             hubs.start_background();
         }
         let state = AppState(Arc::new(AppInner {
-            auth: Authenticator::new(&config.auth),
-            ingest: Ingest::new(
-                config.ingest.clone(),
-                bus.clone(),
-                store.clone(),
-                metrics.clone(),
-                rooms.clone(),
-            )
-            .with_gear_spread(config.gears.spread_partitions),
+            auth: Arc::new(Authenticator::new(&config.auth)),
+            ingest: Arc::new(
+                Ingest::new(
+                    config.ingest.clone(),
+                    bus.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    rooms.clone(),
+                )
+                .with_gear_spread(config.gears.spread_partitions),
+            ),
             rooms,
             store: store.clone(),
             bus: bus.clone(),
             hubs,
             metrics: metrics.clone(),
-            viewer_slots: crate::front::PerIpLimiter::new(
+            viewer_slots: Arc::new(crate::front::PerIpLimiter::new(
                 config.server.max_viewer_connections_per_ip,
                 "viewer connections",
-            ),
+            )),
             replay,
             archive_wake: archive_wake.clone(),
             stopping: stopping.clone(),
             closing,
-            config,
+            config: Arc::new(config),
         }));
 
         let processor_pause = Arc::new(PauseGate::default());
@@ -219,11 +190,11 @@ impl Server {
             .with_context(|| format!("binding {}", state.config.server.listen))?;
         let addr = listener.local_addr()?;
         let app = if role.runs_front() {
-            crate::api::router(state.clone())
+            crate::http::router(state.clone())
         } else {
-            crate::api::ops_router(state.clone())
+            crate::http::ops_router(state.clone())
         };
-        let http = tokio::spawn(crate::http_listener::serve(
+        let http = tokio::spawn(crate::http::listener::serve(
             listener,
             app,
             ListenerLimits::from_config(&state.config.server, &state.config.fanout),

@@ -3,6 +3,8 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::auth::AuthFailure;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,26 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 503 `store_unavailable`: the live store did not answer. Callers log
+    /// the underlying error with their own context.
+    pub fn store_unavailable() -> Self {
+        Self::unavailable("store_unavailable", "the live store is unavailable")
+    }
+
+    /// 503 `shutting_down`: this node takes no new work.
+    pub fn shutting_down() -> Self {
+        Self::unavailable("shutting_down", "this node is shutting down")
+    }
+
+    /// The one "is this node stopping?" check of every entry point that
+    /// takes new work (posts, new viewer streams, WebSocket sends).
+    pub fn refuse_if_stopping(stopping: &CancellationToken) -> Result<(), Self> {
+        if stopping.is_cancelled() {
+            return Err(Self::shutting_down());
+        }
+        Ok(())
     }
 
     /// The JSON body, also used inside WebSocket `error` messages.

@@ -1,19 +1,22 @@
 //! danmaku — a broadcaster of live-room danmaku, chat and gift events.
 //!
-//! Roles (`front`, `processor`, `archiver`) talk through ports
-//! (`bus`, `store`) with embedded engines by default; see DESIGN.md.
+//! Roles (`front`, `processor`, `archiver`, `replay`) talk through ports
+//! (`bus`, `store`, `archive`) with embedded engines by default; `http` is
+//! the only layer that knows the router and axum's extractors, and `app`
+//! wires it all. See docs/architecture.md.
 
-pub mod api;
 pub mod app;
 pub mod archive;
+pub mod archiver;
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod front;
-pub mod http_listener;
+pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod message;
 pub mod metrics;
 pub mod processor;

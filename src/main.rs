@@ -38,7 +38,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let open_files = danmaku::http_listener::raise_open_file_limit();
+    let open_files = danmaku::http::listener::raise_open_file_limit();
     tracing::debug!(?open_files, "open-file limit");
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(listen) = &cli.listen {

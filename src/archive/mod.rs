@@ -1,13 +1,12 @@
-//! Archive port (DESIGN §2, §3.8): lives and the messages of ended lives, for
+//! Archive port (docs/architecture.md, "Ports"): lives and the messages of ended lives, for
 //! replay. Engines: SQLite (embedded default) and MySQL/MariaDB, both behind
 //! [`sql::SqlArchive`] (sqlx `Any` driver, runtime queries, migrations under
 //! `migrations/<engine>` embedded at build time and applied at start).
 //!
-//! The copy from the live store is [`copier`]; it is idempotent: rows are keyed
+//! The copy from the live store is the archiver role (`crate::archiver`); it is idempotent: rows are keyed
 //! by (live, seq) and inserted with "insert or ignore", and each batch moves
 //! the live's `archived_through_seq` in the same transaction.
 
-pub mod copier;
 pub mod metrics;
 pub mod sql;
 

@@ -66,7 +66,7 @@ fn main() -> anyhow::Result<()> {
         addr.ip().is_loopback(),
         "the bare reference listens on loopback only"
     );
-    danmaku::http_listener::raise_open_file_limit();
+    danmaku::http::listener::raise_open_file_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

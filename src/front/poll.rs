@@ -4,16 +4,11 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::ConnGuard;
-use crate::api::{ApiQuery, RoomPath};
-use crate::app::AppState;
+use super::{ConnGuard, Viewers};
 use crate::error::ApiError;
 use crate::fanout::frame::encode_batch;
 use crate::fanout::ration::ration_catch_up;
@@ -27,13 +22,9 @@ pub struct PollQuery {
     pub wait_ms: Option<u64>,
 }
 
-pub async fn handler(
-    State(s): State<AppState>,
-    RoomPath(room): RoomPath,
-    ApiQuery(q): ApiQuery<PollQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-) -> Result<Response, ApiError> {
-    let _slot = s.viewer_slots.acquire(peer.ip())?;
+/// Answers one long-poll of `room` (the caller holds the viewer's
+/// per-address slot for as long as this runs).
+pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiError> {
     let cfg = &s.config.poll;
     let wait = Duration::from_millis(
         q.wait_ms
@@ -43,7 +34,7 @@ pub async fn handler(
     let deadline = tokio::time::Instant::now() + wait;
     let mut waiter = None;
     for _ in 0..10 {
-        waiter = s.hubs.hub(&room).await?.poll_waiter();
+        waiter = s.hubs.hub(room).await?.poll_waiter();
         if waiter.is_some() {
             break;
         }
@@ -57,10 +48,9 @@ pub async fn handler(
     loop {
         let expired = tokio::time::Instant::now() >= deadline || s.closing.is_cancelled();
         let answer = if hub.is_big() {
-            from_cache(&s, &hub, &room, q.epoch.as_deref(), cursor, expired)
+            from_cache(s, &hub, room, q.epoch.as_deref(), cursor, expired)
         } else {
-            let a =
-                read_through(&s, &hub, &room, q.epoch.as_deref(), cursor, reset, expired).await?;
+            let a = read_through(s, &hub, room, q.epoch.as_deref(), cursor, reset, expired).await?;
             if let Answer::Restart = a {
                 // The client's cursor belongs to a lost stream: start this one over.
                 reset = true;
@@ -100,7 +90,7 @@ enum Answer {
 /// Small rooms read through to the store (wide window), rationed by the
 /// room's rules like every other transport.
 async fn read_through(
-    s: &AppState,
+    s: &Viewers,
     hub: &Hub,
     room: &str,
     epoch: Option<&str>,
@@ -115,7 +105,7 @@ async fn read_through(
         .await
         .map_err(|e| {
             tracing::warn!(room, error = %e, "poll read failed");
-            ApiError::unavailable("store_unavailable", "the live store is unavailable")
+            ApiError::store_unavailable()
         })?;
     if !reset && epoch.is_some_and(|e| !e.is_empty() && e != read.epoch) {
         return Ok(Answer::Restart);
@@ -134,7 +124,7 @@ async fn read_through(
 /// fewer messages), never from the store: one frame is sent as its bytes,
 /// several are encoded straight from their shared messages.
 fn from_cache(
-    s: &AppState,
+    s: &Viewers,
     hub: &Hub,
     room: &str,
     epoch: Option<&str>,

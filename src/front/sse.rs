@@ -4,48 +4,26 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnGuard, IpSlot, StreamQuery};
-use crate::api::{ApiQuery, RoomPath};
-use crate::app::AppState;
+use super::{ConnGuard, IpSlot, Viewers};
 use crate::error::ApiError;
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 
-pub async fn handler(
-    State(s): State<AppState>,
-    RoomPath(room): RoomPath,
-    ApiQuery(q): ApiQuery<StreamQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+/// Opens the event stream of `room` from `cursor` (the query's, or
+/// `Last-Event-ID`); `slot` is held for the life of the stream.
+pub async fn open(
+    s: &Viewers,
+    room: &str,
+    epoch: Option<&str>,
+    cursor: Option<u64>,
+    slot: IpSlot,
 ) -> Result<Response, ApiError> {
-    if s.stopping.is_cancelled() {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "this node is shutting down",
-        ));
-    }
-    super::check_origin(&s.config.server.allowed_origins, &headers)?;
-    let slot = s.viewer_slots.acquire(peer.ip())?;
-    let cursor = match headers.get("last-event-id") {
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|t| t.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a cursor")
-                })?,
-        ),
-        None => q.cursor,
-    };
-    let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), cursor).await?;
+    let (feed, hello) = ViewerFeed::open(&s.hubs, room, epoch, cursor).await?;
     let state = SseState {
         feed,
         hello: Some(hello),

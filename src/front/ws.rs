@@ -1,21 +1,14 @@
 //! WebSocket viewers: hello, shared batch frames, sends with acks, pings,
 //! idle and slow-consumer cuts, and a close reason on shutdown.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
-use axum::response::Response;
-use axum::Extension;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use serde::Deserialize;
 
-use super::{ConnGuard, StreamQuery};
-use crate::api::{ApiQuery, RoomPath};
-use crate::app::AppState;
+use super::{ConnGuard, Viewers};
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
 use crate::fanout::direct::{Detach, DirectViewer};
@@ -24,7 +17,6 @@ use crate::fanout::frame::ws_text_frame;
 use crate::fanout::Frame;
 use crate::fanout::{Hub, StreamGuard};
 use crate::front::socket::{Push, SharedSocket};
-use crate::http_listener::ClientSocket;
 use crate::ingest::DanmakuRequest;
 use crate::message::Style;
 
@@ -33,65 +25,40 @@ use crate::message::Style;
 const MAX_CLIENT_MESSAGE: usize = 4096;
 /// What the WebSocket reader buffers at most for one message; past it the
 /// socket is cut without a close frame (the reader cannot answer mid-frame).
-const MAX_READ_MESSAGE: usize = 16 * MAX_CLIENT_MESSAGE;
+pub const MAX_READ_MESSAGE: usize = 16 * MAX_CLIENT_MESSAGE;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
-pub async fn handler(
-    State(s): State<AppState>,
-    RoomPath(room): RoomPath,
-    ApiQuery(q): ApiQuery<StreamQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    client: Option<Extension<ClientSocket>>,
-    headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let upgrade =
-        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
-    if s.stopping.is_cancelled() {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "this node is shutting down",
-        ));
+/// Runs a viewer's session on a socket the HTTP layer upgraded
+/// (`crate::http::viewer`): `raw` is the connection for the hub's direct
+/// writes (`None`: direct writes off), `feed` and `hello` what
+/// `ViewerFeed::open` gave, `viewer` the token's claims if one was given.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    socket: WebSocket,
+    raw: Option<Arc<SharedSocket>>,
+    s: Viewers,
+    room: String,
+    viewer: Option<ViewerClaims>,
+    ip: IpAddr,
+    feed: ViewerFeed,
+    hello: String,
+) {
+    Session {
+        s,
+        room,
+        viewer,
+        ip,
     }
-    super::check_origin(&s.config.server.allowed_origins, &headers)?;
-    let slot = s.viewer_slots.acquire(peer.ip())?;
-    let bearer = q
-        .token
-        .as_deref()
-        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()));
-    let viewer = match bearer {
-        Some(t) => Some(s.auth.viewer(Some(t))?),
-        None => None,
-    };
-    let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
-    let hello = serde_json::to_string(&hello).expect("hello serialises");
-    let raw = client
-        .map(|Extension(ClientSocket(raw))| raw)
-        .filter(|_| s.config.fanout.direct_writes);
-    Ok(upgrade
-        // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
-        .read_buffer_size(512)
-        .max_message_size(MAX_READ_MESSAGE)
-        .max_frame_size(MAX_READ_MESSAGE)
-        .on_upgrade(move |socket| async move {
-            let _slot = slot; // held for the life of the connection
-            Session {
-                s,
-                room,
-                viewer,
-                ip: peer.ip(),
-            }
-            .run(socket, raw, feed, hello)
-            .await
-        }))
+    .run(socket, raw, feed, hello)
+    .await
 }
 
 /// A viewer's WebSocket text message: `{"type":"send","client_msg_id",
 /// "text","style"?}` (the HTTP danmaku body), `{"type":"auth","token"}` or
-/// `{"type":"ping"}`, parsed with [`crate::api::parse_json`]. Public for the
+/// `{"type":"ping"}`, parsed with [`crate::json::parse_json`]. Public for the
 /// fuzz targets (docs/fuzzing.md).
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
@@ -109,7 +76,7 @@ pub enum ClientMessage {
 }
 
 struct Session {
-    s: AppState,
+    s: Viewers,
     room: String,
     viewer: Option<ViewerClaims>,
     ip: IpAddr,
@@ -390,7 +357,7 @@ impl Session {
 
     /// Handles one client message; returns the reply to send.
     async fn on_text(&mut self, text: &str) -> String {
-        let message: ClientMessage = match crate::api::parse_json(text.as_bytes()) {
+        let message: ClientMessage = match crate::json::parse_json(text.as_bytes()) {
             Ok(m) => m,
             Err(e) => return error_json(&e, None),
         };
@@ -414,8 +381,7 @@ impl Session {
                     self.s.metrics.reject(e.code);
                     return error_json(&e, Some(&client_msg_id));
                 };
-                if self.s.stopping.is_cancelled() {
-                    let e = ApiError::unavailable("shutting_down", "this node is shutting down");
+                if let Err(e) = ApiError::refuse_if_stopping(&self.s.stopping) {
                     return error_json(&e, Some(&client_msg_id));
                 }
                 let req = DanmakuRequest {

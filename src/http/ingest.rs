@@ -1,177 +1,44 @@
-//! HTTP API (DESIGN §4): routes, extractors that turn every rejection into
-//! the contract's JSON error, and the write / operator endpoints. Viewer
-//! transports live in `front`.
-
-mod admin;
-mod extract;
-mod openapi;
-pub mod snapshot;
+//! The write endpoints: viewer danmaku posts, signed gift-backend events
+//! (single and batched) and development tokens. Parsing and signatures
+//! here; validation, idempotency and publishing in `crate::ingest`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use serde::Deserialize;
 
-use crate::app::AppState;
+use super::extract::{header_str, parse_json, RawBody, RoomPath};
+use super::routes::Routes;
+use super::state::IngestState;
 use crate::auth::unix_now;
 use crate::error::ApiError;
 use crate::ingest::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
-pub use admin::require_admin;
-pub use extract::{parse_json, ApiQuery, RawBody, RoomPath};
 
-pub fn router(state: AppState) -> Router {
-    let limit = state.config.server.max_body_bytes;
-    Router::new()
-        .route("/", get(index))
-        .route("/app.js", get(app_js))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi::serve))
-        .route("/v1/demo/token", post(demo_token))
-        .route("/v1/rooms/{room}/danmaku", post(post_danmaku))
-        .route("/v1/rooms/{room}/events", post(post_event))
-        // A literal segment (matchit 0.8 gives ':' no meaning); a batch may
-        // be as large as `max_batch_events` single bodies.
-        .route(
-            "/v1/rooms/{room}/events:batch",
-            post(post_events_batch).layer(DefaultBodyLimit::max(
-                limit.saturating_mul(state.config.ingest.max_batch_events.max(1)),
-            )),
-        )
-        .route(
-            "/v1/rooms/{room}/snapshot",
-            get(snapshot::handler).layer(Extension(snapshot::SnapshotCache::new())),
-        )
-        .route("/v1/rooms/{room}/ws", get(crate::front::ws::handler))
-        .route("/v1/rooms/{room}/poll", get(crate::front::poll::handler))
-        .route("/v1/rooms/{room}/sse", get(crate::front::sse::handler))
-        .route("/v1/rooms/{room}/lives", get(crate::replay::lives))
-        .route("/v1/rooms/{room}/replay", get(crate::replay::replay))
-        .route(
-            "/v1/admin/rooms/{room}/live/start",
-            post(crate::replay::live_start),
-        )
-        .route(
-            "/v1/admin/rooms/{room}/live/end",
-            post(crate::replay::live_end),
-        )
-        .route(
-            "/v1/admin/rooms/{room}/settings",
-            get(admin::get_settings)
-                .put(admin::patch_settings)
-                .patch(admin::patch_settings),
-        )
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
-}
-
-/// Operations only (`processor` role): health, readiness, metrics.
-pub fn ops_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .fallback(not_found)
-        .with_state(state)
-}
-
-async fn index() -> Html<&'static str> {
-    Html(include_str!("../../static/index.html"))
-}
-
-async fn app_js() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../../static/app.js"),
-    )
-        .into_response()
-}
-
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
-}
-
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({"status": "ok"}))
-}
-
-/// Ready when the store and the bus answer and the node is not stopping.
-async fn readyz(State(s): State<AppState>) -> Response {
-    let t = Duration::from_secs(1);
-    let store = matches!(tokio::time::timeout(t, s.store.ping()).await, Ok(Ok(())));
-    let bus = matches!(tokio::time::timeout(t, s.bus.ping()).await, Ok(Ok(())));
-    let stopping = s.stopping.is_cancelled();
-    // The archive and the replay Redis serve replay and archiving only: a
-    // node without them still serves live rooms, so it stays in the load
-    // balancer ("degraded", 200) rather than out of it.
-    let archive = matches!(
-        tokio::time::timeout(t, s.replay.archive().ping()).await,
-        Ok(Ok(()))
-    );
-    let replay_redis = s.replay.ping_redis().await;
-    let ready = store && bus && !stopping;
-    let whole = archive && replay_redis != Some(false);
-    let status = match (ready, whole) {
-        (false, _) => "not_ready",
-        (true, false) => "degraded",
-        (true, true) => "ready",
-    };
-    let mut checks = serde_json::json!({
-        "store": store, "bus": bus, "accepting": !stopping, "archive": archive,
-    });
-    if let Some(up) = replay_redis {
-        checks["replay_redis"] = up.into();
-    }
-    let body = serde_json::json!({"status": status, "checks": checks});
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (code, Json(body)).into_response()
-}
-
-async fn metrics(State(s): State<AppState>) -> Response {
-    s.metrics.bus_pending.set(s.bus.pending() as i64);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render() + &s.replay.metrics.render(),
-    )
-        .into_response()
+/// `body_limit` is the server's single-body limit: a batch may be as large
+/// as `max_batch_events` single bodies.
+pub(super) fn routes(body_limit: usize, max_batch_events: usize) -> Routes {
+    Routes::new()
+        .post("/v1/demo/token", demo_token)
+        .post("/v1/rooms/{room}/danmaku", post_danmaku)
+        .post("/v1/rooms/{room}/events", post_event)
+        // A literal segment (matchit 0.8 gives ':' no meaning).
+        .post("/v1/rooms/{room}/events:batch", post_events_batch)
+        .with_last(|h| {
+            h.layer(DefaultBodyLimit::max(
+                body_limit.saturating_mul(max_batch_events.max(1)),
+            ))
+        })
 }
 
 /// Counts a refusal that happened before ingest saw the request.
-fn counted<T>(s: &AppState, r: Result<T, ApiError>) -> Result<T, ApiError> {
+fn counted<T>(s: &IngestState, r: Result<T, ApiError>) -> Result<T, ApiError> {
     if let Err(e) = &r {
         s.metrics.reject(e.code);
     }
     r
-}
-
-fn refuse_if_stopping(s: &AppState) -> Result<(), ApiError> {
-    if s.stopping.is_cancelled() {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "this node is shutting down",
-        ));
-    }
-    Ok(())
 }
 
 fn accepted(a: Accepted) -> Response {
@@ -188,19 +55,15 @@ fn accepted(a: Accepted) -> Response {
     res
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
 async fn post_danmaku(
-    State(s): State<AppState>,
+    State(s): State<IngestState>,
     RoomPath(room): RoomPath,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let (viewer, req) = counted(&s, {
-        refuse_if_stopping(&s).and_then(|()| {
+        ApiError::refuse_if_stopping(&s.stopping).and_then(|()| {
             let viewer = s
                 .auth
                 .viewer(header_str(&headers, "authorization"))
@@ -214,8 +77,8 @@ async fn post_danmaku(
 }
 
 /// Verifies the gift backend's signature headers over `body`.
-fn check_signed(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
-    refuse_if_stopping(s)?;
+fn check_signed(s: &IngestState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    ApiError::refuse_if_stopping(&s.stopping)?;
     s.auth.gift_signature(
         header_str(headers, "x-timestamp"),
         header_str(headers, "x-signature"),
@@ -239,7 +102,7 @@ fn invalid_body(e: serde_json::Error) -> ApiError {
 }
 
 async fn post_event(
-    State(s): State<AppState>,
+    State(s): State<IngestState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -308,7 +171,7 @@ pub fn parse_batch(
 /// {"code","message"},"retry_after_s"?}`. The batch as a whole is refused
 /// (401, 400, 413 `too_many_events`, 503) only when no event can be looked at.
 async fn post_events_batch(
-    State(s): State<AppState>,
+    State(s): State<IngestState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
     RawBody(body): RawBody,
@@ -385,7 +248,7 @@ struct DemoTokenRequest {
 
 /// Development only: a viewer token for the page and the README tour.
 async fn demo_token(
-    State(s): State<AppState>,
+    State(s): State<IngestState>,
     RawBody(body): RawBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if !s.auth.demo_tokens_enabled() {

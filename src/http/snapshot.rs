@@ -1,4 +1,4 @@
-//! `GET /v1/rooms/{room}/snapshot` (DESIGN §4, CDN edge): the room's latest
+//! `GET /v1/rooms/{room}/snapshot` (docs/cdn.md): the room's latest
 //! messages per bucket, online count and cursor, made to sit behind a CDN.
 //!
 //! - A front computes a room's snapshot at most once per `snapshot.max_age_ms`;
@@ -30,10 +30,17 @@ use axum::Extension;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use super::RoomPath;
-use crate::app::AppState;
+use super::extract::{if_none_match, RoomPath};
+use super::routes::Routes;
+use super::state::SnapshotState;
 use crate::error::ApiError;
 use crate::message::{now_ms, Priority, StoredMessage};
+
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .get("/v1/rooms/{room}/snapshot", handler)
+        .with_last(|h| h.layer(Extension(SnapshotCache::new())))
+}
 
 /// Per-room snapshots of this front; shared by every request.
 #[derive(Clone)]
@@ -96,8 +103,8 @@ struct Snapshot {
     body: Bytes,
 }
 
-pub async fn handler(
-    State(s): State<AppState>,
+async fn handler(
+    State(s): State<SnapshotState>,
     Extension(cache): Extension<SnapshotCache>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
@@ -156,7 +163,7 @@ pub async fn handler(
     respond(&s, &snapshot, stale, &headers)
 }
 
-fn respond(s: &AppState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> Response {
+fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> Response {
     let cache_control = HeaderValue::from_str(&s.config.snapshot.cache_control)
         .unwrap_or(HeaderValue::from_static("public, max-age=1"));
     let common = [
@@ -164,12 +171,7 @@ fn respond(s: &AppState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> R
         (header::ETAG, snap.etag.clone()),
         (header::LAST_MODIFIED, snap.last_modified.clone()),
     ];
-    let etag = snap.etag.to_str().unwrap_or_default();
-    let revalidated = request
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| if_none_match_hits(v, etag));
+    let revalidated = if_none_match(request, snap.etag.to_str().unwrap_or_default());
     let result = match (revalidated, stale) {
         (true, _) => "not_modified",
         (false, true) => "stale",
@@ -201,7 +203,7 @@ enum Computed {
 }
 
 async fn compute(
-    s: &AppState,
+    s: &SnapshotState,
     room: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Computed, ApiError> {
@@ -274,7 +276,7 @@ async fn compute(
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "snapshot: store read failed");
-    ApiError::unavailable("store_unavailable", "the live store is unavailable")
+    ApiError::store_unavailable()
 }
 
 /// `{"room","epoch","cursor","online","generated_at","buckets":{"whitelist":
@@ -343,56 +345,9 @@ fn build(room: &str, state: RoomState, messages: &[StoredMessage], per_bucket: u
     }
 }
 
-/// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC
-/// 9110 §13.1.2 asks: `W/"x"` matches `"x"`; `*` matches anything).
-fn if_none_match_hits(value: &str, etag: &str) -> bool {
-    let etag = etag.strip_prefix("W/").unwrap_or(etag);
-    let mut rest = value.trim();
-    if rest == "*" {
-        return true;
-    }
-    while !rest.is_empty() {
-        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
-        let tag = rest.strip_prefix("W/").unwrap_or(rest);
-        let Some(body) = tag.strip_prefix('"') else {
-            // Not an entity tag: skip to the next list element.
-            rest = tag.split_once(',').map_or("", |(_, r)| r);
-            continue;
-        };
-        let Some(end) = body.find('"') else {
-            return false;
-        };
-        if tag[..end + 2] == *etag {
-            return true;
-        }
-        rest = &body[end + 1..];
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn if_none_match_forms() {
-        let e = "\"abc\"";
-        assert!(if_none_match_hits("\"abc\"", e));
-        assert!(if_none_match_hits("W/\"abc\"", e));
-        assert!(if_none_match_hits("\"x\", W/\"abc\"", e));
-        assert!(if_none_match_hits("\"x\",\"abc\"", e));
-        assert!(if_none_match_hits("*", e));
-        assert!(
-            if_none_match_hits("\"a,b\", \"abc\"", e),
-            "comma inside a tag"
-        );
-        assert!(!if_none_match_hits("\"abcd\"", e));
-        assert!(!if_none_match_hits("abc", e));
-        assert!(!if_none_match_hits("\"abc", e));
-        assert!(!if_none_match_hits("", e));
-        assert!(!if_none_match_hits("bogus, \"x\"", e));
-        assert!(if_none_match_hits("bogus, \"abc\"", e));
-    }
 
     fn m(seq: u64, p: Priority) -> StoredMessage {
         StoredMessage {

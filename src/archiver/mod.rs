@@ -23,8 +23,8 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics::ArchiveMetrics;
-use super::{Archive, ArchiveError, ArchivedMessage, Live};
+use crate::archive::metrics::ArchiveMetrics;
+use crate::archive::{Archive, ArchiveError, ArchivedMessage, Live};
 use crate::config::ArchiveConfig;
 use crate::message::now_ms;
 use crate::store::LiveStore;

@@ -1,6 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI 3.0 document of every route `router`
 //! serves (`openapi.json` beside this file). The tests below hold the two in
-//! step: adding a route (or a method) without documenting it fails them.
+//! step through the route list the router is built from: adding a route (or
+//! a method) without documenting it fails them.
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -47,91 +48,22 @@ mod tests {
         out
     }
 
-    /// Source text without `//` comments (no route path contains `//`).
-    fn strip_comments(src: &str) -> String {
-        src.lines()
-            .map(|l| l.find("//").map_or(l, |i| &l[..i]))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// The text of the balanced `( … )` group that opens at `open`.
-    fn group(src: &str, open: usize) -> &str {
-        let mut depth = 0usize;
-        let mut in_str = false;
-        let bytes = src.as_bytes();
-        for (i, &b) in bytes.iter().enumerate().skip(open) {
-            match b {
-                b'"' if i == 0 || bytes[i - 1] != b'\\' => in_str = !in_str,
-                b'(' if !in_str => depth += 1,
-                b')' if !in_str => {
-                    depth -= 1;
-                    if depth == 0 {
-                        return &src[open + 1..i];
-                    }
-                }
-                _ => {}
-            }
-        }
-        panic!("unbalanced parentheses in the router source");
-    }
-
-    /// (METHOD, path) of every `.route(path, method_router)` of `router()`,
-    /// read from its source: the route table as written, not as documented.
-    fn served() -> BTreeSet<(String, String)> {
-        let src = strip_comments(include_str!("mod.rs"));
-        let start = src.find("pub fn router(").expect("router() in api/mod.rs");
-        let end = src[start..]
-            .find("\npub fn ")
-            .map_or(src.len(), |i| start + i);
-        let body = &src[start..end];
-        for unsupported in [".nest(", ".merge(", ".route_service(", ".nest_service("] {
-            assert!(
-                !body.contains(unsupported),
-                "router() uses {unsupported}: teach this test to read it"
-            );
-        }
-        let mut out = BTreeSet::new();
-        let mut rest = body;
-        let mut routes = 0;
-        while let Some(at) = rest.find(".route(") {
-            routes += 1;
-            let args = group(rest, at + ".route".len());
-            let q1 = args.find('"').expect("route path literal");
-            let q2 = q1 + 1 + args[q1 + 1..].find('"').expect("closing quote");
-            let path = &args[q1 + 1..q2];
-            let method_router = &args[q2 + 1..];
-            let mut found = 0;
-            for (i, _) in method_router.match_indices('(') {
-                let ident_start = method_router[..i]
-                    .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .map_or(0, |j| j + 1);
-                let ident = &method_router[ident_start..i];
-                assert!(
-                    !matches!(ident, "any" | "on" | "any_service" | "on_service"),
-                    "route {path} uses {ident}(): document it and teach this test to read it"
-                );
-                if METHODS.contains(&ident) {
-                    out.insert((ident.to_uppercase(), path.to_string()));
-                    found += 1;
-                }
-            }
-            assert!(found > 0, "no method found for route {path}");
-            rest = &rest[at + ".route(".len()..];
-        }
-        assert!(routes >= 10, "found only {routes} routes in router()");
-        out
-    }
-
+    /// Every route the router serves is documented, and nothing else: the
+    /// router is built from [`crate::http::route_list`]'s entries.
     #[test]
     fn every_served_route_is_documented_and_nothing_else() {
         let documented = documented();
-        let served = served();
+        let listed = crate::http::route_list();
+        let served: BTreeSet<(String, String)> = listed
+            .iter()
+            .map(|(m, p)| (m.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(served.len(), listed.len(), "a route is listed twice");
         let undocumented: Vec<_> = served.difference(&documented).collect();
         let not_served: Vec<_> = documented.difference(&served).collect();
         assert!(
             undocumented.is_empty() && not_served.is_empty(),
-            "src/api/openapi.json and router() disagree:\n  served, not documented: \
+            "src/http/openapi.json and the route list disagree:\n  served, not documented: \
              {undocumented:?}\n  documented, not served: {not_served:?}"
         );
     }

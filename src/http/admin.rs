@@ -1,36 +1,22 @@
-//! Operator endpoints (admin bearer token). Off — 404 — unless a token is set.
+//! Room settings (admin bearer token). Off — 404 — unless a token is set.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
-use subtle::ConstantTimeEq;
 
-use super::{header_str, parse_json, RawBody, RoomPath};
-use crate::app::AppState;
+use super::extract::{parse_json, RawBody, RoomPath};
+use super::guard::require_admin;
+use super::routes::Routes;
+use super::state::AdminState;
 use crate::error::ApiError;
 use crate::rooms::{RoomSettings, RoomSettingsPatch};
 
-/// Checks `Authorization: Bearer <admin token>` in constant time.
-pub fn require_admin(s: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let configured = s.config.auth.admin_token.as_bytes();
-    if configured.is_empty() {
-        return Err(ApiError::not_found(
-            "admin routes are off (no admin token configured)",
-        ));
-    }
-    let given = header_str(headers, "authorization")
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .trim()
-        .as_bytes();
-    if given.is_empty() || !bool::from(given.ct_eq(configured)) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_admin_token",
-            "an admin bearer token is required",
-        ));
-    }
-    Ok(())
+pub(super) fn routes() -> Routes {
+    let settings = "/v1/admin/rooms/{room}/settings";
+    Routes::new()
+        .get(settings, get_settings)
+        .put(settings, patch_settings)
+        .patch(settings, patch_settings)
 }
 
 #[derive(serde::Serialize)]
@@ -50,7 +36,7 @@ struct Effective {
     online: usize,
 }
 
-fn view(s: &AppState, room: String) -> SettingsView {
+fn view(s: &AdminState, room: String) -> SettingsView {
     let online = s.hubs.online(&room);
     let rules = s.rooms.rules(&room, online);
     SettingsView {
@@ -66,23 +52,23 @@ fn view(s: &AppState, room: String) -> SettingsView {
     }
 }
 
-pub async fn get_settings(
-    State(s): State<AppState>,
+async fn get_settings(
+    State(s): State<AdminState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
 ) -> Result<Json<SettingsView>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s.config.auth.admin_token, &headers)?;
     Ok(Json(view(&s, room)))
 }
 
 /// Partial update; applies to the next tick and the next post, no restart.
-pub async fn patch_settings(
-    State(s): State<AppState>,
+async fn patch_settings(
+    State(s): State<AdminState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Json<SettingsView>, ApiError> {
-    require_admin(&s, &headers)?;
+    require_admin(&s.config.auth.admin_token, &headers)?;
     let patch: RoomSettingsPatch = parse_json(&body)?;
     patch
         .validate()

@@ -1,14 +1,17 @@
-//! Extractors whose rejections are the contract's JSON errors.
+//! Extractors whose rejections are the contract's JSON errors, and the
+//! request-header helpers the handlers share.
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use bytes::Bytes;
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
+use super::state::AppState;
 use crate::error::ApiError;
 use crate::message::valid_room;
+
+pub use crate::json::parse_json;
 
 /// `{room}` path segment, validated.
 pub struct RoomPath(pub String);
@@ -88,50 +91,79 @@ impl FromRequest<AppState> for RawBody {
     }
 }
 
-/// Parses a JSON object: syntax errors → `malformed_json`, shape errors →
-/// `invalid_body`. serde would also take a struct as the array of its fields
-/// (`[[[]]]` as a batch, found by fuzzing): every body here is an object.
-pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some_and(|b| *b != b'{') && serde_json::from_slice::<IgnoredAny>(body).is_ok() {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            "the body must be a JSON object",
-        ));
+/// Whether any `If-None-Match` header of the request names `etag` (a
+/// quoted tag, strong or `W/`): the one revalidation rule of every cached
+/// answer (snapshot, replay).
+pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| if_none_match_hits(v, etag))
+}
+
+/// Whether an `If-None-Match` value names `etag` (weak comparison, as RFC
+/// 9110 §13.1.2 asks: `W/"x"` matches `"x"`; `*` matches anything).
+fn if_none_match_hits(value: &str, etag: &str) -> bool {
+    let etag = etag.strip_prefix("W/").unwrap_or(etag);
+    let mut rest = value.trim();
+    if rest == "*" {
+        return true;
     }
-    serde_json::from_slice(body).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => ApiError::bad_request("invalid_body", e.to_string()),
-            _ => ApiError::bad_request("malformed_json", e.to_string()),
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        let tag = rest.strip_prefix("W/").unwrap_or(rest);
+        let Some(body) = tag.strip_prefix('"') else {
+            // Not an entity tag: skip to the next list element.
+            rest = tag.split_once(',').map_or("", |(_, r)| r);
+            continue;
+        };
+        let Some(end) = body.find('"') else {
+            return false;
+        };
+        if tag[..end + 2] == *etag {
+            return true;
         }
-    })
+        rest = &body[end + 1..];
+    }
+    false
+}
+
+/// A header's value as text, if it is text.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(serde::Deserialize, Debug)]
-    #[allow(dead_code)]
-    struct Batch {
-        events: Vec<serde_json::Value>,
+    #[test]
+    fn if_none_match_forms() {
+        let e = "\"abc\"";
+        assert!(if_none_match_hits("\"abc\"", e));
+        assert!(if_none_match_hits("W/\"abc\"", e));
+        assert!(if_none_match_hits("\"x\", W/\"abc\"", e));
+        assert!(if_none_match_hits("\"x\",\"abc\"", e));
+        assert!(if_none_match_hits("*", e));
+        assert!(
+            if_none_match_hits("\"a,b\", \"abc\"", e),
+            "comma inside a tag"
+        );
+        assert!(!if_none_match_hits("\"abcd\"", e));
+        assert!(!if_none_match_hits("abc", e));
+        assert!(!if_none_match_hits("\"abc", e));
+        assert!(!if_none_match_hits("", e));
+        assert!(!if_none_match_hits("bogus, \"x\"", e));
+        assert!(if_none_match_hits("bogus, \"abc\"", e));
     }
 
     #[test]
-    fn bodies_must_be_json_objects() {
-        assert!(parse_json::<Batch>(br#" {"events": [{}]}"#).is_ok());
-        // serde alone would take `[[{}]]` as `{"events": [{}]}`.
-        let e = parse_json::<Batch>(b"[[{}]]").unwrap_err();
-        assert_eq!(
-            (e.code, e.message.as_str()),
-            ("invalid_body", "the body must be a JSON object")
-        );
-        assert_eq!(
-            parse_json::<Batch>(b"[[{}]").unwrap_err().code,
-            "malformed_json"
-        );
-        assert_eq!(parse_json::<Batch>(b"").unwrap_err().code, "malformed_json");
-        assert_eq!(parse_json::<Batch>(b"{}").unwrap_err().code, "invalid_body");
+    fn every_if_none_match_header_counts() {
+        let mut h = HeaderMap::new();
+        assert!(!if_none_match(&h, "\"abc\""));
+        h.append(header::IF_NONE_MATCH, "\"x\"".parse().unwrap());
+        h.append(header::IF_NONE_MATCH, "W/\"abc\"".parse().unwrap());
+        assert!(if_none_match(&h, "\"abc\""));
     }
 }

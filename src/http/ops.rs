@@ -1,0 +1,90 @@
+//! The page, health, readiness, metrics and the API document.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+
+use super::openapi;
+use super::routes::Routes;
+use super::state::AppState;
+
+/// Health, readiness and metrics: every role serves these.
+pub(super) fn health_routes() -> Routes {
+    Routes::new()
+        .get("/healthz", healthz)
+        .get("/readyz", readyz)
+        .get("/metrics", metrics)
+}
+
+/// The viewer page and the API document, then [`health_routes`].
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .get("/", index)
+        .get("/app.js", app_js)
+        .merge(health_routes())
+        .get("/openapi.json", openapi::serve)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../../static/index.html"))
+}
+
+async fn app_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../static/app.js"),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when the store and the bus answer and the node is not stopping.
+async fn readyz(State(s): State<AppState>) -> Response {
+    let t = Duration::from_secs(1);
+    let store = matches!(tokio::time::timeout(t, s.store.ping()).await, Ok(Ok(())));
+    let bus = matches!(tokio::time::timeout(t, s.bus.ping()).await, Ok(Ok(())));
+    let stopping = s.stopping.is_cancelled();
+    // The archive and the replay Redis serve replay and archiving only: a
+    // node without them still serves live rooms, so it stays in the load
+    // balancer ("degraded", 200) rather than out of it.
+    let archive = matches!(
+        tokio::time::timeout(t, s.replay.archive().ping()).await,
+        Ok(Ok(()))
+    );
+    let replay_redis = s.replay.ping_redis().await;
+    let ready = store && bus && !stopping;
+    let whole = archive && replay_redis != Some(false);
+    let status = match (ready, whole) {
+        (false, _) => "not_ready",
+        (true, false) => "degraded",
+        (true, true) => "ready",
+    };
+    let mut checks = serde_json::json!({
+        "store": store, "bus": bus, "accepting": !stopping, "archive": archive,
+    });
+    if let Some(up) = replay_redis {
+        checks["replay_redis"] = up.into();
+    }
+    let body = serde_json::json!({"status": status, "checks": checks});
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    s.metrics.bus_pending.set(s.bus.pending() as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render() + &s.replay.metrics.render(),
+    )
+        .into_response()
+}

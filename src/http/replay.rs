@@ -1,0 +1,95 @@
+//! Viewers' reads of archived lives: the list of a room's lives and replay
+//! windows (read through `crate::replay`).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::extract::{if_none_match, ApiQuery, RoomPath};
+use super::routes::Routes;
+use super::state::ArchiveState;
+use crate::archive::Live;
+use crate::error::ApiError;
+use crate::replay::archive_error;
+
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .get("/v1/rooms/{room}/lives", lives)
+        .get("/v1/rooms/{room}/replay", replay)
+}
+
+/// `GET /v1/rooms/{room}/lives`: newest first (at most 100).
+async fn lives(
+    State(s): State<ArchiveState>,
+    RoomPath(room): RoomPath,
+) -> Result<Response, ApiError> {
+    let lives = s
+        .replay
+        .archive()
+        .lives(&room, 100)
+        .await
+        .map_err(archive_error)?;
+    let lives: Vec<_> = lives.iter().map(Live::view).collect();
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({"room": room, "lives": lives})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayQuery {
+    #[serde(default)]
+    live: Option<String>,
+    #[serde(default)]
+    from_ms: Option<u64>,
+    #[serde(default)]
+    to_ms: Option<u64>,
+}
+
+/// `GET /v1/rooms/{room}/replay?live=ID&from_ms=A&to_ms=B`: the archived
+/// messages with `A <= offset_ms < B`, by (offset_ms, seq). Default live: the
+/// room's latest archived one; default window: `[0, replay_window_ms)` from A.
+/// The body never changes once archived: strong ETag, 304 on `If-None-Match`.
+async fn replay(
+    State(s): State<ArchiveState>,
+    RoomPath(room): RoomPath,
+    ApiQuery(q): ApiQuery<ReplayQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let body = s
+        .replay
+        .read(&room, q.live.as_deref(), q.from_ms, q.to_ms)
+        .await?;
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
+    let cache_control = HeaderValue::from_str(&s.config.archive.replay_cache_control)
+        .unwrap_or(HeaderValue::from_static("public, max-age=3600"));
+    let etag_value = HeaderValue::from_str(&etag).expect("hex etag");
+    if if_none_match(&headers, &etag) {
+        return Ok((
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag_value),
+                (header::CACHE_CONTROL, cache_control),
+            ],
+        )
+            .into_response());
+    }
+    Ok((
+        StatusCode::OK,
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag_value),
+            (header::CACHE_CONTROL, cache_control),
+        ],
+        body,
+    )
+        .into_response())
+}

@@ -1,0 +1,138 @@
+//! The viewer transports' HTTP side: the WebSocket upgrade, the `Origin`
+//! allow-list, per-address slots and viewer tokens, then the session in
+//! `crate::front` (`ws::run`, `poll::run`, `sse::open`).
+
+use std::net::SocketAddr;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+
+use super::extract::{header_str, ApiQuery, RoomPath};
+use super::listener::ClientSocket;
+use super::routes::Routes;
+use crate::error::ApiError;
+use crate::fanout::feed::ViewerFeed;
+use crate::front::poll::PollQuery;
+use crate::front::{poll, sse, ws, StreamQuery, Viewers};
+
+pub(super) fn routes() -> Routes {
+    Routes::new()
+        .get("/v1/rooms/{room}/ws", ws_handler)
+        .get("/v1/rooms/{room}/poll", poll_handler)
+        .get("/v1/rooms/{room}/sse", sse_handler)
+}
+
+async fn ws_handler(
+    State(s): State<Viewers>,
+    RoomPath(room): RoomPath,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<ClientSocket>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let upgrade =
+        upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
+    ApiError::refuse_if_stopping(&s.stopping)?;
+    check_origin(&s.config.server.allowed_origins, &headers)?;
+    let slot = s.viewer_slots.acquire(peer.ip())?;
+    // Browsers cannot set headers on a WebSocket: the query may carry it.
+    let bearer = q
+        .token
+        .as_deref()
+        .or_else(|| header_str(&headers, "authorization"));
+    let viewer = match bearer {
+        Some(t) => Some(s.auth.viewer(Some(t))?),
+        None => None,
+    };
+    let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
+    let hello = serde_json::to_string(&hello).expect("hello serialises");
+    let raw = client
+        .map(|Extension(ClientSocket(raw))| raw)
+        .filter(|_| s.config.fanout.direct_writes);
+    Ok(upgrade
+        // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
+        .read_buffer_size(512)
+        .max_message_size(ws::MAX_READ_MESSAGE)
+        .max_frame_size(ws::MAX_READ_MESSAGE)
+        .on_upgrade(move |socket| async move {
+            let _slot = slot; // held for the life of the connection
+            ws::run(socket, raw, s, room, viewer, peer.ip(), feed, hello).await
+        }))
+}
+
+async fn poll_handler(
+    State(s): State<Viewers>,
+    RoomPath(room): RoomPath,
+    ApiQuery(q): ApiQuery<PollQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Response, ApiError> {
+    let _slot = s.viewer_slots.acquire(peer.ip())?;
+    poll::run(&s, &room, q).await
+}
+
+async fn sse_handler(
+    State(s): State<Viewers>,
+    RoomPath(room): RoomPath,
+    ApiQuery(q): ApiQuery<StreamQuery>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    ApiError::refuse_if_stopping(&s.stopping)?;
+    check_origin(&s.config.server.allowed_origins, &headers)?;
+    let slot = s.viewer_slots.acquire(peer.ip())?;
+    let cursor = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request("bad_last_event_id", "Last-Event-ID must be a cursor")
+                })?,
+        ),
+        None => q.cursor,
+    };
+    sse::open(&s, &room, q.epoch.as_deref(), cursor, slot).await
+}
+
+/// WebSocket / SSE `Origin` allow-list (empty list: any origin). Requests
+/// without an Origin (non-browser clients) are not affected.
+fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = header_str(headers, "origin") else {
+        return Ok(());
+    };
+    if allowed.iter().any(|a| a == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open viewer streams",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_allow_list() {
+        let mut h = HeaderMap::new();
+        assert!(
+            check_origin(&["https://a.example".into()], &h).is_ok(),
+            "no Origin"
+        );
+        h.insert("origin", "https://b.example".parse().unwrap());
+        assert!(check_origin(&[], &h).is_ok(), "empty list allows all");
+        let e = check_origin(&["https://a.example".into()], &h).unwrap_err();
+        assert_eq!(e.code, "origin_not_allowed");
+    }
+}
