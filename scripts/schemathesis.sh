@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the HTTP API against its OpenAPI document (src/api/openapi.json,
+# Fuzzes the HTTP API against its OpenAPI document (src/http/openapi.json,
 # served at /openapi.json) with schemathesis: no 5xx, and every answer's
 # status, content type, headers and body as documented.
 #

@@ -5,7 +5,7 @@
 //! retry of the same `client_msg_id` is a replay of the same answer.
 #![no_main]
 
-use danmaku::api::parse_json;
+use danmaku::http::parse_json;
 use danmaku::auth::ViewerClaims;
 use danmaku::ingest::DanmakuRequest;
 use danmaku::message::{Kind, Priority};

@@ -8,7 +8,7 @@
 //! validation rules and round-trip; a retry gets the same answers.
 #![no_main]
 
-use danmaku::api::{parse_batch, parse_event, parse_json};
+use danmaku::http::{parse_batch, parse_event, parse_json};
 use danmaku::ingest::{Accepted, EventRequest};
 use danmaku::message::{Kind, Message, Priority};
 use danmaku_fuzz::*;

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use danmaku::api::ApiQuery;
+use danmaku::http::ApiQuery;
 use danmaku::fanout::feed::ViewerFeed;
 use danmaku::fanout::HubRegistry;
 use danmaku::front::StreamQuery;

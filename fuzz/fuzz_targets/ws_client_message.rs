@@ -7,7 +7,7 @@
 //! send satisfies the validation rules.
 #![no_main]
 
-use danmaku::api::parse_json;
+use danmaku::http::parse_json;
 use danmaku::auth::{AuthFailure, ViewerClaims};
 use danmaku::front::ws::ClientMessage;
 use danmaku::ingest::DanmakuRequest;
