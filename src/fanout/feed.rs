@@ -373,5 +373,5 @@ async fn subscribe(
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
     tracing::warn!(error = %e, "store read failed");
-    ApiError::unavailable("store_unavailable", "the live store is unavailable")
+    ApiError::store_unavailable()
 }

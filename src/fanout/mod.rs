@@ -613,7 +613,7 @@ impl HubRegistry {
         let head = self.store.head(room).await.map_err(|e| {
             self.metrics.store_errors.with_label_values(&["head"]).inc();
             tracing::warn!(room, error = %e, "store head failed");
-            ApiError::unavailable("store_unavailable", "the live store is unavailable")
+            ApiError::store_unavailable()
         })?;
         let hub = match self.hubs.entry(room.to_string()) {
             Entry::Occupied(e) => return Ok(e.get().clone()),

@@ -568,10 +568,7 @@ impl Ingest {
                     .with_label_values(&["claim"])
                     .inc();
                 tracing::warn!(error = %e, "dedup claim failed");
-                Err(ApiError::unavailable(
-                    "store_unavailable",
-                    "try again shortly",
-                ))
+                Err(ApiError::store_unavailable())
             }
         }
     }
