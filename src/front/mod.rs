@@ -1,7 +1,6 @@
 //! Front role, viewer side: the three transports over the room's hub.
 
 pub mod poll;
-pub mod socket;
 pub mod sse;
 pub mod ws;
 

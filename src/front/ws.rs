@@ -23,7 +23,7 @@ use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 use crate::fanout::frame::ws_text_frame;
 use crate::fanout::Frame;
 use crate::fanout::{Hub, StreamGuard};
-use crate::front::socket::{Push, SharedSocket};
+use crate::fanout::direct::socket::{Push, SharedSocket};
 use crate::http_listener::ClientSocket;
 use crate::ingest::DanmakuRequest;
 use crate::message::Style;

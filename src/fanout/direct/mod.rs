@@ -20,7 +20,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::Frame;
-use crate::front::socket::{Push, SharedSocket};
+pub mod socket;
+
+use socket::{Push, SharedSocket};
 
 pub struct DirectViewer {
     pub socket: Arc<SharedSocket>,
