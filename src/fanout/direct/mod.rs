@@ -5,7 +5,7 @@
 //! # The invariant: every frame reaches the viewer exactly once
 //!
 //! A viewer's frames come from exactly one writer at a time — its own task
-//! (ring and store reads, [`task_side`]) or its room's hub ([`hub_side`]) —
+//! (ring and store reads, [`task_side`]) or its room's hub (`hub_side`) —
 //! and the hand-over between them is decided by two numbers kept in
 //! [`DirectState`], under the viewer's lock, by whoever writes:
 //!
