@@ -350,7 +350,7 @@ impl ViewerFeed {
 /// A frame that does not move the cursor but starts at it: only messages the
 /// hub held back (late high, gift combos), sent after the viewer's cursor
 /// had already passed their seqs. The viewer has not seen them.
-fn late_only(frame: &Frame, cursor: u64) -> bool {
+pub(crate) fn late_only(frame: &Frame, cursor: u64) -> bool {
     frame.from == cursor && frame.to == cursor
 }
 

@@ -4,7 +4,6 @@
 //! live in `crate::http::viewer`.
 
 pub mod poll;
-pub mod socket;
 pub mod sse;
 pub mod ws;
 

@@ -1,7 +1,9 @@
 //! WebSocket viewers: hello, shared batch frames, sends with acks, pings,
-//! idle and slow-consumer cuts, and a close reason on shutdown.
+//! idle and slow-consumer cuts, and a close reason on shutdown. The
+//! hand-over with the hub's direct writes is `fanout::direct::task_side`.
 
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +13,13 @@ use serde::Deserialize;
 use super::{ConnGuard, Viewers};
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
-use crate::fanout::direct::{Detach, DirectViewer};
-use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
-use crate::fanout::frame::ws_text_frame;
-use crate::fanout::Frame;
-use crate::fanout::{Hub, StreamGuard};
-use crate::front::socket::{Push, SharedSocket};
+use crate::fanout::direct::socket::SharedSocket;
+use crate::fanout::direct::task_side::{
+    backlog_waiting, flush, follow_attach, next_event, request_direct, send_in_order, switch,
+    DirectSlot, Event, Outgoing, Sent, Source,
+};
+use crate::fanout::direct::DirectViewer;
+use crate::fanout::feed::{FeedEvent, ViewerFeed};
 use crate::ingest::DanmakuRequest;
 use crate::message::Style;
 
@@ -82,51 +85,24 @@ struct Session {
     ip: IpAddr,
 }
 
-/// Where a viewer's frames come from.
-enum Source {
-    /// Its own task takes them from the ring (or the store) and sends them.
-    Feed(ViewerFeed),
-    /// The hub writes them itself; the task flushes what the socket queued.
-    Direct { _online: StreamGuard },
+/// One connection's moving parts, owned by the session loop. Fields drop
+/// in this order: the feed (or the hub's online count), then the viewer's
+/// direct slot (which shuts the socket), then the WebSocket.
+struct Link {
+    source: Source,
+    direct: Option<DirectSlot>,
+    socket: TimedSocket,
 }
 
-enum Event {
-    Feed(FeedEvent),
-    /// The hub attached or detached the viewer.
-    Changed,
-}
+/// Whether the session goes on after handling one thing.
+type Step = ControlFlow<()>;
 
-/// What became of a frame the task sent in order with the hub's writes.
-enum Sent {
-    Yes,
-    /// The hub wrote it (or writes to this viewer now, this frame included).
-    HubHasIt,
-    Failed,
-}
-
-/// The viewer's place in the hub's direct writes, taken back for good when
-/// the session ends however it ends.
-struct DirectSlot {
-    viewer: Arc<DirectViewer>,
-    hub: Option<Arc<Hub>>,
-}
-
-impl DirectSlot {
-    /// Takes the viewer back from the hub for good.
-    fn release(&self) {
-        self.viewer.take_back(true);
-        if let Some(hub) = &self.hub {
-            hub.direct_left();
-        }
-    }
-}
-
-impl Drop for DirectSlot {
-    fn drop(&mut self) {
-        self.release();
-        // The hub may hold the socket until its next tick: the client sees
-        // the end now, not then.
-        self.viewer.socket.shutdown();
+/// `Continue` while the connection is alive, `Break` once it is finished.
+fn alive(ok: bool) -> Step {
+    if ok {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
     }
 }
 
@@ -139,35 +115,35 @@ impl Session {
         hello: String,
     ) {
         let _conn = ConnGuard::new(&self.s.metrics.connections, "ws");
-        let cfg = &self.s.config.fanout;
-        let send_timeout = Duration::from_millis(cfg.send_timeout_ms.max(1));
+        let send_timeout = Duration::from_millis(self.s.config.fanout.send_timeout_ms.max(1));
         let mut socket = TimedSocket {
             socket,
             timeout: send_timeout,
             metrics: self.s.metrics.clone(),
         };
         // Pushes are enabled before anything is written on the upgraded
-        // socket, so every stack write from here on is taken whole.
-        let mut direct = raw.map(|raw| {
-            raw.enable_pushes();
-            DirectSlot {
-                // What the viewer has been sent so far: nothing after the hello.
-                viewer: Arc::new(DirectViewer::new(
-                    raw,
-                    feed.epoch().clone(),
-                    feed.cursor_before_pending(),
-                    feed.frame_no(),
-                )),
-                hub: None,
-            }
-        });
+        // socket, so every stack write from here on is taken whole. What the
+        // viewer has been sent so far: nothing after the hello.
+        let direct = raw.map(|raw| DirectSlot::open(raw, &feed));
         if !socket.send(Message::Text(hello.into())).await {
             return;
         }
-        let mut source = Source::Feed(feed);
-        if let Some(slot) = &mut direct {
-            request_direct(slot, &source);
+        let mut link = Link {
+            source: Source::Feed(feed),
+            direct,
+            socket,
+        };
+        if let Some(slot) = &mut link.direct {
+            request_direct(slot, &link.source);
         }
+        self.serve(&mut link).await;
+    }
+
+    /// The session loop: server shutdown first, then the next frame (or the
+    /// hub's attach or detach), a backlog to flush, a client message, the
+    /// idle cut and pings.
+    async fn serve(&mut self, link: &mut Link) {
+        let cfg = &self.s.config.fanout;
         let ping_every = Duration::from_secs(cfg.ping_s.max(1));
         let idle = Duration::from_secs(cfg.idle_timeout_s.max(1));
         let mut ping =
@@ -176,183 +152,141 @@ impl Session {
         tokio::pin!(idle_deadline);
         let closing = self.s.closing.clone();
         loop {
-            let viewer = direct.as_ref().map(|d| d.viewer.clone());
-            tokio::select! {
+            let viewer = link.direct.as_ref().map(|d| d.viewer.clone());
+            let viewer = viewer.as_deref();
+            let step = tokio::select! {
                 biased;
                 _ = closing.cancelled() => {
-                    let hub_was_writing = viewer.as_ref().is_some_and(|v| v.take_back(false));
-                    if let (Source::Feed(feed), false) = (&mut source, hub_was_writing) {
-                        for (frame, from_ring) in feed.drain_ready() {
-                            let out = Outgoing::Frame(&frame, false, from_ring);
-                            if !self.send_frame(&mut socket, viewer.as_deref(), feed, out).await {
-                                return;
-                            }
-                        }
-                    }
-                    if let Some(v) = &viewer {
-                        if !flush(&v.socket, send_timeout, &self.s.metrics).await {
-                            return;
-                        }
-                    }
-                    close(&mut socket, &direct, CLOSE_GOING_AWAY, "server shutting down").await;
-                    return;
+                    self.shut_down(link, viewer).await;
+                    ControlFlow::Break(())
                 }
-                event = next_event(&mut source, viewer.as_deref()) => {
-                    let sent = match event {
-                        Event::Changed => {
-                            let Some(slot) = &mut direct else { continue };
-                            match self.switch(&mut source, slot, &mut socket).await {
-                                Ok(()) => true,
-                                Err(reason) => {
-                                    close(&mut socket, &direct, CLOSE_GOING_AWAY, reason).await;
-                                    return;
-                                }
-                            }
-                        }
-                        Event::Feed(FeedEvent::Frame { frame, lite, from_ring }) => {
-                            let Source::Feed(feed) = &mut source else { continue };
-                            let out = Outgoing::Frame(&frame, lite, from_ring);
-                            let sent = self.send_frame(&mut socket, viewer.as_deref(), feed, out).await;
-                            if let (true, false, Some(slot)) = (sent, lite, &mut direct) {
-                                request_direct(slot, &source);
-                            }
-                            sent
-                        }
-                        Event::Feed(FeedEvent::Hello(hello)) => {
-                            let Source::Feed(feed) = &mut source else { continue };
-                            self.send_frame(&mut socket, viewer.as_deref(), feed, Outgoing::Hello(&hello)).await
-                        }
-                        Event::Feed(FeedEvent::SlowConsumer) => {
-                            close(&mut socket, &direct, CLOSE_POLICY, "slow consumer: reconnect with your cursor").await;
-                            return;
-                        }
-                    };
-                    if !sent {
-                        return;
-                    }
-                    // The hub took over with this frame: stop reading the ring now.
-                    if let Some(v) = &viewer {
-                        follow_attach(&mut source, v);
-                    }
+                event = next_event(&mut link.source, viewer) => self.on_event(link, viewer, event).await,
+                _ = backlog_waiting(viewer) => {
+                    let v = viewer.expect("only with a direct viewer");
+                    alive(flush(&v.socket, link.socket.timeout, &self.s.metrics).await)
                 }
-                _ = backlog_waiting(viewer.as_deref()) => {
-                    let v = viewer.as_ref().expect("only with a direct viewer");
-                    if !flush(&v.socket, send_timeout, &self.s.metrics).await {
-                        return;
+                incoming = link.socket.recv() => match incoming {
+                    Some(Ok(message)) => {
+                        idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+                        self.on_message(link, message).await
                     }
-                }
-                incoming = socket.recv() => {
-                    let Some(Ok(message)) = incoming else { return };
-                    idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle);
-                    match message {
-                        Message::Text(text) if text.len() > MAX_CLIENT_MESSAGE => {
-                            close(&mut socket, &direct, CLOSE_TOO_BIG, "message too big: at most 4096 bytes").await;
-                            return;
-                        }
-                        Message::Text(text) => {
-                            let reply = self.on_text(&text).await;
-                            if !socket.send(Message::Text(reply.into())).await {
-                                return;
-                            }
-                        }
-                        Message::Binary(_) => {
-                            let e = ApiError::bad_request("binary_not_accepted", "send JSON text messages");
-                            if !socket.send(Message::Text(error_json(&e, None).into())).await {
-                                return;
-                            }
-                        }
-                        Message::Close(_) => return,
-                        Message::Ping(_) | Message::Pong(_) => {}
-                    }
-                }
+                    _ => ControlFlow::Break(()),
+                },
                 _ = &mut idle_deadline => {
-                    close(&mut socket, &direct, CLOSE_GOING_AWAY, "idle timeout").await;
-                    return;
+                    link.close(CLOSE_GOING_AWAY, "idle timeout").await;
+                    ControlFlow::Break(())
                 }
-                _ = ping.tick() => {
-                    if !socket.send(Message::Ping(Default::default())).await {
-                        return;
-                    }
-                }
+                _ = ping.tick() => alive(link.socket.send(Message::Ping(Default::default())).await),
+            };
+            if step.is_break() {
+                return;
             }
         }
     }
 
-    /// Sends a frame from the viewer's own task. With a direct viewer the
-    /// frame goes out in order with the hub's writes, and what was sent is
-    /// recorded under the viewer's lock; without one, through tungstenite.
-    async fn send_frame(
-        &self,
-        socket: &mut TimedSocket,
-        viewer: Option<&DirectViewer>,
-        feed: &ViewerFeed,
-        out: Outgoing<'_>,
-    ) -> bool {
-        let sent = match viewer {
-            None => {
-                if socket.send(Message::Text(out.text())).await {
-                    Sent::Yes
-                } else {
-                    Sent::Failed
+    /// Server shutdown: the frames the hubs' last tick sent go out (unless
+    /// the hub was writing them itself), the backlog is flushed, then a
+    /// close frame says why.
+    async fn shut_down(&self, link: &mut Link, viewer: Option<&DirectViewer>) {
+        let hub_was_writing = viewer.is_some_and(|v| v.take_back(false));
+        if let (Source::Feed(feed), false) = (&mut link.source, hub_was_writing) {
+            for (frame, from_ring) in feed.drain_ready() {
+                let out = Outgoing::Frame {
+                    frame: &frame,
+                    lite: false,
+                    from_ring,
+                };
+                if !send_frame(&mut link.socket, viewer, feed, out).await {
+                    return;
                 }
             }
-            Some(viewer) => {
-                let sending = Sending {
-                    frame_no: out.frame_no(),
-                    cursor_after: out.cursor_after(feed),
+        }
+        if let Some(v) = viewer {
+            if !flush(&v.socket, link.socket.timeout, &self.s.metrics).await {
+                return;
+            }
+        }
+        link.close(CLOSE_GOING_AWAY, "server shutting down").await;
+    }
+
+    /// Sends what the feed produced, or follows the hub's attach or detach.
+    async fn on_event(&self, link: &mut Link, viewer: Option<&DirectViewer>, event: Event) -> Step {
+        let sent = match event {
+            Event::Changed => {
+                let Some(slot) = &link.direct else {
+                    return ControlFlow::Continue(());
                 };
-                let bytes = out.ws_frame();
-                send_in_order(
-                    viewer,
-                    feed,
-                    sending,
-                    &bytes,
-                    socket.timeout,
-                    &self.s.metrics,
-                )
-                .await
+                let timeout = link.socket.timeout;
+                let (hubs, metrics) = (&self.s.hubs, &self.s.metrics);
+                let switched =
+                    switch(&mut link.source, slot, hubs, &self.room, timeout, metrics).await;
+                if let Err(reason) = switched {
+                    link.close(CLOSE_GOING_AWAY, reason).await;
+                    return ControlFlow::Break(());
+                }
+                true
+            }
+            Event::Feed(FeedEvent::Frame {
+                frame,
+                lite,
+                from_ring,
+            }) => {
+                let Source::Feed(feed) = &mut link.source else {
+                    return ControlFlow::Continue(());
+                };
+                let out = Outgoing::Frame {
+                    frame: &frame,
+                    lite,
+                    from_ring,
+                };
+                let sent = send_frame(&mut link.socket, viewer, feed, out).await;
+                if let (true, false, Some(slot)) = (sent, lite, &mut link.direct) {
+                    request_direct(slot, &link.source);
+                }
+                sent
+            }
+            Event::Feed(FeedEvent::Hello(hello)) => {
+                let Source::Feed(feed) = &mut link.source else {
+                    return ControlFlow::Continue(());
+                };
+                let out = Outgoing::Hello(&hello);
+                send_frame(&mut link.socket, viewer, feed, out).await
+            }
+            Event::Feed(FeedEvent::SlowConsumer) => {
+                let reason = "slow consumer: reconnect with your cursor";
+                link.close(CLOSE_POLICY, reason).await;
+                return ControlFlow::Break(());
             }
         };
-        if let (Sent::Yes, Outgoing::Frame(frame, lite, from_ring)) = (&sent, &out) {
-            feed.count_sent(frame, *lite, *from_ring);
+        if sent {
+            // The hub took over with this frame: stop reading the ring now.
+            if let Some(v) = viewer {
+                follow_attach(&mut link.source, v);
+            }
         }
-        !matches!(sent, Sent::Failed)
+        alive(sent)
     }
 
-    /// Follows an attach or a detach by the hub.
-    async fn switch(
-        &self,
-        source: &mut Source,
-        slot: &mut DirectSlot,
-        socket: &mut TimedSocket,
-    ) -> Result<(), &'static str> {
-        let attached = slot.viewer.is_attached();
-        match source {
-            Source::Feed(_) if attached => follow_attach(source, &slot.viewer),
-            Source::Direct { .. } if !attached => {
-                let (epoch, cursor, why) = {
-                    let st = slot.viewer.lock();
-                    (st.epoch.clone(), st.cursor, st.detached())
-                };
-                if why == Some(Detach::Closed) {
-                    return Err("connection closed");
-                }
-                let (feed, hello) =
-                    ViewerFeed::open(&self.s.hubs, &self.room, Some(&epoch), Some(cursor))
-                        .await
-                        .map_err(|_| "stream interrupted: reconnect with your cursor")?;
-                let told = !(hello.reset || hello.gap)
-                    || self
-                        .send_frame(socket, Some(&slot.viewer), &feed, Outgoing::Hello(&hello))
-                        .await;
-                if !told {
-                    return Err("stream interrupted: reconnect with your cursor");
-                }
-                *source = Source::Feed(feed);
+    /// Answers one message from the viewer.
+    async fn on_message(&mut self, link: &mut Link, message: Message) -> Step {
+        match message {
+            Message::Text(text) if text.len() > MAX_CLIENT_MESSAGE => {
+                let reason = "message too big: at most 4096 bytes";
+                link.close(CLOSE_TOO_BIG, reason).await;
+                ControlFlow::Break(())
             }
-            _ => {}
+            Message::Text(text) => {
+                let reply = self.on_text(&text).await;
+                alive(link.socket.send(Message::Text(reply.into())).await)
+            }
+            Message::Binary(_) => {
+                let e = ApiError::bad_request("binary_not_accepted", "send JSON text messages");
+                let reply = error_json(&e, None);
+                alive(link.socket.send(Message::Text(reply.into())).await)
+            }
+            Message::Close(_) => ControlFlow::Break(()),
+            Message::Ping(_) | Message::Pong(_) => ControlFlow::Continue(()),
         }
-        Ok(())
     }
 
     /// Handles one client message; returns the reply to send.
@@ -410,181 +344,38 @@ impl Session {
     }
 }
 
-/// The hub writes to the viewer now: drop the ring (keep counting it online).
-fn follow_attach(source: &mut Source, viewer: &DirectViewer) {
-    if let Source::Feed(feed) = source {
-        if viewer.is_attached() {
-            *source = Source::Direct {
-                _online: feed.hub().stream_guard(),
-            };
-        }
-    }
-}
-
-/// Asks the hub to write to the viewer itself, once it is in step.
-fn request_direct(slot: &mut DirectSlot, source: &Source) {
-    let Source::Feed(feed) = source else { return };
-    if !feed.in_step() || slot.viewer.socket.backlog_len() > 0 {
-        return;
-    }
-    if slot
-        .hub
-        .as_ref()
-        .is_some_and(|h| !Arc::ptr_eq(h, feed.hub()))
-    {
-        // The room's hub was replaced: a request left with the old one is void.
-        slot.viewer.withdraw();
-    }
-    slot.hub = Some(feed.hub().clone());
-    feed.hub().request_direct(slot.viewer.clone());
-}
-
-async fn next_event(source: &mut Source, viewer: Option<&DirectViewer>) -> Event {
-    match (source, viewer) {
-        (Source::Feed(feed), None) => Event::Feed(feed.next().await),
-        (Source::Feed(feed), Some(v)) => tokio::select! {
-            event = feed.next() => Event::Feed(event),
-            _ = v.changed.notified() => Event::Changed,
-        },
-        (Source::Direct { .. }, Some(v)) => {
-            v.changed.notified().await;
-            Event::Changed
-        }
-        (Source::Direct { .. }, None) => std::future::pending().await,
-    }
-}
-
-async fn backlog_waiting(viewer: Option<&DirectViewer>) {
-    match viewer {
-        Some(v) => v.socket.backlog_waiting.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes what the socket queued; `false` (and counted) if the viewer
-/// takes nothing at all for `timeout`, cannot empty it within twice that
-/// (a trickle reader would hold the session for ever), or the socket broke.
-async fn flush(
-    socket: &SharedSocket,
-    timeout: Duration,
-    metrics: &crate::metrics::Metrics,
-) -> bool {
-    let give_up = tokio::time::Instant::now() + timeout * 2;
-    loop {
-        let moved = socket.backlog_written();
-        let wait = timeout.min(give_up.saturating_duration_since(tokio::time::Instant::now()));
-        match tokio::time::timeout(wait, socket.flush_backlog()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(_)) => return false,
-            Err(_)
-                if socket.backlog_written() != moved && tokio::time::Instant::now() < give_up =>
-            {
-                continue
-            }
-            Err(_) => {
-                metrics.slow_consumer_disconnects.inc();
-                return false;
-            }
-        }
-    }
-}
-
-/// What a send moves the viewer's recorded position to.
-struct Sending {
-    /// The frame's `Frame::no` (0 if not a broadcast frame).
-    frame_no: u64,
-    /// The viewer's cursor once it has these bytes.
-    cursor_after: u64,
-}
-
-/// Pushes `bytes` under the viewer's lock (so the hub's writes cannot pass
-/// it) and records the feed's position; waits while the backlog is full.
-async fn send_in_order(
-    viewer: &DirectViewer,
+/// Sends a frame from the viewer's own task. With a direct viewer the frame
+/// goes out in order with the hub's writes, and what was sent is recorded
+/// under the viewer's lock; without one, through tungstenite. `false`: the
+/// connection is finished.
+async fn send_frame(
+    socket: &mut TimedSocket,
+    viewer: Option<&DirectViewer>,
     feed: &ViewerFeed,
-    sending: Sending,
-    bytes: &[u8],
-    timeout: Duration,
-    metrics: &crate::metrics::Metrics,
-) -> Sent {
-    loop {
-        {
-            let mut st = viewer.lock();
-            // A ring frame broadcast after the hub took the viewer over, or
-            // written by the hub before it handed the viewer back: sent.
-            let frame_no = sending.frame_no;
-            if frame_no > 0 && (st.attached() || frame_no <= st.frame_no) {
-                return Sent::HubHasIt;
-            }
-            if st.attached() {
-                // A hello or a catch-up: the stream left the hub's (an epoch
-                // change the hub has not reached yet). The task takes over.
-                drop(st);
-                viewer.take_back(false);
-                feed.hub().direct_left();
-                continue;
-            }
-            match viewer.socket.push(bytes) {
-                Push::Written | Push::Queued => {
-                    st.cursor = sending.cursor_after;
-                    st.epoch = feed.epoch().clone();
-                    st.frame_no = feed.frame_no();
-                    return Sent::Yes;
-                }
-                Push::Closed => return Sent::Failed,
-                Push::Full => {}
+    out: Outgoing<'_>,
+) -> bool {
+    let sent = match viewer {
+        None => {
+            if socket.send(Message::Text(out.text())).await {
+                Sent::Yes
+            } else {
+                Sent::Failed
             }
         }
-        if !flush(&viewer.socket, timeout, metrics).await {
-            return Sent::Failed;
-        }
+        Some(viewer) => send_in_order(viewer, feed, &out, socket.timeout, &socket.metrics).await,
+    };
+    if let (
+        Sent::Yes,
+        Outgoing::Frame {
+            frame,
+            lite,
+            from_ring,
+        },
+    ) = (&sent, &out)
+    {
+        feed.count_sent(frame, *lite, *from_ring);
     }
-}
-
-/// A frame or a hello for the viewer, in whichever form its path needs.
-enum Outgoing<'a> {
-    /// A frame, whether its lite variant is meant, and whether it came from
-    /// the ring (only those can have been written by the hub).
-    Frame(&'a Frame, bool, bool),
-    Hello(&'a Hello),
-}
-
-impl Outgoing<'_> {
-    fn text(&self) -> Utf8Bytes {
-        match self {
-            Outgoing::Frame(f, lite, _) => f.encoded(*lite).ws_text.clone(),
-            Outgoing::Hello(h) => serde_json::to_string(h).expect("hello serialises").into(),
-        }
-    }
-
-    /// Where the viewer stands once it has this: a hello tells the cursor
-    /// before the feed's first catch-up frame, which is not sent yet.
-    fn cursor_after(&self, feed: &ViewerFeed) -> u64 {
-        match self {
-            Outgoing::Frame(..) => feed.cursor(),
-            Outgoing::Hello(h) => h.cursor,
-        }
-    }
-
-    fn frame_no(&self) -> u64 {
-        match self {
-            Outgoing::Frame(f, _, true) => f.no,
-            Outgoing::Frame(_, _, false) => 0,
-            Outgoing::Hello(_) => 0,
-        }
-    }
-
-    fn ws_frame(&self) -> std::borrow::Cow<'_, [u8]> {
-        match self {
-            Outgoing::Frame(f, lite, _) => {
-                std::borrow::Cow::Borrowed(&f.encoded(*lite).ws_frame[..])
-            }
-            Outgoing::Hello(h) => {
-                let text = serde_json::to_vec(h).expect("hello serialises");
-                std::borrow::Cow::Owned(ws_text_frame(&text))
-            }
-        }
-    }
+    !matches!(sent, Sent::Failed)
 }
 
 fn error_json(e: &ApiError, client_msg_id: Option<&str>) -> String {
@@ -624,20 +415,17 @@ impl TimedSocket {
     }
 }
 
-/// Sends a close frame; the hub stops writing to the viewer first, so
-/// nothing follows the close on the wire.
-async fn close(
-    socket: &mut TimedSocket,
-    direct: &Option<DirectSlot>,
-    code: u16,
-    reason: &'static str,
-) {
-    if let Some(slot) = direct {
-        slot.release();
+impl Link {
+    /// Sends a close frame; the hub stops writing to the viewer first, so
+    /// nothing follows the close on the wire.
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        if let Some(slot) = &self.direct {
+            slot.release();
+        }
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        self.socket.send(Message::Close(Some(frame))).await;
     }
-    let frame = CloseFrame {
-        code,
-        reason: Utf8Bytes::from_static(reason),
-    };
-    socket.send(Message::Close(Some(frame))).await;
 }

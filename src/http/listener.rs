@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::error::ApiError;
-use crate::front::socket::{SharedSocket, StackIo};
+use crate::fanout::direct::socket::{SharedSocket, StackIo};
 use crate::front::{IpSlot, PerIpLimiter};
 use crate::metrics::Metrics;
 

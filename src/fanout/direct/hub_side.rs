@@ -1,145 +1,16 @@
-//! Hub-written WebSocket viewers (BENCHMARKS.md, "direct writes").
-//!
-//! A viewer in step with its room (its cursor at the hub's, nothing queued)
-//! leaves the broadcast ring: the hub writes each frame's shared WebSocket
-//! bytes to its socket itself, one non-blocking write per viewer, and no task
-//! is woken per viewer per frame. Anything else — a gap, an epoch change, a
-//! socket that stops taking bytes — detaches the viewer, and its own task
-//! carries on from its cursor through the ring and the store as before.
-//!
-//! Exactly-once across the hand-over rests on two numbers kept under the
-//! viewer's lock by whoever writes: its cursor and the `no` of the last
-//! broadcast frame it has taken. The hub attaches a viewer only just before
-//! broadcasting a frame, and only if that viewer has taken every frame before
-//! it; from then on the hub writes and the task drops what the ring brings.
+//! The hub's half of direct writes: which viewers it writes to, attaching
+//! in-step requests right before a broadcast, and writing each frame's
+//! shared bytes to them (see the module invariant in `super`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use tokio::sync::Notify;
-
-use super::Frame;
-use crate::front::socket::{Push, SharedSocket};
-
-pub struct DirectViewer {
-    pub socket: Arc<SharedSocket>,
-    state: Mutex<DirectState>,
-    attached: AtomicBool,
-    /// Woken when the hub attaches or detaches this viewer.
-    pub changed: Notify,
-}
-
-/// What the viewer has been sent, whoever sent it.
-pub struct DirectState {
-    pub epoch: Arc<str>,
-    pub cursor: u64,
-    /// `Frame::no` of the last broadcast frame taken (sent or skipped).
-    pub frame_no: u64,
-    attached: bool,
-    /// Asked the hub to take over; withdrawn on close.
-    wants: bool,
-    closed: bool,
-    /// Why the hub last handed the viewer back.
-    detached: Option<Detach>,
-}
-
-impl DirectState {
-    pub fn attached(&self) -> bool {
-        self.attached
-    }
-
-    pub fn detached(&self) -> Option<Detach> {
-        self.detached
-    }
-}
-
-/// Why the hub gave a viewer back to its task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Detach {
-    /// The frame does not continue the viewer's stream (gap or new epoch).
-    OutOfStep,
-    /// The socket's backlog is full: the viewer reads too slowly.
-    Backlog,
-    Closed,
-}
-
-impl Detach {
-    /// Every reason, in the order of `DirectStats::detached`.
-    pub const ALL: [Detach; 3] = [Detach::OutOfStep, Detach::Backlog, Detach::Closed];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Detach::OutOfStep => "out_of_step",
-            Detach::Backlog => "backlog",
-            Detach::Closed => "closed",
-        }
-    }
-}
-
-/// What one frame's direct fan-out did.
-#[derive(Default, Debug)]
-pub struct DirectStats {
-    pub written: u64,
-    pub queued: u64,
-    pub messages: u64,
-    pub detached: [u64; 3],
-}
+use super::socket::Push;
+use super::viewer::{Detach, DirectStats, DirectViewer};
+use crate::fanout::feed::late_only;
+use crate::fanout::Frame;
 
 impl DirectViewer {
-    pub fn new(socket: Arc<SharedSocket>, epoch: Arc<str>, cursor: u64, frame_no: u64) -> Self {
-        DirectViewer {
-            socket,
-            state: Mutex::new(DirectState {
-                epoch,
-                cursor,
-                frame_no,
-                attached: false,
-                wants: false,
-                closed: false,
-                detached: None,
-            }),
-            attached: AtomicBool::new(false),
-            changed: Notify::new(),
-        }
-    }
-
-    /// The viewer's state, locked: its task sends and records under it.
-    pub fn lock(&self) -> parking_lot::MutexGuard<'_, DirectState> {
-        self.state.lock()
-    }
-
-    pub fn is_attached(&self) -> bool {
-        self.attached.load(Ordering::Acquire)
-    }
-
-    /// Marks the request made; `false` if one is pending already.
-    pub fn mark_wanting(&self) -> bool {
-        let mut st = self.state.lock();
-        if st.wants || st.attached || st.closed {
-            return false;
-        }
-        st.wants = true;
-        true
-    }
-
-    /// Forgets a request (made to a hub that has since been replaced).
-    pub fn withdraw(&self) {
-        self.state.lock().wants = false;
-    }
-
-    /// The task takes its viewer back (shutdown, connection end); `close`:
-    /// for good. Returns whether the hub was writing to it until now.
-    pub fn take_back(&self, close: bool) -> bool {
-        let mut st = self.state.lock();
-        let was = st.attached;
-        st.attached = false;
-        st.wants = false;
-        st.closed |= close;
-        self.attached.store(false, Ordering::Release);
-        was
-    }
-
     /// Attaches if the viewer has taken every frame before the one about to
     /// be broadcast (`next_from`, `last_no`); `None`: keep the request.
     fn try_attach(&self, epoch: &str, next_from: u64, last_no: u64) -> Option<bool> {
@@ -164,8 +35,7 @@ impl DirectViewer {
         if !st.attached {
             return;
         }
-        let late_only = frame.from == st.cursor && frame.to == st.cursor;
-        if *frame.epoch == *st.epoch && frame.to <= st.cursor && !late_only {
+        if *frame.epoch == *st.epoch && frame.to <= st.cursor && !late_only(frame, st.cursor) {
             st.frame_no = frame.no;
             return;
         }
