@@ -100,11 +100,13 @@ log "unit, integration (embedded engines) and engine tests (Redis, Kafka, MariaD
 cargo test --lib --bins --tests --locked -- --include-ignored "$@"
 
 log "the integration suite again with the Redis live store"
-DANMAKU_TEST_ENGINE=redis cargo test --locked --test embedded_api --test priority \
+DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test auth_failures \
+  --test ingest_api --test graceful_shutdown --test health_and_metrics --test priority \
   --test snapshot_events --test gears -- --include-ignored "$@"
 
 log "the API suite again on Kafka + Redis in one process"
-DANMAKU_TEST_ENGINE=kafka cargo test --locked --test embedded_api -- --include-ignored "$@"
+DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test auth_failures \
+  --test ingest_api --test graceful_shutdown --test health_and_metrics -- --include-ignored "$@"
 
 log "fuzz targets (short runs)"
 scripts/fuzz.sh "${DANMAKU_FUZZ_SECONDS:-20}"

@@ -1,6 +1,6 @@
-//! The fault suite (issue 10): under steady load, kill and restart one thing
+//! The fault suite: under steady load, kill and restart one thing
 //! at a time — Redis, the broker, MariaDB, a processor, a front — and hold
-//! the invariants of DESIGN §5:
+//! the invariants (docs/architecture.md, "Invariants"):
 //!
 //! - every acknowledged message is stored exactly once (read back from the
 //!   live store, matched by text, which is unique per post);

@@ -1,4 +1,4 @@
-//! Issues 4 and 5 with real processes: `front` and `processor` roles of the
+//! The roles as real processes: `front` and `processor` roles of the
 //! `danmaku` binary against a real Redis and a real Kafka-protocol broker.
 //!
 //! Needs `DANMAKU_TEST_REDIS_URL` and `DANMAKU_TEST_KAFKA_BROKERS` (set by

@@ -1,4 +1,4 @@
-//! Issue 5 (embedded bus): delay-driven gears. A flood backs the pipeline up,
+//! Delay-driven gears (embedded bus). A flood backs the pipeline up,
 //! the gear of that (room, kind) shifts up, the backlog drains, and the gear
 //! comes back down; nothing is lost or stored twice; quiet rooms keep order.
 

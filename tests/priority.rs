@@ -1,4 +1,4 @@
-//! Issue 3: priority buckets, per-viewer rationing, slow consumers, shedding.
+//! Priority buckets, per-viewer rationing, slow consumers, shedding.
 
 mod common;
 

@@ -692,7 +692,7 @@ async fn connect_fails_cleanly() {
 }
 
 // ---------------------------------------------------------------------------
-// Presence (DESIGN §3.7) and "room updated" notices.
+// Presence (`src/presence/`) and "room updated" notices.
 
 /// A node name no other test (or earlier run) uses.
 fn node(name: &str) -> String {

@@ -1,4 +1,4 @@
-//! Replay (issue 7, DESIGN §3.8): live start/end, the archiver's idempotent
+//! Replay (docs/replay.md): live start/end, the archiver's idempotent
 //! copy, and replay reads through cache → replay Redis → archive.
 //!
 //! The embedded test always runs (SQLite in memory, memory store). The service

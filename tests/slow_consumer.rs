@@ -1,4 +1,4 @@
-//! Issue 3: a viewer that stops reading is cut; the rest keep full service.
+//! A viewer that stops reading is cut; the rest keep full service.
 //! Its own test binary, so the process's memory figure is this test's alone.
 
 mod common;

@@ -1,7 +1,8 @@
-//! Issue 6: gift backend events (rotation, whitelist requests, batches),
+//! Gift backend events (rotation, whitelist requests, batches),
 //! gift combos, and the CDN room snapshot (ETag, 304, single flight).
 //! The single-event signature failures and the replayed key are covered by
-//! tests/embedded_api.rs; this suite adds what those do not.
+//! tests/auth_failures.rs and tests/ingest_api.rs; this suite adds what those
+//! do not.
 
 mod common;
 

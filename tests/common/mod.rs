@@ -1,5 +1,5 @@
 //! Integration-test harness: an in-process `serve` node on a free loopback
-//! port, plus clients for every transport of the API contract (DESIGN §4).
+//! port, plus clients for every transport of the API contract (README, "API").
 //!
 //! Every wait in here is bounded by a timeout, so a broken server makes a
 //! test fail with a message instead of hanging.
@@ -536,8 +536,8 @@ fn priority_rank(m: &Value) -> u8 {
     }
 }
 
-/// DESIGN §3.5: a live batch is ordered whitelist, high, low, and by seq
-/// within each bucket.
+/// A live batch is ordered whitelist, high, low, and by seq within each
+/// bucket (docs/architecture.md, "Rationing is deterministic").
 pub fn assert_batch_order(batch: &Value) {
     let msgs = batch["messages"].as_array().expect("messages");
     for w in msgs.windows(2) {
@@ -899,4 +899,43 @@ fn parse_sse_block(block: &str) -> Option<SseEvent> {
     }
     ev.data = data.join("\n");
     any.then_some(ev)
+}
+
+// ---- Helpers of the API suites (viewer_transports, auth_failures, ingest_api)
+
+/// A gift event body as the gift backend posts it.
+pub fn gift_body(user: &str, name: &str, gift_id: &str, count: u32, value: u64) -> Value {
+    serde_json::json!({
+        "kind": "gift",
+        "user": {"id": user, "name": name},
+        "text": "sent a gift",
+        "gift": {"gift_id": gift_id, "count": count, "value": value},
+    })
+}
+
+/// Posts a fresh message as a "sentinel" and waits until the room holds it:
+/// anything wrongly accepted before it would be stored by then too.
+pub async fn sentinel(ts: &TestServer, room: &str) -> String {
+    let tok = ts.token("sentinel-user", "Sentinel");
+    let r = ts.post_danmaku(room, &tok, "sentinel", "sentinel").await;
+    assert_eq!(r.0, StatusCode::ACCEPTED, "sentinel post: {}", r.1);
+    let id = r.1["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if ids(&ts.read_all(room).await).contains(&id) {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "sentinel never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// After a series of refused requests: only the sentinel is stored, the
+/// stored counter agrees, and the node still answers.
+pub async fn assert_only_sentinel_stored(ts: &TestServer, room: &str) {
+    let id = sentinel(ts, room).await;
+    let all = ts.read_all(room).await;
+    assert_eq!(ids(&all), vec![id], "only the sentinel is stored: {all:?}");
+    assert_eq!(ts.metric("danmaku_messages_stored_total").await, 1.0);
+    ts.healthz_ok().await;
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio_util::sync::CancellationToken;
 
-use super::net::{Body, Conn};
-use super::stats::{now_us, STAMP};
-use super::viewer::Ctx;
+use crate::net::{Body, Conn};
+use crate::stats::{now_us, STAMP};
+use crate::viewer::Ctx;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PublishKind {

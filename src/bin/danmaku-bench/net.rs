@@ -471,4 +471,16 @@ mod tests {
         assert_eq!(OP_CONT, 0);
         assert_eq!(OP_PONG, 0xA);
     }
+
+    #[tokio::test]
+    async fn only_loopback_urls() {
+        assert!(Target::parse("http://127.0.0.1:8080", 1).await.is_ok());
+        assert!(Target::parse("http://localhost:8080", 1).await.is_ok());
+        assert!(Target::parse("http://[::1]:8080", 1).await.is_ok());
+        assert!(Target::parse("http://10.1.2.3:8080", 1).await.is_err());
+        assert!(Target::parse("https://127.0.0.1:8080", 1).await.is_err());
+        assert!(Target::parse("http://127.0.0.1:8080/v1", 1).await.is_err());
+        let t = Target::parse("http://127.0.0.1:8080", 3).await.unwrap();
+        assert_eq!(t.sources.len(), 3);
+    }
 }

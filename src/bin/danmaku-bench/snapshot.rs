@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::net::{Body, Conn};
-use super::stats::now_us;
-use super::viewer::{connect_with, ended_early, room_path, Ctx, ViewerResult};
+use crate::net::{Body, Conn};
+use crate::stats::now_us;
+use crate::viewer::{connect_with, ended_early, room_path, Ctx, ViewerResult};
 
 /// The request for a client holding `etag` (none yet: empty, a plain GET).
 fn request(path: &str, host: &str, etag: &[u8]) -> Vec<u8> {

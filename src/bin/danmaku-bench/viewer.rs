@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::net::{Body, Conn, Target, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
-use super::stats::{now_us, parse_u64, scan_batch, Counters, Hist, SeqTrack};
+use crate::net::{Body, Conn, Target, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
+use crate::stats::{now_us, parse_u64, scan_batch, Counters, Hist, SeqTrack};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Transport {
