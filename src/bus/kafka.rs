@@ -67,6 +67,14 @@ const LINGER_MS: &str = "2";
 const SESSION_TIMEOUT_MS: &str = "10000";
 const HEARTBEAT_INTERVAL_MS: &str = "1000";
 
+/// Longest pause between two connection attempts to a broker that is down.
+/// librdkafka doubles the pause from 100 ms up to this; with its 10 s default
+/// a broker back after a restart stayed unused for up to 10 s more (posts
+/// refused with 503 all that time; the chaos suite's broker fault measured
+/// 5-8 s from the restart to every node ready). One attempt a second per
+/// client is no load on a broker.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
 /// Settings of the Kafka engine beyond [`BusConfig`].
 #[derive(Clone, Debug, Default)]
 pub struct KafkaOptions {
@@ -581,7 +589,8 @@ fn unavailable<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusErr
 fn client_config(config: &BusConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", config.kafka_brokers.trim())
-        .set("client.id", "danmaku");
+        .set("client.id", "danmaku")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     c
 }
 
