@@ -195,7 +195,7 @@ start() {
   fi
   local began=$SECONDS
   shift 2
-  nohup "$0" run "$port" "$dir" "$@" >"$dir/kafka.log" 2>&1 </dev/null &
+  nohup bash "${BASH_SOURCE[0]}" run "$port" "$dir" "$@" >"$dir/kafka.log" 2>&1 </dev/null &
   local pid=$!
   echo "$pid" >"$dir/kafka.pid"
   local limit="${DANMAKU_KAFKA_START_TIMEOUT:-90}"
