@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Issue 5 figures on this machine: the write path front → Kafka (tansu) →
-# processor → Redis, as separate processes.
+# Issue 5 figures on this machine: the write path front → Apache Kafka (one
+# KRaft node, scripts/kafka.sh) → processor → Redis, as separate processes.
 #   1. sustained ingest: acknowledged posts/s and end-to-end delay p50/p99
 #      (danmaku-bench, 1 viewer, rising publish rates);
 #   2. gear burst: steady load, the processor stalled (SIGSTOP) for 3 s, then
 #      resumed: delay and gear of the (room, kind) sampled every 250 ms.
-# Loopback only; bounded in time. Needs redis-server and tansu on PATH and a
-# release build: cargo build --release --bin danmaku --bin danmaku-bench
+# Loopback only; bounded in time. Needs redis-server on PATH, java and mvn
+# (or the broker's jars cached by scripts/kafka.sh fetch) and a release
+# build: cargo build --release --bin danmaku --bin danmaku-bench
 # Usage: benches/kafka-pipeline.sh [ingest|burst|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,18 +15,21 @@ what="${1:-all}"
 T="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}/release"
 base="${PORT_BASE:-18500}"
 redis_port=$base; kafka_port=$((base + 1)); front_port=$((base + 2)); proc_port=$((base + 3))
+kafka_controller_port=$((base + 4))
 work="$(mktemp -d /tmp/danmaku-kbench.XXXXXX)"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  scripts/kafka.sh stop "$work/kafka" || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 wait_http() { for _ in $(seq 1 300); do curl -sf "$1" >/dev/null && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" >/dev/null &
 pids+=($!)
-PATH="$HOME/.cargo/bin:$PATH" tansu broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine memory://tansu/ >/dev/null 2>&1 &
-pids+=($!)
-sleep 1
+scripts/kafka.sh start "$kafka_port" "$work/kafka" "$kafka_controller_port"
 export DANMAKU_STORE__ENGINE=redis DANMAKU_REDIS_URL="redis://127.0.0.1:$redis_port"
 export DANMAKU_BUS__ENGINE=kafka DANMAKU_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export DANMAKU_BUS__TOPIC="bench-$$" DANMAKU_BUS__GROUP_ID="bench-$$" DANMAKU_LOG=warn

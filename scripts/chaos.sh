@@ -3,22 +3,24 @@
 # it SIGKILLs and restarts, one at a time, Redis, the broker, MariaDB, a
 # processor and a front, and checks that every acknowledged message is stored
 # exactly once, viewers resume from their cursors and each role recovers by
-# itself. It starts its own redis-server, tansu (sqlite://, durable) and
-# MariaDB on free loopback ports, so it needs only the programs; scripts/test.sh
-# installs them (and runs this suite too, without printing the figures).
+# itself. It starts its own redis-server, Apache Kafka (scripts/kafka.sh, one
+# KRaft node; its log survives the kill) and MariaDB on free loopback ports,
+# so it needs only the programs (java and mvn for Kafka, whose jars are
+# fetched once here); scripts/test.sh installs them (and runs this suite too,
+# without printing the figures).
 #
 # Usage: scripts/chaos.sh [extra args for the test binary, e.g. a test name]
 # Prints one line per fault:
 #   chaos <fault>: sent=.. acked=.. refused=.. stored=.. delivered=..
 #   duplicates=0 lost_acked=0 recovery_s=.. (+ fault-specific figures)
-# Env: DANMAKU_TEST_TANSU (default: tansu on PATH), DANMAKU_TEST_NODE_LOGS=DIR
-#      keeps each danmaku process's log there.
+# Env: DANMAKU_TEST_NODE_LOGS=DIR keeps each danmaku process's log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 export PATH="$HOME/.cargo/bin:$PATH"
 export DANMAKU_REQUIRE_SERVICES=1
+scripts/kafka.sh fetch >/dev/null
 out="$(mktemp /tmp/danmaku-chaos.XXXXXX)"
 trap 'rm -f "$out"' EXIT
 

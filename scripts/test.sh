@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need if it is missing (Debian's
-# redis-server, mariadb-server and chromium; the tansu Kafka-compatible
-# broker from crates.io; playwright-core from npm), starts the services on
-# loopback ports, runs lint and all test suites, and stops everything on exit.
+# redis-server, mariadb-server, chromium, Java 17 and Maven; the Apache Kafka
+# broker's jars from Maven Central, via scripts/kafka.sh; playwright-core from
+# npm), starts the services on loopback ports, runs lint and all test suites,
+# and stops everything on exit.
 #
 # Usage: scripts/test.sh [extra args for the cargo test binaries]
 # Env:   CARGO_TARGET_DIR (default ~/.cache/danmaku-target, outside the clone)
 #        DANMAKU_TEST_PORT_BASE (default 16300): services use BASE..BASE+9
+#        DANMAKU_KAFKA_VERSION, DANMAKU_KAFKA_CACHE: see scripts/kafka.sh
 #        DANMAKU_SKIP_BROWSER=1 skips the headless Chromium test
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,14 +20,17 @@ redis_port=$((base + 0))
 replay_redis_port=$((base + 1))
 kafka_port=$((base + 2))
 mysql_port=$((base + 3))
+kafka_controller_port=$((base + 4))
 work="$(mktemp -d /tmp/danmaku-test.XXXXXX)"
 pids=()
 started_mariadb=""
+started_kafka=""
 
 log() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
 cleanup() {
   [ -n "$started_mariadb" ] && scripts/mariadb-test.sh stop "$mysql_port" "$work/mariadb" || true
+  [ -n "$started_kafka" ] && scripts/kafka.sh stop "$work/kafka" || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -37,30 +42,17 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v mariadbd >/dev/null || need_apt+=(mariadb-server)
+command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need_apt+=(maven)
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-# tansu with `dynostore` (memory://) and `libsql` (sqlite://, durable: the fault
-# suite kills the broker). cargo records an install's features in
-# ~/.cargo/.crates2.json; an older build without libsql is replaced.
-tansu_has_libsql() {
-  python3 - "${CARGO_HOME:-$HOME/.cargo}/.crates2.json" <<'PY'
-import json, sys
-try:
-    installs = json.load(open(sys.argv[1]))["installs"]
-except (OSError, ValueError, KeyError):
-    sys.exit(1)
-sys.exit(0 if any(k.startswith("tansu ") and "libsql" in v.get("features", [])
-                  for k, v in installs.items()) else 1)
-PY
-}
-if ! command -v tansu >/dev/null || ! tansu_has_libsql; then
-  log "installing tansu (Kafka-compatible broker; ~15 minutes, once per machine)"
-  cargo install tansu --locked --force --features dynostore,libsql
-fi
+# Apache Kafka's jars (once per machine; cached outside the clone).
+log "Apache Kafka broker jars (scripts/kafka.sh fetch)"
+scripts/kafka.sh fetch >/dev/null
 
 wait_port() { # name port seconds
   for _ in $(seq 1 $(($3 * 10))); do
@@ -78,11 +70,8 @@ for port in "$redis_port" "$replay_redis_port"; do
   pids+=($!)
   wait_port redis "$port" 20
 done
-tansu broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-  --advertised-listener-url "tcp://127.0.0.1:$kafka_port" \
-  --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
-pids+=($!)
-wait_port tansu "$kafka_port" 60
+started_kafka=1
+scripts/kafka.sh start "$kafka_port" "$work/kafka" "$kafka_controller_port"
 scripts/mariadb-test.sh start "$mysql_port" "$work/mariadb"
 started_mariadb=1
 

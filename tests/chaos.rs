@@ -25,9 +25,10 @@
 //! and "every viewer gets every stored message" is exact (rationing has its
 //! own tests).
 //!
-//! The suite runs its own redis-server, tansu and MariaDB (it kills them), so
-//! it needs only the programs: `redis-server`, `tansu` (or
-//! `DANMAKU_TEST_TANSU`), `mariadbd` and `mysql_install_db`. Without them it
+//! The suite runs its own redis-server, Apache Kafka (scripts/kafka.sh) and
+//! MariaDB (it kills them), so it needs only the programs: `redis-server`,
+//! `java` and `mvn` (or the broker's jars cached already), `mariadbd` and
+//! `mysql_install_db`. Without them it
 //! skips, unless `DANMAKU_REQUIRE_SERVICES=1`, where it fails. The faults run
 //! one at a time (a lock), so their timings do not disturb each other.
 //! `scripts/chaos.sh` runs this suite alone.
@@ -39,7 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::procs::{self, Node, OwnMariaDb, OwnRedis, Tansu};
+use common::procs::{self, Kafka, Node, OwnMariaDb, OwnRedis};
 use common::{now_ms, WsViewer};
 use danmaku::auth::Authenticator;
 use danmaku::config::Config;
@@ -64,18 +65,18 @@ const VIEWERS_PER_FRONT: usize = 2;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn programs(extra: &[&str]) -> Option<()> {
-    let tansu = procs::tansu_program();
-    let mut all = vec!["redis-server", tansu.as_str()];
+    let mut all = vec!["redis-server"];
     all.extend_from_slice(extra);
-    procs::require_programs(&all)
+    procs::require_programs(&all)?;
+    procs::require_kafka()
 }
 
 // ---- the cluster -------------------------------------------------------------
 
-/// Redis and tansu of the test's own, fronts and processors against them.
+/// Redis and Kafka of the test's own, fronts and processors against them.
 struct Rig {
     redis: OwnRedis,
-    tansu: Tansu,
+    kafka: Kafka,
     env: Vec<(String, String)>,
     http: reqwest::Client,
     token: String,
@@ -87,14 +88,14 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start(name: &str, tansu: Tansu, processors: usize, extra: &[(&str, String)]) -> Rig {
+    async fn start(name: &str, kafka: Kafka, processors: usize, extra: &[(&str, String)]) -> Rig {
         let redis = OwnRedis::start();
         let unique = format!("{name}-{}-{}", std::process::id(), now_ms());
         let mut env: Vec<(String, String)> = [
             ("DANMAKU_STORE__ENGINE", "redis".to_string()),
             ("DANMAKU_REDIS_URL", redis.url()),
             ("DANMAKU_BUS__ENGINE", "kafka".into()),
-            ("DANMAKU_KAFKA_BROKERS", tansu.brokers()),
+            ("DANMAKU_KAFKA_BROKERS", kafka.brokers()),
             ("DANMAKU_BUS__PARTITIONS", "4".into()),
             ("DANMAKU_BUS__TOPIC", format!("t-{unique}")),
             ("DANMAKU_BUS__GROUP_ID", format!("g-{unique}")),
@@ -135,7 +136,7 @@ impl Rig {
         let ports = Arc::new(Mutex::new(fronts.iter().map(|f| f.port).collect()));
         Rig {
             redis,
-            tansu,
+            kafka,
             env,
             http,
             token,
@@ -702,7 +703,7 @@ fn assert_within(fault: &str, what: &str, got: Duration, bound: Duration) {
 async fn chaos_redis_sigkill() {
     let Some(()) = programs(&[]) else { return };
     let _one = SERIAL.lock().await;
-    let mut rig = Rig::start("redis", Tansu::start("memory://tansu/"), 1, &[]).await;
+    let mut rig = Rig::start("redis", tokio::task::block_in_place(Kafka::start), 1, &[]).await;
     let room = format!("chaos-redis-{}", now_ms());
     let viewers = Viewers::start(&rig, &room).await;
     let load = Load::start(&rig, &room, "r");
@@ -756,7 +757,13 @@ async fn chaos_redis_sigkill() {
 async fn chaos_processor_sigkill() {
     let Some(()) = programs(&[]) else { return };
     let _one = SERIAL.lock().await;
-    let mut rig = Rig::start("processor", Tansu::start("memory://tansu/"), 2, &[]).await;
+    let mut rig = Rig::start(
+        "processor",
+        tokio::task::block_in_place(Kafka::start),
+        2,
+        &[],
+    )
+    .await;
     let room = format!("chaos-proc-{}", now_ms());
     let viewers = Viewers::start(&rig, &room).await;
     let load = Load::start(&rig, &room, "p");
@@ -820,7 +827,7 @@ async fn chaos_processor_sigkill() {
 async fn chaos_front_sigkill() {
     let Some(()) = programs(&[]) else { return };
     let _one = SERIAL.lock().await;
-    let mut rig = Rig::start("front", Tansu::start("memory://tansu/"), 1, &[]).await;
+    let mut rig = Rig::start("front", tokio::task::block_in_place(Kafka::start), 1, &[]).await;
     let room = format!("chaos-front-{}", now_ms());
     let viewers = Viewers::start(&rig, &room).await;
     let load = Load::start(&rig, &room, "f");
@@ -883,58 +890,27 @@ async fn chaos_front_sigkill() {
     );
 }
 
-/// The broker SIGKILLed and restarted on its port and storage: posts are
-/// refused meanwhile (503 within `publish_timeout_ms`, never a false ack);
-/// fronts and the processor reconnect by themselves.
-///
-/// The assertion depends on what the broker keeps. With a durable storage
-/// engine (tansu built with `libsql`: `sqlite://`, WAL) a kill loses nothing
-/// it acknowledged, and so no acknowledged message may be lost. tansu's
-/// `memory://` engine (the `dynostore` build) loses its whole log on a kill:
-/// what it had acknowledged but the processor had not yet consumed is gone,
-/// and no client of a non-durable broker can get it back. Then (and only
-/// then) acknowledged messages that are not stored are excused, counted
-/// (`lost_in_broker`), and must all have been acknowledged within the
-/// processor's lag before the kill (`VOLATILE_WINDOW`); everything
-/// acknowledged after the restart must be stored. That fallback is only for
-/// a developer's machine: with `DANMAKU_REQUIRE_SERVICES=1` (scripts/test.sh,
-/// scripts/chaos.sh) a tansu without `sqlite://` fails the test.
+/// The broker SIGKILLed and restarted on its port and log directory: posts
+/// are refused meanwhile (503 within `publish_timeout_ms`, never a false
+/// ack); fronts and the processor reconnect by themselves. Apache Kafka keeps
+/// whatever it acknowledged across a kill of its process (the log is in the
+/// page cache; on restart it recovers the unflushed segments), so no
+/// acknowledged message may be lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_broker_sigkill() {
-    const VOLATILE_WINDOW: Duration = Duration::from_secs(2);
     let Some(()) = programs(&[]) else { return };
     let _one = SERIAL.lock().await;
-    let (tansu, durable) = match Tansu::try_start_at(procs::free_port(), None, "sqlite://tansu.db")
-    {
-        Ok(t) => (t, true),
-        Err(e) => {
-            assert!(
-                !procs::services_required(),
-                "chaos broker: DANMAKU_REQUIRE_SERVICES=1 but {} has no durable engine ({e}); \
-                 memory:// loses its log when killed, so acknowledged loss could not be held \
-                 to 0 (scripts/test.sh installs tansu with --features dynostore,libsql)",
-                procs::tansu_program()
-            );
-            eprintln!(
-                "chaos broker: {} has no durable engine ({e}); using memory://, which \
-                     loses its log when killed (build tansu with --features dynostore,libsql)",
-                procs::tansu_program()
-            );
-            (Tansu::start("memory://tansu/"), false)
-        }
-    };
-    let engine = tansu.storage.clone();
-    let extra = [("DANMAKU_BUS__IDEMPOTENCE", "false".to_string())];
-    let mut rig = Rig::start("broker", tansu, 1, &extra).await;
+    let kafka = tokio::task::block_in_place(Kafka::start);
+    let mut rig = Rig::start("broker", kafka, 1, &[]).await;
     let room = format!("chaos-broker-{}", now_ms());
     let viewers = Viewers::start(&rig, &room).await;
     let load = Load::start(&rig, &room, "b");
     tokio::time::sleep(STEADY).await;
 
     let killed = Instant::now();
-    rig.tansu.sigkill();
+    rig.kafka.sigkill();
     tokio::time::sleep(DOWN).await;
-    tokio::task::block_in_place(|| rig.tansu.restart());
+    tokio::task::block_in_place(|| rig.kafka.restart());
     let restarted = Instant::now();
     let acked_again =
         first_ack_after(&load.ledger, restarted, Duration::from_secs(30), "broker").await;
@@ -943,40 +919,12 @@ async fn chaos_broker_sigkill() {
         .all_ready(&nodes, Duration::from_secs(30), "broker")
         .await;
     let before_kill = load.ledger.acked_before(killed);
-    let caught = if durable {
-        caught_up(&rig, &room, &before_kill, killed, Duration::from_secs(30)).await
-    } else {
-        None
-    };
+    let caught = caught_up(&rig, &room, &before_kill, killed, Duration::from_secs(30)).await;
     tokio::time::sleep(STEADY).await;
 
     let ledger = load.stop().await;
     let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
-    let excused: HashSet<String> = if durable {
-        HashSet::new()
-    } else {
-        let have: HashSet<&str> = stored.iter().map(text_of).collect();
-        let acked = ledger.acked.lock().unwrap();
-        let lost: HashSet<String> = acked
-            .iter()
-            .filter(|(t, _)| !have.contains(t.as_str()))
-            .map(|(t, _)| t.clone())
-            .collect();
-        for t in &lost {
-            let at = acked[t].1;
-            assert!(
-                at < killed && killed - at <= VOLATILE_WINDOW,
-                "broker: {t} was acknowledged {} and is lost; only what the volatile broker \
-                 held unconsumed at the kill may be",
-                if at >= killed {
-                    format!("{:.1} s after the kill", (at - killed).as_secs_f64())
-                } else {
-                    format!("{:.1} s before the kill", (killed - at).as_secs_f64())
-                }
-            );
-        }
-        lost
-    };
+    let excused: HashSet<String> = HashSet::new();
     let logs = viewers.finish(stored.len()).await;
     let f = check("broker", &ledger, &stored, &logs, &excused);
     let recovery = acked_again.max(ready);
@@ -987,9 +935,7 @@ async fn chaos_broker_sigkill() {
             &f,
             recovery,
             &format!(
-                "engine={engine} durable={durable} lost_in_broker={} acked_again_s={:.1} \
-                 ready_s={:.1} down_s={:.1} caught_up_s={} answers={:?}",
-                excused.len(),
+                "acked_again_s={:.1} ready_s={:.1} down_s={:.1} caught_up_s={} answers={:?}",
                 acked_again.as_secs_f64(),
                 ready.as_secs_f64(),
                 (restarted - killed).as_secs_f64(),
@@ -1023,7 +969,13 @@ async fn chaos_mariadb_sigkill() {
     archive_config.url = db.url();
     // The roles start together on an empty database: each applies the
     // migrations at start, serialised by the archive's own lock.
-    let rig = Rig::start("mariadb", Tansu::start("memory://tansu/"), 1, &archive_env).await;
+    let rig = Rig::start(
+        "mariadb",
+        tokio::task::block_in_place(Kafka::start),
+        1,
+        &archive_env,
+    )
+    .await;
     let archiver = Node::spawn("archiver", &rig.env);
     archiver.ready(&rig.http).await;
     let room = format!("chaos-mariadb-{}", now_ms());

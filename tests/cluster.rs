@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::procs::{Node, OwnRedis, Tansu};
+use common::procs::{Kafka, Node, OwnRedis};
 use common::proxy::Proxy;
 
 use std::collections::HashSet;
@@ -526,15 +526,17 @@ async fn redis_restart_loses_no_acknowledged_message() {
 
 /// Broker unreachable: posts fail fast with 503 (never a false ack); when it
 /// is back, posts are accepted again and every acknowledged one is stored.
-/// The test runs its own tansu that advertises the proxy's address, so every
+/// The test runs its own Kafka that advertises the proxy's address, so every
 /// client connection goes through the proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_posts_fail_fast_then_recover() {
     let Some((redis, _)) = services() else { return };
     let broker_port = common::procs::free_port();
     let proxy = Proxy::start(format!("127.0.0.1:{broker_port}")).await;
-    let tansu = Tansu::try_start_at(broker_port, Some(proxy.port), "memory://tansu/")
-        .expect("tansu on PATH (scripts/test.sh installs it)");
+    let Some(()) = common::procs::require_kafka() else {
+        return;
+    };
+    let broker = tokio::task::block_in_place(|| Kafka::start_at(broker_port, Some(proxy.port)));
     let kafka = format!("127.0.0.1:{}", proxy.port);
     let c = Arc::new(Cluster::new(
         "broker-down",
@@ -616,6 +618,6 @@ async fn broker_down_posts_fail_fast_then_recover() {
         recovered_after.as_secs_f64(),
         recovered_after.as_secs_f64() - 1.0 - slowest.as_secs_f64() * 5.0
     );
-    drop(tansu);
+    drop(broker);
     proxy.restore();
 }

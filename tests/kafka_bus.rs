@@ -1,11 +1,11 @@
-//! The Kafka bus against a real Kafka-protocol broker.
+//! The Kafka bus against a real Apache Kafka broker.
 //!
 //! `DANMAKU_TEST_KAFKA_BROKERS` (e.g. `127.0.0.1:9092`) points at a broker
 //! these tests may create topics on. Unset, the tests that need it skip with a
 //! notice, or fail when `DANMAKU_REQUIRE_SERVICES=1`. Every test uses its own
 //! topic and consumer group, so they run in parallel. The unreachable-broker
-//! test needs no broker and always runs. `DANMAKU_TEST_KAFKA_FLAVOR=apache`
-//! (the broker is Apache Kafka, not tansu) adds one test tansu 0.6 fails.
+//! test needs no broker and always runs. scripts/test.sh starts the broker
+//! (scripts/kafka.sh).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,10 +28,9 @@ fn brokers() -> Option<String> {
         _ => {
             if std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() == Ok("1") {
                 panic!(
-                    "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_KAFKA_BROKERS is not set: start a \
-                     Kafka-protocol broker (e.g. `tansu broker --listener-url tcp://127.0.0.1:9092 \
-                     --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine \
-                     memory://tansu/`) and set DANMAKU_TEST_KAFKA_BROKERS=127.0.0.1:9092"
+                    "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_KAFKA_BROKERS is not set: start \
+                     Apache Kafka (`scripts/kafka.sh start 9092 /tmp/kafka`) and set \
+                     DANMAKU_TEST_KAFKA_BROKERS=127.0.0.1:9092"
                 );
             }
             eprintln!(
@@ -263,21 +262,11 @@ async fn committed_records_stay_done_and_uncommitted_ones_come_again() {
 }
 
 /// The same with all ten records in one record batch, so the successor
-/// resumes from an offset inside that batch. tansu 0.6 (the broker CI runs)
-/// cannot serve a fetch that starts inside a batch: it returns only batches
-/// whose base offset is at or after the fetch offset, so the rest of the
-/// batch never comes. Apache Kafka does; this runs only when
-/// `DANMAKU_TEST_KAFKA_FLAVOR=apache` says the broker is Apache Kafka.
+/// resumes from an offset inside that batch (the broker serves the batch
+/// from its start; the consumer drops the records before the offset).
 #[tokio::test]
 async fn uncommitted_records_come_again_from_inside_a_batch() {
     let brokers = need_kafka!();
-    if std::env::var("DANMAKU_TEST_KAFKA_FLAVOR").as_deref() != Ok("apache") {
-        eprintln!(
-            "skipping: resuming inside a record batch needs Apache Kafka (tansu 0.6 skips the \
-             batch's tail); set DANMAKU_TEST_KAFKA_FLAVOR=apache to run it"
-        );
-        return;
-    }
     crash_semantics(&brokers, true).await;
 }
 

@@ -1,5 +1,6 @@
-//! Kafka bus (DESIGN §2, §3.2) over `rdkafka` (librdkafka bundled): one topic
-//! of `partitions` partitions, one consumer group for every processor.
+//! Kafka bus (docs/architecture.md: engines, gears) over `rdkafka`
+//! (librdkafka bundled): one topic of `partitions` partitions, one consumer
+//! group for every processor.
 //!
 //! Semantics mirror the embedded bus:
 //! - **placement**: every record goes to `record.partition_of(partitions)`,
@@ -18,22 +19,14 @@
 //! ([`KafkaBus::undecodable`]) and skipped, and their offsets are committed
 //! like processed ones: a poison record never wedges its partition.
 //!
-//! Production runs Apache Kafka; tests run tansu 0.6, whose gaps are covered
-//! here without changing behaviour on Kafka:
-//! - ListOffsets "latest" answers the last batch's base offset + 1, so the
-//!   lag also counts what this node had acknowledged (`acked_end`);
-//! - a fetch is always held for about `fetch.wait.max.ms`, hence 100 ms;
-//! - after a timed-out record librdkafka bumps the idempotent producer's
-//!   epoch, which tansu fences forever: the producer is replaced;
-//! - a member restarted after its leader was SIGKILLed can be left with no
-//!   partitions for good: it rejoins (see `KafkaConsumer::watch_assignment`).
-//!
-//! Not covered: tansu cannot serve a fetch that starts inside a record batch
-//! (it skips the rest of that batch), so a consumer resuming from a commit
-//! made in the middle of a producer batch misses that batch's tail on tansu.
+//! Tested against Apache Kafka (scripts/kafka.sh: one KRaft node). Beside
+//! librdkafka's defaults the engine sets only what the semantics above need
+//! (acks, idempotence, manual commits, explicit partitions), a short linger,
+//! a session timeout that bounds how long a killed processor's partitions
+//! stall, and a new producer after a fatal error.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,18 +59,21 @@ const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Producer batching delay: small, since a client waits for the ack.
 const LINGER_MS: &str = "2";
 /// A processor that dies without leaving the group (SIGKILL, lost host) holds
-/// its partitions until this expires; librdkafka's 45 s default would stall
-/// those partitions that long. Brokers accept 6 s and up by default.
+/// its partitions until the group coordinator expires its session: nothing of
+/// those partitions is processed until then (the chaos suite's processor
+/// fault measures it). librdkafka's 45 s default would stall them that long;
+/// Apache Kafka accepts 6 s and up (`group.min.session.timeout.ms`). The
+/// heartbeat stays well under a third of it, as Kafka advises.
 const SESSION_TIMEOUT_MS: &str = "10000";
 const HEARTBEAT_INTERVAL_MS: &str = "1000";
-/// See [`KafkaConsumer::watch_assignment`]: twice the session timeout.
-const REJOIN_IDLE_AFTER: Duration = Duration::from_secs(20);
-/// Longest a fetch waits on the broker for data. Apache Kafka answers as soon
-/// as data is there, so this only sets how often an idle consumer asks (10/s);
-/// tansu 0.6 always holds a fetch for about this long, so with librdkafka's
-/// 500 ms default every record would reach the processor 250-500 ms late
-/// (past the gear-2 threshold).
-const FETCH_WAIT_MS: &str = "100";
+
+/// Longest pause between two connection attempts to a broker that is down.
+/// librdkafka doubles the pause from 100 ms up to this; with its 10 s default
+/// a broker back after a restart stayed unused for up to 10 s more (posts
+/// refused with 503 all that time; the chaos suite's broker fault measured
+/// 5-8 s from the restart to every node ready). One attempt a second per
+/// client is no load on a broker.
+const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
 
 /// Settings of the Kafka engine beyond [`BusConfig`].
 #[derive(Clone, Debug, Default)]
@@ -104,10 +100,6 @@ struct Shared {
     /// Estimated lag of the group; see [`KafkaBus::pending`].
     pending: AtomicU64,
     undecodable: AtomicU64,
-    /// Per partition: the offset after the last record this node had
-    /// acknowledged. A floor for the high watermark that ListOffsets reports
-    /// (tansu 0.6 answers "latest" with the last batch's base offset + 1).
-    acked_end: Vec<AtomicI64>,
 }
 
 impl KafkaBus {
@@ -200,7 +192,6 @@ impl KafkaBus {
         let shared = Arc::new(Shared {
             pending: AtomicU64::new(0),
             undecodable: AtomicU64::new(0),
-            acked_end: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
         });
         let (stop_tx, stop_rx) = mpsc::channel();
         let lag_shared = shared.clone();
@@ -240,13 +231,12 @@ impl KafkaBus {
         Duration::from_millis(self.config.publish_timeout_ms.max(1))
     }
 
-    /// Replaces producer `generation` when it cannot publish again by itself:
-    /// - after a fatal error (librdkafka: the idempotent producer's state is
-    ///   lost; only a new producer instance can go on);
-    /// - when the broker refuses its producer id or epoch. After a timed-out
-    ///   record librdkafka bumps the idempotent producer's epoch locally;
-    ///   Apache Kafka accepts that, but tansu 0.6 answers every later batch
-    ///   with PRODUCER_FENCED, forever. A new producer gets a fresh id.
+    /// Replaces producer `generation` after a fatal error: librdkafka raises
+    /// one when the idempotent producer cannot keep its guarantees (e.g. the
+    /// broker reports a sequence gap it cannot repair), and such an instance
+    /// refuses every later record; only a new producer can go on. (The
+    /// recoverable cases, a timed-out record or an unknown producer id, it
+    /// handles itself by bumping the epoch, which Apache Kafka accepts.)
     ///
     /// Nothing acknowledged is lost: records still queued in the old
     /// producer fail, and their publishers get an error.
@@ -258,18 +248,7 @@ impl KafkaBus {
             }
             slot.1.client().fatal_error()
         };
-        let stuck = matches!(
-            error.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::Fatal
-                    | RDKafkaErrorCode::ProducerFenced
-                    | RDKafkaErrorCode::InvalidProducerEpoch
-                    | RDKafkaErrorCode::UnknownProducerId
-                    | RDKafkaErrorCode::InvalidProducerIdMapping
-                    | RDKafkaErrorCode::OutOfOrderSequenceNumber
-            )
-        );
-        if fatal.is_none() && !stuck {
+        if fatal.is_none() && error.rdkafka_error_code() != Some(RDKafkaErrorCode::Fatal) {
             return;
         }
         let fresh = match make_producer(&self.config, &self.options) {
@@ -344,11 +323,7 @@ impl Bus for KafkaBus {
         let mut producer_error: Option<KafkaError> = None;
         for report in reports {
             match report {
-                Ok(Ok(delivery)) => {
-                    if let Some(end) = self.shared.acked_end.get(delivery.partition as usize) {
-                        end.fetch_max(delivery.offset + 1, Ordering::AcqRel);
-                    }
-                }
+                Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => {
                     failure.get_or_insert_with(|| format!("kafka refused a record: {e}"));
                     producer_error.get_or_insert(e);
@@ -377,7 +352,6 @@ impl Bus for KafkaBus {
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
                 .set("enable.partition.eof", "false")
-                .set("fetch.wait.max.ms", FETCH_WAIT_MS)
                 .set("session.timeout.ms", SESSION_TIMEOUT_MS)
                 .set("heartbeat.interval.ms", HEARTBEAT_INTERVAL_MS),
             &self.options,
@@ -392,15 +366,13 @@ impl Bus for KafkaBus {
             topic: self.config.topic.clone(),
             parts: HashMap::new(),
             shared: self.shared.clone(),
-            idle: IdleWatch::default(),
         }))
     }
 
     /// The processors' lag: Σ over partitions of (high watermark − the
     /// group's committed offset, or the low watermark if none), refreshed by a
     /// background thread every [`LAG_REFRESH`] (one OffsetFetch and one
-    /// ListOffsets per partition), so this call is one atomic load. The high
-    /// watermark is at least the end of what this node had acknowledged. Between
+    /// ListOffsets per partition), so this call is one atomic load. Between
     /// refreshes it is adjusted locally (+n on a publish, −n on a commit of
     /// this node), so it is an estimate that can be off by what other nodes did
     /// in the last half second. While Kafka is unreachable it keeps the last value.
@@ -440,17 +412,6 @@ struct KafkaConsumer {
     topic: String,
     parts: HashMap<i32, PartState>,
     shared: Arc<Shared>,
-    idle: IdleWatch,
-}
-
-/// Watches for a member left with no partitions while work waits and nobody
-/// makes progress (see [`KafkaConsumer::watch_assignment`]).
-#[derive(Default)]
-struct IdleWatch {
-    /// Since when the assignment has been empty, and the lag then.
-    empty_since: Option<(std::time::Instant, u64)>,
-    /// Rejoined once in this empty spell already.
-    rejoined: bool,
 }
 
 /// What this consumer has seen of one partition, to commit safely.
@@ -473,51 +434,6 @@ impl PartState {
 }
 
 impl KafkaConsumer {
-    /// Rejoins the group once when this member has owned no partition for
-    /// [`REJOIN_IDLE_AFTER`] while records wait and the group's lag has not
-    /// gone down in that time (so no other member is working them).
-    ///
-    /// On Apache Kafka that state does not last: a dead member is dropped
-    /// after `session.timeout.ms` and its partitions are reassigned; a
-    /// surplus member (more processors than partitions) is idle while the
-    /// others make progress, so this never fires. tansu 0.6 can leave a
-    /// restarted processor there for good: if the group's leader was killed
-    /// (SIGKILL), the survivor's JoinGroup that evicts it still names the dead
-    /// leader, SyncGroup then succeeds with an empty assignment, and
-    /// heartbeats in that generation keep succeeding, so no rebalance ever
-    /// comes. Leaving and joining again gets a fresh generation.
-    fn watch_assignment(&mut self) {
-        let empty = self
-            .consumer
-            .assignment()
-            .map(|a| a.count() == 0)
-            .unwrap_or(false);
-        if !empty {
-            self.idle = IdleWatch::default();
-            return;
-        }
-        let lag = self.shared.pending.load(Ordering::Acquire);
-        let Some((since, lag_then)) = self.idle.empty_since else {
-            self.idle.empty_since = Some((std::time::Instant::now(), lag));
-            return;
-        };
-        if self.idle.rejoined || since.elapsed() < REJOIN_IDLE_AFTER || lag == 0 || lag < lag_then {
-            return;
-        }
-        self.idle.rejoined = true;
-        tracing::warn!(
-            topic = %self.topic,
-            lag,
-            idle_s = since.elapsed().as_secs(),
-            "no partition assigned while records wait and nobody consumes them; rejoining the group"
-        );
-        self.consumer.unsubscribe();
-        if let Err(e) = self.consumer.subscribe(&[&self.topic]) {
-            tracing::warn!(error = %e, "resubscribing to the kafka topic failed");
-            self.idle.rejoined = false;
-        }
-    }
-
     /// Synchronous commit on a blocking thread: it returns once the group
     /// coordinator stored the offsets, so a commit reported `Ok` survives a
     /// crash of this process, errors reach the processor (which logs them),
@@ -552,7 +468,6 @@ impl KafkaConsumer {
 #[async_trait]
 impl BusConsumer for KafkaConsumer {
     async fn poll(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        self.watch_assignment();
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + wait;
         let consumer = self.consumer.clone();
@@ -674,7 +589,8 @@ fn unavailable<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> BusErr
 fn client_config(config: &BusConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", config.kafka_brokers.trim())
-        .set("client.id", "danmaku");
+        .set("client.id", "danmaku")
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
     c
 }
 
@@ -750,7 +666,7 @@ fn lag_task(
 ) {
     let mut failing = false;
     loop {
-        match group_lag(&probe, &topic, partitions, &shared.acked_end) {
+        match group_lag(&probe, &topic, partitions) {
             Ok(lag) => {
                 shared.pending.store(lag, Ordering::Release);
                 if failing {
@@ -772,12 +688,7 @@ fn lag_task(
     }
 }
 
-fn group_lag(
-    probe: &BaseConsumer,
-    topic: &str,
-    partitions: u32,
-    acked_end: &[AtomicI64],
-) -> Result<u64, KafkaError> {
+fn group_lag(probe: &BaseConsumer, topic: &str, partitions: u32) -> Result<u64, KafkaError> {
     let mut tpl = TopicPartitionList::with_capacity(partitions as usize);
     for p in 0..partitions as i32 {
         tpl.add_partition(topic, p);
@@ -786,10 +697,6 @@ fn group_lag(
     let mut lag: u64 = 0;
     for p in 0..partitions as i32 {
         let (low, high) = probe.fetch_watermarks(topic, p, LAG_QUERY_TIMEOUT)?;
-        let acked = acked_end
-            .get(p as usize)
-            .map_or(0, |a| a.load(Ordering::Acquire));
-        let high = high.max(acked);
         let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
             Some(Offset::Offset(o)) => o.max(low),
             _ => low,

@@ -1,6 +1,6 @@
 //! Real processes for the process-level tests (tests/cluster.rs,
 //! tests/replay.rs, tests/chaos.rs): `danmaku` roles, and services of a
-//! test's own (redis-server, tansu, MariaDB) where the test kills and
+//! test's own (redis-server, Apache Kafka, MariaDB) where the test kills and
 //! restarts them. Every process here is killed when its guard is dropped,
 //! also when the test panics.
 
@@ -288,111 +288,149 @@ impl Drop for OwnRedis {
     }
 }
 
-// ---- tansu (Kafka-compatible broker) -----------------------------------------
+// ---- Apache Kafka (scripts/kafka.sh) ------------------------------------------
 
-/// The tansu binary: `DANMAKU_TEST_TANSU`, else `tansu` on PATH.
-pub fn tansu_program() -> String {
-    std::env::var("DANMAKU_TEST_TANSU")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| "tansu".into())
+fn kafka_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh")
 }
 
-/// A tansu broker of the test's own, restartable on the same port and
-/// storage. `storage` is a `--storage-engine` URL; relative `sqlite://NAME`
-/// paths are inside the broker's own directory.
-pub struct Tansu {
+/// `Some(())` once the Apache Kafka jars are there (`scripts/kafka.sh fetch`:
+/// a no-op when cached, else mvn fetches them); otherwise skips (prints why)
+/// or, with `DANMAKU_REQUIRE_SERVICES=1`, fails.
+pub fn require_kafka() -> Option<()> {
+    let out = Command::new("bash")
+        .arg(kafka_script())
+        .arg("fetch")
+        .stdout(Stdio::null())
+        .output();
+    let why = match out {
+        Ok(o) if o.status.success() => return Some(()),
+        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        Err(e) => format!("bash: {e}"),
+    };
+    assert!(
+        !services_required(),
+        "DANMAKU_REQUIRE_SERVICES=1 but scripts/kafka.sh fetch failed (needs java and mvn): {why}"
+    );
+    eprintln!("skipping: no Apache Kafka (scripts/kafka.sh fetch failed: {why})");
+    None
+}
+
+/// The line the broker logs once it serves clients.
+const KAFKA_READY: &str = "Kafka Server started";
+/// Bound of a broker start (JVM start, log recovery, registration).
+const KAFKA_START: Duration = Duration::from_secs(120);
+
+/// An Apache Kafka node of the test's own (one KRaft broker + controller,
+/// `scripts/kafka.sh run`), restartable on the same ports and log directory.
+/// The child is the JVM itself, so [`Kafka::sigkill`] kills the broker with
+/// no shutdown of any kind.
+pub struct Kafka {
     child: Option<Child>,
     pub port: u16,
-    /// The address advertised to clients (the listener's, or a proxy's).
+    /// The port advertised to clients (the listener's, or a proxy's).
     pub advertised: u16,
-    pub storage: String,
+    controller: u16,
     dir: ScratchDir,
+    starts: u32,
 }
 
-impl Tansu {
-    /// Starts a broker listening on `port`, advertising `advertised` (a
-    /// proxy's port, say) or else its own; `Err` (with what it printed) if it
-    /// exits at once, e.g. because the build lacks the storage engine asked for.
-    pub fn try_start_at(
-        port: u16,
-        advertised: Option<u16>,
-        storage: &str,
-    ) -> Result<Tansu, String> {
-        let mut t = Tansu {
+impl Kafka {
+    /// A broker on a free port; panics if it does not come up.
+    pub fn start() -> Kafka {
+        Self::start_at(free_port(), None)
+    }
+
+    /// A broker listening on `port`, advertising `advertised` (a proxy's
+    /// port, say) or else its own.
+    pub fn start_at(port: u16, advertised: Option<u16>) -> Kafka {
+        let mut k = Kafka {
             child: None,
             port,
             advertised: advertised.unwrap_or(port),
-            storage: storage.to_string(),
-            dir: ScratchDir::new("tansu"),
+            controller: free_port(),
+            dir: ScratchDir::new("kafka"),
+            starts: 0,
         };
-        t.try_spawn()?;
-        Ok(t)
-    }
-
-    pub fn start(storage: &str) -> Tansu {
-        Self::try_start_at(free_port(), None, storage)
-            .unwrap_or_else(|e| panic!("tansu did not start: {e}"))
+        k.spawn();
+        k
     }
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.advertised)
     }
 
-    fn try_spawn(&mut self) -> Result<(), String> {
-        let log = self.dir.0.join("tansu.log");
+    /// Starts the broker (again) and waits until it serves clients. Each
+    /// start logs to its own file in the scratch directory.
+    fn spawn(&mut self) {
+        self.starts += 1;
+        let log = self.dir.0.join(format!("kafka-{}.log", self.starts));
         let out = std::fs::File::create(&log).unwrap();
-        let mut child = Command::new(tansu_program())
-            .current_dir(&self.dir.0)
-            .arg("broker")
-            .arg("--listener-url")
-            .arg(format!("tcp://127.0.0.1:{}", self.port))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://127.0.0.1:{}", self.advertised))
-            .args(["--storage-engine", &self.storage])
+        let began = Instant::now();
+        let mut child = Command::new("bash")
+            .arg(kafka_script())
+            .arg("run")
+            .arg(self.port.to_string())
+            .arg(self.dir.0.join("node"))
+            .arg(self.controller.to_string())
+            .arg(self.advertised.to_string())
+            .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
-            .map_err(|e| format!("{}: {e}", tansu_program()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let printed = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: String = printed
-                    .chars()
-                    .rev()
-                    .take(600)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                return Err(format!("tansu exited ({status}): {tail}"));
+            .expect("bash scripts/kafka.sh run");
+        let tail = |log: &PathBuf| {
+            let printed = std::fs::read_to_string(log).unwrap_or_default();
+            let lines: Vec<&str> = printed.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        loop {
+            if std::fs::read_to_string(&log)
+                .map(|s| s.contains(KAFKA_READY))
+                .unwrap_or(false)
+            {
+                break;
             }
-            if Instant::now() > deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "kafka exited before it was ready ({status}):\n{}",
+                    tail(&log)
+                );
+            }
+            if began.elapsed() > KAFKA_START {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err("tansu did not open its port in 30 s".into());
+                panic!(
+                    "kafka was not ready on 127.0.0.1:{} in {KAFKA_START:?}:\n{}",
+                    self.port,
+                    tail(&log)
+                );
             }
-            std::thread::sleep(Duration::from_millis(25));
+            std::thread::sleep(Duration::from_millis(50));
         }
+        eprintln!(
+            "kafka on 127.0.0.1:{} ready in {:.1} s (start {})",
+            self.port,
+            began.elapsed().as_secs_f64(),
+            self.starts
+        );
         self.child = Some(child);
-        Ok(())
     }
 
-    /// SIGKILL.
+    /// SIGKILL: no shutdown of any kind. Whatever the broker acknowledged is
+    /// in its log files (the page cache survives the process).
     pub fn sigkill(&mut self) {
         kill_child(&mut self.child);
     }
 
-    /// Starts again on the same port and storage (after a kill).
+    /// Starts again on the same ports and log directory (after a kill).
     pub fn restart(&mut self) {
         self.sigkill();
-        self.try_spawn()
-            .unwrap_or_else(|e| panic!("tansu did not restart: {e}"));
+        self.spawn();
     }
 }
 
-impl Drop for Tansu {
+impl Drop for Kafka {
     fn drop(&mut self) {
         kill_child(&mut self.child);
     }
