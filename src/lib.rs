@@ -16,6 +16,7 @@ pub mod http_listener;
 pub mod ingest;
 pub mod message;
 pub mod metrics;
+pub mod presence;
 pub mod processor;
 pub mod replay;
 pub mod rooms;

@@ -44,6 +44,20 @@ pub enum FeedEvent {
     SlowConsumer,
 }
 
+/// A frame already queued for the viewer (see `ViewerFeed::drain_ready`).
+pub struct ReadyFrame {
+    pub frame: Arc<Frame>,
+    /// As broadcast, not read to catch up (see `FeedEvent::Frame`).
+    pub from_ring: bool,
+}
+
+/// One catch-up read, encoded as one frame.
+struct CaughtUp {
+    frame: Arc<Frame>,
+    /// Messages between the viewer's cursor and the read were already trimmed.
+    gap: bool,
+}
+
 pub struct ViewerFeed {
     registry: Arc<HubRegistry>,
     hub: Arc<Hub>,
@@ -99,9 +113,9 @@ impl ViewerFeed {
         };
         let mut gap = false;
         if feed.cursor < feed.target {
-            let (frame, had_gap) = feed.catch_up().await?;
-            gap = had_gap;
-            feed.pending = Some(frame);
+            let caught_up = feed.catch_up().await?;
+            gap = caught_up.gap;
+            feed.pending = Some(caught_up.frame);
         }
         let hello = feed.hello(reset, gap);
         Ok((feed, hello))
@@ -174,7 +188,7 @@ impl ViewerFeed {
         loop {
             if self.cursor < self.target {
                 match self.catch_up().await {
-                    Ok((frame, _)) => {
+                    Ok(CaughtUp { frame, .. }) => {
                         return FeedEvent::Frame {
                             frame,
                             lite: false,
@@ -245,13 +259,15 @@ impl ViewerFeed {
     }
 
     /// Frames already queued for this viewer, without waiting: at shutdown,
-    /// what the hubs' last tick sent goes out before the close. Each with
-    /// whether it came from the ring (see `FeedEvent::Frame`).
-    pub fn drain_ready(&mut self) -> Vec<(Arc<Frame>, bool)> {
-        let mut out: Vec<(Arc<Frame>, bool)> = self
+    /// what the hubs' last tick sent goes out before the close.
+    pub fn drain_ready(&mut self) -> Vec<ReadyFrame> {
+        let mut out: Vec<ReadyFrame> = self
             .pending
             .take()
-            .map(|f| (f, false))
+            .map(|frame| ReadyFrame {
+                frame,
+                from_ring: false,
+            })
             .into_iter()
             .collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
@@ -265,14 +281,17 @@ impl ViewerFeed {
             }
             self.cursor = frame.to;
             self.frame_no = frame.no;
-            out.push((frame, true));
+            out.push(ReadyFrame {
+                frame,
+                from_ring: true,
+            });
         }
         out
     }
 
     /// Reads (cursor, target] from the store as one individually encoded
     /// frame, rationed by the room's rules and without what the hub still holds.
-    async fn catch_up(&mut self) -> Result<(Arc<Frame>, bool), ApiError> {
+    async fn catch_up(&mut self) -> Result<CaughtUp, ApiError> {
         let limit = self.registry.config().max_batch_messages;
         if self.hub.is_big() {
             return Ok(self.catch_up_from_cache(limit));
@@ -314,12 +333,15 @@ impl ViewerFeed {
             // Nothing readable up to target (trimmed): jump.
             self.cursor = self.target;
         }
-        Ok((frame, read.gap))
+        Ok(CaughtUp {
+            frame,
+            gap: read.gap,
+        })
     }
 
     /// Big rooms: the viewer catches up from this node's recent frames (the
     /// same, already rationed frames everyone got), never from the store.
-    fn catch_up_from_cache(&mut self, limit: usize) -> (Arc<Frame>, bool) {
+    fn catch_up_from_cache(&mut self, limit: usize) -> CaughtUp {
         let read = self.hub.cached_after(self.cursor, limit);
         let metrics = self.registry.metrics();
         let result = if read.gap { "gap" } else { "hit" };
@@ -343,7 +365,10 @@ impl ViewerFeed {
         } else {
             frame.to.max(self.cursor)
         };
-        (frame, read.gap)
+        CaughtUp {
+            frame,
+            gap: read.gap,
+        }
     }
 }
 

@@ -215,8 +215,8 @@ impl Session {
                 _ = closing.cancelled() => {
                     let hub_was_writing = viewer.as_ref().is_some_and(|v| v.take_back(false));
                     if let (Source::Feed(feed), false) = (&mut source, hub_was_writing) {
-                        for (frame, from_ring) in feed.drain_ready() {
-                            let out = Outgoing::Frame(&frame, false, from_ring);
+                        for ready in feed.drain_ready() {
+                            let out = Outgoing::Frame(&ready.frame, false, ready.from_ring);
                             if !self.send_frame(&mut socket, viewer.as_deref(), feed, out).await {
                                 return;
                             }
