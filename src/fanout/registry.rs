@@ -284,3 +284,42 @@ impl HubRegistry {
         self.tasks.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn room_stats_serve_the_per_room_figures_metrics_leave_out() {
+        let config = Config::embedded();
+        let registry = HubRegistry::new(
+            Arc::new(MemoryStore::new(config.store.clone())),
+            Arc::new(Metrics::new()),
+            Arc::new(RoomDirectory::new(config.ration.clone())),
+            config.fanout.clone(),
+            Duration::from_millis(config.ration.lite_after_ms),
+            "n1".into(),
+        );
+        assert_eq!(registry.room_stats("r"), None, "no hub, no figures");
+        let hub = registry.hub("r").await.unwrap();
+        let _sub = hub.subscribe().unwrap();
+        let _waiter = hub.poll_waiter().unwrap();
+        let stats = registry.room_stats("r").unwrap();
+        assert_eq!((stats.online, stats.cluster_online), (2, 2));
+        assert!(!stats.big);
+        let budget = registry.rooms().rules("r", 2).budget_per_s;
+        // A read that selects nothing still rations with the room's rules.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while registry.room_stats("r").unwrap().budget_per_s != budget {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the hub's first tick records its budget");
+        let text = registry.metrics().render();
+        assert!(!text.contains("room=\"r\""), "no room label: {text}");
+        registry.flush_and_stop().await;
+    }
+}
