@@ -203,58 +203,69 @@ impl ViewerFeed {
             }
             match self.sub.frames.recv().await {
                 Ok(frame) => {
-                    frame.taken.fetch_add(1, Ordering::Relaxed);
-                    self.frame_no = frame.no;
-                    if frame.epoch != self.epoch {
-                        self.epoch = frame.epoch.clone();
-                        self.cursor = 0;
-                        self.target = frame.to;
-                        return FeedEvent::Hello(self.hello(true, false));
+                    if let Some(event) = self.take_from_ring(frame, lite_after) {
+                        return event;
                     }
-                    if frame.to <= self.cursor && !late_only(&frame, self.cursor) {
-                        continue;
-                    }
-                    if frame.from == self.cursor {
-                        self.cursor = frame.to;
-                        // Behind (frames reach it late — not merely several
-                        // frames of one backlog at once): shed this frame's low first.
-                        let lite = frame.lite.is_some() && frame.encoded_at.elapsed() >= lite_after;
-                        if lite {
-                            let shed = frame.full.count - frame.encoded(true).count;
-                            self.registry
-                                .metrics()
-                                .queue_low_dropped
-                                .inc_by(shed as u64);
-                            if frame.encoded(true).count == 0 {
-                                continue; // nothing left to send; the cursor still moved
-                            }
-                        }
-                        return FeedEvent::Frame {
-                            frame,
-                            lite,
-                            from_ring: true,
-                        };
-                    }
-                    // Not contiguous with what this viewer has: fill from the store.
-                    self.target = frame.to;
                 }
                 Err(RecvError::Lagged(_)) => {
                     self.registry.metrics().slow_consumer_disconnects.inc();
                     return FeedEvent::SlowConsumer;
                 }
-                Err(RecvError::Closed) => {
-                    // The hub stopped under us; join its successor.
-                    if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
-                        self.target = self.target.max(sub.cursor);
-                        self.undecided = sub.undecided.clone();
-                        self.frame_no = sub.frame_no;
-                        self.hub = hub;
-                        self.sub = sub;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                }
+                Err(RecvError::Closed) => self.follow_successor().await,
             }
+        }
+    }
+
+    /// A frame from the ring: what to send for it, if anything (`None`: a
+    /// frame already had, fully shed, or one that needs a catch-up first).
+    fn take_from_ring(&mut self, frame: Arc<Frame>, lite_after: Duration) -> Option<FeedEvent> {
+        frame.taken.fetch_add(1, Ordering::Relaxed);
+        self.frame_no = frame.no;
+        if frame.epoch != self.epoch {
+            self.epoch = frame.epoch.clone();
+            self.cursor = 0;
+            self.target = frame.to;
+            return Some(FeedEvent::Hello(self.hello(true, false)));
+        }
+        if frame.to <= self.cursor && !late_only(&frame, self.cursor) {
+            return None;
+        }
+        if frame.from != self.cursor {
+            // Not contiguous with what this viewer has: fill from the store.
+            self.target = frame.to;
+            return None;
+        }
+        self.cursor = frame.to;
+        // Behind (frames reach it late — not merely several frames of one
+        // backlog at once): shed this frame's low first.
+        let lite = frame.lite.is_some() && frame.encoded_at.elapsed() >= lite_after;
+        if lite {
+            let shed = frame.full.count - frame.encoded(true).count;
+            self.registry
+                .metrics()
+                .queue_low_dropped
+                .inc_by(shed as u64);
+            if frame.encoded(true).count == 0 {
+                return None; // nothing left to send; the cursor still moved
+            }
+        }
+        Some(FeedEvent::Frame {
+            frame,
+            lite,
+            from_ring: true,
+        })
+    }
+
+    /// The hub stopped under us; join its successor.
+    async fn follow_successor(&mut self) {
+        if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
+            self.target = self.target.max(sub.cursor);
+            self.undecided = sub.undecided.clone();
+            self.frame_no = sub.frame_no;
+            self.hub = hub;
+            self.sub = sub;
+        } else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
