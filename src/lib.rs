@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod json;
 pub mod message;
 pub mod metrics;
+pub mod presence;
 pub mod processor;
 pub mod replay;
 pub mod rooms;

@@ -1,9 +1,26 @@
 //! Prometheus metrics of every role, rendered at `GET /metrics`.
+//!
+//! # The label rule (docs/architecture.md, "Metrics")
+//!
+//! No label may take values that grow with users or rooms. Every label here
+//! takes its values from a fixed set the code names (transport, kind, reason,
+//! bucket, op, source, result, cap, direction), so the number of series stays
+//! the same however many viewers and rooms a node serves.
+//!
+//! Per-room figures go elsewhere: every room's online count and budget to the
+//! admin API (`fanout::HubRegistry::room_stats`), and at most a bounded top-N
+//! as a metric: `danmaku_top_room_online{room}` holds the biggest
+//! [`TOP_ROOMS`] big rooms of this node, refilled each presence round (see
+//! `presence::TopRooms`). A new per-room metric follows the same pattern or
+//! does not exist.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+/// Series a bounded top-N metric holds at most (`danmaku_top_room_online`).
+pub const TOP_ROOMS: usize = 10;
 
 pub struct Metrics {
     registry: Registry,
@@ -41,10 +58,9 @@ pub struct Metrics {
     pub ration_dropped: IntCounterVec,
     /// Low messages not sent to connections that were behind.
     pub queue_low_dropped: IntCounter,
-    /// Current per-viewer budget of each room with a hub on this node.
-    pub room_budget: IntGaugeVec,
     pub bus_pending: IntGauge,
-    /// Current gear of (room, kind)s above gear 1.
+    /// Current gear of (room, kind)s above gear 1. Not yet within the label
+    /// rule above: shifted rooms are few, but their number is not bounded.
     pub gear: IntGaugeVec,
     pub gear_shifts: IntCounterVec,
     /// Live-store range reads by who asked (hub, poll, catch_up, snapshot).
@@ -61,8 +77,9 @@ pub struct Metrics {
     pub snapshot_responses: IntCounterVec,
     /// Big-room reads served by a front's local cache (hit, gap).
     pub cache_reads: IntCounterVec,
-    /// Viewers over all fronts, for big rooms with a hub on this node.
-    pub room_online: IntGaugeVec,
+    /// Viewers over all fronts of the biggest big rooms with a hub on this
+    /// node: at most [`TOP_ROOMS`] series (see `presence::TopRooms`).
+    pub top_room_online: IntGaugeVec,
     /// Processing delay: store write time minus the front's timestamp.
     pub process_delay_seconds: Histogram,
     /// Open client TCP connections (any route, upgraded ones included).
@@ -216,17 +233,6 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            room_budget: reg(
-                &registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "danmaku_room_budget",
-                        "Per-viewer budget (messages/s) by room",
-                    ),
-                    &["room"],
-                )
-                .unwrap(),
-            ),
             store_reads: reg(
                 &registry,
                 IntCounterVec::new(
@@ -284,10 +290,15 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            room_online: reg(
+            top_room_online: reg(
                 &registry,
                 IntGaugeVec::new(
-                    Opts::new("danmaku_room_online", "Viewers over all fronts (big rooms)"),
+                    Opts::new(
+                        "danmaku_top_room_online",
+                        format!(
+                            "Viewers over all fronts of this node's {TOP_ROOMS} biggest big rooms"
+                        ),
+                    ),
                     &["room"],
                 )
                 .unwrap(),

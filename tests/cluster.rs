@@ -321,7 +321,7 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
         });
         viewers.extend(futures_util::future::join_all(opens).await);
     }
-    let sample = format!(r#"danmaku_room_online{{room="{room}"}}"#);
+    let sample = format!(r#"danmaku_top_room_online{{room="{room}"}}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
     for front in &fronts {
         while metric_of(&c.http, front, &sample).await < 1000.0 {

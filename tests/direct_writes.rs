@@ -174,7 +174,7 @@ async fn resuming_in_a_big_room_gets_the_cached_frame_then_hub_writes() {
     let mut first = t.ws(room, &[]).await;
     let deadline = std::time::Instant::now() + WAIT;
     while t
-        .metric(&format!(r#"danmaku_room_online{{room="{room}"}}"#))
+        .metric(&format!(r#"danmaku_top_room_online{{room="{room}"}}"#))
         .await
         < 1.0
     {

@@ -679,7 +679,7 @@ async fn a_big_room_snapshot_comes_from_the_local_cache_not_the_store() {
     let room = room.as_str();
     let mut v = ts.ws(room, &[]).await;
     ts.wait_metric(
-        &format!(r#"danmaku_room_online{{room="{room}"}}"#),
+        &format!(r#"danmaku_top_room_online{{room="{room}"}}"#),
         1.0,
         WAIT,
     )

@@ -1,7 +1,8 @@
-//! Reading a big room's local cache of recent frames (DESIGN §3.4): which
-//! frames follow a cursor, and an answer encoded from them. Frames are taken
-//! as shared `Arc`s and their messages borrowed, never copied: a multi-frame
-//! long-poll answer is encoded straight from the frames (BENCHMARKS.md F4).
+//! Reading a big room's local cache of recent frames (docs/architecture.md,
+//! "Big rooms"): which frames follow a cursor, and an answer encoded from
+//! them. Frames are taken as shared `Arc`s and their messages borrowed, never
+//! copied: a multi-frame long-poll answer is encoded straight from the frames
+//! (BENCHMARKS.md F4).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

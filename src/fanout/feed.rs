@@ -44,6 +44,20 @@ pub enum FeedEvent {
     SlowConsumer,
 }
 
+/// A frame already queued for the viewer (see `ViewerFeed::drain_ready`).
+pub struct ReadyFrame {
+    pub frame: Arc<Frame>,
+    /// As broadcast, not read to catch up (see `FeedEvent::Frame`).
+    pub from_ring: bool,
+}
+
+/// One catch-up read, encoded as one frame.
+struct CaughtUp {
+    frame: Arc<Frame>,
+    /// Messages between the viewer's cursor and the read were already trimmed.
+    gap: bool,
+}
+
 pub struct ViewerFeed {
     registry: Arc<HubRegistry>,
     hub: Arc<Hub>,
@@ -99,9 +113,9 @@ impl ViewerFeed {
         };
         let mut gap = false;
         if feed.cursor < feed.target {
-            let (frame, had_gap) = feed.catch_up().await?;
-            gap = had_gap;
-            feed.pending = Some(frame);
+            let caught_up = feed.catch_up().await?;
+            gap = caught_up.gap;
+            feed.pending = Some(caught_up.frame);
         }
         let hello = feed.hello(reset, gap);
         Ok((feed, hello))
@@ -174,7 +188,7 @@ impl ViewerFeed {
         loop {
             if self.cursor < self.target {
                 match self.catch_up().await {
-                    Ok((frame, _)) => {
+                    Ok(CaughtUp { frame, .. }) => {
                         return FeedEvent::Frame {
                             frame,
                             lite: false,
@@ -189,69 +203,82 @@ impl ViewerFeed {
             }
             match self.sub.frames.recv().await {
                 Ok(frame) => {
-                    frame.taken.fetch_add(1, Ordering::Relaxed);
-                    self.frame_no = frame.no;
-                    if frame.epoch != self.epoch {
-                        self.epoch = frame.epoch.clone();
-                        self.cursor = 0;
-                        self.target = frame.to;
-                        return FeedEvent::Hello(self.hello(true, false));
+                    if let Some(event) = self.take_from_ring(frame, lite_after) {
+                        return event;
                     }
-                    if frame.to <= self.cursor && !late_only(&frame, self.cursor) {
-                        continue;
-                    }
-                    if frame.from == self.cursor {
-                        self.cursor = frame.to;
-                        // Behind (frames reach it late — not merely several
-                        // frames of one backlog at once): shed this frame's low first.
-                        let lite = frame.lite.is_some() && frame.encoded_at.elapsed() >= lite_after;
-                        if lite {
-                            let shed = frame.full.count - frame.encoded(true).count;
-                            self.registry
-                                .metrics()
-                                .queue_low_dropped
-                                .inc_by(shed as u64);
-                            if frame.encoded(true).count == 0 {
-                                continue; // nothing left to send; the cursor still moved
-                            }
-                        }
-                        return FeedEvent::Frame {
-                            frame,
-                            lite,
-                            from_ring: true,
-                        };
-                    }
-                    // Not contiguous with what this viewer has: fill from the store.
-                    self.target = frame.to;
                 }
                 Err(RecvError::Lagged(_)) => {
                     self.registry.metrics().slow_consumer_disconnects.inc();
                     return FeedEvent::SlowConsumer;
                 }
-                Err(RecvError::Closed) => {
-                    // The hub stopped under us; join its successor.
-                    if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
-                        self.target = self.target.max(sub.cursor);
-                        self.undecided = sub.undecided.clone();
-                        self.frame_no = sub.frame_no;
-                        self.hub = hub;
-                        self.sub = sub;
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                }
+                Err(RecvError::Closed) => self.follow_successor().await,
             }
         }
     }
 
+    /// A frame from the ring: what to send for it, if anything (`None`: a
+    /// frame already had, fully shed, or one that needs a catch-up first).
+    fn take_from_ring(&mut self, frame: Arc<Frame>, lite_after: Duration) -> Option<FeedEvent> {
+        frame.taken.fetch_add(1, Ordering::Relaxed);
+        self.frame_no = frame.no;
+        if frame.epoch != self.epoch {
+            self.epoch = frame.epoch.clone();
+            self.cursor = 0;
+            self.target = frame.to;
+            return Some(FeedEvent::Hello(self.hello(true, false)));
+        }
+        if frame.to <= self.cursor && !late_only(&frame, self.cursor) {
+            return None;
+        }
+        if frame.from != self.cursor {
+            // Not contiguous with what this viewer has: fill from the store.
+            self.target = frame.to;
+            return None;
+        }
+        self.cursor = frame.to;
+        // Behind (frames reach it late — not merely several frames of one
+        // backlog at once): shed this frame's low first.
+        let lite = frame.lite.is_some() && frame.encoded_at.elapsed() >= lite_after;
+        if lite {
+            let shed = frame.full.count - frame.encoded(true).count;
+            self.registry
+                .metrics()
+                .queue_low_dropped
+                .inc_by(shed as u64);
+            if frame.encoded(true).count == 0 {
+                return None; // nothing left to send; the cursor still moved
+            }
+        }
+        Some(FeedEvent::Frame {
+            frame,
+            lite,
+            from_ring: true,
+        })
+    }
+
+    /// The hub stopped under us; join its successor.
+    async fn follow_successor(&mut self) {
+        if let Ok((hub, sub)) = subscribe(&self.registry, &self.room).await {
+            self.target = self.target.max(sub.cursor);
+            self.undecided = sub.undecided.clone();
+            self.frame_no = sub.frame_no;
+            self.hub = hub;
+            self.sub = sub;
+        } else {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Frames already queued for this viewer, without waiting: at shutdown,
-    /// what the hubs' last tick sent goes out before the close. Each with
-    /// whether it came from the ring (see `FeedEvent::Frame`).
-    pub fn drain_ready(&mut self) -> Vec<(Arc<Frame>, bool)> {
-        let mut out: Vec<(Arc<Frame>, bool)> = self
+    /// what the hubs' last tick sent goes out before the close.
+    pub fn drain_ready(&mut self) -> Vec<ReadyFrame> {
+        let mut out: Vec<ReadyFrame> = self
             .pending
             .take()
-            .map(|f| (f, false))
+            .map(|frame| ReadyFrame {
+                frame,
+                from_ring: false,
+            })
             .into_iter()
             .collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
@@ -265,14 +292,17 @@ impl ViewerFeed {
             }
             self.cursor = frame.to;
             self.frame_no = frame.no;
-            out.push((frame, true));
+            out.push(ReadyFrame {
+                frame,
+                from_ring: true,
+            });
         }
         out
     }
 
     /// Reads (cursor, target] from the store as one individually encoded
     /// frame, rationed by the room's rules and without what the hub still holds.
-    async fn catch_up(&mut self) -> Result<(Arc<Frame>, bool), ApiError> {
+    async fn catch_up(&mut self) -> Result<CaughtUp, ApiError> {
         let limit = self.registry.config().max_batch_messages;
         if self.hub.is_big() {
             return Ok(self.catch_up_from_cache(limit));
@@ -314,12 +344,15 @@ impl ViewerFeed {
             // Nothing readable up to target (trimmed): jump.
             self.cursor = self.target;
         }
-        Ok((frame, read.gap))
+        Ok(CaughtUp {
+            frame,
+            gap: read.gap,
+        })
     }
 
     /// Big rooms: the viewer catches up from this node's recent frames (the
     /// same, already rationed frames everyone got), never from the store.
-    fn catch_up_from_cache(&mut self, limit: usize) -> (Arc<Frame>, bool) {
+    fn catch_up_from_cache(&mut self, limit: usize) -> CaughtUp {
         let read = self.hub.cached_after(self.cursor, limit);
         let metrics = self.registry.metrics();
         let result = if read.gap { "gap" } else { "hit" };
@@ -343,7 +376,10 @@ impl ViewerFeed {
         } else {
             frame.to.max(self.cursor)
         };
-        (frame, read.gap)
+        CaughtUp {
+            frame,
+            gap: read.gap,
+        }
     }
 }
 

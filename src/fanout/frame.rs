@@ -230,4 +230,14 @@ mod tests {
         assert_eq!(v["reset"], true);
         assert_eq!(v["messages"].as_array().unwrap().len(), 0);
     }
+
+    #[test]
+    fn a_frame_is_behind_until_half_its_receivers_took_it() {
+        let f = Frame::encode("r", "e".into(), 0, 0, &[]);
+        f.receivers.store(10, Ordering::Relaxed);
+        f.taken.store(4, Ordering::Relaxed);
+        assert!(f.fanout_behind());
+        f.taken.store(5, Ordering::Relaxed);
+        assert!(!f.fanout_behind());
+    }
 }

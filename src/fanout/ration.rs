@@ -1,4 +1,5 @@
-//! Priority rationing (DESIGN §3.5): what one room's viewers get per second.
+//! Priority rationing (docs/architecture.md, "Rationing"): what one room's
+//! viewers get per second.
 //!
 //! Rules, per one-second window of the hub's clock:
 //! - whitelist is always delivered and uses no budget;

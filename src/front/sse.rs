@@ -77,10 +77,10 @@ impl SseState {
             biased;
             _ = self.closing.cancelled() => {
                 let frames = self.feed.drain_ready();
-                for (f, from_ring) in &frames {
-                    self.feed.count_sent(f, false, *from_ring);
+                for f in &frames {
+                    self.feed.count_sent(&f.frame, false, f.from_ring);
                 }
-                self.draining.extend(frames.iter().map(|(f, _)| f.full.sse.clone()));
+                self.draining.extend(frames.iter().map(|f| f.frame.full.sse.clone()));
                 let close = self.close_event("server shutting down");
                 self.draining.push_back(close);
                 self.draining.pop_front()

@@ -190,11 +190,11 @@ impl Session {
     async fn shut_down(&self, link: &mut Link, viewer: Option<&DirectViewer>) {
         let hub_was_writing = viewer.is_some_and(|v| v.take_back(false));
         if let (Source::Feed(feed), false) = (&mut link.source, hub_was_writing) {
-            for (frame, from_ring) in feed.drain_ready() {
+            for ready in feed.drain_ready() {
                 let out = Outgoing::Frame {
-                    frame: &frame,
+                    frame: &ready.frame,
                     lite: false,
-                    from_ring,
+                    from_ring: ready.from_ring,
                 };
                 if !send_frame(&mut link.socket, viewer, feed, out).await {
                     return;

@@ -1,0 +1,189 @@
+//! One broadcast (docs/architecture.md, "Fan-out"), in three steps:
+//!
+//! 1. **select**: rationing and gift combos choose what viewers get from a
+//!    read, and which seqs stay held (`undecided`);
+//! 2. **encode**: the selection becomes one [`Frame`], encoded once in every
+//!    transport's framing, outside any lock;
+//! 3. **publish**: under the position lock the frame joins the local cache and
+//!    the broadcast ring, and in-step viewers join the direct writes.
+//!
+//! Then the hub writes the frame to its direct viewers itself. Every viewer
+//! gets the same shared bytes: nothing is allocated or encoded per viewer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::direct::{self, Detach, DirectStats, DirectViewer};
+use super::ration::Rationer;
+use super::tick::HubContext;
+use super::{Frame, Hub};
+use crate::message::{now_ms, StoredMessage};
+use crate::metrics::Metrics;
+
+/// What rationing and combos chose from one read.
+struct Selected {
+    messages: Vec<StoredMessage>,
+    /// Seqs read but still held (delayed high, low awaiting rollover, gifts
+    /// waiting for their combo): a catching-up viewer leaves them to the hub.
+    undecided: Arc<[u64]>,
+}
+
+/// A frame just published, and the viewers the hub writes it to itself.
+struct Broadcast {
+    frame: Arc<Frame>,
+    direct: Option<Arc<[Arc<DirectViewer>]>>,
+}
+
+impl Hub {
+    /// Rations and broadcasts `input` (read up to `to`), then writes the
+    /// frame to the viewers the hub writes to itself.
+    pub(super) async fn broadcast(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        epoch: Arc<str>,
+        to: u64,
+        input: Vec<StoredMessage>,
+    ) {
+        let Some(Broadcast {
+            frame,
+            direct: Some(members),
+        }) = self.ration_and_send(ctx, rationer, epoch, to, input)
+        else {
+            return;
+        };
+        let stats = self.write_direct(&frame, &members).await;
+        account_direct(ctx.metrics, &stats);
+    }
+
+    /// Select → encode → publish. Returns the frame and the direct viewers
+    /// still to be written to; `None` if nothing was selected.
+    fn ration_and_send(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        epoch: Arc<str>,
+        to: u64,
+        input: Vec<StoredMessage>,
+    ) -> Option<Broadcast> {
+        let selected = self.select(ctx, rationer, input);
+        if selected.messages.is_empty() {
+            self.advance_read(to, selected.undecided);
+            return None;
+        }
+        // Only this hub's task moves `sent_cursor`: it is still `from` when
+        // the frame is published.
+        let from = self.position.lock().sent_cursor;
+        let frame = Frame::encode(&self.room, epoch, from, to, &selected.messages);
+        Some(self.publish(ctx, frame, selected.undecided))
+    }
+
+    /// Rations `input` by the room's rules and folds gift combos.
+    fn select(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        input: Vec<StoredMessage>,
+    ) -> Selected {
+        let rules = ctx.rooms.rules(&self.room, self.cluster_online());
+        self.budget_per_s
+            .store(rules.budget_per_s, Ordering::Relaxed);
+        let now = now_ms();
+        let selection = rationer.tick(now, ctx.tick_ms, &rules, input);
+        ctx.metrics.account_selection(&selection);
+        let mut combos = self.combos.lock();
+        let (messages, combo_stats) =
+            combos.apply(now, ctx.combo_window_ms, ctx.final_tick, selection.messages);
+        ctx.metrics.account_combos(combo_stats);
+        let undecided: Arc<[u64]> = if rationer.has_undecided() || combos.is_holding() {
+            let mut seqs = rationer.undecided();
+            seqs.extend(combos.held_seqs());
+            seqs.into()
+        } else {
+            Arc::from([])
+        };
+        Selected {
+            messages,
+            undecided,
+        }
+    }
+
+    /// Nothing to send from a read up to `to`: the next read starts there.
+    fn advance_read(&self, to: u64, undecided: Arc<[u64]>) {
+        let mut pos = self.position.lock();
+        pos.read_cursor = to;
+        pos.undecided = undecided;
+    }
+
+    /// Makes `frame` the room's newest, all at once for a concurrent
+    /// subscriber: cursor, held seqs, cache, ring and direct viewers.
+    fn publish(&self, ctx: &HubContext<'_>, mut frame: Frame, undecided: Arc<[u64]>) -> Broadcast {
+        let mut pos = self.position.lock();
+        debug_assert_eq!(pos.sent_cursor, frame.from, "only the hub task moves it");
+        pos.read_cursor = frame.to;
+        pos.undecided = undecided;
+        // Viewers that took every frame so far join the direct writes now,
+        // before this broadcast: from this frame on, the hub writes to them.
+        let (direct, joined) =
+            self.direct
+                .lock()
+                .prepare(&frame.epoch, pos.sent_cursor, pos.last_frame_no);
+        frame.no = next_frame_no();
+        pos.last_frame_no = frame.no;
+        let frame = Arc::new(frame);
+        pos.sent_cursor = frame.to;
+        pos.keep_recent(frame.clone(), ctx.cache_messages);
+        let ring = self.tx.receiver_count().saturating_sub(joined);
+        frame.receivers.store(
+            ring + direct.as_ref().map_or(0, |d| d.len()),
+            Ordering::Relaxed,
+        );
+        // Ring receivers count what they send themselves (`ViewerFeed::
+        // count_sent`): some that just joined the direct writes drop it.
+        let _ = self.tx.send(frame.clone());
+        drop(pos);
+        self.cursor_tx.send_replace(frame.to);
+        ctx.metrics.frames_encoded.inc();
+        Broadcast { frame, direct }
+    }
+
+    /// Writes `frame` to the viewers the hub writes to itself.
+    async fn write_direct(&self, frame: &Frame, members: &[Arc<DirectViewer>]) -> DirectStats {
+        let gone = self.direct.lock().gone_counter();
+        let stats = direct::fan_out(frame, members, &gone).await;
+        frame
+            .taken
+            .fetch_add((stats.written + stats.queued) as usize, Ordering::Relaxed);
+        stats
+    }
+}
+
+fn account_direct(m: &Metrics, stats: &DirectStats) {
+    m.direct_writes
+        .with_label_values(&["written"])
+        .inc_by(stats.written);
+    if stats.queued > 0 {
+        m.direct_writes
+            .with_label_values(&["queued"])
+            .inc_by(stats.queued);
+    }
+    for (why, n) in Detach::ALL.iter().zip(stats.detached) {
+        if n > 0 {
+            m.direct_detached
+                .with_label_values(&[why.label()])
+                .inc_by(n);
+        }
+    }
+    m.frames_sent.inc_by(stats.written + stats.queued);
+    m.delivered
+        .with_label_values(&["stream"])
+        .inc_by(stats.messages);
+}
+
+/// Numbers broadcast frames across all hubs of the process, so a viewer
+/// whose room's hub is replaced never mistakes a new hub's frame for one
+/// it has already taken (`Frame::no` only grows).
+fn next_frame_no() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    LAST.fetch_add(1, Ordering::Relaxed) + 1
+}

@@ -1,0 +1,325 @@
+//! The hubs of this node (docs/architecture.md, "Fan-out"): a hub starts on a
+//! room's first viewer, ticks on its own task, and stops once idle. The
+//! registry also routes "room updated" notices to hubs and runs presence.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::ration::Rationer;
+use super::read_policy::{should_read, ReadCheck, ReadDecision};
+use super::tick::HubContext;
+use super::Hub;
+use crate::config::FanoutConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::presence::Exchange;
+use crate::rooms::RoomDirectory;
+use crate::store::LiveStore;
+
+/// One room's figures on this node, for the admin API (per-room figures are
+/// kept out of metric labels: see `crate::metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RoomStats {
+    /// Viewers on this node (streams and held polls).
+    pub online: usize,
+    /// Viewers over all fronts, as last exchanged (at least `online`).
+    pub cluster_online: usize,
+    /// Served from each node's cache of recent frames, not the store.
+    pub big: bool,
+    /// Per-viewer budget (messages/s) the hub's last tick rationed with
+    /// (`u32::MAX`: unlimited; 0: not ticked yet).
+    pub budget_per_s: u32,
+}
+
+/// The hubs of this node, created on first use and stopped when idle.
+pub struct HubRegistry {
+    hubs: DashMap<String, Arc<Hub>>,
+    store: Arc<dyn LiveStore>,
+    metrics: Arc<Metrics>,
+    rooms: Arc<RoomDirectory>,
+    config: FanoutConfig,
+    lite_after: Duration,
+    presence: Exchange,
+    /// Cancelled at shutdown: each hub ticks once more, then stops.
+    flushing: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl HubRegistry {
+    pub fn new(
+        store: Arc<dyn LiveStore>,
+        metrics: Arc<Metrics>,
+        rooms: Arc<RoomDirectory>,
+        config: FanoutConfig,
+        lite_after: Duration,
+        node_id: String,
+    ) -> Arc<Self> {
+        let presence = Exchange::new(store.clone(), metrics.clone(), node_id, &config);
+        Arc::new(HubRegistry {
+            hubs: DashMap::new(),
+            store,
+            metrics,
+            rooms,
+            config,
+            lite_after,
+            presence,
+            flushing: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    pub fn config(&self) -> &FanoutConfig {
+        &self.config
+    }
+
+    pub fn store(&self) -> &Arc<dyn LiveStore> {
+        &self.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A connection handing out frames this late is behind: it sheds low.
+    pub fn lite_after(&self) -> Duration {
+        self.lite_after
+    }
+
+    pub fn rooms(&self) -> &Arc<RoomDirectory> {
+        &self.rooms
+    }
+
+    fn context(&self) -> HubContext<'_> {
+        HubContext {
+            store: &*self.store,
+            metrics: &self.metrics,
+            rooms: &self.rooms,
+            tick_ms: self.config.tick_ms,
+            max_batch: self.config.max_batch_messages,
+            cache_messages: self.config.cache_messages,
+            combo_window_ms: self.config.combo_window_ms,
+            final_tick: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.hubs.len()
+    }
+
+    /// Viewers of `room` on this node (0 if it has no hub).
+    pub fn online(&self, room: &str) -> usize {
+        self.hubs.get(room).map_or(0, |h| h.online())
+    }
+
+    /// `room`'s figures, if it has a hub on this node.
+    pub fn room_stats(&self, room: &str) -> Option<RoomStats> {
+        let hub = self.hubs.get(room)?;
+        Some(RoomStats {
+            online: hub.online(),
+            cluster_online: hub.cluster_online(),
+            big: hub.is_big(),
+            budget_per_s: hub.budget_per_s(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hubs.is_empty()
+    }
+
+    /// The room's hub, started at the store's head if it is not running.
+    pub async fn hub(self: &Arc<Self>, room: &str) -> Result<Arc<Hub>, ApiError> {
+        if let Some(h) = self.hubs.get(room) {
+            return Ok(h.clone());
+        }
+        if self.hubs.len() >= self.config.max_rooms {
+            return Err(ApiError::unavailable(
+                "too_many_rooms",
+                "this node has reached its open-room limit",
+            ));
+        }
+        let head = self.store.head(room).await.map_err(|e| {
+            self.metrics.store_errors.with_label_values(&["head"]).inc();
+            tracing::warn!(room, error = %e, "store head failed");
+            ApiError::store_unavailable()
+        })?;
+        let hub = match self.hubs.entry(room.to_string()) {
+            Entry::Occupied(e) => return Ok(e.get().clone()),
+            Entry::Vacant(v) => {
+                let hub = Arc::new(Hub::new(
+                    room,
+                    &head.epoch,
+                    head.seq,
+                    self.config.max_lag_frames,
+                ));
+                v.insert(hub.clone());
+                hub
+            }
+        };
+        self.metrics.hubs.set(self.hubs.len() as i64);
+        self.tasks.spawn(self.clone().run_hub(hub.clone()));
+        Ok(hub)
+    }
+
+    /// The hub's task: a tick every `tick_ms` until the hub has been idle for
+    /// `hub_idle_s`, or a last tick at shutdown.
+    async fn run_hub(self: Arc<Self>, hub: Arc<Hub>) {
+        let mut interval = tokio::time::interval(Duration::from_millis(self.config.tick_ms));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut idle_since: Option<Instant> = None;
+        let mut rationer = Rationer::default();
+        // Gaps are measured between the ticks' slots on the interval grid, not
+        // between when they ran: a tick processed late must not make the next
+        // one look early and skip its read (BENCHMARKS.md F2).
+        let mut last_read: Option<tokio::time::Instant> = None;
+        loop {
+            let slot = tokio::select! {
+                slot = interval.tick() => slot,
+                _ = self.flushing.cancelled() => {
+                    let last = HubContext { final_tick: true, ..self.context() };
+                    hub.tick(&last, &mut rationer, ReadDecision::Read).await;
+                    return;
+                }
+            };
+            let since = last_read.map_or(Duration::MAX, |last| slot - last);
+            let decision = self.read_decision(&hub, since);
+            match decision {
+                ReadDecision::Read => last_read = Some(slot),
+                ReadDecision::Defer => self.metrics.hub_reads_deferred.inc(),
+                ReadDecision::Wait => {}
+            }
+            hub.tick(&self.context(), &mut rationer, decision).await;
+            if hub.online() > 0 {
+                idle_since = None;
+                continue;
+            }
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if self.stop_if_idle(&hub, since) {
+                return;
+            }
+        }
+    }
+
+    /// Read on a notice (no more often than the room's size allows) or when
+    /// the fallback interval has passed without one.
+    fn read_decision(&self, hub: &Hub, since: Duration) -> ReadDecision {
+        let min_gap = Duration::from_millis(if hub.is_big() {
+            self.config.big_min_read_gap_ms
+        } else {
+            self.config.small_min_read_gap_ms
+        });
+        should_read(ReadCheck {
+            since,
+            read_interval: Duration::from_millis(self.config.read_interval_ms),
+            min_gap,
+            tick: Duration::from_millis(self.config.tick_ms),
+            dirty: hub.dirty.load(Ordering::Acquire),
+            fanout_behind: hub.fanout_behind(),
+        })
+    }
+
+    /// Stops `hub` if it has had no viewer since `idle_since` for `hub_idle_s`.
+    fn stop_if_idle(&self, hub: &Arc<Hub>, idle_since: Instant) -> bool {
+        let idle_for = Duration::from_secs(self.config.hub_idle_s);
+        if idle_since.elapsed() < idle_for || !hub.try_stop() {
+            return false;
+        }
+        self.hubs.remove_if(&hub.room, |_, h| Arc::ptr_eq(h, hub));
+        self.metrics.hubs.set(self.hubs.len() as i64);
+        self.presence.forget(&hub.room);
+        tracing::debug!(room = %hub.room, "hub stopped (idle)");
+        true
+    }
+
+    /// Starts the node-wide tasks: routing "room updated" notices to hubs,
+    /// and exchanging presence (which also flips rooms between big and small).
+    pub fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        self.tasks.spawn(async move { me.route_notices().await });
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            let hubs = || me.hubs.iter().map(|e| e.value().clone()).collect();
+            me.presence.run(&me.flushing, hubs).await;
+        });
+    }
+
+    /// Marks a room's hub dirty on each "room updated" notice (every hub if
+    /// notices were lost).
+    async fn route_notices(&self) {
+        let mut updates = self.store.updates();
+        loop {
+            tokio::select! {
+                _ = self.flushing.cancelled() => return,
+                notice = updates.recv() => match notice {
+                    Ok(room) => {
+                        if let Some(hub) = self.hubs.get(&*room) {
+                            hub.dirty.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for hub in self.hubs.iter() {
+                            hub.dirty.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        updates = self.store.updates();
+                    }
+                },
+            }
+        }
+    }
+
+    /// Shutdown: every hub ticks once more (what was stored goes out), then stops.
+    pub async fn flush_and_stop(&self) {
+        self.tasks.close();
+        self.flushing.cancel();
+        self.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn room_stats_serve_the_per_room_figures_metrics_leave_out() {
+        let config = Config::embedded();
+        let registry = HubRegistry::new(
+            Arc::new(MemoryStore::new(config.store.clone())),
+            Arc::new(Metrics::new()),
+            Arc::new(RoomDirectory::new(config.ration.clone())),
+            config.fanout.clone(),
+            Duration::from_millis(config.ration.lite_after_ms),
+            "n1".into(),
+        );
+        assert_eq!(registry.room_stats("r"), None, "no hub, no figures");
+        let hub = registry.hub("r").await.unwrap();
+        let _sub = hub.subscribe().unwrap();
+        let _waiter = hub.poll_waiter().unwrap();
+        let stats = registry.room_stats("r").unwrap();
+        assert_eq!((stats.online, stats.cluster_online), (2, 2));
+        assert!(!stats.big);
+        let budget = registry.rooms().rules("r", 2).budget_per_s;
+        // A read that selects nothing still rations with the room's rules.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while registry.room_stats("r").unwrap().budget_per_s != budget {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the hub's first tick records its budget");
+        let text = registry.metrics().render();
+        assert!(!text.contains("room=\"r\""), "no room label: {text}");
+        registry.flush_and_stop().await;
+    }
+}

@@ -1,0 +1,98 @@
+//! The hub task's tick (docs/architecture.md, "Fan-out"): read what the store
+//! has new (several reads if the backlog is larger than a frame may hold),
+//! follow an epoch change, and hand each read to `broadcast`.
+
+use std::sync::Arc;
+
+use super::ration::Rationer;
+use super::read_policy::ReadDecision;
+use super::Hub;
+use crate::metrics::Metrics;
+use crate::rooms::RoomDirectory;
+use crate::store::LiveStore;
+
+/// What a hub tick needs from its registry.
+pub(super) struct HubContext<'a> {
+    pub store: &'a dyn LiveStore,
+    pub metrics: &'a Metrics,
+    pub rooms: &'a RoomDirectory,
+    pub tick_ms: u64,
+    pub max_batch: usize,
+    pub cache_messages: usize,
+    pub combo_window_ms: u64,
+    /// The hub's last tick (shutdown): nothing may stay held.
+    pub final_tick: bool,
+}
+
+impl Hub {
+    /// One tick: on `Read`, takes new messages from the store and broadcasts
+    /// one frame per read; otherwise only hands out what the rationer or the
+    /// combos held back and now release.
+    pub(super) async fn tick(
+        &self,
+        ctx: &HubContext<'_>,
+        rationer: &mut Rationer,
+        decision: ReadDecision,
+    ) {
+        let timer = ctx.metrics.hub_tick_seconds.start_timer();
+        // Let go of viewers that left (their sockets close with them).
+        self.direct.lock().prune();
+        if decision == ReadDecision::Read {
+            self.read_and_send(ctx, rationer).await;
+        } else if rationer.has_undecided() || self.combos.lock().is_holding() {
+            self.send_held(ctx, rationer).await;
+        }
+        timer.observe_duration();
+    }
+
+    /// Reads until caught up with the store's head, one broadcast per read.
+    async fn read_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
+        loop {
+            let (epoch, cursor) = self.read_position();
+            ctx.metrics.store_reads.with_label_values(&["hub"]).inc();
+            let read = match ctx
+                .store
+                .read_range(&self.room, cursor, u64::MAX, ctx.max_batch)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    ctx.metrics.store_errors.with_label_values(&["read"]).inc();
+                    tracing::warn!(room = %self.room, error = %e, "hub read failed");
+                    break;
+                }
+            };
+            if *read.epoch != *epoch {
+                self.follow_new_epoch(rationer, &epoch, &read.epoch);
+                continue;
+            }
+            let caught_up = read.cursor >= read.head;
+            self.broadcast(ctx, rationer, epoch, read.cursor, read.messages)
+                .await;
+            if caught_up {
+                break;
+            }
+        }
+        if ctx.final_tick && self.combos.lock().is_holding() {
+            // The read failed: still hand out the held gifts before stopping.
+            self.send_held(ctx, rationer).await;
+        }
+    }
+
+    /// Broadcasts nothing new: only what the rationer and combos release now.
+    async fn send_held(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+        let (epoch, cursor) = self.read_position();
+        self.broadcast(ctx, rationer, epoch, cursor, Vec::new())
+            .await;
+    }
+
+    /// The store lost the stream: follow the new one from its start.
+    fn follow_new_epoch(&self, rationer: &mut Rationer, old: &Arc<str>, new: &str) {
+        tracing::warn!(room = %self.room, old = %old, new = %new, "stream epoch changed");
+        *rationer = Rationer::default();
+        self.combos.lock().clear();
+        self.position.lock().reset(new);
+    }
+}
