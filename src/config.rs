@@ -112,11 +112,86 @@ pub struct IngestConfig {
     pub max_batch_events: usize,
 }
 
+/// `bus.engine`: which engine carries the ingest stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusEngine {
+    /// In-process partitioned queues (one process).
+    Memory,
+    /// Kafka (shared; needs `bus.kafka_brokers`).
+    Kafka,
+}
+
+/// `store.engine`: which engine holds the live rooms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreEngine {
+    /// In-memory per-room buffers (one process).
+    Memory,
+    /// Redis (shared; needs `store.redis_url`).
+    Redis,
+}
+
+/// The spellings of an engine enum, its parsing (an unknown value names the
+/// key and the engines this build has), serde and `Display`.
+macro_rules! engine_choice {
+    ($ty:ident, $key:literal, [$(($variant:ident, $name:literal)),+ $(,)?]) => {
+        impl $ty {
+            /// The spelling in TOML and the environment.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($name => Ok($ty::$variant),)+
+                    other => Err(unknown_engine($key, other, &[$($name),+])),
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+engine_choice!(
+    BusEngine,
+    "bus.engine",
+    [(Memory, "memory"), (Kafka, "kafka")]
+);
+engine_choice!(
+    StoreEngine,
+    "store.engine",
+    [(Memory, "memory"), (Redis, "redis")]
+);
+
+fn unknown_engine(key: &str, value: &str, names: &[&str]) -> String {
+    format!(
+        "{key} {value:?} is not available in this build ({})",
+        names.join(", ")
+    )
+}
+
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
-    /// "memory" (embedded) or "kafka" (needs `kafka_brokers`).
-    pub engine: String,
+    /// `"memory"` (embedded) or `"kafka"` (needs `kafka_brokers`).
+    pub engine: BusEngine,
     pub partitions: u32,
     pub capacity: usize,
     /// Kafka bootstrap servers, `host:port[,host:port…]` (`DANMAKU_KAFKA_BROKERS`).
@@ -159,7 +234,8 @@ fn default_idempotence() -> bool {
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    pub engine: String,
+    /// `"memory"` (embedded) or `"redis"` (needs `redis_url`).
+    pub engine: StoreEngine,
     /// Redis URL for `engine = "redis"` (`DANMAKU_REDIS_URL`).
     #[serde(default)]
     pub redis_url: String,
@@ -444,9 +520,9 @@ impl Config {
                 "store.replay_redis_url must be a Redis separate from the live store's redis_url"
             );
         }
-        match self.bus.engine.as_str() {
-            "memory" => {}
-            "kafka" => {
+        match self.bus.engine {
+            BusEngine::Memory => {}
+            BusEngine::Kafka => {
                 let bus = &self.bus;
                 if bus.kafka_brokers.trim().is_empty() {
                     bail!(
@@ -463,16 +539,9 @@ impl Config {
                     bail!("bus.publish_timeout_ms must be within 100..=3600000");
                 }
             }
-            other => bail!("bus.engine {other:?} is not available in this build (memory, kafka)"),
         }
-        match self.store.engine.as_str() {
-            "memory" => {}
-            "redis" => {
-                if self.store.redis_url.trim().is_empty() {
-                    bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
-                }
-            }
-            other => bail!("store.engine {other:?} is not available in this build (memory, redis)"),
+        if self.store.engine == StoreEngine::Redis && self.store.redis_url.trim().is_empty() {
+            bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
         }
         Ok(())
     }
@@ -623,8 +692,22 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.store.engine, "redis");
+        assert_eq!(c.store.engine, StoreEngine::Redis);
         assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    #[test]
+    fn an_unknown_engine_names_the_key() {
+        let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "mongo")])).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("store.engine \"mongo\" is not available in this build (memory, redis)"),
+            "{e}"
+        );
+        let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "nats")])).unwrap_err();
+        assert!(format!("{e:#}").contains("bus.engine \"nats\""));
+        assert_eq!(StoreEngine::Redis.to_string(), "redis");
+        assert_eq!("kafka".parse(), Ok(BusEngine::Kafka));
     }
 
     #[test]
@@ -640,7 +723,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.bus.engine, "kafka");
+        assert_eq!(c.bus.engine, BusEngine::Kafka);
         assert_eq!(c.bus.kafka_brokers, "127.0.0.1:9092");
         assert_eq!(c.bus.topic, "danmaku-ingest");
         assert_eq!(c.bus.group_id, "danmaku-processor");
@@ -662,8 +745,8 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(c.bus.engine, "kafka");
-        assert_eq!(c.store.engine, "redis");
+        assert_eq!(c.bus.engine, BusEngine::Kafka);
+        assert_eq!(c.store.engine, StoreEngine::Redis);
         assert!(!c.auth.demo_tokens);
     }
 
