@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod front;
+pub mod gears;
 pub mod http_listener;
 pub mod ingest;
 pub mod message;
