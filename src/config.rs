@@ -1,5 +1,5 @@
 //! Configuration: the embedded `config/default.toml`, an optional file on top,
-//! then environment overrides (fixed names of DESIGN §4 and the generic
+//! then environment overrides (the fixed names of the README and the generic
 //! `DANMAKU_<SECTION>__<KEY>` form). Secrets can come from files.
 
 use std::net::SocketAddr;
@@ -239,7 +239,7 @@ pub struct StoreConfig {
     /// Redis URL for `engine = "redis"` (`DANMAKU_REDIS_URL`).
     #[serde(default)]
     pub redis_url: String,
-    /// Replay cache tier (DESIGN §3.8): a Redis instance separate from the
+    /// Replay cache tier (`docs/architecture.md`, "Replay"): a Redis instance separate from the
     /// live one (`DANMAKU_REPLAY_REDIS_URL`); empty → no Redis tier.
     #[serde(default)]
     pub replay_redis_url: String,
@@ -348,7 +348,8 @@ pub struct PollConfig {
     pub max_messages: usize,
 }
 
-/// Archive of ended lives and replay reads (DESIGN §3.8, docs/replay.md).
+/// Archive of ended lives and replay reads (`docs/architecture.md`, "Replay";
+/// docs/replay.md).
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
