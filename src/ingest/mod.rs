@@ -90,18 +90,23 @@ impl Ingest {
         ip: IpAddr,
         req: DanmakuRequest,
     ) -> Result<Accepted, ApiError> {
-        let result = self.danmaku_inner(room, viewer, ip, req).await;
+        let result = match self.danmaku_message(room, viewer, ip, req) {
+            Ok((key, message)) => self.publish_once(&key, message).await,
+            Err(e) => Err(e),
+        };
         self.account(Kind::Danmaku, &result);
         result
     }
 
-    async fn danmaku_inner(
+    /// Rate limits, validates and classifies a danmaku: its idempotency key
+    /// and its message.
+    fn danmaku_message(
         &self,
         room: &str,
         viewer: &ViewerClaims,
         ip: IpAddr,
         req: DanmakuRequest,
-    ) -> Result<Accepted, ApiError> {
+    ) -> Result<(IdemKey, Message), ApiError> {
         self.ips.check(&ip).map_err(|s| {
             ApiError::too_many("rate_limited", "too many messages from this address", s)
         })?;
@@ -146,7 +151,7 @@ impl Ingest {
             gift: None,
             style: req.style,
         };
-        self.publish_once(&key, message).await
+        Ok((key, message))
     }
 
     /// A signed gift/system event (signature already verified by the caller).
