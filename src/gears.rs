@@ -10,7 +10,7 @@
 //! | 3    | one                 | parallel chunks             |
 //! | 4    | many                | parallel chunks per partition |
 //!
-//! The gear is shared through the live store: key `gear:{room}:<kind>`,
+//! The gear is shared through the live store: claim key `gear:{room}:<kind>`,
 //! value the gear's digit, with a short TTL (a missing or unreadable value
 //! is gear 1).
 
