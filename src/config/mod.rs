@@ -8,7 +8,13 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+mod engine;
+mod env;
+
+pub use engine::{BusEngine, StoreEngine};
+use env::{apply_env, merge};
+
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Development secrets used only when none are configured; loud in the log and
 /// refused on non-loopback addresses.
@@ -110,81 +116,6 @@ pub struct IngestConfig {
     pub events_may_request_whitelist: bool,
     /// Most events in one `POST /v1/rooms/{room}/events:batch`.
     pub max_batch_events: usize,
-}
-
-/// `bus.engine`: which engine carries the ingest stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BusEngine {
-    /// In-process partitioned queues (one process).
-    Memory,
-    /// Kafka (shared; needs `bus.kafka_brokers`).
-    Kafka,
-}
-
-/// `store.engine`: which engine holds the live rooms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StoreEngine {
-    /// In-memory per-room buffers (one process).
-    Memory,
-    /// Redis (shared; needs `store.redis_url`).
-    Redis,
-}
-
-/// The spellings of an engine enum, its parsing (an unknown value names the
-/// key and the engines this build has), serde and `Display`.
-macro_rules! engine_choice {
-    ($ty:ident, $key:literal, [$(($variant:ident, $name:literal)),+ $(,)?]) => {
-        impl $ty {
-            /// The spelling in TOML and the environment.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($ty::$variant => $name),+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($name => Ok($ty::$variant),)+
-                    other => Err(unknown_engine($key, other, &[$($name),+])),
-                }
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?
-                    .parse()
-                    .map_err(serde::de::Error::custom)
-            }
-        }
-
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-engine_choice!(
-    BusEngine,
-    "bus.engine",
-    [(Memory, "memory"), (Kafka, "kafka")]
-);
-engine_choice!(
-    StoreEngine,
-    "store.engine",
-    [(Memory, "memory"), (Redis, "redis")]
-);
-
-fn unknown_engine(key: &str, value: &str, names: &[&str]) -> String {
-    format!(
-        "{key} {value:?} is not available in this build ({})",
-        names.join(", ")
-    )
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -379,19 +310,6 @@ pub struct ArchiveConfig {
     pub replay_cache_control: String,
 }
 
-/// Fixed environment names of the run contract → config path.
-const FIXED_ENV: &[(&str, &str)] = &[
-    ("DANMAKU_LISTEN", "server.listen"),
-    ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
-    ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
-    ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
-    ("DANMAKU_REDIS_URL", "store.redis_url"),
-    ("DANMAKU_REPLAY_REDIS_URL", "store.replay_redis_url"),
-    ("DANMAKU_ARCHIVE_URL", "archive.url"),
-    ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
-    ("DANMAKU_TICK_MS", "fanout.tick_ms"),
-];
-
 impl Config {
     /// Defaults, then `file` (if any), then `env`, then secrets from files.
     pub fn load(
@@ -561,199 +479,5 @@ fn read_secret_file(path: &str) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(key, v);
-            }
-        }
-    }
-}
-
-fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
-    let path = if let Some((_, path)) = FIXED_ENV.iter().find(|(n, _)| *n == name) {
-        path.to_string()
-    } else if let Some(rest) = name.strip_prefix("DANMAKU_") {
-        if !rest.contains("__") {
-            return Ok(()); // a fixed name of a later engine, or not ours
-        }
-        rest.to_ascii_lowercase().replace("__", ".")
-    } else {
-        return Ok(());
-    };
-    let (section, key) = path
-        .split_once('.')
-        .with_context(|| format!("{name}: expected DANMAKU_<SECTION>__<KEY>"))?;
-    let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
-        bail!("{name}: unknown config section {section:?}");
-    };
-    let Some(current) = sec.get(key) else {
-        bail!("{name}: unknown config key {section}.{key}");
-    };
-    let parsed = parse_like(current, value).with_context(|| format!("{name}: bad value"))?;
-    sec.insert(key.to_string(), parsed);
-    Ok(())
-}
-
-/// Parses an environment string as the type the default already has.
-fn parse_like(current: &toml::Value, value: &str) -> anyhow::Result<toml::Value> {
-    Ok(match current {
-        toml::Value::String(_) => toml::Value::String(value.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse()?),
-        toml::Value::Float(_) => toml::Value::Float(value.trim().parse()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse()?),
-        toml::Value::Array(_) => toml::Value::Array(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        ),
-        other => bail!(
-            "cannot override a {} from the environment",
-            other.type_str()
-        ),
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_load_with_dev_secrets() {
-        let c = Config::embedded();
-        assert_eq!(c.server.listen, "127.0.0.1:8080");
-        assert!(c.auth.uses_dev_jwt_secret());
-        assert_eq!(c.fanout.tick_ms, 100);
-    }
-
-    #[test]
-    fn env_overrides_fixed_and_generic() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_TICK_MS", "50"),
-                ("DANMAKU_GIFT_SECRETS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
-                ("DANMAKU_INGEST__BLOCKED_WORDS", "spam,scam"),
-                ("DANMAKU_INGEST__USER_RATE_PER_S", "3.5"),
-                ("HOME", "/root"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.fanout.tick_ms, 50);
-        assert_eq!(
-            c.auth.gift_secrets,
-            vec!["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]
-        );
-        assert_eq!(c.ingest.blocked_words, vec!["spam", "scam"]);
-        assert_eq!(c.ingest.user_rate_per_s, 3.5);
-    }
-
-    #[test]
-    fn unknown_env_key_is_an_error() {
-        let e = Config::load(None, env(&[("DANMAKU_FANOUT__TICKMS", "5")])).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown config key"));
-    }
-
-    #[test]
-    fn public_listen_needs_real_secrets() {
-        let e = Config::load(None, env(&[("DANMAKU_LISTEN", "0.0.0.0:8080")])).unwrap_err();
-        assert!(format!("{e:#}").contains("development secrets"));
-        let ok = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_LISTEN", "0.0.0.0:8080"),
-                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
-                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
-            ]),
-        );
-        assert!(ok.is_ok());
-    }
-
-    #[test]
-    fn redis_store_needs_a_url() {
-        let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "redis")])).unwrap_err();
-        assert!(format!("{e:#}").contains("redis_url"));
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_STORE__ENGINE", "redis"),
-                ("DANMAKU_REDIS_URL", "redis://127.0.0.1:6379"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.store.engine, StoreEngine::Redis);
-        assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn an_unknown_engine_names_the_key() {
-        let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "mongo")])).unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("store.engine \"mongo\" is not available in this build (memory, redis)"),
-            "{e}"
-        );
-        let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "nats")])).unwrap_err();
-        assert!(format!("{e:#}").contains("bus.engine \"nats\""));
-        assert_eq!(StoreEngine::Redis.to_string(), "redis");
-        assert_eq!("kafka".parse(), Ok(BusEngine::Kafka));
-    }
-
-    #[test]
-    fn kafka_bus_needs_brokers() {
-        let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "kafka")])).unwrap_err();
-        assert!(format!("{e:#}").contains("kafka_brokers"));
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_BUS__ENGINE", "kafka"),
-                ("DANMAKU_KAFKA_BROKERS", "127.0.0.1:9092"),
-                ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.bus.engine, BusEngine::Kafka);
-        assert_eq!(c.bus.kafka_brokers, "127.0.0.1:9092");
-        assert_eq!(c.bus.topic, "danmaku-ingest");
-        assert_eq!(c.bus.group_id, "danmaku-processor");
-        assert_eq!(c.bus.replication_factor, 1);
-        assert_eq!(c.bus.publish_timeout_ms, 2000);
-        assert!(c.bus.idempotence);
-    }
-
-    #[test]
-    fn production_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
-        let c = Config::load(
-            Some(&path),
-            env(&[
-                ("DANMAKU_AUTH__JWT_SECRET_FILE", ""),
-                ("DANMAKU_AUTH__GIFT_SECRETS_FILE", ""),
-                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
-                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.bus.engine, BusEngine::Kafka);
-        assert_eq!(c.store.engine, StoreEngine::Redis);
-        assert!(!c.auth.demo_tokens);
-    }
-
-    #[test]
-    fn secrets_are_not_in_debug_output() {
-        let c = Config::load(None, env(&[("DANMAKU_JWT_SECRET", "supersecretvalue123")])).unwrap();
-        assert!(!format!("{c:?}").contains("supersecretvalue123"));
-    }
-}
+mod tests;
