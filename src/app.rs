@@ -13,7 +13,7 @@ use crate::archive::metrics::ArchiveMetrics;
 use crate::archiver::Copier;
 use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
-use crate::config::Config;
+use crate::config::{BusEngine, Config, StoreEngine};
 use crate::fanout::HubRegistry;
 use crate::http::listener::ListenerLimits;
 use crate::http::{AppInner, AppState};
@@ -85,7 +85,7 @@ impl Server {
     pub async fn start_role(config: Config, role: Role) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
         let (store, memory_store): (Arc<dyn LiveStore>, Option<Arc<MemoryStore>>) =
-            if config.store.engine == "redis" {
+            if config.store.engine == StoreEngine::Redis {
                 let redis = RedisStore::connect(&config.store.redis_url, config.store.clone())
                     .await
                     .context("connecting to the redis live store")?;
@@ -112,7 +112,7 @@ impl Server {
         )?);
         let archive_wake = Arc::new(tokio::sync::Notify::new());
         // The archiver alone never uses the bus: no Kafka connection for it.
-        let bus: Arc<dyn Bus> = if config.bus.engine == "kafka" && role != Role::Archiver {
+        let bus: Arc<dyn Bus> = if config.bus.engine == BusEngine::Kafka && role != Role::Archiver {
             let kafka = KafkaBus::connect(&config.bus)
                 .await
                 .context("connecting to the kafka bus")?;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod front;
+pub mod gears;
 pub mod http;
 pub mod ingest;
 pub mod json;

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use danmaku::app::{Role, Server};
-use danmaku::config::Config;
+use danmaku::config::{BusEngine, Config, StoreEngine};
 
 #[derive(Parser)]
 #[command(name = "danmaku", version, about = "Live-room danmaku broadcaster")]
@@ -60,9 +60,9 @@ fn main() -> ExitCode {
     };
     let shared = if role == Role::Archiver {
         // The archiver reads the live store and writes the archive: both shared.
-        config.store.engine != "memory" && !config.archive.url.contains(":memory:")
+        config.store.engine != StoreEngine::Memory && !config.archive.url.contains(":memory:")
     } else {
-        config.bus.engine != "memory" && config.store.engine != "memory"
+        config.bus.engine != BusEngine::Memory && config.store.engine != StoreEngine::Memory
     };
     if role != Role::Serve && !shared {
         eprintln!(

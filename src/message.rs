@@ -1,4 +1,5 @@
-//! Wire types of the API contract (DESIGN §4) and the stored, pre-encoded form.
+//! Wire types of the API contract (`docs/architecture.md`, "API") and the
+//! stored, pre-encoded form.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -222,7 +222,7 @@ async fn a_lost_stream_resets_viewers_the_hub_was_writing_to() {
     let Some(url) = test_redis_url() else { return };
     let redis_url = url.clone();
     let t = TestServer::start_with(move |c| {
-        c.store.engine = "redis".into();
+        c.store.engine = danmaku::config::StoreEngine::Redis;
         c.store.redis_url = redis_url;
         unrationed(c);
     })

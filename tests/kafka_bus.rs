@@ -55,7 +55,7 @@ macro_rules! need_kafka {
 fn cfg(brokers: &str, name: &str, partitions: u32) -> BusConfig {
     let unique = format!("{name}-{:012x}", rand::random::<u64>() >> 16);
     BusConfig {
-        engine: "kafka".into(),
+        engine: danmaku::config::BusEngine::Kafka,
         partitions,
         kafka_brokers: brokers.into(),
         topic: format!("t-{unique}"),
@@ -412,7 +412,7 @@ async fn undecodable_records_are_skipped_and_committed_past() {
 async fn unreachable_broker_fails_publish_within_the_timeout() {
     // Needs no broker: port 1 refuses every connection.
     let config = BusConfig {
-        engine: "kafka".into(),
+        engine: danmaku::config::BusEngine::Kafka,
         kafka_brokers: "127.0.0.1:1".into(),
         topic: "danmaku-unreachable".into(),
         group_id: "danmaku-unreachable".into(),

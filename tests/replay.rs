@@ -313,7 +313,7 @@ async fn replay_server_with(
     );
     TestServer::start_with(move |c| {
         c.auth.admin_token = ADMIN.into();
-        c.store.engine = "redis".into();
+        c.store.engine = danmaku::config::StoreEngine::Redis;
         c.store.redis_url = live_redis;
         c.store.replay_redis_url = replay_redis;
         c.store.max_per_bucket = 20_000;

@@ -1,27 +1,16 @@
-//! Gears (DESIGN §3.2): per (room, kind), the processor measures the delay
-//! `now − ts` and picks how fronts partition and how it writes:
-//!
-//! | gear | partitions (fronts) | processor writes            |
-//! |------|---------------------|-----------------------------|
-//! | 1    | one                 | serial                      |
-//! | 2    | many                | serial per partition        |
-//! | 3    | one                 | parallel chunks             |
-//! | 4    | many                | parallel chunks per partition |
+//! The processor half of gears (see `docs/architecture.md`, "Gears"): per
+//! (room, kind), the processor measures the delay `now − ts` and shifts the
+//! gear; what a gear means and how fronts read it is in [`crate::gears`].
 //!
 //! Shifts use hysteresis (down only below half the threshold that raised it)
-//! and a minimum dwell, so the gear does not flap. The gear is shared with
-//! fronts through the live store (a key with a short TTL).
+//! and a minimum dwell, so the gear does not flap.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::bus::BusRecord;
 use crate::config::GearConfig;
-use crate::message::{Kind, Message};
-use crate::store::LiveStore;
-
-pub type Gear = u8;
+pub use crate::gears::Gear;
+use crate::message::Kind;
 
 /// One (room, kind)'s gear state on a processor.
 #[derive(Debug, Clone)]
@@ -146,73 +135,6 @@ fn target_gear(up_ms: &[u64; 3], current: Gear, delay_ms: f64) -> Gear {
         g -= 1;
     }
     g
-}
-
-pub fn spreads_partitions(gear: Gear) -> bool {
-    gear == 2 || gear == 4
-}
-
-pub fn writes_in_parallel(gear: Gear) -> bool {
-    gear >= 3
-}
-
-pub fn share_key(room: &str, kind: Kind) -> String {
-    format!("gear:{{{room}}}:{}", kind.as_str())
-}
-
-/// Front side: picks the partition of a new message from its (room, kind)'s
-/// shared gear, read from the store at most once a second per (room, kind).
-pub struct GearReader {
-    store: Arc<dyn LiveStore>,
-    cache: moka::sync::Cache<String, Gear>,
-    next: std::sync::atomic::AtomicU32,
-    spread: u32,
-}
-
-impl GearReader {
-    pub fn new(store: Arc<dyn LiveStore>, spread_partitions: u32) -> Self {
-        GearReader {
-            store,
-            cache: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(1))
-                .build(),
-            next: std::sync::atomic::AtomicU32::new(0),
-            spread: spread_partitions,
-        }
-    }
-
-    pub async fn gear(&self, room: &str, kind: Kind) -> Gear {
-        let key = share_key(room, kind);
-        if let Some(g) = self.cache.get(&key) {
-            return g;
-        }
-        // A store hiccup means gear 1: strict order, never a failed post.
-        let g = match self.store.get_value(&key).await {
-            Ok(Some(v)) => v.parse().ok().filter(|g| (1..=4).contains(g)).unwrap_or(1),
-            _ => 1,
-        };
-        self.cache.insert(key, g);
-        g
-    }
-
-    /// The bus record for `message`: keyed by (room, kind), spread over
-    /// partitions in gears 2 and 4.
-    pub async fn record(&self, message: Message, partitions: u32) -> BusRecord {
-        let gear = self.gear(&message.room, message.kind).await;
-        let mut record = BusRecord::keyed_by_room_kind(message);
-        if spreads_partitions(gear) && partitions > 1 {
-            let spread = if self.spread == 0 {
-                partitions
-            } else {
-                self.spread.min(partitions)
-            };
-            let base = crate::bus::partition_for(&record.key, partitions);
-            let step = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % spread;
-            record.partition = Some((base + step) % partitions);
-        }
-        record
-    }
 }
 
 #[cfg(test)]

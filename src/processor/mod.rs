@@ -13,10 +13,11 @@ pub mod gear;
 
 use crate::bus::{Bus, BusConsumer, Delivery};
 use crate::config::GearConfig;
+use crate::gears;
 use crate::message::{now_ms, Kind, Message};
 use crate::metrics::Metrics;
 use crate::store::{AppendOutcome, LiveStore};
-pub use gear::{Gear, GearReader, Gearbox};
+pub use gear::{Gear, Gearbox};
 
 pub struct Processor {
     pub bus: Arc<dyn Bus>,
@@ -150,7 +151,7 @@ impl Processor {
             let gear = gearbox.gear(room, *kind);
             // Serial lanes: the whole group, or one per partition in gear 2/4.
             let mut lanes: Vec<Vec<Message>> = Vec::new();
-            if gear::spreads_partitions(gear) {
+            if gears::spreads_partitions(gear) {
                 let mut by_partition: HashMap<u32, usize> = HashMap::new();
                 for d in deliveries {
                     let i = *by_partition.entry(d.partition).or_insert_with(|| {
@@ -163,7 +164,7 @@ impl Processor {
                 lanes.push(deliveries.iter().map(|d| d.message.clone()).collect());
             }
             for lane in lanes {
-                if gear::writes_in_parallel(gear) && lane.len() > 1 {
+                if gears::writes_in_parallel(gear) && lane.len() > 1 {
                     let chunk = lane.len().div_ceil(self.gears.workers.max(1));
                     for part in lane.chunks(chunk) {
                         writers.push((room, part.to_vec()));
@@ -215,8 +216,7 @@ impl Processor {
     /// Tells fronts the gear (they choose partitions by it).
     async fn share_gear(&self, room: &str, kind: Kind, gear: Gear) {
         let ttl = Duration::from_secs(self.gears.share_ttl_s.max(1));
-        let key = gear::share_key(room, kind);
-        if let Err(e) = self.store.set_claim(&key, &gear.to_string(), ttl).await {
+        if let Err(e) = gears::share(&*self.store, room, kind, gear, ttl).await {
             tracing::warn!(room, error = %e, "sharing the gear failed");
         }
     }

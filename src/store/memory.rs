@@ -309,7 +309,7 @@ mod tests {
 
     fn cfg(max_per_bucket: usize) -> StoreConfig {
         StoreConfig {
-            engine: "memory".into(),
+            engine: crate::config::StoreEngine::Memory,
             redis_url: String::new(),
             replay_redis_url: String::new(),
             max_per_bucket,

@@ -1,4 +1,5 @@
-//! Live store port (DESIGN §3.3): per-room, per-bucket sequenced buffers.
+//! Live store port (`docs/architecture.md`, "Live store"): per-room,
+//! per-bucket sequenced buffers.
 //!
 //! The trait is async, batched and fallible so a Redis engine (sorted sets,
 //! one Lua script per append) fits behind it unchanged.
@@ -97,7 +98,7 @@ pub trait LiveStore: Send + Sync + 'static {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Presence (DESIGN §3.7): publishes this node's viewer count per room
+    /// Presence (`docs/architecture.md`, "Presence"): publishes this node's viewer count per room
     /// (kept `ttl`, so a dead node's counts expire) and returns the
     /// cluster-wide count of each room in `local` (sum over live nodes), in
     /// the same order.

@@ -68,7 +68,7 @@ pub fn base_config() -> Config {
                     "DANMAKU_TEST_ENGINE=redis needs DANMAKU_TEST_REDIS_URL \
                      (e.g. redis://127.0.0.1:6390)",
                 );
-            c.store.engine = "redis".to_string();
+            c.store.engine = danmaku::config::StoreEngine::Redis;
             c.store.redis_url = url;
         }
         Ok("kafka") => {
@@ -79,9 +79,9 @@ pub fn base_config() -> Config {
                     .filter(|v| !v.trim().is_empty())
                     .unwrap_or_else(|| panic!("DANMAKU_TEST_ENGINE=kafka needs {k}"))
             };
-            c.store.engine = "redis".to_string();
+            c.store.engine = danmaku::config::StoreEngine::Redis;
             c.store.redis_url = env("DANMAKU_TEST_REDIS_URL");
-            c.bus.engine = "kafka".to_string();
+            c.bus.engine = danmaku::config::BusEngine::Kafka;
             c.bus.kafka_brokers = env("DANMAKU_TEST_KAFKA_BROKERS");
             let unique = format!(
                 "{}-{}",

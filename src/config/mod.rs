@@ -1,5 +1,5 @@
 //! Configuration: the embedded `config/default.toml`, an optional file on top,
-//! then environment overrides (fixed names of DESIGN §4 and the generic
+//! then environment overrides (the fixed names of the README and the generic
 //! `DANMAKU_<SECTION>__<KEY>` form). Secrets can come from files.
 
 use std::net::SocketAddr;
@@ -8,7 +8,13 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+mod engine;
+mod env;
+
+pub use engine::{BusEngine, StoreEngine};
+use env::{apply_env, merge};
+
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Development secrets used only when none are configured; loud in the log and
 /// refused on non-loopback addresses.
@@ -115,8 +121,8 @@ pub struct IngestConfig {
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct BusConfig {
-    /// "memory" (embedded) or "kafka" (needs `kafka_brokers`).
-    pub engine: String,
+    /// `"memory"` (embedded) or `"kafka"` (needs `kafka_brokers`).
+    pub engine: BusEngine,
     pub partitions: u32,
     pub capacity: usize,
     /// Kafka bootstrap servers, `host:port[,host:port…]` (`DANMAKU_KAFKA_BROKERS`).
@@ -159,11 +165,12 @@ fn default_idempotence() -> bool {
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    pub engine: String,
+    /// `"memory"` (embedded) or `"redis"` (needs `redis_url`).
+    pub engine: StoreEngine,
     /// Redis URL for `engine = "redis"` (`DANMAKU_REDIS_URL`).
     #[serde(default)]
     pub redis_url: String,
-    /// Replay cache tier (DESIGN §3.8): a Redis instance separate from the
+    /// Replay cache tier (`docs/architecture.md`, "Replay"): a Redis instance separate from the
     /// live one (`DANMAKU_REPLAY_REDIS_URL`); empty → no Redis tier.
     #[serde(default)]
     pub replay_redis_url: String,
@@ -272,7 +279,8 @@ pub struct PollConfig {
     pub max_messages: usize,
 }
 
-/// Archive of ended lives and replay reads (DESIGN §3.8, docs/replay.md).
+/// Archive of ended lives and replay reads (`docs/architecture.md`, "Replay";
+/// docs/replay.md).
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
@@ -301,19 +309,6 @@ pub struct ArchiveConfig {
     /// `Cache-Control` of replay responses.
     pub replay_cache_control: String,
 }
-
-/// Fixed environment names of the run contract → config path.
-const FIXED_ENV: &[(&str, &str)] = &[
-    ("DANMAKU_LISTEN", "server.listen"),
-    ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
-    ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
-    ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
-    ("DANMAKU_REDIS_URL", "store.redis_url"),
-    ("DANMAKU_REPLAY_REDIS_URL", "store.replay_redis_url"),
-    ("DANMAKU_ARCHIVE_URL", "archive.url"),
-    ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
-    ("DANMAKU_TICK_MS", "fanout.tick_ms"),
-];
 
 impl Config {
     /// Defaults, then `file` (if any), then `env`, then secrets from files.
@@ -444,9 +439,9 @@ impl Config {
                 "store.replay_redis_url must be a Redis separate from the live store's redis_url"
             );
         }
-        match self.bus.engine.as_str() {
-            "memory" => {}
-            "kafka" => {
+        match self.bus.engine {
+            BusEngine::Memory => {}
+            BusEngine::Kafka => {
                 let bus = &self.bus;
                 if bus.kafka_brokers.trim().is_empty() {
                     bail!(
@@ -463,16 +458,9 @@ impl Config {
                     bail!("bus.publish_timeout_ms must be within 100..=3600000");
                 }
             }
-            other => bail!("bus.engine {other:?} is not available in this build (memory, kafka)"),
         }
-        match self.store.engine.as_str() {
-            "memory" => {}
-            "redis" => {
-                if self.store.redis_url.trim().is_empty() {
-                    bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
-                }
-            }
-            other => bail!("store.engine {other:?} is not available in this build (memory, redis)"),
+        if self.store.engine == StoreEngine::Redis && self.store.redis_url.trim().is_empty() {
+            bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
         }
         Ok(())
     }
@@ -491,185 +479,5 @@ fn read_secret_file(path: &str) -> anyhow::Result<String> {
     Ok(text.trim().to_string())
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (key, value) in over {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(key, v);
-            }
-        }
-    }
-}
-
-fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
-    let path = if let Some((_, path)) = FIXED_ENV.iter().find(|(n, _)| *n == name) {
-        path.to_string()
-    } else if let Some(rest) = name.strip_prefix("DANMAKU_") {
-        if !rest.contains("__") {
-            return Ok(()); // a fixed name of a later engine, or not ours
-        }
-        rest.to_ascii_lowercase().replace("__", ".")
-    } else {
-        return Ok(());
-    };
-    let (section, key) = path
-        .split_once('.')
-        .with_context(|| format!("{name}: expected DANMAKU_<SECTION>__<KEY>"))?;
-    let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
-        bail!("{name}: unknown config section {section:?}");
-    };
-    let Some(current) = sec.get(key) else {
-        bail!("{name}: unknown config key {section}.{key}");
-    };
-    let parsed = parse_like(current, value).with_context(|| format!("{name}: bad value"))?;
-    sec.insert(key.to_string(), parsed);
-    Ok(())
-}
-
-/// Parses an environment string as the type the default already has.
-fn parse_like(current: &toml::Value, value: &str) -> anyhow::Result<toml::Value> {
-    Ok(match current {
-        toml::Value::String(_) => toml::Value::String(value.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse()?),
-        toml::Value::Float(_) => toml::Value::Float(value.trim().parse()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse()?),
-        toml::Value::Array(_) => toml::Value::Array(
-            value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
-        ),
-        other => bail!(
-            "cannot override a {} from the environment",
-            other.type_str()
-        ),
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_load_with_dev_secrets() {
-        let c = Config::embedded();
-        assert_eq!(c.server.listen, "127.0.0.1:8080");
-        assert!(c.auth.uses_dev_jwt_secret());
-        assert_eq!(c.fanout.tick_ms, 100);
-    }
-
-    #[test]
-    fn env_overrides_fixed_and_generic() {
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_TICK_MS", "50"),
-                ("DANMAKU_GIFT_SECRETS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
-                ("DANMAKU_INGEST__BLOCKED_WORDS", "spam,scam"),
-                ("DANMAKU_INGEST__USER_RATE_PER_S", "3.5"),
-                ("HOME", "/root"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.fanout.tick_ms, 50);
-        assert_eq!(
-            c.auth.gift_secrets,
-            vec!["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]
-        );
-        assert_eq!(c.ingest.blocked_words, vec!["spam", "scam"]);
-        assert_eq!(c.ingest.user_rate_per_s, 3.5);
-    }
-
-    #[test]
-    fn unknown_env_key_is_an_error() {
-        let e = Config::load(None, env(&[("DANMAKU_FANOUT__TICKMS", "5")])).unwrap_err();
-        assert!(format!("{e:#}").contains("unknown config key"));
-    }
-
-    #[test]
-    fn public_listen_needs_real_secrets() {
-        let e = Config::load(None, env(&[("DANMAKU_LISTEN", "0.0.0.0:8080")])).unwrap_err();
-        assert!(format!("{e:#}").contains("development secrets"));
-        let ok = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_LISTEN", "0.0.0.0:8080"),
-                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
-                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
-            ]),
-        );
-        assert!(ok.is_ok());
-    }
-
-    #[test]
-    fn redis_store_needs_a_url() {
-        let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "redis")])).unwrap_err();
-        assert!(format!("{e:#}").contains("redis_url"));
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_STORE__ENGINE", "redis"),
-                ("DANMAKU_REDIS_URL", "redis://127.0.0.1:6379"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.store.engine, "redis");
-        assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
-    }
-
-    #[test]
-    fn kafka_bus_needs_brokers() {
-        let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "kafka")])).unwrap_err();
-        assert!(format!("{e:#}").contains("kafka_brokers"));
-        let c = Config::load(
-            None,
-            env(&[
-                ("DANMAKU_BUS__ENGINE", "kafka"),
-                ("DANMAKU_KAFKA_BROKERS", "127.0.0.1:9092"),
-                ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.bus.engine, "kafka");
-        assert_eq!(c.bus.kafka_brokers, "127.0.0.1:9092");
-        assert_eq!(c.bus.topic, "danmaku-ingest");
-        assert_eq!(c.bus.group_id, "danmaku-processor");
-        assert_eq!(c.bus.replication_factor, 1);
-        assert_eq!(c.bus.publish_timeout_ms, 2000);
-        assert!(c.bus.idempotence);
-    }
-
-    #[test]
-    fn production_example_is_valid() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
-        let c = Config::load(
-            Some(&path),
-            env(&[
-                ("DANMAKU_AUTH__JWT_SECRET_FILE", ""),
-                ("DANMAKU_AUTH__GIFT_SECRETS_FILE", ""),
-                ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
-                ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
-            ]),
-        )
-        .unwrap();
-        assert_eq!(c.bus.engine, "kafka");
-        assert_eq!(c.store.engine, "redis");
-        assert!(!c.auth.demo_tokens);
-    }
-
-    #[test]
-    fn secrets_are_not_in_debug_output() {
-        let c = Config::load(None, env(&[("DANMAKU_JWT_SECRET", "supersecretvalue123")])).unwrap();
-        assert!(!format!("{c:?}").contains("supersecretvalue123"));
-    }
-}
+mod tests;

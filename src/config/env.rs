@@ -1,0 +1,75 @@
+//! Layering of the configuration: a file merged over the defaults, then the
+//! environment (fixed names and `DANMAKU_<SECTION>__<KEY>`).
+
+use anyhow::{bail, Context};
+
+/// Fixed environment names of the run contract → config path.
+const FIXED_ENV: &[(&str, &str)] = &[
+    ("DANMAKU_LISTEN", "server.listen"),
+    ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
+    ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
+    ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),
+    ("DANMAKU_REDIS_URL", "store.redis_url"),
+    ("DANMAKU_REPLAY_REDIS_URL", "store.replay_redis_url"),
+    ("DANMAKU_ARCHIVE_URL", "archive.url"),
+    ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
+    ("DANMAKU_TICK_MS", "fanout.tick_ms"),
+];
+
+pub(super) fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+pub(super) fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
+    let path = if let Some((_, path)) = FIXED_ENV.iter().find(|(n, _)| *n == name) {
+        path.to_string()
+    } else if let Some(rest) = name.strip_prefix("DANMAKU_") {
+        if !rest.contains("__") {
+            return Ok(()); // a fixed name of a later engine, or not ours
+        }
+        rest.to_ascii_lowercase().replace("__", ".")
+    } else {
+        return Ok(());
+    };
+    let (section, key) = path
+        .split_once('.')
+        .with_context(|| format!("{name}: expected DANMAKU_<SECTION>__<KEY>"))?;
+    let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+        bail!("{name}: unknown config section {section:?}");
+    };
+    let Some(current) = sec.get(key) else {
+        bail!("{name}: unknown config key {section}.{key}");
+    };
+    let parsed = parse_like(current, value).with_context(|| format!("{name}: bad value"))?;
+    sec.insert(key.to_string(), parsed);
+    Ok(())
+}
+
+/// Parses an environment string as the type the default already has.
+fn parse_like(current: &toml::Value, value: &str) -> anyhow::Result<toml::Value> {
+    Ok(match current {
+        toml::Value::String(_) => toml::Value::String(value.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse()?),
+        toml::Value::Float(_) => toml::Value::Float(value.trim().parse()?),
+        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse()?),
+        toml::Value::Array(_) => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+        other => bail!(
+            "cannot override a {} from the environment",
+            other.type_str()
+        ),
+    })
+}

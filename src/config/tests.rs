@@ -1,0 +1,135 @@
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+#[test]
+fn defaults_load_with_dev_secrets() {
+    let c = Config::embedded();
+    assert_eq!(c.server.listen, "127.0.0.1:8080");
+    assert!(c.auth.uses_dev_jwt_secret());
+    assert_eq!(c.fanout.tick_ms, 100);
+}
+
+#[test]
+fn env_overrides_fixed_and_generic() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_TICK_MS", "50"),
+            ("DANMAKU_GIFT_SECRETS", "aaaaaaaaaaaaaaaa, bbbbbbbbbbbbbbbb"),
+            ("DANMAKU_INGEST__BLOCKED_WORDS", "spam,scam"),
+            ("DANMAKU_INGEST__USER_RATE_PER_S", "3.5"),
+            ("HOME", "/root"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.fanout.tick_ms, 50);
+    assert_eq!(
+        c.auth.gift_secrets,
+        vec!["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"]
+    );
+    assert_eq!(c.ingest.blocked_words, vec!["spam", "scam"]);
+    assert_eq!(c.ingest.user_rate_per_s, 3.5);
+}
+
+#[test]
+fn unknown_env_key_is_an_error() {
+    let e = Config::load(None, env(&[("DANMAKU_FANOUT__TICKMS", "5")])).unwrap_err();
+    assert!(format!("{e:#}").contains("unknown config key"));
+}
+
+#[test]
+fn public_listen_needs_real_secrets() {
+    let e = Config::load(None, env(&[("DANMAKU_LISTEN", "0.0.0.0:8080")])).unwrap_err();
+    assert!(format!("{e:#}").contains("development secrets"));
+    let ok = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_LISTEN", "0.0.0.0:8080"),
+            ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
+            ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
+        ]),
+    );
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn redis_store_needs_a_url() {
+    let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "redis")])).unwrap_err();
+    assert!(format!("{e:#}").contains("redis_url"));
+    let c = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_STORE__ENGINE", "redis"),
+            ("DANMAKU_REDIS_URL", "redis://127.0.0.1:6379"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.store.engine, StoreEngine::Redis);
+    assert_eq!(c.store.redis_url, "redis://127.0.0.1:6379");
+}
+
+#[test]
+fn an_unknown_engine_names_the_key() {
+    let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "mongo")])).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("store.engine \"mongo\" is not available in this build (memory, redis)"),
+        "{e}"
+    );
+    let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "nats")])).unwrap_err();
+    assert!(format!("{e:#}").contains("bus.engine \"nats\""));
+    assert_eq!(StoreEngine::Redis.to_string(), "redis");
+    assert_eq!("kafka".parse(), Ok(BusEngine::Kafka));
+}
+
+#[test]
+fn kafka_bus_needs_brokers() {
+    let e = Config::load(None, env(&[("DANMAKU_BUS__ENGINE", "kafka")])).unwrap_err();
+    assert!(format!("{e:#}").contains("kafka_brokers"));
+    let c = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_BUS__ENGINE", "kafka"),
+            ("DANMAKU_KAFKA_BROKERS", "127.0.0.1:9092"),
+            ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.bus.engine, BusEngine::Kafka);
+    assert_eq!(c.bus.kafka_brokers, "127.0.0.1:9092");
+    assert_eq!(c.bus.topic, "danmaku-ingest");
+    assert_eq!(c.bus.group_id, "danmaku-processor");
+    assert_eq!(c.bus.replication_factor, 1);
+    assert_eq!(c.bus.publish_timeout_ms, 2000);
+    assert!(c.bus.idempotence);
+}
+
+#[test]
+fn production_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+    let c = Config::load(
+        Some(&path),
+        env(&[
+            ("DANMAKU_AUTH__JWT_SECRET_FILE", ""),
+            ("DANMAKU_AUTH__GIFT_SECRETS_FILE", ""),
+            ("DANMAKU_JWT_SECRET", "0123456789abcdef0123"),
+            ("DANMAKU_GIFT_SECRETS", "0123456789abcdef0123"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.bus.engine, BusEngine::Kafka);
+    assert_eq!(c.store.engine, StoreEngine::Redis);
+    assert!(!c.auth.demo_tokens);
+}
+
+#[test]
+fn secrets_are_not_in_debug_output() {
+    let c = Config::load(None, env(&[("DANMAKU_JWT_SECRET", "supersecretvalue123")])).unwrap();
+    assert!(!format!("{c:?}").contains("supersecretvalue123"));
+}

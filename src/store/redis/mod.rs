@@ -1,0 +1,163 @@
+//! Redis live store (see `docs/architecture.md`, "Live store"): same
+//! semantics as the embedded [`MemoryStore`](super::memory::MemoryStore):
+//! sequences, idempotent inserts by message id within `dedup_window`, trim by
+//! count and age (on append), the `gap` flag, the epoch, and the cursor rules
+//! of `read_range`. The key layout is documented in `docs/redis-keys.md`.
+//!
+//! One file per capability: [`stream`] (append / head / read, `append.lua`),
+//! [`claims`] (idempotency keys, `claim.lua`), [`presence`] (`presence.lua`)
+//! and [`notices`] ("room updated" pub/sub). This file holds the connection
+//! and dispatches the [`LiveStore`] calls.
+//!
+//! Every call goes through a [`ConnectionManager`], which reconnects by itself:
+//! while Redis is away calls fail with [`StoreError::Unavailable`], and they
+//! succeed again once it is back, without rebuilding the store.
+
+mod claims;
+mod notices;
+mod presence;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError, Script};
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use super::{AppendOutcome, Claim, LiveStore, StoreError, StreamHead, StreamRead};
+use crate::config::StoreConfig;
+use crate::message::Message;
+use notices::Notices;
+pub use notices::UPDATED_CHANNEL;
+
+/// Redis engine of [`LiveStore`].
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    scripts: Arc<Scripts>,
+    notices: Arc<Notices>,
+    config: StoreConfig,
+}
+
+/// The Lua scripts (loaded on first use and after a `NOSCRIPT`).
+struct Scripts {
+    append: Script,
+    claim: Script,
+    presence: Script,
+}
+
+impl RedisStore {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). Fails if Redis
+    /// cannot be reached now; later outages are survived by reconnecting.
+    pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
+        // The error names what is wrong, never the URL (it may hold a password).
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+            .await
+            .map_err(unavailable)?;
+        let scripts = Scripts {
+            append: Script::new(stream::APPEND_LUA),
+            claim: Script::new(claims::CLAIM_LUA),
+            presence: Script::new(presence::PRESENCE_LUA),
+        };
+        Ok(RedisStore {
+            conn,
+            scripts: Arc::new(scripts),
+            notices: Arc::new(Notices::new(client)),
+            config,
+        })
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[async_trait]
+impl LiveStore for RedisStore {
+    async fn append(
+        &self,
+        room: &str,
+        batch: Vec<Message>,
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        self.stream_append(room, batch).await
+    }
+
+    async fn head(&self, room: &str) -> Result<StreamHead, StoreError> {
+        self.stream_head(room).await
+    }
+
+    async fn read_range(
+        &self,
+        room: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<StreamRead, StoreError> {
+        self.stream_read(room, after, until, limit).await
+    }
+
+    async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError> {
+        self.claim_nx(key, value, ttl).await
+    }
+
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.claim_get(key).await
+    }
+
+    async fn set_claim(&self, key: &str, value: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.claim_set(key, value, ttl).await
+    }
+
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.claim_release(key).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = ::redis::cmd("PING")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "redis: PING answered {pong:?}"
+            )))
+        }
+    }
+
+    async fn exchange_presence(
+        &self,
+        node: &str,
+        local: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.presence_exchange(node, local, ttl).await
+    }
+
+    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
+        self.notices_publish(rooms).await
+    }
+
+    fn updates(&self) -> broadcast::Receiver<Arc<str>> {
+        self.notices.subscribe()
+    }
+}

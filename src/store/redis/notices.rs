@@ -1,0 +1,218 @@
+//! "Room updated" notices: Redis pub/sub on [`UPDATED_CHANNEL`], received by
+//! one background task per store that keeps a dedicated subscriber
+//! connection and reconnects with backoff (`docs/redis-keys.md`, "Room
+//! updated" notices).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use ::redis::aio::{PubSubSink, PubSubStream};
+use ::redis::{Client, RedisError};
+use futures_util::StreamExt;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{unavailable, RedisStore};
+use crate::store::StoreError;
+
+/// Pub/sub channel of "room updated" notices. A message is the updated rooms'
+/// names joined by `'\n'` (one PUBLISH per `notify_updated` call).
+pub const UPDATED_CHANNEL: &str = "dm:updated";
+
+/// Capacity of the in-process broadcast of received notices (as the memory
+/// engine's): a receiver that falls further behind gets `Lagged`.
+const UPDATES_CAPACITY: usize = 4096;
+
+/// Reconnect backoff of the notice subscriber.
+const NOTICE_MIN_BACKOFF: Duration = Duration::from_millis(100);
+const NOTICE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Bound on connecting + subscribing, and on a health-check PING's answer.
+const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle subscriber PINGs, so a half-open connection is noticed.
+const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
+
+/// The receiving side of notices, shared by the clones of one store. The
+/// subscriber task is spawned on the first `updates()` call and aborted when
+/// the last clone of the store is dropped.
+pub(super) struct Notices {
+    tx: broadcast::Sender<Arc<str>>,
+    client: Client,
+    /// Where to spawn the task when `updates()` is called outside a runtime.
+    runtime: Option<tokio::runtime::Handle>,
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Notices {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        let rx = self.tx.subscribe();
+        if self.task.get().is_none() {
+            let runtime = tokio::runtime::Handle::try_current()
+                .ok()
+                .or_else(|| self.runtime.clone());
+            match runtime {
+                Some(runtime) => {
+                    self.task.get_or_init(|| {
+                        runtime
+                            .spawn(listen(self.client.clone(), self.tx.clone()))
+                            .abort_handle()
+                    });
+                }
+                None => tracing::error!("no tokio runtime: redis notices are not received"),
+            }
+        }
+        rx
+    }
+}
+
+impl Drop for Notices {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+}
+
+/// Keeps one pub/sub connection subscribed to [`UPDATED_CHANNEL`] and
+/// forwards each notified room to `tx`, reconnecting with backoff (100 ms
+/// doubling to 5 s) whenever the connection is lost or cannot be made.
+/// Runs until aborted.
+async fn listen(client: Client, tx: broadcast::Sender<Arc<str>>) {
+    let mut delay = NOTICE_MIN_BACKOFF;
+    let mut failures: u32 = 0;
+    let mut ever_subscribed = false;
+    loop {
+        match subscribe_updates(&client).await {
+            Ok((sink, stream)) => {
+                if ever_subscribed {
+                    tracing::info!(
+                        channel = UPDATED_CHANNEL,
+                        failed_attempts = failures,
+                        "redis notice subscription restored"
+                    );
+                } else {
+                    tracing::debug!(channel = UPDATED_CHANNEL, "subscribed to redis notices");
+                }
+                ever_subscribed = true;
+                failures = 0;
+                let since = Instant::now();
+                let reason = pump_updates(sink, stream, &tx).await;
+                tracing::warn!(
+                    channel = UPDATED_CHANNEL,
+                    %reason,
+                    "redis notice subscription lost; reconnecting"
+                );
+                // A connection that held for a while starts the backoff over;
+                // one that drops right after subscribing keeps backing off.
+                if since.elapsed() >= NOTICE_MAX_BACKOFF {
+                    delay = NOTICE_MIN_BACKOFF;
+                }
+            }
+            Err(reason) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(
+                        channel = UPDATED_CHANNEL,
+                        %reason,
+                        "cannot subscribe to redis notices; retrying with backoff"
+                    );
+                } else {
+                    tracing::debug!(
+                        channel = UPDATED_CHANNEL,
+                        %reason,
+                        attempt = failures,
+                        "redis notice subscription still failing"
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(NOTICE_MAX_BACKOFF);
+    }
+}
+
+async fn subscribe_updates(client: &Client) -> Result<(PubSubSink, PubSubStream), String> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub.subscribe(UPDATED_CHANNEL).await?;
+        Ok::<_, RedisError>(pubsub.split())
+    };
+    match tokio::time::timeout(NOTICE_TIMEOUT, attempt).await {
+        Ok(Ok(split)) => Ok(split),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {NOTICE_TIMEOUT:?}")),
+    }
+}
+
+/// Forwards notices until the connection is lost; returns why it was.
+async fn pump_updates(
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    tx: &broadcast::Sender<Arc<str>>,
+) -> String {
+    let mut health =
+        tokio::time::interval_at(Instant::now() + NOTICE_PING_EVERY, NOTICE_PING_EVERY);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => {
+                let Some(msg) = msg else {
+                    return "connection closed".to_string();
+                };
+                match std::str::from_utf8(msg.get_payload_bytes()) {
+                    Ok(payload) => {
+                        for room in payload.split('\n').filter(|r| !r.is_empty()) {
+                            // No receiver left is fine: notices are best effort.
+                            let _ = tx.send(Arc::from(room));
+                        }
+                    }
+                    Err(_) => tracing::warn!("skipping a non-UTF-8 redis notice"),
+                }
+            }
+            _ = health.tick() => {
+                match tokio::time::timeout(NOTICE_TIMEOUT, sink.ping::<::redis::Value>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return format!("ping failed: {e}"),
+                    Err(_) => return format!("no ping answer within {NOTICE_TIMEOUT:?}"),
+                }
+            }
+        }
+    }
+}
+
+impl Notices {
+    pub(super) fn new(client: Client) -> Self {
+        Notices {
+            tx: broadcast::channel(UPDATES_CAPACITY).0,
+            client,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            task: OnceLock::new(),
+        }
+    }
+}
+
+impl RedisStore {
+    pub(super) async fn notices_publish(&self, rooms: &[String]) -> Result<(), StoreError> {
+        // Room names never hold '\n' (see `valid_room`); one that did would
+        // be split apart by receivers, so it is left out.
+        let mut payload = String::new();
+        for room in rooms {
+            if room.is_empty() || room.contains('\n') {
+                tracing::warn!(room = %room.escape_debug(), "not notifying an unsendable room name");
+                continue;
+            }
+            if !payload.is_empty() {
+                payload.push('\n');
+            }
+            payload.push_str(room);
+        }
+        if payload.is_empty() {
+            return Ok(());
+        }
+        ::redis::cmd("PUBLISH")
+            .arg(UPDATED_CHANNEL)
+            .arg(payload)
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+}
