@@ -59,9 +59,11 @@ pub struct Metrics {
     /// Low messages not sent to connections that were behind.
     pub queue_low_dropped: IntCounter,
     pub bus_pending: IntGauge,
-    /// Current gear of (room, kind)s above gear 1. Not yet within the label
-    /// rule above: shifted rooms are few, but their number is not bounded.
+    /// Current gear of (room, kind)s above gear 1, at most [`TOP_ROOMS`]
+    /// series (the highest gears): set through [`Metrics::set_gear`].
     pub gear: IntGaugeVec,
+    /// Every (room, kind) above gear 1 and its gear; `gear` shows the top.
+    geared: parking_lot::Mutex<std::collections::BTreeMap<(String, &'static str), i64>>,
     pub gear_shifts: IntCounterVec,
     /// Live-store range reads by who asked (hub, poll, catch_up, snapshot).
     pub store_reads: IntCounterVec,
@@ -311,6 +313,7 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            geared: Default::default(),
             gear_shifts: reg(
                 &registry,
                 IntCounterVec::new(
@@ -406,31 +409,23 @@ impl Metrics {
         render_registry(&self.registry)
     }
 
-    pub fn account_selection(&self, s: &crate::fanout::ration::Selection) {
-        for p in crate::message::Priority::ALL {
-            let n = s.delivered[p.index()];
-            if n > 0 {
-                self.ration_delivered
-                    .with_label_values(&[p.as_str()])
-                    .inc_by(n);
-            }
+    /// Records a (room, kind)'s gear and refills `danmaku_gear` with the
+    /// [`TOP_ROOMS`] highest (label rule: the series stay bounded however
+    /// many rooms shift).
+    pub fn set_gear(&self, room: &str, kind: &'static str, gear: i64) {
+        let mut geared = self.geared.lock();
+        if gear > 1 {
+            geared.insert((room.to_string(), kind), gear);
+        } else {
+            geared.remove(&(room.to_string(), kind));
         }
-        if s.rationed_low > 0 {
-            self.ration_dropped
-                .with_label_values(&["low", "rationed"])
-                .inc_by(s.rationed_low);
-        }
-        if s.expired_high > 0 {
-            self.ration_dropped
-                .with_label_values(&["high", "lag_expired"])
-                .inc_by(s.expired_high);
-        }
-    }
-
-    pub fn account_combos(&self, s: crate::fanout::combo::ComboStats) {
-        if s.combos > 0 {
-            self.gift_combos.inc_by(s.combos);
-            self.gift_combo_merged.inc_by(s.merged);
+        let mut top: Vec<_> = geared.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        self.gear.reset();
+        for ((room, kind), gear) in top.into_iter().take(TOP_ROOMS) {
+            self.gear
+                .with_label_values(&[room.as_str(), kind])
+                .set(*gear);
         }
     }
 
@@ -451,5 +446,29 @@ pub fn render_registry(registry: &Registry) -> String {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod gear_tests {
+    use super::*;
+
+    #[test]
+    fn gear_series_stay_bounded_and_show_the_highest() {
+        let m = Metrics::new();
+        for i in 0..(TOP_ROOMS + 5) {
+            m.set_gear(&format!("r{i:02}"), "danmaku", 2);
+        }
+        m.set_gear("hot", "danmaku", 4);
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("danmaku_gear{"))
+            .count();
+        assert_eq!(series, TOP_ROOMS);
+        assert!(text.contains(r#"danmaku_gear{kind="danmaku",room="hot"} 4"#));
+        // Back to gear 1: the room leaves the table.
+        m.set_gear("hot", "danmaku", 1);
+        assert!(!m.render().contains(r#"room="hot""#));
     }
 }

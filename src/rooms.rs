@@ -7,7 +7,28 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RationConfig;
-use crate::fanout::ration::RationRules;
+
+/// What one room's viewers get per second (the rules themselves are in
+/// `fanout/ration.rs`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RationRules {
+    /// Messages per viewer per second, whitelist excluded.
+    pub budget_per_s: u32,
+    /// Part of the budget reserved for high (0..=1).
+    pub high_share: f64,
+    /// High waiting longer than this (from its server timestamp) is dropped.
+    pub max_lag_ms: u64,
+}
+
+impl RationRules {
+    pub fn high_budget(&self) -> u32 {
+        ((self.budget_per_s as f64) * self.high_share.clamp(0.0, 1.0)).round() as u32
+    }
+
+    pub fn low_budget(&self) -> u32 {
+        self.budget_per_s.saturating_sub(self.high_budget())
+    }
+}
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 pub struct RoomSettings {

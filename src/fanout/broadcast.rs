@@ -13,8 +13,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::combo::ComboStats;
 use super::direct::{self, Detach, DirectStats, DirectViewer};
-use super::ration::Rationer;
+use super::ration::{Rationer, Selection};
 use super::tick::HubContext;
 use super::{Frame, Hub};
 use crate::message::{now_ms, StoredMessage};
@@ -90,11 +91,11 @@ impl Hub {
             .store(rules.budget_per_s, Ordering::Relaxed);
         let now = now_ms();
         let selection = rationer.tick(now, ctx.tick_ms, &rules, input);
-        ctx.metrics.account_selection(&selection);
+        account_selection(ctx.metrics, &selection);
         let mut combos = self.combos.lock();
         let (messages, combo_stats) =
             combos.apply(now, ctx.combo_window_ms, ctx.final_tick, selection.messages);
-        ctx.metrics.account_combos(combo_stats);
+        account_combos(ctx.metrics, combo_stats);
         let undecided: Arc<[u64]> = if rationer.has_undecided() || combos.is_holding() {
             let mut seqs = rationer.undecided();
             seqs.extend(combos.held_seqs());
@@ -155,6 +156,34 @@ impl Hub {
             .taken
             .fetch_add((stats.written + stats.queued) as usize, Ordering::Relaxed);
         stats
+    }
+}
+
+fn account_selection(m: &Metrics, s: &Selection) {
+    for p in crate::message::Priority::ALL {
+        let n = s.delivered[p.index()];
+        if n > 0 {
+            m.ration_delivered
+                .with_label_values(&[p.as_str()])
+                .inc_by(n);
+        }
+    }
+    if s.rationed_low > 0 {
+        m.ration_dropped
+            .with_label_values(&["low", "rationed"])
+            .inc_by(s.rationed_low);
+    }
+    if s.expired_high > 0 {
+        m.ration_dropped
+            .with_label_values(&["high", "lag_expired"])
+            .inc_by(s.expired_high);
+    }
+}
+
+fn account_combos(m: &Metrics, s: ComboStats) {
+    if s.combos > 0 {
+        m.gift_combos.inc_by(s.combos);
+        m.gift_combo_merged.inc_by(s.merged);
     }
 }
 

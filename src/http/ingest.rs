@@ -263,12 +263,7 @@ async fn demo_token(
     };
     let name = req.name.unwrap_or_else(|| "guest".to_string());
     let name = name.trim();
-    if name.is_empty() || name.chars().count() > 32 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "bad_name",
-            "name must be 1-32 characters without control characters",
-        ));
-    }
+    crate::ingest::validate::check_name("name", name)?;
     let id = format!("demo-{:08x}", rand::random::<u32>());
     let ttl = 24 * 3600;
     Ok(Json(serde_json::json!({

@@ -201,15 +201,8 @@ impl Processor {
             .gear_shifts
             .with_label_values(&[direction])
             .inc();
-        let labels = [room, kind.as_str()];
-        if shift.to > 1 {
-            self.metrics
-                .gear
-                .with_label_values(&labels)
-                .set(shift.to as i64);
-        } else {
-            let _ = self.metrics.gear.remove_label_values(&labels);
-        }
+        self.metrics
+            .set_gear(room, kind.as_str(), i64::from(shift.to));
         self.share_gear(room, kind, shift.to).await;
     }
 
