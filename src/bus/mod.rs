@@ -1,4 +1,4 @@
-//! Bus port (DESIGN §3.2): partitioned, keyed like Kafka. Fronts publish,
+//! Bus port (docs/architecture.md, "Gears"): partitioned, keyed like Kafka. Fronts publish,
 //! processors consume and commit only after the store write succeeded.
 
 pub mod kafka;
