@@ -119,7 +119,14 @@ async fn run() {
         short[..short.len().min(20)].join("\n")
     );
 
-    // One encoding per frame, shared by every connection.
+    // One encoding per frame, shared by every connection. A hub counts its
+    // writes once the whole fan-out is done, possibly after the viewers read.
+    ts.wait_metric(
+        "danmaku_messages_delivered_total{transport=\"stream\"}",
+        (MESSAGES * VIEWERS) as f64,
+        WAIT,
+    )
+    .await;
     let m = ts.metrics().await;
     let encoded = metric_value(&m, "danmaku_frames_encoded_total").unwrap_or(0.0);
     let sent = metric_value(&m, "danmaku_frames_sent_total").unwrap_or(0.0);

@@ -31,6 +31,9 @@ async fn health_readiness_and_metrics() {
     let refused = ts.post_danmaku_raw(room, None, b"{}".to_vec()).await;
     assert_eq!(refused.0, StatusCode::UNAUTHORIZED);
     assert_eq!(v.collect(1, WAIT).await.len(), 1);
+    // A hub counts its writes once the whole fan-out is done, which may be
+    // just after the viewer read the bytes.
+    ts.wait_metric("danmaku_frames_sent_total", 1.0, WAIT).await;
 
     let (status, text) = ts.get_text("/metrics").await;
     assert_eq!(status, StatusCode::OK);
