@@ -315,6 +315,14 @@ impl Session {
                     self.s.metrics.reject(e.code);
                     return error_json(&e, Some(&client_msg_id));
                 };
+                // Checked at connect (or `auth`) with the HTTP path's leeway;
+                // nbf, once passed, stays passed: only exp needs a look.
+                let leeway = self.s.config.auth.jwt_leeway_s;
+                if crate::auth::unix_now() > viewer.exp.saturating_add(leeway) {
+                    let e = ApiError::from(crate::auth::AuthFailure::ExpiredToken);
+                    self.s.metrics.reject(e.code);
+                    return error_json(&e, Some(&client_msg_id));
+                }
                 if let Err(e) = ApiError::refuse_if_stopping(&self.s.stopping) {
                     return error_json(&e, Some(&client_msg_id));
                 }
