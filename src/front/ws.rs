@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
 use serde::Deserialize;
 
 use super::{ConnGuard, Viewers};
@@ -27,10 +28,12 @@ use crate::message::Style;
 /// the socket with 1009 and a reason (which quotes this figure).
 const MAX_CLIENT_MESSAGE: usize = 4096;
 /// What the WebSocket reader buffers at most for one message; past it the
-/// socket is cut without a close frame (the reader cannot answer mid-frame).
+/// reader gives up on the connection (closed with 1009, the rest unread).
 pub const MAX_READ_MESSAGE: usize = 16 * MAX_CLIENT_MESSAGE;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_BAD_DATA: u16 = 1007;
 pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -170,7 +173,11 @@ impl Session {
                         idle_deadline.as_mut().reset(tokio::time::Instant::now() + idle);
                         self.on_message(link, message).await
                     }
-                    _ => ControlFlow::Break(()),
+                    Some(Err(e)) => {
+                        link.refuse(&e).await;
+                        ControlFlow::Break(())
+                    }
+                    None => ControlFlow::Break(()),
                 },
                 _ = &mut idle_deadline => {
                     link.close(CLOSE_GOING_AWAY, "idle timeout").await;
@@ -284,7 +291,10 @@ impl Session {
                 let reply = error_json(&e, None);
                 alive(link.socket.send(Message::Text(reply.into())).await)
             }
-            Message::Close(_) => ControlFlow::Break(()),
+            Message::Close(_) => {
+                link.answer_close().await;
+                ControlFlow::Break(())
+            }
             Message::Ping(_) | Message::Pong(_) => ControlFlow::Continue(()),
         }
     }
@@ -315,6 +325,14 @@ impl Session {
                     self.s.metrics.reject(e.code);
                     return error_json(&e, Some(&client_msg_id));
                 };
+                // Checked at connect (or `auth`) with the HTTP path's leeway;
+                // nbf, once passed, stays passed: only exp needs a look.
+                let leeway = self.s.config.auth.jwt_leeway_s;
+                if crate::auth::unix_now() > viewer.exp.saturating_add(leeway) {
+                    let e = ApiError::from(crate::auth::AuthFailure::ExpiredToken);
+                    self.s.metrics.reject(e.code);
+                    return error_json(&e, Some(&client_msg_id));
+                }
                 if let Err(e) = ApiError::refuse_if_stopping(&self.s.stopping) {
                     return error_json(&e, Some(&client_msg_id));
                 }
@@ -427,5 +445,39 @@ impl Link {
             reason: Utf8Bytes::from_static(reason),
         };
         self.socket.send(Message::Close(Some(frame))).await;
+    }
+
+    /// Answers the viewer's close. tungstenite queued the echo (its code, or
+    /// none) when it read the close; the hub stops writing first, then the
+    /// echo goes out behind whatever the hub wrote before.
+    async fn answer_close(&mut self) {
+        if let Some(slot) = &self.direct {
+            slot.release();
+        }
+        let timeout = self.socket.timeout;
+        let _ = tokio::time::timeout(timeout, SinkExt::close(&mut self.socket.socket)).await;
+        // tungstenite does not flush the stack after the echo: what the
+        // shared socket queued is written here, before the slot shuts it.
+        if let Some(slot) = &self.direct {
+            flush(&slot.viewer.socket, timeout, &self.socket.metrics).await;
+        }
+    }
+
+    /// Ends the connection after a read error, with a close that says why
+    /// when the connection can still take one.
+    async fn refuse(&mut self, e: &axum::Error) {
+        use tungstenite::error::{Error as WsError, ProtocolError};
+        let Some(e) = std::error::Error::source(e).and_then(|e| e.downcast_ref::<WsError>()) else {
+            return;
+        };
+        let (code, reason) = match e {
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => return,
+            WsError::Protocol(_) => (CLOSE_PROTOCOL, "protocol error"),
+            WsError::Utf8(_) => (CLOSE_BAD_DATA, "text message is not valid UTF-8"),
+            WsError::Capacity(_) => (CLOSE_TOO_BIG, "message too big: at most 4096 bytes"),
+            _ => return,
+        };
+        tracing::debug!(error = %e, code, "closing a WebSocket after a read error");
+        self.close(code, reason).await;
     }
 }
