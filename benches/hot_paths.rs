@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use tokio::sync::{broadcast, Notify};
 
-use danmaku::auth::{sign_gift_request, Authenticator, ViewerClaims};
+use danmaku::auth::{sign_gift_request, Authenticator, GiftRequest, ViewerClaims};
 use danmaku::bus::memory::MemoryBus;
 use danmaku::bus::Bus;
 use danmaku::config::Config;
@@ -398,7 +398,8 @@ fn ingest(c: &mut Criterion) {
     });
 
     // The credentials checked before ingest: a viewer token (HS256 JWT) and a
-    // gift backend signature (HMAC-SHA256 over timestamp.body).
+    // gift backend signature (v2: HMAC-SHA256 over timestamp, method, path,
+    // Idempotency-Key and body).
     let auth = Authenticator::new(&config.auth);
     let token = format!("Bearer {}", auth.issue("u1", "viewer", 3600));
     g.bench_function("viewer_token_verify", |b| {
@@ -406,12 +407,27 @@ fn ingest(c: &mut Criterion) {
     });
     let body = br#"{"kind":"gift","user":{"id":"u1","name":"viewer"},"gift":{"gift_id":"rose","count":1,"value":10}}"#;
     let ts = danmaku::auth::unix_now();
-    let sig = sign_gift_request(&config.auth.gift_secrets[0], &ts.to_string(), body);
     let ts_s = ts.to_string();
+    let path = "/v1/rooms/r1/events";
+    let sig = sign_gift_request(
+        &config.auth.gift_secrets[0],
+        &ts_s,
+        "POST",
+        path,
+        "k1",
+        body,
+    );
     g.bench_function("gift_signature_verify", |b| {
         b.iter(|| {
-            auth.gift_signature(black_box(Some(&ts_s)), Some(&sig), black_box(body), ts)
-                .expect("valid")
+            let req = GiftRequest {
+                timestamp: black_box(Some(&ts_s)),
+                signature: Some(&sig),
+                method: "POST",
+                path,
+                idempotency_key: "k1",
+                body: black_box(body),
+            };
+            auth.gift_signature(&req, ts).expect("valid")
         })
     });
     g.finish();

@@ -140,7 +140,7 @@ def before_call(ctx, case, kwargs):
         # Sign anyway when the signature headers are well-formed: then the
         # mutation is elsewhere (Idempotency-Key) and should reach the handler.
         signed = re.fullmatch(r"[0-9]{1,19}", headers.get("X-Timestamp", "")) and re.fullmatch(
-            r"sha256=[0-9a-fA-F]{64}", headers.get("X-Signature", "")
+            r"v2=[0-9a-fA-F]{64}", headers.get("X-Signature", "")
         )
         if not signed:
             return
@@ -149,11 +149,15 @@ def before_call(ctx, case, kwargs):
     elif path.endswith("/danmaku"):
         headers["Authorization"] = f"Bearer {VIEWER}"
     elif path.endswith("/events") or path.endswith("/events:batch"):
+        # v2 (DESIGN.md §4): the MAC covers timestamp, method, the request
+        # path, the Idempotency-Key (empty line for a batch) and the body.
         body = raw_body(case)
         ts = str(int(time.time()))
-        mac = hmac.new(GIFT_SECRET, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        key = "" if path.endswith("/events:batch") else headers.get("Idempotency-Key", "")
+        canonical = "\n".join([ts, case.method.upper(), case.formatted_path, str(key)]).encode()
+        mac = hmac.new(GIFT_SECRET, canonical + b"\n" + body, hashlib.sha256).hexdigest()
         headers["X-Timestamp"] = ts
-        headers["X-Signature"] = f"sha256={mac}"
+        headers["X-Signature"] = f"v2={mac}"
         kwargs["data"] = body
     else:
         return

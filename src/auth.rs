@@ -1,5 +1,6 @@
 //! Authentication: viewer tokens (HS256 JWT, alg pinned) and the gift
-//! backend's HMAC-SHA256 request signatures (constant-time, rotation).
+//! backend's HMAC-SHA256 request signatures (v2: bound to the method, path
+//! and Idempotency-Key; constant-time, rotation).
 
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -24,6 +25,8 @@ pub enum AuthFailure {
     InvalidToken,
     ExpiredToken,
     MissingSignature,
+    /// A `sha256=` signature while `auth.accept_legacy_signatures` is off.
+    LegacySignatureOff,
     BadTimestamp,
     StaleTimestamp,
     BadSignature,
@@ -36,6 +39,7 @@ impl AuthFailure {
             AuthFailure::InvalidToken => "invalid_token",
             AuthFailure::ExpiredToken => "token_expired",
             AuthFailure::MissingSignature => "missing_signature",
+            AuthFailure::LegacySignatureOff => "bad_signature",
             AuthFailure::BadTimestamp => "bad_timestamp",
             AuthFailure::StaleTimestamp => "stale_timestamp",
             AuthFailure::BadSignature => "bad_signature",
@@ -50,9 +54,13 @@ impl AuthFailure {
             AuthFailure::InvalidToken => "the viewer token is not valid",
             AuthFailure::ExpiredToken => "the viewer token has expired",
             AuthFailure::MissingSignature => "X-Timestamp and X-Signature headers are required",
+            AuthFailure::LegacySignatureOff => {
+                "legacy sha256= signatures are off: sign with X-Signature: v2=<hex HMAC-SHA256 of \
+                 \"<timestamp>\\n<METHOD>\\n<path>\\n<Idempotency-Key>\\n<body>\">"
+            }
             AuthFailure::BadTimestamp => "X-Timestamp must be unix seconds",
             AuthFailure::StaleTimestamp => "X-Timestamp is outside the accepted window",
-            AuthFailure::BadSignature => "X-Signature does not match the body",
+            AuthFailure::BadSignature => "X-Signature does not match the request",
         }
     }
 }
@@ -63,11 +71,20 @@ pub struct Authenticator {
     validation: Validation,
     gift_secrets: Vec<Vec<u8>>,
     signature_window_s: u64,
+    accept_legacy_signatures: bool,
     demo_tokens: bool,
 }
 
 impl Authenticator {
     pub fn new(config: &AuthConfig) -> Self {
+        if config.accept_legacy_signatures {
+            // Legacy signatures do not bind the room or the key: replayable.
+            tracing::warn!(
+                "auth.accept_legacy_signatures is on: sha256= gift signatures (not bound to \
+                 the room or the Idempotency-Key) are accepted; switch gift backends to v2= \
+                 and turn it off"
+            );
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
         validation.leeway = config.jwt_leeway_s;
@@ -84,6 +101,7 @@ impl Authenticator {
                 .map(|s| s.as_bytes().to_vec())
                 .collect(),
             signature_window_s: config.signature_window_s,
+            accept_legacy_signatures: config.accept_legacy_signatures,
             // Demo tokens are only ever minted with the development secret.
             demo_tokens: config.demo_tokens && config.uses_dev_jwt_secret(),
         }
@@ -125,29 +143,41 @@ impl Authenticator {
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 encodes")
     }
 
-    /// Verifies `X-Signature: sha256=<hex>` over `"<timestamp>.<body>"` with
-    /// any configured secret, and the timestamp window.
-    pub fn gift_signature(
-        &self,
-        timestamp: Option<&str>,
-        signature: Option<&str>,
-        body: &[u8],
-        now_s: u64,
-    ) -> Result<(), AuthFailure> {
-        let (Some(ts), Some(sig)) = (timestamp, signature) else {
+    /// Verifies a gift backend's signed request (DESIGN §4): the timestamp
+    /// window, then `v2=` over [`gift_canonical_v2`] with any configured
+    /// secret (rotation); `sha256=` over `"<timestamp>.<body>"` only with
+    /// `auth.accept_legacy_signatures`.
+    pub fn gift_signature(&self, req: &GiftRequest<'_>, now_s: u64) -> Result<(), AuthFailure> {
+        let (Some(ts), Some(sig)) = (req.timestamp, req.signature) else {
             return Err(AuthFailure::MissingSignature);
         };
-        let ts_num: u64 = ts.trim().parse().map_err(|_| AuthFailure::BadTimestamp)?;
+        let ts = ts.trim();
+        let ts_num: u64 = ts.parse().map_err(|_| AuthFailure::BadTimestamp)?;
         if ts_num.abs_diff(now_s) > self.signature_window_s {
             return Err(AuthFailure::StaleTimestamp);
         }
-        let hex_sig = sig.trim().strip_prefix("sha256=").unwrap_or(sig.trim());
-        let expected = hex::decode(hex_sig).map_err(|_| AuthFailure::BadSignature)?;
+        let parts = match parse_signature_header(sig)? {
+            SignatureHeader::V2(mac) => {
+                // HTTP cannot carry a newline in these; refusing one keeps the
+                // canonical string unambiguous whoever calls this.
+                if req.path.contains('\n') || req.idempotency_key.contains('\n') {
+                    return Err(AuthFailure::BadSignature);
+                }
+                let parts =
+                    canonical_parts(ts, req.method, req.path, req.idempotency_key, req.body);
+                (mac, parts.to_vec())
+            }
+            SignatureHeader::Legacy(_) if !self.accept_legacy_signatures => {
+                return Err(AuthFailure::LegacySignatureOff);
+            }
+            SignatureHeader::Legacy(mac) => (mac, vec![ts.as_bytes(), b".", req.body]),
+        };
+        let (expected, parts) = parts;
         for secret in &self.gift_secrets {
             let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-            mac.update(ts.trim().as_bytes());
-            mac.update(b".");
-            mac.update(body);
+            for p in &parts {
+                mac.update(p);
+            }
             // verify_slice compares in constant time.
             if mac.verify_slice(&expected).is_ok() {
                 return Ok(());
@@ -157,8 +187,102 @@ impl Authenticator {
     }
 }
 
-/// The signature header value a gift backend sends (used by tests and the load tool).
-pub fn sign_gift_request(secret: &str, timestamp: &str, body: &[u8]) -> String {
+/// What a gift request's v2 signature covers; the handlers fill it in from
+/// the request as received.
+#[derive(Debug, Clone, Copy)]
+pub struct GiftRequest<'a> {
+    /// `X-Timestamp`.
+    pub timestamp: Option<&'a str>,
+    /// `X-Signature`.
+    pub signature: Option<&'a str>,
+    pub method: &'a str,
+    /// The request path as received, without the query string.
+    pub path: &'a str,
+    /// `Idempotency-Key`; empty for `events:batch`.
+    pub idempotency_key: &'a str,
+    pub body: &'a [u8],
+}
+
+/// A parsed `X-Signature` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignatureHeader {
+    /// `v2=<64 hex>`: the MAC bytes.
+    V2(Vec<u8>),
+    /// `sha256=<64 hex>`: the MAC bytes (legacy form).
+    Legacy(Vec<u8>),
+}
+
+/// Parses `X-Signature`: `v2=` or `sha256=` followed by 64 hex digits
+/// (either case); anything else is `BadSignature`.
+pub fn parse_signature_header(value: &str) -> Result<SignatureHeader, AuthFailure> {
+    let value = value.trim();
+    let (form, hex_mac): (fn(Vec<u8>) -> SignatureHeader, &str) =
+        if let Some(h) = value.strip_prefix("v2=") {
+            (SignatureHeader::V2, h)
+        } else if let Some(h) = value.strip_prefix("sha256=") {
+            (SignatureHeader::Legacy, h)
+        } else {
+            return Err(AuthFailure::BadSignature);
+        };
+    match hex::decode(hex_mac) {
+        Ok(mac) if mac.len() == 32 => Ok(form(mac)),
+        _ => Err(AuthFailure::BadSignature),
+    }
+}
+
+/// The pieces of the v2 canonical string, in order; the signer, the
+/// verifier and [`gift_canonical_v2`] all use this one list.
+fn canonical_parts<'a>(
+    timestamp: &'a str,
+    method: &'a str,
+    path: &'a str,
+    idempotency_key: &'a str,
+    body: &'a [u8],
+) -> [&'a [u8]; 9] {
+    [
+        timestamp.as_bytes(),
+        b"\n",
+        method.as_bytes(),
+        b"\n",
+        path.as_bytes(),
+        b"\n",
+        idempotency_key.as_bytes(),
+        b"\n",
+        body,
+    ]
+}
+
+/// `"<timestamp>\n<METHOD>\n<path>\n<Idempotency-Key>\n<body>"`: what v2 signs.
+pub fn gift_canonical_v2(
+    timestamp: &str,
+    method: &str,
+    path: &str,
+    idempotency_key: &str,
+    body: &[u8],
+) -> Vec<u8> {
+    canonical_parts(timestamp, method, path, idempotency_key, body).concat()
+}
+
+/// The `X-Signature` value a gift backend sends (v2; tests, the load tool).
+pub fn sign_gift_request(
+    secret: &str,
+    timestamp: &str,
+    method: &str,
+    path: &str,
+    idempotency_key: &str,
+    body: &[u8],
+) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    for p in canonical_parts(timestamp, method, path, idempotency_key, body) {
+        mac.update(p);
+    }
+    format!("v2={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The legacy `sha256=` form over `"<timestamp>.<body>"`; only for tests of
+/// `auth.accept_legacy_signatures`.
+#[doc(hidden)]
+pub fn sign_gift_request_legacy(secret: &str, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
@@ -277,31 +401,99 @@ mod tests {
         let now = 1_700_000_000;
         let ts = now.to_string();
         let body = br#"{"kind":"gift"}"#;
+        let path = "/v1/rooms/r1/events";
+        let sign = |secret: &str| sign_gift_request(secret, &ts, "POST", path, "k1", body);
+        let check = |ts: Option<&str>, sig: Option<&str>, body: &[u8], now: u64| {
+            let req = GiftRequest {
+                timestamp: ts,
+                signature: sig,
+                method: "POST",
+                path,
+                idempotency_key: "k1",
+                body,
+            };
+            a.gift_signature(&req, now)
+        };
         for secret in ["old-secret", "new-secret"] {
-            let sig = sign_gift_request(secret, &ts, body);
-            assert_eq!(a.gift_signature(Some(&ts), Some(&sig), body, now), Ok(()));
+            assert_eq!(check(Some(&ts), Some(&sign(secret)), body, now), Ok(()));
         }
-        let sig = sign_gift_request("wrong", &ts, body);
+        let sig = sign("wrong");
         assert_eq!(
-            a.gift_signature(Some(&ts), Some(&sig), body, now),
+            check(Some(&ts), Some(&sig), body, now),
             Err(AuthFailure::BadSignature)
         );
-        let sig = sign_gift_request("new-secret", &ts, body);
+        let sig = sign("new-secret");
         assert_eq!(
-            a.gift_signature(Some(&ts), Some(&sig), b"{}", now),
+            check(Some(&ts), Some(&sig), b"{}", now),
             Err(AuthFailure::BadSignature)
         );
         assert_eq!(
-            a.gift_signature(Some(&ts), Some(&sig), body, now + 301),
+            check(Some(&ts), Some(&sig), body, now + 301),
             Err(AuthFailure::StaleTimestamp)
         );
         assert_eq!(
-            a.gift_signature(None, Some(&sig), body, now),
+            check(None, Some(&sig), body, now),
             Err(AuthFailure::MissingSignature)
         );
         assert_eq!(
-            a.gift_signature(Some("soon"), Some(&sig), body, now),
+            check(Some("soon"), Some(&sig), body, now),
             Err(AuthFailure::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn v2_binds_method_path_and_key_and_legacy_is_off_by_default() {
+        let a = auth_with(&["k"]);
+        let now = 1_700_000_000;
+        let ts = now.to_string();
+        let body = b"{}";
+        let sig = sign_gift_request("k", &ts, "POST", "/v1/rooms/r1/events", "k1", body);
+        let req = |method, path, key, sig| GiftRequest {
+            timestamp: Some(&ts),
+            signature: Some(sig),
+            method,
+            path,
+            idempotency_key: key,
+            body,
+        };
+        let ok = req("POST", "/v1/rooms/r1/events", "k1", &sig);
+        assert_eq!(a.gift_signature(&ok, now), Ok(()));
+        for other in [
+            req("PUT", "/v1/rooms/r1/events", "k1", &sig),
+            req("POST", "/v1/rooms/r2/events", "k1", &sig),
+            req("POST", "/v1/rooms/r1/events", "k2", &sig),
+            req("POST", "/v1/rooms/r1/events:batch", "", &sig),
+        ] {
+            assert_eq!(
+                a.gift_signature(&other, now),
+                Err(AuthFailure::BadSignature)
+            );
+        }
+        // Bare hex and other prefixes are not a signature form.
+        let bare = sig.trim_start_matches("v2=").to_string();
+        for bad in [bare.as_str(), "v2=zz", "v3=00", "v2=", "sha256="] {
+            let r = req("POST", "/v1/rooms/r1/events", "k1", bad);
+            assert_eq!(a.gift_signature(&r, now), Err(AuthFailure::BadSignature));
+        }
+        let legacy = sign_gift_request_legacy("k", &ts, body);
+        let r = req("POST", "/v1/rooms/r1/events", "k1", &legacy);
+        assert_eq!(
+            a.gift_signature(&r, now),
+            Err(AuthFailure::LegacySignatureOff)
+        );
+        assert_eq!(AuthFailure::LegacySignatureOff.code(), "bad_signature");
+
+        let mut c = Config::embedded().auth;
+        c.gift_secrets = vec!["k".into()];
+        c.accept_legacy_signatures = true;
+        let lenient = Authenticator::new(&c);
+        assert_eq!(lenient.gift_signature(&r, now), Ok(()));
+        assert_eq!(lenient.gift_signature(&ok, now), Ok(()));
+        let wrong = sign_gift_request_legacy("other", &ts, body);
+        let r = req("POST", "/v1/rooms/r1/events", "k1", &wrong);
+        assert_eq!(
+            lenient.gift_signature(&r, now),
+            Err(AuthFailure::BadSignature)
         );
     }
 }

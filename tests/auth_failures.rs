@@ -130,9 +130,11 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         .to_string()
         .into_bytes();
     let now = unix_now().to_string();
-    let good_sig = danmaku::auth::sign_gift_request(ts.gift_secret(), &now, &body);
+    let good_sig = ts.sign_event(room, &now, "k1", &body);
 
-    let wrong = danmaku::auth::sign_gift_request("not-the-secret", &now, &body);
+    let path = format!("/v1/rooms/{room}/events");
+    let wrong =
+        danmaku::auth::sign_gift_request("not-the-secret", &now, "POST", &path, "k1", &body);
     let got = ts
         .post_event_raw(room, Some(&now), Some(&wrong), Some("k1"), body.clone())
         .await;
@@ -161,7 +163,7 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         .post_event_raw(
             room,
             Some(&now),
-            Some("sha256=zz-not-hex"),
+            Some("v2=zz-not-hex"),
             Some("k1"),
             body.clone(),
         )
@@ -178,7 +180,7 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         ("future timestamp", unix_now() + 1000),
     ] {
         let t = ts_s.to_string();
-        let sig = danmaku::auth::sign_gift_request(ts.gift_secret(), &t, &body);
+        let sig = ts.sign_event(room, &t, "k1", &body);
         let got = ts
             .post_event_raw(room, Some(&t), Some(&sig), Some("k1"), body.clone())
             .await;
@@ -212,7 +214,7 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         StatusCode::UNAUTHORIZED,
         "missing_signature",
     );
-    let sig = danmaku::auth::sign_gift_request(ts.gift_secret(), "soon", &body);
+    let sig = ts.sign_event(room, "soon", "k1", &body);
     let got = ts
         .post_event_raw(room, Some("soon"), Some(&sig), Some("k1"), body.clone())
         .await;
@@ -223,9 +225,10 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         "bad_timestamp",
     );
 
-    // Correctly signed but otherwise wrong.
+    // Correctly signed but otherwise wrong (no key: an empty key line).
+    let no_key_sig = ts.sign_event(room, &now, "", &body);
     let got = ts
-        .post_event_raw(room, Some(&now), Some(&good_sig), None, body.clone())
+        .post_event_raw(room, Some(&now), Some(&no_key_sig), None, body.clone())
         .await;
     assert_error(
         "no Idempotency-Key",
@@ -260,7 +263,7 @@ async fn gift_signature_failures_are_refused_and_store_nothing() {
         "missing_gift",
     );
     let raw = b"{\"kind\": \"gift\",".to_vec();
-    let sig = danmaku::auth::sign_gift_request(ts.gift_secret(), &now, &raw);
+    let sig = ts.sign_event(room, &now, "k4", &raw);
     let got = ts
         .post_event_raw(room, Some(&now), Some(&sig), Some("k4"), raw)
         .await;

@@ -473,7 +473,7 @@ async fn real_answers_match_the_documented_ones() {
         .post_event_raw(
             &room,
             Some(&ts),
-            Some("sha256=00"),
+            Some("v2=00"),
             Some("k"),
             gift.to_string().into_bytes(),
         )
@@ -506,9 +506,10 @@ async fn real_answers_match_the_documented_ones() {
     ]})
     .to_string()
     .into_bytes();
-    let sig = danmaku::auth::sign_gift_request(t.gift_secret(), &ts, &batch);
+    let path = r("events:batch");
+    let sig = danmaku::auth::sign_gift_request(t.gift_secret(), &ts, "POST", &path, "", &batch);
     let signed = [("x-timestamp", ts.as_str()), ("x-signature", sig.as_str())];
-    let got = send(&t, post.clone(), &r("events:batch"), &signed, Some(batch)).await;
+    let got = send(&t, post.clone(), &path, &signed, Some(batch)).await;
     assert_eq!(got.0, StatusCode::MULTI_STATUS, "{}", got.1);
     doc.check("batch", &post, "/v1/rooms/{room}/events:batch", &got);
     assert_eq!(got.1["results"][0]["status"], 202);

@@ -37,7 +37,7 @@ async fn post_batch_with(
 ) -> (StatusCode, Value, HeaderMap) {
     let body = body.to_string().into_bytes();
     let now = unix_now().to_string();
-    let sig = sign_gift_request(secret, &now, &body);
+    let sig = TestServer::sign_batch(secret, room, &now, &body);
     let res = ts
         .http
         .post(ts.url(&format!("/v1/rooms/{room}/events:batch")))
@@ -103,16 +103,26 @@ async fn both_rotated_secrets_are_accepted_over_http_and_others_are_not() {
     {
         let body = gift("g1", "rose", 1).to_string().into_bytes();
         let now = unix_now().to_string();
-        let sig = sign_gift_request(secret, &now, &body);
+        let key = format!("k{i}");
+        let path = format!("/v1/rooms/{room}/events");
+        let sig = sign_gift_request(secret, &now, "POST", &path, &key, &body);
         let got = ts
-            .post_event_raw(room, Some(&now), Some(&sig), Some(&format!("k{i}")), body)
+            .post_event_raw(room, Some(&now), Some(&sig), Some(&key), body)
             .await;
         assert_eq!(got.0, StatusCode::ACCEPTED, "secret {i}: {}", got.1);
         accepted.push(got.1["id"].as_str().unwrap().to_string());
     }
     let body = gift("g1", "rose", 1).to_string().into_bytes();
     let now = unix_now().to_string();
-    let sig = sign_gift_request("retired-gift-secret-000000", &now, &body);
+    let path = format!("/v1/rooms/{room}/events");
+    let sig = sign_gift_request(
+        "retired-gift-secret-000000",
+        &now,
+        "POST",
+        &path,
+        "k9",
+        &body,
+    );
     let got = ts
         .post_event_raw(room, Some(&now), Some(&sig), Some("k9"), body)
         .await;
@@ -294,7 +304,7 @@ async fn a_batch_gets_a_result_per_event_and_a_retried_batch_stores_nothing_twic
         "user":{"name":"Gifter","id":"g1"}, "kind":"gift"}"#;
     let body = reordered.as_bytes().to_vec();
     let now = unix_now().to_string();
-    let sig = sign_gift_request(ts.gift_secret(), &now, &body);
+    let sig = ts.sign_event(room, &now, "k1", &body);
     let got = ts
         .post_event_raw(room, Some(&now), Some(&sig), Some("k1"), body)
         .await;

@@ -5,10 +5,14 @@
 //! decoded lossily: header values reach the verifier as `&str`). The input
 //! cannot know a secret, so every credential it carries is refused, with the
 //! right reason; the same timestamp and body signed as the gift backend signs
-//! them (`auth::sign_gift_request`) are accepted.
+//! them (`auth::sign_gift_request`, v2, for a fixed method, path and key)
+//! are accepted. (`gift_signature` fuzzes the v2 canonical string and the
+//! header forms themselves.)
 #![no_main]
 
-use danmaku::auth::{sign_gift_request, unix_now, AuthFailure};
+use danmaku::auth::{
+    parse_signature_header, sign_gift_request, unix_now, AuthFailure, GiftRequest, SignatureHeader,
+};
 use danmaku_fuzz::{Harness, GIFT_SECRETS};
 use libfuzzer_sys::fuzz_target;
 
@@ -33,46 +37,60 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, Err(expected), "viewer token {bearer:?}");
     assert_eq!(auth.viewer(None), Err(AuthFailure::MissingToken));
 
+    const PATH: &str = "/v1/rooms/r1/events";
+    let check = |ts: Option<&str>, sig: Option<&str>, body: &[u8], now: u64| {
+        let req = GiftRequest {
+            timestamp: ts,
+            signature: sig,
+            method: "POST",
+            path: PATH,
+            idempotency_key: "k1",
+            body,
+        };
+        auth.gift_signature(&req, now)
+    };
+    // Legacy signatures are off in the harness (the default).
+    let forged = match parse_signature_header(&sig) {
+        Ok(SignatureHeader::Legacy(_)) => AuthFailure::LegacySignatureOff,
+        _ => AuthFailure::BadSignature,
+    };
     let now = unix_now();
-    let got = auth.gift_signature(Some(&ts), Some(&sig), body, now);
+    let got = check(Some(&ts), Some(&sig), body, now);
     assert!(got.is_err(), "a forged gift signature was accepted");
     match ts.trim().parse::<u64>() {
         Err(_) => assert_eq!(got, Err(AuthFailure::BadTimestamp)),
         Ok(t) => {
             // Inside the window: the HMAC comparison decides.
             for now in [t, t.saturating_add(1), t.saturating_sub(1)] {
-                assert_eq!(
-                    auth.gift_signature(Some(&ts), Some(&sig), body, now),
-                    Err(AuthFailure::BadSignature)
-                );
+                assert_eq!(check(Some(&ts), Some(&sig), body, now), Err(forged));
             }
             // The backend's own signature (either configured secret, the
             // old one still accepted during a rotation) passes; the same
             // signature over another body does not.
             for secret in GIFT_SECRETS {
-                let good = sign_gift_request(secret, ts.trim(), body);
-                assert_eq!(auth.gift_signature(Some(&ts), Some(&good), body, t), Ok(()));
+                let good = sign_gift_request(secret, ts.trim(), "POST", PATH, "k1", body);
+                assert_eq!(check(Some(&ts), Some(&good), body, t), Ok(()));
                 let mut other = body.to_vec();
                 other.push(b'x');
                 assert_eq!(
-                    auth.gift_signature(Some(&ts), Some(&good), &other, t),
+                    check(Some(&ts), Some(&good), &other, t),
                     Err(AuthFailure::BadSignature)
                 );
             }
             // Far outside it: stale, whatever the signature.
             let far = t.wrapping_add(u64::MAX / 2);
             assert_eq!(
-                auth.gift_signature(Some(&ts), Some(&sig), body, far),
+                check(Some(&ts), Some(&sig), body, far),
                 Err(AuthFailure::StaleTimestamp)
             );
         }
     }
     assert_eq!(
-        auth.gift_signature(None, Some(&sig), body, now),
+        check(None, Some(&sig), body, now),
         Err(AuthFailure::MissingSignature)
     );
     assert_eq!(
-        auth.gift_signature(Some(&ts), None, body, now),
+        check(Some(&ts), None, body, now),
         Err(AuthFailure::MissingSignature)
     );
 });

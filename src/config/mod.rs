@@ -68,6 +68,9 @@ pub struct AuthConfig {
     pub gift_secrets: Vec<String>,
     pub gift_secrets_file: String,
     pub signature_window_s: u64,
+    /// Also accept the old `sha256=` gift signature (not bound to the room or
+    /// the Idempotency-Key, so replayable); a warning is logged when on.
+    pub accept_legacy_signatures: bool,
     pub admin_token: String,
     pub demo_tokens: bool,
 }
@@ -84,6 +87,7 @@ impl std::fmt::Debug for AuthConfig {
             .field("admin_token", &"<redacted>")
             .field("jwt_leeway_s", &self.jwt_leeway_s)
             .field("signature_window_s", &self.signature_window_s)
+            .field("accept_legacy_signatures", &self.accept_legacy_signatures)
             .field("demo_tokens", &self.demo_tokens)
             .finish()
     }

@@ -133,3 +133,17 @@ fn secrets_are_not_in_debug_output() {
     let c = Config::load(None, env(&[("DANMAKU_JWT_SECRET", "supersecretvalue123")])).unwrap();
     assert!(!format!("{c:?}").contains("supersecretvalue123"));
 }
+
+#[test]
+fn legacy_gift_signatures_are_off_unless_asked_for() {
+    assert!(!Config::embedded().auth.accept_legacy_signatures);
+    let on = Config::load(
+        None,
+        env(&[("DANMAKU_AUTH__ACCEPT_LEGACY_SIGNATURES", "true")]),
+    )
+    .unwrap();
+    assert!(on.auth.accept_legacy_signatures);
+    let debug = format!("{:?}", on.auth);
+    assert!(debug.contains("accept_legacy_signatures: true"), "{debug}");
+    assert!(!debug.contains(crate::config::DEV_GIFT_SECRET), "{debug}");
+}

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::extract::{header_str, parse_json, RawBody, RoomPath};
 use super::routes::Routes;
 use super::state::IngestState;
-use crate::auth::unix_now;
+use crate::auth::{unix_now, GiftRequest};
 use crate::error::ApiError;
 use crate::ingest::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
 
@@ -76,15 +76,27 @@ async fn post_danmaku(
     Ok(accepted(a))
 }
 
-/// Verifies the gift backend's signature headers over `body`.
-fn check_signed(s: &IngestState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+/// Verifies the gift backend's signature headers over the request as
+/// received: method, path (the room is in it; no query string), `key` (the
+/// `Idempotency-Key`, empty for a batch) and `body`.
+fn check_signed(
+    s: &IngestState,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    key: &str,
+    body: &[u8],
+) -> Result<(), ApiError> {
     ApiError::refuse_if_stopping(&s.stopping)?;
-    s.auth.gift_signature(
-        header_str(headers, "x-timestamp"),
-        header_str(headers, "x-signature"),
+    let req = GiftRequest {
+        timestamp: header_str(headers, "x-timestamp"),
+        signature: header_str(headers, "x-signature"),
+        method: method.as_str(),
+        path: uri.path(),
+        idempotency_key: key,
         body,
-        unix_now(),
-    )?;
+    };
+    s.auth.gift_signature(&req, unix_now())?;
     Ok(())
 }
 
@@ -104,12 +116,16 @@ fn invalid_body(e: serde_json::Error) -> ApiError {
 async fn post_event(
     State(s): State<IngestState>,
     RoomPath(room): RoomPath,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
+    let key = header_str(&headers, "idempotency-key");
     let (key, fingerprint_source, req) = counted(&s, {
-        check_signed(&s, &headers, &body).and_then(|()| {
-            let key = header_str(&headers, "idempotency-key").ok_or_else(|| {
+        // A missing key signs as an empty line; it is refused just below.
+        check_signed(&s, &headers, &method, &uri, key.unwrap_or(""), &body).and_then(|()| {
+            let key = key.ok_or_else(|| {
                 ApiError::bad_request("missing_idempotency_key", "Idempotency-Key is required")
             })?;
             let (fingerprint_source, req) = parse_event(&body)?;
@@ -164,8 +180,8 @@ pub fn parse_batch(
     Ok(req.events.into_iter().map(batch_item).collect())
 }
 
-/// Signed once for the whole body (the same headers as a single event);
-/// each event carries its own `idempotency_key`. Answers `207 Multi-Status`
+/// Signed once for the whole body (the same headers as a single event, with
+/// an empty key line); each event carries its own `idempotency_key`. Answers `207 Multi-Status`
 /// with one result per event, in order: `{"index","status":202,"id"}` (plus
 /// `"replayed":true` for a retried key) or `{"index","status","error":
 /// {"code","message"},"retry_after_s"?}`. The batch as a whole is refused
@@ -173,12 +189,14 @@ pub fn parse_batch(
 async fn post_events_batch(
     State(s): State<IngestState>,
     RoomPath(room): RoomPath,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let max = s.config.ingest.max_batch_events;
     let items = counted(&s, {
-        check_signed(&s, &headers, &body).and_then(|()| parse_batch(&body, max))
+        check_signed(&s, &headers, &method, &uri, "", &body).and_then(|()| parse_batch(&body, max))
     })?;
     let results = s.ingest.events(&room, items).await;
     let results: Vec<serde_json::Value> = results

@@ -285,9 +285,23 @@ impl TestServer {
     ) -> (StatusCode, Value, HeaderMap) {
         let body = body.to_string().into_bytes();
         let ts = unix_now().to_string();
-        let sig = sign_gift_request(self.gift_secret(), &ts, &body);
+        let sig = self.sign_event(room, &ts, idempotency_key, &body);
         self.post_event_raw(room, Some(&ts), Some(&sig), Some(idempotency_key), body)
             .await
+    }
+
+    /// The v2 `X-Signature` of `POST /v1/rooms/{room}/events` with the
+    /// configured secret.
+    pub fn sign_event(&self, room: &str, ts: &str, idempotency_key: &str, body: &[u8]) -> String {
+        let path = format!("/v1/rooms/{room}/events");
+        sign_gift_request(self.gift_secret(), ts, "POST", &path, idempotency_key, body)
+    }
+
+    /// The v2 `X-Signature` of `POST /v1/rooms/{room}/events:batch` (empty
+    /// key line) with `secret`.
+    pub fn sign_batch(secret: &str, room: &str, ts: &str, body: &[u8]) -> String {
+        let path = format!("/v1/rooms/{room}/events:batch");
+        sign_gift_request(secret, ts, "POST", &path, "", body)
     }
 
     /// An event request with every header under the caller's control.

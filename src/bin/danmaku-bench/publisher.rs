@@ -126,7 +126,15 @@ fn request(cfg: &PubConfig, host: &str, token: &str, p: usize, n: u64) -> Vec<u8
                 )
             };
             let ts = danmaku::auth::unix_now().to_string();
-            let sig = danmaku::auth::sign_gift_request(&cfg.gift_secret, &ts, body.as_bytes());
+            let path = format!("/v1/rooms/{room}/events");
+            let sig = danmaku::auth::sign_gift_request(
+                &cfg.gift_secret,
+                &ts,
+                "POST",
+                &path,
+                &id,
+                body.as_bytes(),
+            );
             format!(
                 "POST /v1/rooms/{room}/events HTTP/1.1\r\nHost: {host}\r\nX-Timestamp: {ts}\r\n\
                  X-Signature: {sig}\r\nIdempotency-Key: {id}\r\nContent-Type: application/json\r\n\
