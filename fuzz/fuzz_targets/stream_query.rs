@@ -131,7 +131,8 @@ fuzz_target!(|data: &[u8]| {
 
         let frames = feed.drain_ready();
         let mut cursor = expected;
-        for (frame, _from_ring) in &frames {
+        for ready in &frames {
+            let frame = &ready.frame;
             assert_eq!(frame.from, cursor, "frames follow each other: {q:?}");
             assert!(frame.to > frame.from && frame.to <= MESSAGES, "{q:?}");
             assert_eq!(&*frame.epoch, r.epoch.as_str());
