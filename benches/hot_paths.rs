@@ -402,7 +402,7 @@ fn ingest(c: &mut Criterion) {
     let auth = Authenticator::new(&config.auth);
     let token = format!("Bearer {}", auth.issue("u1", "viewer", 3600));
     g.bench_function("viewer_token_verify", |b| {
-        b.iter(|| black_box(auth.viewer(Some(&token)).expect("valid")))
+        b.iter(|| black_box(auth.viewer_from_header(Some(&token)).expect("valid")))
     });
     let body = br#"{"kind":"gift","user":{"id":"u1","name":"viewer"},"gift":{"gift_id":"rose","count":1,"value":10}}"#;
     let ts = danmaku::auth::unix_now();
