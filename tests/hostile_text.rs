@@ -198,9 +198,8 @@ async fn events_with_duplicate_keys_are_refused() {
         // The same key spelled with an escape.
         format!(r#"{{"kind":"gift","\u006bind":"system",{user},"text":"x"}}"#),
         // Deeper down.
-        format!(
-            r#"{{"kind":"gift","user":{{"id":"shop","id":"admin","name":"S"}},"gift":{{"gift_id":"rose","count":1,"value":1}}}}"#
-        ),
+        r#"{"kind":"gift","user":{"id":"shop","id":"admin","name":"S"},"gift":{"gift_id":"rose","count":1,"value":1}}"#
+            .to_string(),
         format!(
             r#"{{"kind":"gift",{user},"gift":{{"gift_id":"rose","count":1,"count":1000,"value":1}}}}"#
         ),
