@@ -1,7 +1,7 @@
 //! Criterion benches of the fan-out and ingest hot paths (issue 8):
 //! rationing selection, frame encoding, a hub tick handing one frame to
-//! 10 000 subscribers, a long-poll answer from a big room's cache, and
-//! ingest validation. Run with
+//! 10 000 subscribers, a long-poll answer from a big room's cache, ingest
+//! validation, and the text check with its blocked-word fold. Run with
 //! `cargo bench --bench hot_paths` (see BENCHMARKS.md for the figures).
 
 use std::hint::black_box;
@@ -20,11 +20,13 @@ use danmaku::config::Config;
 use danmaku::fanout::cache::CachedFrames;
 use danmaku::fanout::frame::Frame;
 use danmaku::fanout::ration::{RationRules, Rationer};
+use danmaku::ingest::validate::TextRules;
 use danmaku::ingest::{DanmakuRequest, Ingest};
 use danmaku::message::{Gift, Kind, Message, Priority, StoredMessage, UserRef};
 use danmaku::metrics::Metrics;
 use danmaku::rooms::RoomDirectory;
 use danmaku::store::memory::MemoryStore;
+use danmaku::text::BlockedWords;
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -403,7 +405,7 @@ fn ingest(c: &mut Criterion) {
     let auth = Authenticator::new(&config.auth);
     let token = format!("Bearer {}", auth.issue("u1", "viewer", 3600));
     g.bench_function("viewer_token_verify", |b| {
-        b.iter(|| black_box(auth.viewer(Some(&token)).expect("valid")))
+        b.iter(|| black_box(auth.viewer_from_header(Some(&token)).expect("valid")))
     });
     let body = br#"{"kind":"gift","user":{"id":"u1","name":"viewer"},"gift":{"gift_id":"rose","count":1,"value":10}}"#;
     let ts = danmaku::auth::unix_now();
@@ -433,5 +435,32 @@ fn ingest(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rationing, encoding, hub_tick, poll_cache, ingest);
+/// The text check of every post (`TextRules::check`): control, bidi and
+/// blank scans, then the fold (`danmaku::text`) matched against 3 global and
+/// 20 room words; and the fold alone on a long mixed text.
+fn text_rules(c: &mut Criterion) {
+    let mut g = c.benchmark_group("text");
+    let mut config = Config::embedded();
+    config.ingest.blocked_words = vec!["spam".into(), "scam".into(), "广告".into()];
+    let rules = TextRules::new(&config.ingest);
+    let room_words: Vec<String> = (0..20).map(|i| format!("word{i}")).collect();
+    let room = BlockedWords::new(room_words.iter().map(String::as_str));
+    g.throughput(Throughput::Elements(1));
+    for (name, text) in [
+        ("check_ascii", "bench:12345 hello world, nice stream gg"),
+        ("check_chinese", "主播太强了 666 弹幕来了，这波操作可以"),
+        ("check_mixed", "gg 主播 ｗｏｗ 👍🏽 ура! s\u{200b}tream"),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(rules.check(black_box(text), &room)).is_ok())
+        });
+    }
+    let long = "弹幕 Ｈｅｌｌｏ 𝐰𝐨𝐫𝐥𝐝 café ".repeat(12);
+    g.bench_function("fold_200_chars_mixed", |b| {
+        b.iter(|| black_box(danmaku::text::fold(black_box(&long))))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, rationing, encoding, hub_tick, poll_cache, ingest, text_rules);
 criterion_main!(benches);

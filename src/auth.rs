@@ -111,12 +111,33 @@ impl Authenticator {
         self.demo_tokens
     }
 
-    /// Checks `Authorization: Bearer <token>` (or a bare token).
-    pub fn viewer(&self, bearer: Option<&str>) -> Result<ViewerClaims, AuthFailure> {
-        let raw = bearer.map(str::trim).unwrap_or("");
-        let token = raw.strip_prefix("Bearer").unwrap_or(raw).trim();
+    /// Checks an `Authorization` header: `Bearer <token>` (the scheme is
+    /// case-insensitive, RFC 9110 §11.1). A header without the scheme is
+    /// `invalid_token`; no header, `missing_token`.
+    pub fn viewer_from_header(&self, header: Option<&str>) -> Result<ViewerClaims, AuthFailure> {
+        let raw = header.map(str::trim).unwrap_or("");
+        if raw.is_empty() {
+            return Err(AuthFailure::MissingToken);
+        }
+        match raw.split_once([' ', '\t']) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                self.viewer_token(token.trim_start_matches([' ', '\t']))
+            }
+            _ => Err(AuthFailure::InvalidToken),
+        }
+    }
+
+    /// Checks a bare viewer token (the `?token=` query parameter of the
+    /// stream endpoints, the WebSocket `auth` message): an HS256 JWT whose
+    /// header has no `crit` (we understand no extension, RFC 7515 §4.1.11),
+    /// with `exp` (and `nbf`) within the clock skew and a `sub` and `name`
+    /// free of control and bidi characters.
+    pub fn viewer_token(&self, token: &str) -> Result<ViewerClaims, AuthFailure> {
         if token.is_empty() {
             return Err(AuthFailure::MissingToken);
+        }
+        if Self::has_crit_header(token) {
+            return Err(AuthFailure::InvalidToken);
         }
         let data =
             decode::<ViewerClaims>(token, &self.decoding, &self.validation).map_err(|e| match e
@@ -126,10 +147,31 @@ impl Authenticator {
                 _ => AuthFailure::InvalidToken,
             })?;
         let c = data.claims;
-        if c.sub.is_empty() || c.sub.len() > 64 || c.name.chars().count() > 32 {
+        let bad_char = |c: char| c.is_control() || crate::text::is_bidi_control(c);
+        if c.sub.is_empty()
+            || c.sub.len() > 64
+            || c.name.chars().count() > 32
+            || c.sub.chars().any(bad_char)
+            || c.name.chars().any(bad_char)
+        {
             return Err(AuthFailure::InvalidToken);
         }
         Ok(c)
+    }
+
+    /// Whether a JWT's header (its first segment) has a `crit` member, or
+    /// cannot be read (the decode refuses those anyway). jsonwebtoken does not
+    /// look at `crit`.
+    fn has_crit_header(token: &str) -> bool {
+        use base64::Engine;
+        let segment = token.split('.').next().unwrap_or("");
+        let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment) else {
+            return true;
+        };
+        match crate::json::parse_json::<serde_json::Map<String, serde_json::Value>>(&json) {
+            Ok(header) => header.contains_key("crit"),
+            Err(_) => true,
+        }
     }
 
     /// Mints a viewer token (demo endpoint and tests).
@@ -309,23 +351,23 @@ mod tests {
     fn viewer_tokens_round_trip_and_reject_forgeries() {
         let a = auth_with(&["k1"]);
         let t = a.issue("u1", "Alice", 60);
-        let c = a.viewer(Some(&format!("Bearer {t}"))).unwrap();
+        let c = a.viewer_from_header(Some(&format!("Bearer {t}"))).unwrap();
         assert_eq!((c.sub.as_str(), c.name.as_str()), ("u1", "Alice"));
-        assert_eq!(a.viewer(None), Err(AuthFailure::MissingToken));
+        assert_eq!(a.viewer_from_header(None), Err(AuthFailure::MissingToken));
         // Flip one character in the middle of the signature.
         let mut chars: Vec<char> = t.chars().collect();
         let i = chars.len() - 10;
         chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
         let forged: String = chars.into_iter().collect();
         assert_eq!(
-            a.viewer(Some(&forged)).unwrap_err(),
+            a.viewer_token(&forged).unwrap_err(),
             AuthFailure::InvalidToken
         );
         // A token signed with another secret.
         let mut other = Config::embedded().auth;
         other.jwt_secret = "another-secret-of-enough-length".into();
         let t2 = Authenticator::new(&other).issue("u1", "A", 60);
-        assert_eq!(a.viewer(Some(&t2)).unwrap_err(), AuthFailure::InvalidToken);
+        assert_eq!(a.viewer_token(&t2).unwrap_err(), AuthFailure::InvalidToken);
     }
 
     #[test]
@@ -338,7 +380,7 @@ mod tests {
             nbf: None,
         };
         let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
-        assert_eq!(a.viewer(Some(&t)).unwrap_err(), AuthFailure::ExpiredToken);
+        assert_eq!(a.viewer_token(&t).unwrap_err(), AuthFailure::ExpiredToken);
         // alg=none: header {"alg":"none"} + claims + empty signature.
         use base64::Engine;
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -351,7 +393,7 @@ mod tests {
             ))
         );
         assert_eq!(
-            a.viewer(Some(&none)).unwrap_err(),
+            a.viewer_token(&none).unwrap_err(),
             AuthFailure::InvalidToken
         );
     }
@@ -371,26 +413,106 @@ mod tests {
         };
         let hs256 = Algorithm::HS256;
         // Expired 10 s ago: within the 30 s skew. 60 s ago: refused.
-        assert!(a.viewer(Some(&token(now - 10, None, hs256))).is_ok());
+        assert!(a.viewer_token(&token(now - 10, None, hs256)).is_ok());
         assert_eq!(
-            a.viewer(Some(&token(now - 60, None, hs256))).unwrap_err(),
+            a.viewer_token(&token(now - 60, None, hs256)).unwrap_err(),
             AuthFailure::ExpiredToken
         );
         // Not valid before 10 s from now: within the skew. 120 s: refused.
         assert!(a
-            .viewer(Some(&token(now + 600, Some(now + 10), hs256)))
+            .viewer_token(&token(now + 600, Some(now + 10), hs256))
             .is_ok());
         assert_eq!(
-            a.viewer(Some(&token(now + 600, Some(now + 120), hs256)))
+            a.viewer_token(&token(now + 600, Some(now + 120), hs256))
                 .unwrap_err(),
             AuthFailure::InvalidToken
         );
         // The right secret under another HMAC algorithm: refused (alg pinned).
         for alg in [Algorithm::HS384, Algorithm::HS512] {
             assert_eq!(
-                a.viewer(Some(&token(now + 600, None, alg))).unwrap_err(),
+                a.viewer_token(&token(now + 600, None, alg)).unwrap_err(),
                 AuthFailure::InvalidToken,
                 "{alg:?}"
+            );
+        }
+    }
+
+    /// A token signed with the embedded secret, with any header and claims JSON.
+    fn signed(header: &str, claims: &str) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let head = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let key =
+            jsonwebtoken::EncodingKey::from_secret(Config::embedded().auth.jwt_secret.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(head.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{head}.{sig}")
+    }
+
+    #[test]
+    fn header_scheme_claims_characters_and_crit_are_checked() {
+        let a = auth_with(&["k1"]);
+        let t = a.issue("u1", "Alice", 60);
+        for header in [
+            format!("Bearer {t}"),
+            format!("bearer {t}"),
+            format!("BEARER  {t}"),
+            format!(" Bearer {t} "),
+            format!("Bearer\t{t}"),
+        ] {
+            assert!(a.viewer_from_header(Some(&header)).is_ok(), "{header}");
+        }
+        for header in [
+            t.clone(),
+            format!("Bearer{t}"),
+            format!("Basic {t}"),
+            "Bearer".into(),
+        ] {
+            assert_eq!(
+                a.viewer_from_header(Some(&header)).unwrap_err(),
+                AuthFailure::InvalidToken,
+                "{header}"
+            );
+        }
+        assert_eq!(
+            a.viewer_from_header(Some("  ")),
+            Err(AuthFailure::MissingToken)
+        );
+        assert_eq!(a.viewer_token(""), Err(AuthFailure::MissingToken));
+        assert!(a.viewer_token(&t).is_ok());
+        assert_eq!(
+            a.viewer_token(&format!("Bearer {t}")),
+            Err(AuthFailure::InvalidToken)
+        );
+        let exp = unix_now() + 60;
+        let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let ok = signed(
+            hs,
+            &format!(r#"{{"sub":"u","name":"安娜 🌸","exp":{exp}}}"#),
+        );
+        assert!(a.viewer_token(&ok).is_ok());
+        for (header, sub, name) in [
+            (hs, "u", "a\\u0007b"),
+            (hs, "u", "\\u202eevil"),
+            (hs, "u", "a\\u2066b"),
+            (hs, "u\\u0000", "n"),
+            (hs, "u\\u202e", "n"),
+            (hs, "u\\n", "n"),
+            (
+                r#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#,
+                "u",
+                "n",
+            ),
+            (r#"{"alg":"HS256","crit":[]}"#, "u", "n"),
+            (r#"{"alg":"HS256","alg":"HS256"}"#, "u", "n"),
+        ] {
+            let t = signed(
+                header,
+                &format!(r#"{{"sub":"{sub}","name":"{name}","exp":{exp}}}"#),
+            );
+            assert_eq!(
+                a.viewer_token(&t).unwrap_err(),
+                AuthFailure::InvalidToken,
+                "{header} {sub:?} {name:?}"
             );
         }
     }

@@ -25,3 +25,4 @@ pub mod processor;
 pub mod replay;
 pub mod rooms;
 pub mod store;
+pub mod text;

@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RationConfig;
+use crate::text::BlockedWords;
 
 /// What one room's viewers get per second (the rules themselves are in
 /// `fanout/ration.rs`).
@@ -45,6 +46,9 @@ pub struct RoomSettings {
     /// Extra blocked words for this room (case-insensitive), besides the global ones.
     #[serde(default)]
     pub blocked_words: Vec<String>,
+    /// `blocked_words` folded for matching (`crate::text`), set with them.
+    #[serde(skip)]
+    pub blocked: BlockedWords,
 }
 
 /// A partial update: omitted fields keep their value; `null` clears an option.
@@ -115,6 +119,7 @@ impl RoomSettingsPatch {
             s.whitelist_users = v;
         }
         if let Some(v) = self.blocked_words {
+            s.blocked = BlockedWords::new(v.iter().map(String::as_str));
             s.blocked_words = v.into_iter().map(|w| w.to_lowercase()).collect();
         }
     }
@@ -186,6 +191,7 @@ mod tests {
         dir.update("r", patch);
         assert_eq!(dir.rules("r", 1).budget_per_s, small.budget_per_s);
         assert_eq!(dir.get("r").blocked_words, vec!["foo"]);
+        assert!(dir.get("r").blocked.found_in(&crate::text::fold("ＦＯＯ")));
         let bad: RoomSettingsPatch = serde_json::from_str(r#"{"high_share":2}"#).unwrap();
         assert!(bad.validate().is_err());
     }

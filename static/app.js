@@ -843,6 +843,7 @@ const ERROR_TEXT = {
   empty_text: () => "Write something first.",
   blocked_content: () => "That message contains a blocked word.",
   control_characters: () => "The message contains control characters.",
+  bad_text: () => "The message contains text-direction override characters.",
   bad_style: () => "That colour is not accepted.",
   bad_name: () => "Your name must be 1–32 characters.",
   missing_token: () => "Sign-in token missing; try again.",

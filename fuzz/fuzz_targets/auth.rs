@@ -24,10 +24,9 @@ fuzz_target!(|data: &[u8]| {
     let body = parts.next().unwrap_or_default();
     let auth = &Harness::get().auth;
 
-    let got = auth.viewer(Some(&bearer));
-    let raw = bearer.trim();
-    let token = raw.strip_prefix("Bearer").unwrap_or(raw).trim();
-    let expected = if token.is_empty() {
+    // As a header (`Bearer <token>`) and as a bare token (query, ws `auth`).
+    let got = auth.viewer_from_header(Some(&bearer));
+    let expected = if bearer.trim().is_empty() {
         AuthFailure::MissingToken
     } else {
         AuthFailure::InvalidToken
@@ -35,7 +34,13 @@ fuzz_target!(|data: &[u8]| {
     // A well-signed token with a past `exp` would be ExpiredToken, but a
     // signature cannot be forged without the secret.
     assert_eq!(got, Err(expected), "viewer token {bearer:?}");
-    assert_eq!(auth.viewer(None), Err(AuthFailure::MissingToken));
+    let expected = if bearer.is_empty() {
+        AuthFailure::MissingToken
+    } else {
+        AuthFailure::InvalidToken
+    };
+    assert_eq!(auth.viewer_token(&bearer), Err(expected), "bare {bearer:?}");
+    assert_eq!(auth.viewer_from_header(None), Err(AuthFailure::MissingToken));
 
     const PATH: &str = "/v1/rooms/r1/events";
     let check = |ts: Option<&str>, sig: Option<&str>, body: &[u8], now: u64| {

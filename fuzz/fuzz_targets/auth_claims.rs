@@ -1,6 +1,7 @@
 //! Viewer tokens with forged claims, signed with the right secret (or a
-//! wrong one, or another HMAC algorithm): `Authenticator::viewer` must apply
-//! exactly the exp / nbf / leeway rules, pin HS256, and bound sub and name.
+//! wrong one, or another HMAC algorithm): `Authenticator::viewer_from_header` must apply
+//! exactly the exp / nbf / leeway rules, pin HS256, bound sub and name (no control or bidi
+//! characters), and take only `Bearer <token>`.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -76,16 +77,22 @@ fuzz_target!(|input: Input| {
         _ => format!("Bearer{token}"),
     };
 
-    let expected = if alg != Algorithm::HS256 || !input.right_secret {
+    let bad_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let expected = if alg != Algorithm::HS256 || !input.right_secret || input.prefix % 4 == 0 || input.prefix % 4 == 3 {
         Err(AuthFailure::InvalidToken)
     } else if claims.exp < now - leeway {
         Err(AuthFailure::ExpiredToken)
     } else if claims.nbf.is_some_and(|n| n > now + leeway) {
         Err(AuthFailure::InvalidToken)
-    } else if claims.sub.is_empty() || claims.sub.len() > 64 || claims.name.chars().count() > 32 {
+    } else if claims.sub.is_empty()
+        || claims.sub.len() > 64
+        || claims.name.chars().count() > 32
+        || claims.sub.chars().any(bad_char)
+        || claims.name.chars().any(bad_char)
+    {
         Err(AuthFailure::InvalidToken)
     } else {
         Ok(claims.clone())
     };
-    assert_eq!(h.auth.viewer(Some(&header)), expected, "claims {claims:?}");
+    assert_eq!(h.auth.viewer_from_header(Some(&header)), expected, "claims {claims:?}");
 });

@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
                     "empty_text",
                     "text_too_long",
                     "control_characters",
+                    "bad_text",
                     "blocked_content",
                     "bad_style",
                 ],

@@ -24,6 +24,7 @@ const EVENT_CODES: &[&str] = &[
     "empty_text",
     "text_too_long",
     "control_characters",
+    "bad_text",
     "blocked_content",
 ];
 const MAX_GIFT_COUNT: u32 = 1_000_000;

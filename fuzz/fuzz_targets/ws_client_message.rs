@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     match message {
         ClientMessage::Ping => {}
         ClientMessage::Auth { token } => {
-            let got = h.auth.viewer(Some(&token));
+            let got = h.auth.viewer_token(&token);
             assert!(
                 matches!(
                     got,
@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
                         "empty_text",
                         "text_too_long",
                         "control_characters",
+                        "bad_text",
                         "blocked_content",
                         "bad_style",
                     ],

@@ -307,7 +307,7 @@ impl Session {
         };
         match message {
             ClientMessage::Ping => r#"{"type":"pong"}"#.to_string(),
-            ClientMessage::Auth { token } => match self.s.auth.viewer(Some(&token)) {
+            ClientMessage::Auth { token } => match self.s.auth.viewer_token(&token) {
                 Ok(v) => {
                     let reply = serde_json::json!({"type": "auth_ok", "user": {"id": v.sub, "name": v.name}});
                     self.viewer = Some(v);

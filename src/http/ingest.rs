@@ -66,7 +66,7 @@ async fn post_danmaku(
         ApiError::refuse_if_stopping(&s.stopping).and_then(|()| {
             let viewer = s
                 .auth
-                .viewer(header_str(&headers, "authorization"))
+                .viewer_from_header(header_str(&headers, "authorization"))
                 .map_err(ApiError::from)?;
             let req: DanmakuRequest = parse_json(&body)?;
             Ok((viewer, req))

@@ -40,14 +40,12 @@ async fn ws_handler(
     ApiError::refuse_if_stopping(&s.stopping)?;
     check_origin(&s.config.server.allowed_origins, &headers)?;
     let slot = s.viewer_slots.acquire(peer.ip())?;
-    // Browsers cannot set headers on a WebSocket: the query may carry it.
-    let bearer = q
-        .token
-        .as_deref()
-        .or_else(|| header_str(&headers, "authorization"));
-    let viewer = match bearer {
-        Some(t) => Some(s.auth.viewer(Some(t))?),
-        None => None,
+    // Browsers cannot set headers on a WebSocket: the query may carry the
+    // bare token; a header must say `Bearer`.
+    let viewer = match (q.token.as_deref(), header_str(&headers, "authorization")) {
+        (Some(token), _) => Some(s.auth.viewer_token(token)?),
+        (None, Some(header)) => Some(s.auth.viewer_from_header(Some(header))?),
+        (None, None) => None,
     };
     let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
     let hello = serde_json::to_string(&hello).expect("hello serialises");

@@ -2,8 +2,10 @@
 //! message is published at most once per key (see `docs/architecture.md`,
 //! "Ingest"). This type owns the whole key protocol in the live store:
 //!
-//! - keys: `dm:{room}:<user>:<client_msg_id>` (danmaku),
-//!   `ev:{room}:<Idempotency-Key>` (gift backend events);
+//! - keys: `dm:{room}:<n>:<user>:<client_msg_id>` (danmaku; `<n>` is the
+//!   byte length of `<user>`: both the user id and the `client_msg_id` may
+//!   hold `:`, and without the length `alice:x` + `m1` and `alice` + `x:m1`
+//!   would be one key), `ev:{room}:<Idempotency-Key>` (gift backend events);
 //! - values: `<fingerprint>|pending` while the first request publishes,
 //!   `<fingerprint>|retry:<message id>` after a failed publish (a retry
 //!   publishes the same id), `<fingerprint>|<answer>` once acknowledged.
@@ -38,9 +40,10 @@ pub struct IdemKey {
 
 impl IdemKey {
     /// A viewer's `client_msg_id` (per user and room); the text is the request.
+    /// The user is length-prefixed, so no two (user, id) pairs share a key.
     pub fn danmaku(room: &str, user: &str, client_msg_id: &str, text: &str, ttl_s: u64) -> Self {
         IdemKey::new(
-            format!("dm:{{{room}}}:{user}:{client_msg_id}"),
+            format!("dm:{{{room}}}:{}:{user}:{client_msg_id}", user.len()),
             text.as_bytes(),
             ttl_s,
         )
@@ -199,7 +202,24 @@ mod tests {
         assert_eq!(a.body, r#"{"id":"m1"}"#);
         assert!(a.replayed);
         let d = IdemKey::danmaku("r", "u", "c", "hi", 0);
-        assert_eq!(d.key, "dm:{r}:u:c");
+        assert_eq!(d.key, "dm:{r}:1:u:c");
         assert_eq!(d.ttl, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn danmaku_keys_do_not_collide_across_users() {
+        let pairs = [
+            ("alice:x", "m1"),
+            ("alice", "x:m1"),
+            ("alice:x:m1", ""),
+            ("a", "lice:x:m1"),
+            ("1:a", "b"),
+            ("1", "a:b"),
+        ];
+        let keys: std::collections::HashSet<String> = pairs
+            .iter()
+            .map(|(u, c)| IdemKey::danmaku("r", u, c, "t", 60).key)
+            .collect();
+        assert_eq!(keys.len(), pairs.len(), "{keys:?}");
     }
 }

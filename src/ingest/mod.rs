@@ -27,10 +27,11 @@ use crate::message::{new_message_id, now_ms, Kind, Message, Priority, UserRef};
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
+use crate::text::BlockedWords;
 use idempotency::{Claimed, IdemKey, Idempotency};
 use rate_limit::RateLimiter;
 pub use request::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
-use validate::{check_blocked, check_gift, check_id, check_name, check_style, TextRules};
+use validate::{check_gift, check_id, check_name, check_style, TextRules};
 
 pub struct Ingest {
     config: IngestConfig,
@@ -115,8 +116,7 @@ impl Ingest {
             .map_err(|s| ApiError::too_many("rate_limited", "you are sending too fast", s))?;
         check_id("client_msg_id", &req.client_msg_id)?;
         let settings = self.rooms.get(room);
-        self.text.check(&req.text)?;
-        check_blocked(&req.text, &settings.blocked_words)?;
+        self.text.check(&req.text, &settings.blocked)?;
         if let Some(style) = &req.style {
             check_style(style)?;
         }
@@ -209,7 +209,7 @@ impl Ingest {
             (Kind::Gift, Some(gift)) => {
                 check_gift(gift)?;
                 if !text.is_empty() {
-                    self.text.check(&text)?;
+                    self.text.check(&text, &BlockedWords::default())?;
                 }
                 match req.priority {
                     Some(Priority::Whitelist) if !self.config.events_may_request_whitelist => {
@@ -219,7 +219,7 @@ impl Ingest {
                 }
             }
             (Kind::System, _) => {
-                self.text.check(&text)?;
+                self.text.check(&text, &BlockedWords::default())?;
                 req.priority.unwrap_or(Priority::Whitelist)
             }
         };

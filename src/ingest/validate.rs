@@ -4,6 +4,7 @@
 use crate::config::IngestConfig;
 use crate::error::ApiError;
 use crate::message::{Gift, Style};
+use crate::text::{fold, is_bidi_control, is_blank, BlockedWords};
 
 /// Largest `gift.count` of one event.
 pub const MAX_GIFT_COUNT: u32 = 1_000_000;
@@ -14,30 +15,39 @@ pub const MAX_GIFT_VALUE: u64 = (1 << 53) / MAX_GIFT_COUNT as u64;
 /// The text rules of the configuration: length and the global blocked words.
 pub struct TextRules {
     max_chars: usize,
-    /// Lowercase, non-empty.
-    blocked_lower: Vec<String>,
+    blocked: BlockedWords,
 }
 
 impl TextRules {
     pub fn new(config: &IngestConfig) -> Self {
         TextRules {
             max_chars: config.max_text_chars,
-            blocked_lower: config
-                .blocked_words
-                .iter()
-                .map(|w| w.to_lowercase())
-                .filter(|w| !w.is_empty())
-                .collect(),
+            blocked: BlockedWords::new(config.blocked_words.iter().map(String::as_str)),
         }
     }
 
-    /// Not blank, at most `max_text_chars` characters, no control
-    /// characters, no globally blocked word.
-    pub fn check(&self, text: &str) -> Result<(), ApiError> {
-        if text.trim().is_empty() {
+    /// No control characters (`control_characters`), no bidi embedding,
+    /// override or isolate (`bad_text`), not only invisible characters
+    /// (`empty_text`), at most `max_text_chars` characters
+    /// (`text_too_long`), no blocked word, global or of the room
+    /// (`blocked_content`, matched on the folded text: `crate::text`).
+    pub fn check(&self, text: &str, room_words: &BlockedWords) -> Result<(), ApiError> {
+        if text.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "control_characters",
+                "text must not contain control characters",
+            ));
+        }
+        if text.chars().any(is_bidi_control) {
+            return Err(ApiError::bad_request(
+                "bad_text",
+                "text must not contain bidi embedding, override or isolate characters (U+202A-U+202E, U+2066-U+2069)",
+            ));
+        }
+        if text.chars().all(is_blank) {
             return Err(ApiError::bad_request(
                 "empty_text",
-                "text must not be empty",
+                "text must not be empty or only invisible characters",
             ));
         }
         if text.chars().count() > self.max_chars {
@@ -46,29 +56,18 @@ impl TextRules {
                 format!("text is longer than {} characters", self.max_chars),
             ));
         }
-        if text.chars().any(char::is_control) {
+        if self.blocked.is_empty() && room_words.is_empty() {
+            return Ok(());
+        }
+        let folded = fold(text);
+        if self.blocked.found_in(&folded) || room_words.found_in(&folded) {
             return Err(ApiError::bad_request(
-                "control_characters",
-                "text must not contain control characters",
+                "blocked_content",
+                "text contains a blocked word",
             ));
         }
-        check_blocked(text, &self.blocked_lower)
+        Ok(())
     }
-}
-
-/// `blocked_lower` holds lowercase words; matching is case-insensitive.
-pub fn check_blocked(text: &str, blocked_lower: &[String]) -> Result<(), ApiError> {
-    if blocked_lower.is_empty() {
-        return Ok(());
-    }
-    let lower = text.to_lowercase();
-    if blocked_lower.iter().any(|w| lower.contains(w.as_str())) {
-        return Err(ApiError::bad_request(
-            "blocked_content",
-            "text contains a blocked word",
-        ));
-    }
-    Ok(())
 }
 
 /// Ids and keys: 1–64 visible ASCII characters without separators we use.
@@ -89,9 +88,14 @@ pub fn check_id(field: &'static str, value: &str) -> Result<(), ApiError> {
 }
 
 /// A display name (`field` names it in the error): 1–32 characters, not
-/// blank, without control characters.
+/// only invisible characters, without control or bidi control characters.
 pub fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() || name.chars().count() > 32 || name.chars().any(char::is_control) {
+    if name.chars().all(crate::text::is_blank)
+        || name.chars().count() > 32
+        || name
+            .chars()
+            .any(|c| c.is_control() || crate::text::is_bidi_control(c))
+    {
         return Err(ApiError::bad_request(
             "bad_name",
             format!("{field} must be 1-32 characters without control characters"),
@@ -134,19 +138,99 @@ pub fn check_gift(gift: &Gift) -> Result<(), ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+
+    fn rules(words: &[&str]) -> TextRules {
+        let mut c = Config::embedded().ingest;
+        c.blocked_words = words.iter().map(|w| w.to_string()).collect();
+        TextRules::new(&c)
+    }
 
     #[test]
-    fn names_and_blocked_words() {
+    fn names() {
         assert!(check_name("name", "Ann").is_ok());
+        assert!(check_name("name", "安娜 🌸").is_ok());
         let e = check_name("user.name", " ").unwrap_err();
         assert_eq!(e.code, "bad_name");
         assert!(e.message.starts_with("user.name must be"));
         assert!(check_name("name", &"x".repeat(33)).is_err());
-        let blocked = vec!["spam".to_string()];
+        for bad in ["\u{3164}", "\u{200b}", "a\u{202e}b", "a\u{7}"] {
+            assert!(check_name("name", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dodges_of_a_blocked_word_are_refused() {
+        let r = rules(&["spam"]);
+        let room = BlockedWords::new(["Spoiler"]);
+        for text in [
+            "buy SPAM",
+            "s\u{200b}pam",
+            "s\u{ad}pam",
+            "ｓｐａｍ",
+            "ѕраm",
+            "𝐬𝐩𝐚𝐦",
+            "s\u{301}pam",
+            "SPOILER: he dies",
+            "ѕроilеr", // Cyrillic in the room's word
+        ] {
+            assert_eq!(
+                r.check(text, &room).unwrap_err().code,
+                "blocked_content",
+                "{text:?}"
+            );
+        }
+        let r = rules(&["istanbul"]);
         assert_eq!(
-            check_blocked("buy SPAM", &blocked).unwrap_err().code,
+            r.check("İstanbul", &BlockedWords::default())
+                .unwrap_err()
+                .code,
             "blocked_content"
         );
-        assert!(check_blocked("hello", &blocked).is_ok());
+    }
+
+    #[test]
+    fn invisible_and_bidi_text_is_refused() {
+        let r = rules(&[]);
+        let none = BlockedWords::default();
+        for (text, code) in [
+            ("", "empty_text"),
+            ("   ", "empty_text"),
+            ("\u{200b}", "empty_text"),
+            ("\u{200b}\u{200c}\u{200d}\u{2060}\u{feff}", "empty_text"),
+            ("\u{3164}", "empty_text"),
+            ("\u{2800}\u{2800}", "empty_text"),
+            ("\u{115f}\u{1160}\u{ffa0}", "empty_text"),
+            ("\u{3000} \u{200b}\u{ad}", "empty_text"),
+            ("\u{200f}", "empty_text"), // a lone RLM shows nothing
+            ("\u{202e}olleh", "bad_text"),
+            ("abc\u{202a}def\u{202c}", "bad_text"),
+            ("a\u{2066}b\u{2069}", "bad_text"),
+            ("\u{202e}", "bad_text"),
+            ("line\nbreak", "control_characters"),
+        ] {
+            assert_eq!(r.check(text, &none).unwrap_err().code, code, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_text_passes() {
+        let r = rules(&["spam", "scam", "广告"]);
+        let none = BlockedWords::default();
+        for text in [
+            "hello world",
+            "弹幕 来了 666",
+            "日本語のコメント、ありがとう！",
+            "한국어 채팅",
+            "🎉🎉🎉",
+            "👨\u{200d}👩\u{200d}👧 ❤\u{fe0f}",
+            "Straße café naïve",
+            "שלום \u{200f}123", // RLM beside digits is allowed
+            "مرحبا\u{61c} 1",
+            "Привет",
+            "x\u{200b}y", // invisible characters inside visible text are kept
+        ] {
+            assert!(r.check(text, &none).is_ok(), "{text:?}");
+        }
     }
 }
