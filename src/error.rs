@@ -5,8 +5,6 @@ use axum::response::{IntoResponse, Response};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::AuthFailure;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -70,12 +68,6 @@ impl ApiError {
     /// The JSON body, also used inside WebSocket `error` messages.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({"error": {"code": self.code, "message": self.message}})
-    }
-}
-
-impl From<AuthFailure> for ApiError {
-    fn from(f: AuthFailure) -> Self {
-        ApiError::new(StatusCode::UNAUTHORIZED, f.code(), f.message())
     }
 }
 

@@ -14,7 +14,7 @@ const LEVELS: &[&[&str]] = &[
     &["fanout", "presence", "gears"],
     &["store", "bus", "archive"],
     &[
-        "config", "auth", "rooms", "message", "metrics", "error", "json",
+        "config", "auth", "rooms", "message", "metrics", "error", "json", "text",
     ],
 ];
 
