@@ -58,14 +58,20 @@ async function post(text, style, name) {
 async function postEvent(event) {
   const body = JSON.stringify(event);
   const ts = String(Math.floor(Date.now() / 1000));
-  const sig = crypto.createHmac("sha256", GIFT_SECRET).update(`${ts}.${body}`).digest("hex");
-  const r = await fetch(`${BASE}/v1/rooms/${ROOM}/events`, {
+  const path = `/v1/rooms/${ROOM}/events`;
+  const key = crypto.randomUUID();
+  // Signature v2: timestamp, method, path, Idempotency-Key and body (README, tests/vectors/).
+  const sig = crypto
+    .createHmac("sha256", GIFT_SECRET)
+    .update(`${ts}\nPOST\n${path}\n${key}\n${body}`)
+    .digest("hex");
+  const r = await fetch(`${BASE}${path}`, {
     method: "POST",
     headers: {
       "content-type": "application/json",
       "x-timestamp": ts,
-      "x-signature": `sha256=${sig}`,
-      "idempotency-key": crypto.randomUUID(),
+      "x-signature": `v2=${sig}`,
+      "idempotency-key": key,
     },
     body,
   });
