@@ -142,9 +142,7 @@ fn forwarded_for<'v>(
             val = &quoted[..end];
             rest = &quoted[end + 1..];
         } else {
-            let end = rest
-                .find(|c: char| c == ';' || c == ',' || c == ' ' || c == '\t')
-                .unwrap_or(rest.len());
+            let end = rest.find([';', ',', ' ', '\t']).unwrap_or(rest.len());
             val = &rest[..end];
             if val.is_empty() || !val.bytes().all(is_tchar) {
                 return Err(bad());
@@ -232,9 +230,13 @@ mod tests {
 
     #[test]
     fn resolution_table() {
-        let trusted = &["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"];
         // (peer, headers, expected client)
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: &[Case] = &[
             // An untrusted peer is the client, whatever it claims.
             (
                 "203.0.113.9",
@@ -412,7 +414,7 @@ mod tests {
             ),
             ("::ffff:203.0.113.9", &[], "203.0.113.9"),
         ];
-        let trusted = ranges(trusted);
+        let trusted = ranges(&["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
         for (peer, hs, want) in cases {
             let got = client_ip(ip(peer), &headers(hs), &trusted);
             assert_eq!(got, ip(want), "peer {peer}, headers {hs:?}");

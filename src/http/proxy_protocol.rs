@@ -79,18 +79,14 @@ fn parse_v1(buf: &[u8]) -> Result<(ProxyHeader, usize), ParseError> {
             ) else {
                 return Err(bad);
             };
-            let (src, dst): (IpAddr, IpAddr) = if family == "TCP4" {
-                (
-                    src.parse::<Ipv4Addr>().map_err(|_| bad)?.into(),
-                    dst.parse::<Ipv4Addr>().map_err(|_| bad)?.into(),
-                )
+            // The destination is checked, not used: the client is the source.
+            let src: IpAddr = if family == "TCP4" {
+                dst.parse::<Ipv4Addr>().map_err(|_| bad)?;
+                src.parse::<Ipv4Addr>().map_err(|_| bad)?.into()
             } else {
-                (
-                    src.parse::<Ipv6Addr>().map_err(|_| bad)?.into(),
-                    dst.parse::<Ipv6Addr>().map_err(|_| bad)?.into(),
-                )
+                dst.parse::<Ipv6Addr>().map_err(|_| bad)?;
+                IpAddr::V6(src.parse::<Ipv6Addr>().map_err(|_| bad)?).to_canonical()
             };
-            let _ = dst;
             let sport = port(sport).ok_or(bad)?;
             port(dport).ok_or(bad)?;
             ProxyHeader::Proxied(SocketAddr::new(src, sport))
