@@ -27,7 +27,8 @@ pub fn origin_allowed(allowed: &[String], origin: &[u8]) -> bool {
     allowed.iter().any(|a| a == "*" || a.as_bytes() == origin)
 }
 
-const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PUT, PATCH, OPTIONS");
+const ALLOW_METHODS: HeaderValue =
+    HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS");
 const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
     "authorization, content-type, idempotency-key, x-signature, x-timestamp, last-event-id",
 );
