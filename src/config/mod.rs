@@ -8,9 +8,11 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+mod cidr;
 mod engine;
 mod env;
 
+pub use cidr::{any_contains, BadCidr, Cidr};
 pub use engine::{BusEngine, StoreEngine};
 use env::{apply_env, merge};
 
@@ -42,8 +44,15 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Browser origins allowed to open WebSocket / SSE streams (empty: any).
+    /// Browser origins (exact, or `*`) allowed to open WebSocket / SSE
+    /// streams (empty: any) and answered with CORS headers (empty: none).
     pub allowed_origins: Vec<String>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` (and PROXY header) name
+    /// the client; everyone else is keyed by its socket address.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol v1/v2 header (from a
+    /// trusted proxy; others are closed).
+    pub proxy_protocol: bool,
     /// Open viewer connections (streams + held polls) per client address.
     pub max_viewer_connections_per_ip: usize,
     pub node_id: String,
@@ -392,6 +401,9 @@ impl Config {
         }
         if server.max_connections_per_ip == 0 || server.max_viewer_connections_per_ip == 0 {
             bail!("server.max_connections_per_ip and max_viewer_connections_per_ip must be at least 1");
+        }
+        if server.proxy_protocol && server.trusted_proxies.is_empty() {
+            bail!("server.proxy_protocol needs server.trusted_proxies (the balancers that send the header)");
         }
         if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
             bail!("fanout.tick_ms must be within 1..=10000");

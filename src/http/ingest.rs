@@ -2,15 +2,13 @@
 //! (single and batched) and development tokens. Parsing and signatures
 //! here; validation, idempotency and publishing in `crate::ingest`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::extract::{header_str, parse_json, RawBody, RoomPath};
+use super::extract::{header_str, parse_json, ClientIp, RawBody, RoomPath};
 use super::routes::Routes;
 use super::state::IngestState;
 use crate::auth::{unix_now, GiftRequest};
@@ -58,7 +56,7 @@ fn accepted(a: Accepted) -> Response {
 async fn post_danmaku(
     State(s): State<IngestState>,
     RoomPath(room): RoomPath,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -72,7 +70,7 @@ async fn post_danmaku(
             Ok((viewer, req))
         })
     })?;
-    let a = s.ingest.danmaku(&room, &viewer, peer.ip(), req).await?;
+    let a = s.ingest.danmaku(&room, &viewer, ip, req).await?;
     Ok(accepted(a))
 }
 
