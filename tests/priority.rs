@@ -393,6 +393,22 @@ async fn vip_danmaku_is_high_under_rationing_and_bad_vip_claims_are_refused() {
         "every low is sent or counted rationed"
     );
 
+    // The demo issuer mints a vip level too (development secret only).
+    let res = t
+        .http
+        .post(t.url("/v1/demo/token"))
+        .body(json!({"name": "Demo", "vip": 2}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let (s, demo, _) = into_parts(res).await;
+    assert_eq!(s, StatusCode::OK, "{demo}");
+    let demo_room = &t.room("vip-demo");
+    let token = demo["token"].as_str().unwrap();
+    let (s, b, _) = t.post_danmaku(demo_room, token, "d1", "text").await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    assert_eq!(t.wait_stored(demo_room, 1).await[0]["priority"], "high");
+
     // A vip claim that is not an integer level: the token is invalid.
     let secret = jsonwebtoken::EncodingKey::from_secret(t.config.auth.jwt_secret.as_bytes());
     for bad in [json!("gold"), json!(1.5), json!(-1)] {
