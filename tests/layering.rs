@@ -10,8 +10,15 @@ use std::path::{Path, PathBuf};
 const LEVELS: &[&[&str]] = &[
     &["app"],
     &["http"],
-    &["front", "ingest", "processor", "archiver", "replay"],
-    &["fanout", "presence", "gears"],
+    &[
+        "front",
+        "ingest",
+        "processor",
+        "archiver",
+        "replay",
+        "moderation",
+    ],
+    &["fanout", "presence", "gears", "control"],
     &["store", "bus", "archive"],
     &[
         "config", "auth", "rooms", "message", "metrics", "error", "json", "text",

@@ -9,6 +9,7 @@ pub mod guard;
 mod ingest;
 pub mod listener;
 mod live;
+mod moderation;
 mod openapi;
 mod ops;
 mod replay;
@@ -38,6 +39,7 @@ fn api(body_limit: usize, max_batch_events: usize) -> Routes {
         .merge(replay::routes())
         .merge(live::routes())
         .merge(admin::routes())
+        .merge(moderation::routes())
 }
 
 /// `(METHOD, path)` of every route [`router`] serves, as the router is

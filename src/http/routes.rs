@@ -38,6 +38,10 @@ impl Routes {
         self.add("PUT", path, routing::put(h))
     }
 
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("DELETE", path, routing::delete(h))
+    }
+
     pub fn patch<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
         self.add("PATCH", path, routing::patch(h))
     }

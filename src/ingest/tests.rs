@@ -10,14 +10,14 @@ fn ingest(mutate: impl FnOnce(&mut IngestConfig)) -> (Ingest, Arc<MemoryBus>) {
     mutate(&mut c.ingest);
     let bus = Arc::new(MemoryBus::new(2, 1000));
     let store = Arc::new(MemoryStore::new(c.store.clone()));
-    let rooms = Arc::new(RoomDirectory::new(c.ration));
+    let metrics = Arc::new(Metrics::new());
     (
         Ingest::new(
             c.ingest,
             bus.clone(),
             store,
-            Arc::new(Metrics::new()),
-            rooms,
+            metrics.clone(),
+            Control::in_memory(c.ration, metrics),
         ),
         bus,
     )
@@ -91,7 +91,7 @@ async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
         bus.clone(),
         store,
         Arc::new(Metrics::new()),
-        Arc::new(RoomDirectory::new(c.ration)),
+        Control::in_memory(c.ration, Arc::new(Metrics::new())),
     );
     let v = viewer("u1");
     let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
@@ -176,13 +176,13 @@ fn ingest_over_store(
     mutate(&mut c.ingest);
     let bus = Arc::new(MemoryBus::new(2, 1000));
     let store = Arc::new(MemoryStore::new(c.store.clone()));
-    let rooms = Arc::new(RoomDirectory::new(c.ration));
+    let metrics = Arc::new(Metrics::new());
     let ing = Ingest::new(
         c.ingest,
         bus.clone(),
         store.clone(),
-        Arc::new(Metrics::new()),
-        rooms,
+        metrics.clone(),
+        Control::in_memory(c.ration, metrics),
     );
     (ing, bus, store)
 }
@@ -331,10 +331,16 @@ async fn vip_levels_map_to_high_by_room_then_config() {
         c.user_burst = 100.0;
         c.whitelist_users = vec!["boss".into()];
     });
-    let patch = |json: &str| serde_json::from_str::<crate::rooms::RoomSettingsPatch>(json).unwrap();
-    ing.rooms
-        .update("strict", patch(r#"{"vip_high_level": 5}"#));
-    ing.rooms.update("flat", patch(r#"{"vip_high_level": 0}"#));
+    for (room, level) in [("strict", 5), ("flat", 0)] {
+        let body = serde_json::json!({ "vip_high_level": level });
+        let change = crate::rooms::patch_fields(body.as_object().unwrap());
+        ing.control
+            .plane()
+            .change_settings(room, &change)
+            .await
+            .unwrap();
+        ing.control.reload(room).await.unwrap();
+    }
     let cases = [
         ("any", viewer("u"), Priority::Low),
         ("any", vip_viewer("u", 0), Priority::Low),
