@@ -123,8 +123,18 @@ pub struct IngestConfig {
     pub ip_burst: f64,
     pub dedup_ttl_s: u64,
     pub idempotency_ttl_s: u64,
-    pub shed_low_pending: u64,
-    pub shed_high_pending: u64,
+    /// Low messages of a (room, kind) are refused (`429 overloaded`) while
+    /// the processor measures that (room, kind) this far behind (ms).
+    pub shed_low_delay_ms: u64,
+    /// The same for high messages; whitelist is never shed by delay.
+    pub shed_high_delay_ms: u64,
+    /// Last guard: with this many messages waiting on the bus (all rooms),
+    /// low and high are refused (`503 bus_full`); whitelist still goes
+    /// until the bus itself is full (`bus.capacity`, Kafka's producer queue).
+    pub bus_full_pending: u64,
+    /// Viewers whose token's `vip` claim is at least this post as high
+    /// (a room's `vip_high_level` setting overrides it); 0: VIPs are not ranked.
+    pub vip_high_level: u32,
     /// A gift event may ask for the whitelist bucket; when false such a gift is high.
     pub events_may_request_whitelist: bool,
     /// Most events in one `POST /v1/rooms/{room}/events:batch`.
@@ -423,6 +433,18 @@ impl Config {
         }
         if self.ingest.max_text_chars == 0 {
             bail!("ingest.max_text_chars must be at least 1");
+        }
+        let ingest = &self.ingest;
+        if ingest.shed_low_delay_ms > ingest.shed_high_delay_ms {
+            bail!("ingest.shed_low_delay_ms must be at most ingest.shed_high_delay_ms");
+        }
+        // Processors tell fronts a delay only past gears.up_ms[0] (below it a
+        // (room, kind) is on time and costs no store write).
+        if ingest.shed_low_delay_ms <= self.gears.up_ms[0] {
+            bail!("ingest.shed_low_delay_ms must be above gears.up_ms[0] (delays below it are not shared)");
+        }
+        if ingest.bus_full_pending == 0 {
+            bail!("ingest.bus_full_pending must be at least 1");
         }
         if !(1..=1000).contains(&self.ingest.max_batch_events) {
             bail!("ingest.max_batch_events must be within 1..=1000");

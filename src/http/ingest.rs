@@ -260,6 +260,9 @@ fn batch_item(mut value: serde_json::Value) -> Result<BatchItem, ApiError> {
 struct DemoTokenRequest {
     #[serde(default)]
     name: Option<String>,
+    /// A VIP level for the token's `vip` claim (to try VIP ranking).
+    #[serde(default)]
+    vip: Option<u32>,
 }
 
 /// Development only: a viewer token for the page and the README tour.
@@ -283,7 +286,7 @@ async fn demo_token(
     let id = format!("demo-{:08x}", rand::random::<u32>());
     let ttl = 24 * 3600;
     Ok(Json(serde_json::json!({
-        "token": s.auth.issue(&id, name, ttl),
+        "token": s.auth.issue_with_vip(&id, name, ttl, req.vip),
         "user": {"id": id, "name": name},
         "expires_in": ttl,
     })))
