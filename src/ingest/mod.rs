@@ -29,7 +29,7 @@ use crate::error::ApiError;
 use crate::gears::GearReader;
 use crate::message::{new_message_id, now_ms, Kind, Message, Priority, UserRef};
 use crate::metrics::Metrics;
-use crate::rooms::{RoomDirectory, RoomSettings};
+use crate::rooms::RoomSettings;
 use crate::store::control::{PostGate, PostRate};
 use crate::store::LiveStore;
 use crate::text::BlockedWords;
@@ -49,7 +49,6 @@ pub struct Ingest {
     ips: RateLimiter<IpAddr>,
     text: TextRules,
     whitelist_users: HashSet<String>,
-    rooms: Arc<RoomDirectory>,
     idempotency: Idempotency,
     /// Picks partitions by the (room, kind)'s gear; its delay sheds.
     gears: GearReader,
@@ -65,7 +64,6 @@ impl Ingest {
         control: Arc<Control>,
     ) -> Self {
         Ingest {
-            rooms: control.rooms().clone(),
             control,
             gears: GearReader::new(store.clone(), 0),
             idempotency: Idempotency::new(store.clone(), metrics.clone()),
@@ -99,38 +97,41 @@ impl Ingest {
         ip: IpAddr,
         req: DanmakuRequest,
     ) -> Result<Accepted, ApiError> {
-        let result = match self.danmaku_message(room, viewer, ip, req) {
-            Ok((key, message)) => self.admit_danmaku(&viewer.sub, &key, message).await,
-            Err(e) => Err(e),
-        };
+        let result = self.take_danmaku(room, viewer, ip, req).await;
         self.account(Kind::Danmaku, &result);
         result
     }
 
-    /// Shedding (cheap: a cached read, so a shed post costs the user no
-    /// rate token and no store command), then the user's gate, then publish.
-    async fn admit_danmaku(
+    /// In order of cost: the address's rate (this node's memory), the room's
+    /// state (cached: no command once loaded, so its blocked words and
+    /// whitelist apply from the first post), the content, shedding (a cached
+    /// read), the room mute, then the user's cluster-wide gate (one store
+    /// command) — a refused post spends nothing further down — then publish.
+    async fn take_danmaku(
         &self,
-        user: &str,
-        key: &IdemKey,
-        message: Message,
+        room: &str,
+        viewer: &ViewerClaims,
+        ip: IpAddr,
+        req: DanmakuRequest,
     ) -> Result<Accepted, ApiError> {
-        self.check_shedding(&message).await?;
-        self.gate(&message.room, user).await?;
-        self.publish_once(key, message).await
-    }
-
-    /// The user's mutes (the room's from this node's cache, the global one
-    /// in the store) and cluster-wide rate: checked after the content, so a
-    /// refused text costs no token and no store command.
-    async fn gate(&self, room: &str, user: &str) -> Result<(), ApiError> {
+        self.ips.check(&ip).map_err(|s| {
+            ApiError::too_many("rate_limited", "too many messages from this address", s)
+        })?;
         let state = self.control.room(room).await.map_err(|e| {
             tracing::warn!(room, error = %e, "room control state unavailable");
             ApiError::store_unavailable()
         })?;
-        if let Some(until_ms) = state.muted_until(user, crate::message::now_ms()) {
+        let (key, message) = self.danmaku_message(room, viewer, &state.settings, req)?;
+        self.check_shedding(&message).await?;
+        if let Some(until_ms) = state.muted_until(&viewer.sub, now_ms()) {
             return Err(muted(until_ms));
         }
+        self.gate(&viewer.sub).await?;
+        self.publish_once(&key, message).await
+    }
+
+    /// The user's global mute and cluster-wide rate (one store command).
+    async fn gate(&self, user: &str) -> Result<(), ApiError> {
         let rate = PostRate {
             rate_per_s: self.config.user_rate_per_s,
             burst: self.config.user_burst,
@@ -150,25 +151,20 @@ impl Ingest {
         }
     }
 
-    /// Rate limits, validates and classifies a danmaku: its idempotency key
-    /// and its message.
+    /// Validates and classifies a danmaku: its idempotency key and its message.
     fn danmaku_message(
         &self,
         room: &str,
         viewer: &ViewerClaims,
-        ip: IpAddr,
+        settings: &RoomSettings,
         req: DanmakuRequest,
     ) -> Result<(IdemKey, Message), ApiError> {
-        self.ips.check(&ip).map_err(|s| {
-            ApiError::too_many("rate_limited", "too many messages from this address", s)
-        })?;
         check_id("client_msg_id", &req.client_msg_id)?;
-        let settings = self.rooms.get(room);
         self.text.check(&req.text, &settings.blocked)?;
         if let Some(style) = &req.style {
             check_style(style)?;
         }
-        let priority = self.viewer_priority(viewer, &settings);
+        let priority = self.viewer_priority(viewer, settings);
         let key = IdemKey::danmaku(
             room,
             &viewer.sub,
