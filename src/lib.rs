@@ -20,6 +20,7 @@ pub mod ingest;
 pub mod json;
 pub mod message;
 pub mod metrics;
+pub mod moderation;
 pub mod presence;
 pub mod processor;
 pub mod replay;

@@ -4,7 +4,7 @@
 //!
 //! No label may take values that grow with users or rooms. Every label here
 //! takes its values from a fixed set the code names (transport, kind, reason,
-//! bucket, op, source, result, cap, direction), so the number of series stays
+//! bucket, op, source, result, cap, direction, action), so the number of series stays
 //! the same however many viewers and rooms a node serves.
 //!
 //! Per-room figures go elsewhere: every room's online count and budget to the
@@ -93,6 +93,8 @@ pub struct Metrics {
     pub http_connection_errors: IntCounterVec,
     /// Failed accepts (e.g. out of file descriptors).
     pub http_accept_errors: IntCounter,
+    /// Moderation actions done on this node, by action (retract, …).
+    pub moderation_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -278,6 +280,17 @@ impl Metrics {
                         "Room snapshot responses by result",
                     ),
                     &["result"],
+                )
+                .unwrap(),
+            ),
+            moderation_actions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_moderation_actions_total",
+                        "Moderation actions done on this node",
+                    ),
+                    &["action"],
                 )
                 .unwrap(),
             ),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 const LEVELS: &[&[&str]] = &[
     &["app"],
     &["http"],
-    &["front", "ingest", "processor", "archiver", "replay"],
+    &["front", "ingest", "processor", "archiver", "replay", "moderation"],
     &["fanout", "presence", "gears"],
     &["store", "bus", "archive"],
     &[

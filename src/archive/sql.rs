@@ -141,6 +141,35 @@ impl SqlArchive {
     }
 }
 
+/// The rows of message `?2` in the lives of room `?1` (`?3`: its body
+/// pattern, for rows archived before `msg_id` existed).
+const RETRACT_MATCH: &str = "live_id IN (SELECT id FROM lives WHERE room = ?) \
+     AND (msg_id = ? OR (msg_id IS NULL AND body LIKE ? ESCAPE '!'))";
+
+/// The `id` of a message's JSON, for the `msg_id` column.
+fn message_id(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(json).ok().map(|m| m.id)
+}
+
+/// `LIKE` pattern of a body holding `"id":<id>` (the archived JSON has no
+/// spaces); `!` escapes the pattern's own characters.
+fn body_pattern(id: &str) -> String {
+    let literal = serde_json::to_string(id).expect("a string serialises");
+    let mut out = String::from("%\"id\":");
+    for c in literal.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -260,18 +289,20 @@ impl Archive for SqlArchive {
         through_seq: u64,
     ) -> Result<(), ArchiveError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // 5 binds a row: 200 rows stay far below every engine's bind limit.
+        // 6 binds a row: 200 rows stay far below every engine's bind limit.
         for chunk in rows.chunks(200) {
             let verb = match self.engine {
                 Engine::MySql => "INSERT IGNORE INTO",
                 Engine::Sqlite => "INSERT OR IGNORE INTO",
             };
-            let mut q = format!("{verb} live_messages (live_id, seq, offset_ms, ts, body) VALUES ");
+            let mut q = format!(
+                "{verb} live_messages (live_id, seq, offset_ms, ts, body, msg_id) VALUES "
+            );
             for i in 0..chunk.len() {
                 q.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
+                    "(?, ?, ?, ?, ?, ?)"
                 } else {
-                    ", (?, ?, ?, ?, ?)"
+                    ", (?, ?, ?, ?, ?, ?)"
                 });
             }
             let mut query = sqlx::query(&q);
@@ -281,7 +312,8 @@ impl Archive for SqlArchive {
                     .bind(int(m.seq))
                     .bind(int(m.offset_ms))
                     .bind(int(m.ts))
-                    .bind(String::from_utf8_lossy(&m.json).into_owned());
+                    .bind(String::from_utf8_lossy(&m.json).into_owned())
+                    .bind(message_id(&m.json));
             }
             query.execute(&mut *tx).await.map_err(unavailable)?;
         }
@@ -315,7 +347,8 @@ impl Archive for SqlArchive {
     ) -> Result<Vec<ArchivedMessage>, ArchiveError> {
         let rows = sqlx::query(
             "SELECT seq, offset_ms, ts, body FROM live_messages \
-             WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? ORDER BY offset_ms, seq",
+             WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? AND retracted = 0 \
+             ORDER BY offset_ms, seq",
         )
         .bind(live_id)
         .bind(int(from_ms))
@@ -340,6 +373,28 @@ impl Archive for SqlArchive {
             .map_err(unavailable)
     }
 
+    async fn mark_retracted(&self, room: &str, id: &str) -> Result<bool, ArchiveError> {
+        let like = body_pattern(id);
+        let update = format!("UPDATE live_messages SET retracted = 1 WHERE {RETRACT_MATCH}");
+        sqlx::query(&update)
+            .bind(room)
+            .bind(id)
+            .bind(&like)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        // Counted apart: MySQL reports only rows it changed (not one marked before).
+        let count = format!("SELECT COUNT(*) FROM live_messages WHERE {RETRACT_MATCH}");
+        let row = sqlx::query(&count)
+            .bind(room)
+            .bind(id)
+            .bind(&like)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.try_get::<i64, _>(0).map_err(unavailable)? > 0)
+    }
+
     async fn count(&self, live_id: &str) -> Result<u64, ArchiveError> {
         let row = sqlx::query("SELECT COUNT(*) FROM live_messages WHERE live_id = ?")
             .bind(live_id)
@@ -360,7 +415,19 @@ impl Archive for SqlArchive {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{body_pattern, message_id, redact};
+
+    #[test]
+    fn message_ids_and_body_patterns() {
+        assert_eq!(
+            message_id(br#"{"gift":null,"id":"a1","user":{"id":"u"}}"#),
+            Some("a1".to_string())
+        );
+        assert_eq!(message_id(br#"{"seq":3}"#), None);
+        assert_eq!(body_pattern("a1"), r#"%"id":"a1"%"#);
+        assert_eq!(body_pattern("a_%!b"), r#"%"id":"a!_!%!!b"%"#);
+        assert_eq!(body_pattern("q\""), r#"%"id":"q\""%"#);
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -12,6 +12,7 @@ mod live;
 mod openapi;
 mod ops;
 mod replay;
+mod retract;
 pub mod routes;
 pub mod snapshot;
 pub mod state;
@@ -38,6 +39,7 @@ fn api(body_limit: usize, max_batch_events: usize) -> Routes {
         .merge(replay::routes())
         .merge(live::routes())
         .merge(admin::routes())
+        .merge(retract::routes())
 }
 
 /// `(METHOD, path)` of every route [`router`] serves, as the router is

@@ -42,6 +42,10 @@ impl Routes {
         self.add("PATCH", path, routing::patch(h))
     }
 
+    pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("DELETE", path, routing::delete(h))
+    }
+
     fn add(mut self, method: &'static str, path: &'static str, h: MethodRouter<AppState>) -> Self {
         self.entries.push(Entry {
             method,

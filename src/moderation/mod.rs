@@ -1,0 +1,3 @@
+//! Moderation (DESIGN §3.9): operators' and moderators' actions on rooms and their messages.
+
+pub mod retract;
