@@ -10,7 +10,14 @@ use std::path::{Path, PathBuf};
 const LEVELS: &[&[&str]] = &[
     &["app"],
     &["http"],
-    &["front", "ingest", "processor", "archiver", "replay", "moderation"],
+    &[
+        "front",
+        "ingest",
+        "processor",
+        "archiver",
+        "replay",
+        "moderation",
+    ],
     &["fanout", "presence", "gears"],
     &["store", "bus", "archive"],
     &[

@@ -295,9 +295,8 @@ impl Archive for SqlArchive {
                 Engine::MySql => "INSERT IGNORE INTO",
                 Engine::Sqlite => "INSERT OR IGNORE INTO",
             };
-            let mut q = format!(
-                "{verb} live_messages (live_id, seq, offset_ms, ts, body, msg_id) VALUES "
-            );
+            let mut q =
+                format!("{verb} live_messages (live_id, seq, offset_ms, ts, body, msg_id) VALUES ");
             for i in 0..chunk.len() {
                 q.push_str(if i == 0 {
                     "(?, ?, ?, ?, ?, ?)"

@@ -228,7 +228,10 @@ mod tests {
         let e = ApiError::from(RetractError::InvalidId);
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "invalid_id"));
         let e = ApiError::from(RetractError::UnknownMessage);
-        assert_eq!((e.status, e.code), (StatusCode::NOT_FOUND, "unknown_message"));
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::NOT_FOUND, "unknown_message")
+        );
         let e = ApiError::from(RetractError::Store(StoreError::Unavailable("x".into())));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
     }
