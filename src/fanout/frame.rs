@@ -71,7 +71,7 @@ impl Encoded {
     fn framed(json: Vec<u8>, event: &str, sse_id: Option<u64>, count: usize) -> Encoded {
         let mut sse = Vec::with_capacity(json.len() + 40);
         if let Some(id) = sse_id {
-            write!(sse, "id: {id}\n").expect("vec write");
+            writeln!(sse, "id: {id}").expect("vec write");
         }
         write!(sse, "event: {event}\ndata: ").expect("vec write");
         sse.extend_from_slice(&json);
