@@ -377,7 +377,11 @@ async fn retractions_match_the_memory_engine() {
     let all = s.read_range(&r, 4, u64::MAX, 100).await.unwrap();
     let ids: Vec<&str> = all.messages.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, vec!["m5", "m6", "m7", "m8"]);
-    assert_eq!((all.cursor, all.gap), (10, false), "a retraction is not a gap");
+    assert_eq!(
+        (all.cursor, all.gap),
+        (10, false),
+        "a retraction is not a gap"
+    );
     // A redelivery of a retracted message is a duplicate, not stored again.
     let again = s.append(&r, vec![msg("m3", Priority::Low)]).await.unwrap();
     assert_eq!(again, vec![AppendOutcome::Duplicate { seq: 4 }]);

@@ -6,7 +6,8 @@
 //!
 //! Runs on the embedded engines, and on the Redis live store with
 //! `DANMAKU_TEST_ENGINE=redis` (scripts/test.sh); with
-//! `DANMAKU_TEST_REPLAY_REDIS_URL` set the replay Redis tier is in the path too.
+//! `DANMAKU_TEST_REPLAY_REDIS_URL` set the replay Redis tier is in the path
+//! too, and with `DANMAKU_TEST_MYSQL_URL` the archive is MySQL / MariaDB.
 
 mod common;
 
@@ -28,6 +29,11 @@ async fn start(adjust: impl FnOnce(&mut danmaku::config::Config)) -> TestServer 
         if let Ok(url) = std::env::var("DANMAKU_TEST_REPLAY_REDIS_URL") {
             if !url.trim().is_empty() && c.store.redis_url != url {
                 c.store.replay_redis_url = url;
+            }
+        }
+        if let Ok(url) = std::env::var("DANMAKU_TEST_MYSQL_URL") {
+            if !url.trim().is_empty() {
+                c.archive.url = url;
             }
         }
         adjust(c);
@@ -460,4 +466,58 @@ async fn replay_omits_retracted_messages_and_the_archive_keeps_them() {
     let w = archive.read_window(&live, 0, 60_000).await.unwrap();
     assert_eq!(w.len(), 2, "archive reads omit marked rows");
     ts.shutdown().await;
+}
+
+/// Rows archived before the `msg_id` column (migration 0002) are found by
+/// their body's own `id` — not by a user id that happens to be equal.
+#[tokio::test]
+async fn rows_archived_before_msg_id_are_found_by_their_own_id() {
+    use danmaku::archive::ArchivedMessage;
+    let dir = std::env::temp_dir().join(format!("danmaku-retract-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("a{}.db", now_ms()));
+    let mut cfg = danmaku::config::Config::embedded().archive;
+    cfg.url = format!("sqlite://{}?mode=rwc", path.display());
+    let a = danmaku::archive::connect(&cfg).await.unwrap();
+    a.start_live("r", "l1", 1000).await.unwrap();
+    let row = |seq: u64, id: &str, user: &str| ArchivedMessage {
+        seq,
+        offset_ms: seq * 100,
+        ts: 1000 + seq * 100,
+        json: format!(r#"{{"id":"{id}","seq":{seq},"text":"t","user":{{"id":"{user}"}}}}"#).into(),
+    };
+    let rows = [row(1, "m_1", "m1"), row(2, "m1", "u"), row(3, "m3", "u")];
+    a.append("l1", &rows, 3).await.unwrap();
+    a.end_live("r", 5000).await.unwrap();
+    // As archived by a version without `msg_id`.
+    let pool = sqlx::AnyPool::connect(&cfg.url).await.unwrap();
+    sqlx::query("UPDATE live_messages SET msg_id = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(!a.mark_retracted("r", "m9").await.unwrap(), "unknown");
+    assert!(
+        !a.mark_retracted("other-room", "m1").await.unwrap(),
+        "another room's"
+    );
+    assert!(a.mark_retracted("r", "m1").await.unwrap());
+    assert!(
+        a.mark_retracted("r", "m1").await.unwrap(),
+        "again: still marked"
+    );
+    let kept: Vec<u64> = a
+        .read_window("l1", 0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(
+        kept,
+        vec![1, 3],
+        "m1 only (m_1's user is `m1`; `_` is no wildcard)"
+    );
+    assert_eq!(a.count("l1").await.unwrap(), 3, "kept, marked");
+    let _ = std::fs::remove_dir_all(&dir);
 }

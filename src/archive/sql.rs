@@ -141,10 +141,8 @@ impl SqlArchive {
     }
 }
 
-/// The rows of message `?2` in the lives of room `?1` (`?3`: its body
-/// pattern, for rows archived before `msg_id` existed).
-const RETRACT_MATCH: &str = "live_id IN (SELECT id FROM lives WHERE room = ?) \
-     AND (msg_id = ? OR (msg_id IS NULL AND body LIKE ? ESCAPE '!'))";
+/// Rows of the lives of room `?`.
+const IN_ROOM: &str = "live_id IN (SELECT id FROM lives WHERE room = ?)";
 
 /// The `id` of a message's JSON, for the `msg_id` column.
 fn message_id(json: &[u8]) -> Option<String> {
@@ -156,7 +154,7 @@ fn message_id(json: &[u8]) -> Option<String> {
 }
 
 /// `LIKE` pattern of a body holding `"id":<id>` (the archived JSON has no
-/// spaces); `!` escapes the pattern's own characters.
+/// spaces), to find candidates; `!` escapes the pattern's own characters.
 fn body_pattern(id: &str) -> String {
     let literal = serde_json::to_string(id).expect("a string serialises");
     let mut out = String::from("%\"id\":");
@@ -373,21 +371,52 @@ impl Archive for SqlArchive {
     }
 
     async fn mark_retracted(&self, room: &str, id: &str) -> Result<bool, ArchiveError> {
-        let like = body_pattern(id);
-        let update = format!("UPDATE live_messages SET retracted = 1 WHERE {RETRACT_MATCH}");
+        // Rows archived before `msg_id` existed: candidates by their body,
+        // confirmed by the body's own `id` (a user's id could match the
+        // pattern), then given their `msg_id`.
+        let legacy = format!(
+            "SELECT live_id, seq, body FROM live_messages WHERE {IN_ROOM} \
+             AND msg_id IS NULL AND body LIKE ? ESCAPE '!'"
+        );
+        let rows = sqlx::query(&legacy)
+            .bind(room)
+            .bind(body_pattern(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let body = match row.try_get::<String, _>(2) {
+                Ok(s) => s.into_bytes(),
+                Err(_) => row.try_get::<Vec<u8>, _>(2).map_err(unavailable)?,
+            };
+            if message_id(&body).as_deref() != Some(id) {
+                continue;
+            }
+            let (live_id, seq): (String, i64) = (
+                row.try_get(0).map_err(unavailable)?,
+                row.try_get(1).map_err(unavailable)?,
+            );
+            sqlx::query("UPDATE live_messages SET msg_id = ? WHERE live_id = ? AND seq = ?")
+                .bind(id)
+                .bind(live_id)
+                .bind(seq)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        }
+        let update =
+            format!("UPDATE live_messages SET retracted = 1 WHERE {IN_ROOM} AND msg_id = ?");
         sqlx::query(&update)
             .bind(room)
             .bind(id)
-            .bind(&like)
             .execute(&self.pool)
             .await
             .map_err(unavailable)?;
         // Counted apart: MySQL reports only rows it changed (not one marked before).
-        let count = format!("SELECT COUNT(*) FROM live_messages WHERE {RETRACT_MATCH}");
+        let count = format!("SELECT COUNT(*) FROM live_messages WHERE {IN_ROOM} AND msg_id = ?");
         let row = sqlx::query(&count)
             .bind(room)
             .bind(id)
-            .bind(&like)
             .fetch_one(&self.pool)
             .await
             .map_err(unavailable)?;
