@@ -218,11 +218,11 @@ async fn a_retraction_reaches_every_viewer_and_every_read_omits_it() {
     let later = post_all(&ts, room, &["after it"]).await;
     let got = ws.collect(1, WAIT).await;
     assert_eq!(ids(&got), later);
-    assert!(
-        ws.others.iter().all(|v| v["type"] != "hello"),
-        "{:?}",
-        ws.others
-    );
+    // Exactly once: nothing but that batch came after the retract frame.
+    assert!(ws.others.is_empty(), "{:?}", ws.others);
+    let ev = sse.next_event(WAIT).await.expect("the next SSE event");
+    assert_eq!(ev.event.as_deref(), Some("batch"), "{ev:?}");
+    assert_eq!(ids(ev.json()["messages"].as_array().unwrap()), later);
 
     // Retracting again: the same answer (idempotent), announced again.
     let (status, again) = retract(&ts, room, b).await;
