@@ -17,6 +17,7 @@ use danmaku::auth::{sign_gift_request, Authenticator, GiftRequest, ViewerClaims}
 use danmaku::bus::memory::MemoryBus;
 use danmaku::bus::Bus;
 use danmaku::config::Config;
+use danmaku::control::Control;
 use danmaku::fanout::cache::CachedFrames;
 use danmaku::fanout::frame::Frame;
 use danmaku::fanout::ration::{RationRules, Rationer};
@@ -24,7 +25,6 @@ use danmaku::ingest::validate::TextRules;
 use danmaku::ingest::{DanmakuRequest, Ingest};
 use danmaku::message::{Gift, Kind, Message, Priority, StoredMessage, UserRef};
 use danmaku::metrics::Metrics;
-use danmaku::rooms::RoomDirectory;
 use danmaku::store::memory::MemoryStore;
 use danmaku::text::BlockedWords;
 
@@ -325,7 +325,7 @@ fn ingest(c: &mut Criterion) {
         bus.clone(),
         store,
         Arc::new(Metrics::new()),
-        Arc::new(RoomDirectory::new(config.ration.clone())),
+        Control::in_memory(config.ration.clone(), Arc::new(Metrics::new())),
     );
     let viewer = ViewerClaims {
         sub: "u1".into(),

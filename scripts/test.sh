@@ -91,7 +91,8 @@ cargo test --lib --bins --tests --locked -- --include-ignored "$@"
 log "the integration suite again with the Redis live store"
 DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test auth_failures \
   --test ingest_api --test graceful_shutdown --test health_and_metrics --test priority \
-  --test snapshot_events --test gears --test retract -- --include-ignored "$@"
+  --test snapshot_events --test gears --test gift_signature --test hostile_text \
+  --test socket_manners --test retract -- --include-ignored "$@"
 
 log "the API suite again on Kafka + Redis in one process"
 DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test auth_failures \

@@ -11,16 +11,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::metrics::ArchiveMetrics;
 use crate::archiver::Copier;
+use crate::auth::moderator::Moderators;
 use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::{BusEngine, Config, StoreEngine};
+use crate::control::Control;
 use crate::fanout::HubRegistry;
 use crate::http::listener::ListenerLimits;
 use crate::http::{AppInner, AppState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::moderation::mutes::Mutes;
 use crate::processor::{PauseGate, Processor};
 use crate::rooms::RoomDirectory;
+use crate::store::control::{memory::MemoryControl, ControlPlane};
 use crate::store::{memory::MemoryStore, redis::RedisStore, LiveStore};
 
 /// Which roles a process runs (docs/architecture.md, "Roles").
@@ -84,16 +88,11 @@ impl Server {
     /// Starts one role (or all of them with `Role::Serve`).
     pub async fn start_role(config: Config, role: Role) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
-        let (store, memory_store): (Arc<dyn LiveStore>, Option<Arc<MemoryStore>>) =
-            if config.store.engine == StoreEngine::Redis {
-                let redis = RedisStore::connect(&config.store.redis_url, config.store.clone())
-                    .await
-                    .context("connecting to the redis live store")?;
-                (Arc::new(redis), None)
-            } else {
-                let memory = Arc::new(MemoryStore::new(config.store.clone()));
-                (memory.clone(), Some(memory))
-            };
+        let Stores {
+            live: store,
+            memory: memory_store,
+            control: plane,
+        } = Stores::connect(&config).await?;
         let archive_metrics = Arc::new(ArchiveMetrics::new());
         // The processor role neither serves replay nor copies: it gets an
         // empty in-memory archive rather than a connection to the real one.
@@ -123,6 +122,12 @@ impl Server {
         let stopping = CancellationToken::new();
         let closing = CancellationToken::new();
         let rooms = Arc::new(RoomDirectory::new(config.ration.clone()));
+        let control = Control::new(
+            plane,
+            rooms.clone(),
+            metrics.clone(),
+            Duration::from_millis(config.store.control_catch_up_ms.max(10)),
+        );
         let hubs = HubRegistry::new(
             store.clone(),
             metrics.clone(),
@@ -133,6 +138,7 @@ impl Server {
         );
         if role.runs_front() {
             hubs.start_background();
+            control.start(stopping.clone()).await;
         }
         let state = AppState(Arc::new(AppInner {
             auth: Arc::new(Authenticator::new(&config.auth)),
@@ -142,11 +148,17 @@ impl Server {
                     bus.clone(),
                     store.clone(),
                     metrics.clone(),
-                    rooms.clone(),
+                    control.clone(),
                 )
                 .with_gear_spread(config.gears.spread_partitions),
             ),
             rooms,
+            moderators: Arc::new(Moderators::new(
+                &config.auth.admin_token,
+                config.auth.jwt_leeway_s,
+            )),
+            mutes: Arc::new(Mutes::new(control.clone(), metrics.clone())),
+            control,
             store: store.clone(),
             bus: bus.clone(),
             hubs,
@@ -271,6 +283,37 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The live store and the control plane: one Redis engine behind both ports
+/// when distributed, the embedded engines otherwise.
+struct Stores {
+    live: Arc<dyn LiveStore>,
+    /// The embedded live store, for sweeps and failover tests.
+    memory: Option<Arc<MemoryStore>>,
+    control: Arc<dyn ControlPlane>,
+}
+
+impl Stores {
+    async fn connect(config: &Config) -> anyhow::Result<Stores> {
+        if config.store.engine == StoreEngine::Redis {
+            let redis = RedisStore::connect(&config.store.redis_url, config.store.clone())
+                .await
+                .context("connecting to the redis live store")?;
+            Ok(Stores {
+                live: Arc::new(redis.clone()),
+                memory: None,
+                control: Arc::new(redis),
+            })
+        } else {
+            let memory = Arc::new(MemoryStore::new(config.store.clone()));
+            Ok(Stores {
+                live: memory.clone(),
+                memory: Some(memory),
+                control: Arc::new(MemoryControl::new()),
+            })
+        }
     }
 }
 

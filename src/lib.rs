@@ -11,6 +11,7 @@ pub mod archiver;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod fanout;
 pub mod front;

@@ -93,7 +93,13 @@ pub struct Metrics {
     pub http_connection_errors: IntCounterVec,
     /// Failed accepts (e.g. out of file descriptors).
     pub http_accept_errors: IntCounter,
-    /// Moderation actions done on this node, by action (retract, …).
+    /// Control notices applied by this node, by kind.
+    pub control_notices: IntCounterVec,
+    /// Catch-ups with the control change log, by result (`applied` = missed
+    /// notices read from the log, `reset` = the log no longer reached back,
+    /// every cached room dropped, `failed`).
+    pub control_catchups: IntCounterVec,
+    /// Moderation actions (mute, unmute, ban, retract) on this node.
     pub moderation_actions: IntCounterVec,
 }
 
@@ -283,17 +289,6 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
-            moderation_actions: reg(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "danmaku_moderation_actions_total",
-                        "Moderation actions done on this node",
-                    ),
-                    &["action"],
-                )
-                .unwrap(),
-            ),
             cache_reads: reg(
                 &registry,
                 IntCounterVec::new(
@@ -413,6 +408,39 @@ impl Metrics {
             http_accept_errors: reg(
                 &registry,
                 IntCounter::new("danmaku_http_accept_errors_total", "Failed accepts").unwrap(),
+            ),
+            control_notices: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_control_notices_total",
+                        "Control notices applied, by kind",
+                    ),
+                    &["kind"],
+                )
+                .unwrap(),
+            ),
+            control_catchups: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_control_catchups_total",
+                        "Catch-ups with the control change log, by result",
+                    ),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            moderation_actions: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_moderation_actions_total",
+                        "Moderation actions, by action",
+                    ),
+                    &["action"],
+                )
+                .unwrap(),
             ),
             registry,
         }

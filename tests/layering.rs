@@ -18,7 +18,7 @@ const LEVELS: &[&[&str]] = &[
         "replay",
         "moderation",
     ],
-    &["fanout", "presence", "gears"],
+    &["fanout", "presence", "gears", "control"],
     &["store", "bus", "archive"],
     &[
         "config", "auth", "rooms", "message", "metrics", "error", "json", "text",

@@ -10,6 +10,8 @@ use sha2::Sha256;
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 
+pub mod moderator;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ViewerClaims {
     pub sub: String,

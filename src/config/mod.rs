@@ -182,6 +182,9 @@ pub struct StoreConfig {
     pub max_age_s: u64,
     pub dedup_window: usize,
     pub room_ttl_s: u64,
+    /// How often a node checks the control change log for notices it missed
+    /// (one command while nothing changed; `docs/architecture.md`, "Control plane").
+    pub control_catch_up_ms: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]

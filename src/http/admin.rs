@@ -9,7 +9,8 @@ use super::guard::require_admin;
 use super::routes::Routes;
 use super::state::AdminState;
 use crate::error::ApiError;
-use crate::rooms::{RoomSettings, RoomSettingsPatch};
+use crate::rooms::{patch_fields, RoomSettings, RoomSettingsPatch, RoomState};
+use crate::store::control::Notice;
 
 pub(super) fn routes() -> Routes {
     let settings = "/v1/admin/rooms/{room}/settings";
@@ -36,11 +37,11 @@ struct Effective {
     online: usize,
 }
 
-fn view(s: &AdminState, room: String) -> SettingsView {
+fn view(s: &AdminState, room: String, state: &RoomState) -> SettingsView {
     let online = s.hubs.online(&room);
     let rules = s.rooms.rules(&room, online);
     SettingsView {
-        settings: (*s.rooms.get(&room)).clone(),
+        settings: (*state.settings).clone(),
         effective: Effective {
             budget_per_s: rules.budget_per_s,
             high_budget_per_s: rules.high_budget(),
@@ -58,10 +59,17 @@ async fn get_settings(
     headers: HeaderMap,
 ) -> Result<Json<SettingsView>, ApiError> {
     require_admin(&s.config.auth.admin_token, &headers)?;
-    Ok(Json(view(&s, room)))
+    let state = s.control.room(&room).await.map_err(unavailable)?;
+    Ok(Json(view(&s, room, &state)))
 }
 
-/// Partial update; applies to the next tick and the next post, no restart.
+fn unavailable(e: crate::store::StoreError) -> ApiError {
+    tracing::warn!(error = %e, "room settings: control state unavailable");
+    ApiError::store_unavailable()
+}
+
+/// Partial update, stored as cluster state; every node applies it to its
+/// next tick and next post (within about a second), no restart.
 async fn patch_settings(
     State(s): State<AdminState>,
     RoomPath(room): RoomPath,
@@ -73,7 +81,19 @@ async fn patch_settings(
     patch
         .validate()
         .map_err(|m| ApiError::bad_request("invalid_settings", m))?;
-    s.rooms.update(&room, patch);
-    tracing::info!(room, "room settings updated");
-    Ok(Json(view(&s, room)))
+    // The patch parsed, so the body is an object of known fields.
+    let fields: serde_json::Map<String, serde_json::Value> = parse_json(&body)?;
+    let change = patch_fields(&fields);
+    s.control
+        .plane()
+        .change_settings(&room, &change)
+        .await
+        .map_err(unavailable)?;
+    s.control
+        .publish(Notice::Settings { room: room.clone() })
+        .await
+        .map_err(unavailable)?;
+    let state = s.control.room(&room).await.map_err(unavailable)?;
+    tracing::info!(room, by = "operator", set = ?change.set.iter().map(|(k, _)| k).collect::<Vec<_>>(), cleared = ?change.clear, "room settings updated");
+    Ok(Json(view(&s, room, &state)))
 }

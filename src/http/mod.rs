@@ -9,6 +9,7 @@ pub mod guard;
 mod ingest;
 pub mod listener;
 mod live;
+mod moderation;
 mod openapi;
 mod ops;
 mod replay;
@@ -39,6 +40,7 @@ fn api(body_limit: usize, max_batch_events: usize) -> Routes {
         .merge(replay::routes())
         .merge(live::routes())
         .merge(admin::routes())
+        .merge(moderation::routes())
         .merge(retract::routes())
 }
 

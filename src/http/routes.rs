@@ -38,12 +38,12 @@ impl Routes {
         self.add("PUT", path, routing::put(h))
     }
 
-    pub fn patch<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
-        self.add("PATCH", path, routing::patch(h))
-    }
-
     pub fn delete<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
         self.add("DELETE", path, routing::delete(h))
+    }
+
+    pub fn patch<H: Handler<T, AppState>, T: 'static>(self, path: &'static str, h: H) -> Self {
+        self.add("PATCH", path, routing::patch(h))
     }
 
     fn add(mut self, method: &'static str, path: &'static str, h: MethodRouter<AppState>) -> Self {

@@ -7,13 +7,16 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::moderator::Moderators;
 use crate::auth::Authenticator;
 use crate::bus::Bus;
 use crate::config::Config;
+use crate::control::Control;
 use crate::fanout::HubRegistry;
 use crate::front::{PerIpLimiter, Viewers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::moderation::mutes::Mutes;
 use crate::replay::Replay;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
@@ -30,6 +33,11 @@ pub struct AppInner {
     pub bus: Arc<dyn Bus>,
     pub hubs: Arc<HubRegistry>,
     pub rooms: Arc<RoomDirectory>,
+    /// This node's view of the cluster control state (settings, mutes).
+    pub control: Arc<Control>,
+    /// Verifies moderator tokens.
+    pub moderators: Arc<Moderators>,
+    pub mutes: Arc<Mutes>,
     pub metrics: Arc<Metrics>,
     /// Viewer connections per client address.
     pub viewer_slots: Arc<PerIpLimiter>,
@@ -96,6 +104,7 @@ pub struct AdminState {
     pub config: Arc<Config>,
     pub hubs: Arc<HubRegistry>,
     pub rooms: Arc<RoomDirectory>,
+    pub control: Arc<Control>,
 }
 
 impl FromRef<AppState> for AdminState {
@@ -104,6 +113,25 @@ impl FromRef<AppState> for AdminState {
             config: s.config.clone(),
             hubs: s.hubs.clone(),
             rooms: s.rooms.clone(),
+            control: s.control.clone(),
+        }
+    }
+}
+
+/// Mutes and bans (operators and moderators).
+#[derive(Clone)]
+pub struct ModerationState {
+    pub config: Arc<Config>,
+    pub moderators: Arc<Moderators>,
+    pub mutes: Arc<Mutes>,
+}
+
+impl FromRef<AppState> for ModerationState {
+    fn from_ref(s: &AppState) -> ModerationState {
+        ModerationState {
+            config: s.config.clone(),
+            moderators: s.moderators.clone(),
+            mutes: s.mutes.clone(),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! - [`validate`]: the input checks;
 //! - [`idempotency`]: the key protocol that makes retries safe;
 //! - `batch`: `events:batch`, many events in one publish;
-//! - [`rate_limit`]: per-user and per-address token buckets.
+//! - [`rate_limit`]: per-address token buckets (this node's); the per-user
+//!   rate and mutes are cluster state, checked through [`Control`].
 
 mod batch;
 pub mod idempotency;
@@ -21,11 +22,13 @@ use std::sync::Arc;
 use crate::auth::ViewerClaims;
 use crate::bus::{Bus, BusError};
 use crate::config::IngestConfig;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::gears::GearReader;
 use crate::message::{new_message_id, now_ms, Kind, Message, Priority, UserRef};
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
+use crate::store::control::{PostGate, PostRate};
 use crate::store::LiveStore;
 use crate::text::BlockedWords;
 use idempotency::{Claimed, IdemKey, Idempotency};
@@ -38,7 +41,8 @@ pub struct Ingest {
     bus: Arc<dyn Bus>,
     store: Arc<dyn LiveStore>,
     metrics: Arc<Metrics>,
-    users: RateLimiter<String>,
+    /// Room settings and mutes, the cluster-wide post gate.
+    control: Arc<Control>,
     ips: RateLimiter<IpAddr>,
     text: TextRules,
     whitelist_users: HashSet<String>,
@@ -54,13 +58,13 @@ impl Ingest {
         bus: Arc<dyn Bus>,
         store: Arc<dyn LiveStore>,
         metrics: Arc<Metrics>,
-        rooms: Arc<RoomDirectory>,
+        control: Arc<Control>,
     ) -> Self {
         Ingest {
-            rooms,
+            rooms: control.rooms().clone(),
+            control,
             gears: GearReader::new(store.clone(), 0),
             idempotency: Idempotency::new(store.clone(), metrics.clone()),
-            users: RateLimiter::new(config.user_rate_per_s, config.user_burst),
             ips: RateLimiter::new(config.ip_rate_per_s, config.ip_burst),
             text: TextRules::new(&config),
             whitelist_users: config.whitelist_users.iter().cloned().collect(),
@@ -79,7 +83,6 @@ impl Ingest {
 
     /// Drops idle rate-limit state; run periodically.
     pub fn sweep(&self) {
-        self.users.sweep();
         self.ips.sweep();
     }
 
@@ -92,11 +95,44 @@ impl Ingest {
         req: DanmakuRequest,
     ) -> Result<Accepted, ApiError> {
         let result = match self.danmaku_message(room, viewer, ip, req) {
-            Ok((key, message)) => self.publish_once(&key, message).await,
+            Ok((key, message)) => match self.gate(room, &viewer.sub).await {
+                Ok(()) => self.publish_once(&key, message).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         self.account(Kind::Danmaku, &result);
         result
+    }
+
+    /// The user's mutes (the room's from this node's cache, the global one
+    /// in the store) and cluster-wide rate: checked after the content, so a
+    /// refused text costs no token and no store command.
+    async fn gate(&self, room: &str, user: &str) -> Result<(), ApiError> {
+        let state = self.control.room(room).await.map_err(|e| {
+            tracing::warn!(room, error = %e, "room control state unavailable");
+            ApiError::store_unavailable()
+        })?;
+        if let Some(until_ms) = state.muted_until(user, crate::message::now_ms()) {
+            return Err(muted(until_ms));
+        }
+        let rate = PostRate {
+            rate_per_s: self.config.user_rate_per_s,
+            burst: self.config.user_burst,
+        };
+        match self.control.plane().admit_post(user, rate).await {
+            Ok(PostGate::Open) => Ok(()),
+            Ok(PostGate::Muted { until_ms }) => Err(muted(until_ms)),
+            Ok(PostGate::Limited { retry_after_ms }) => Err(ApiError::too_many(
+                "rate_limited",
+                "you are sending too fast",
+                retry_after_ms.div_ceil(1000),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "post gate unavailable");
+                Err(ApiError::store_unavailable())
+            }
+        }
     }
 
     /// Rate limits, validates and classifies a danmaku: its idempotency key
@@ -111,9 +147,6 @@ impl Ingest {
         self.ips.check(&ip).map_err(|s| {
             ApiError::too_many("rate_limited", "too many messages from this address", s)
         })?;
-        self.users
-            .check(&viewer.sub)
-            .map_err(|s| ApiError::too_many("rate_limited", "you are sending too fast", s))?;
         check_id("client_msg_id", &req.client_msg_id)?;
         let settings = self.rooms.get(room);
         self.text.check(&req.text, &settings.blocked)?;
@@ -303,6 +336,14 @@ impl Ingest {
 /// The acknowledgement body (also what a retry gets back).
 fn answer_body(message: &Message) -> String {
     serde_json::json!({"id": message.id}).to_string()
+}
+
+fn muted(until_ms: u64) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::FORBIDDEN,
+        "muted",
+        format!("you are muted here until {until_ms} (unix ms)"),
+    )
 }
 
 fn publish_error(e: BusError) -> ApiError {

@@ -10,14 +10,14 @@ fn ingest(mutate: impl FnOnce(&mut IngestConfig)) -> (Ingest, Arc<MemoryBus>) {
     mutate(&mut c.ingest);
     let bus = Arc::new(MemoryBus::new(2, 1000));
     let store = Arc::new(MemoryStore::new(c.store.clone()));
-    let rooms = Arc::new(RoomDirectory::new(c.ration));
+    let metrics = Arc::new(Metrics::new());
     (
         Ingest::new(
             c.ingest,
             bus.clone(),
             store,
-            Arc::new(Metrics::new()),
-            rooms,
+            metrics.clone(),
+            Control::in_memory(c.ration, metrics),
         ),
         bus,
     )
@@ -90,7 +90,7 @@ async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
         bus.clone(),
         store,
         Arc::new(Metrics::new()),
-        Arc::new(RoomDirectory::new(c.ration)),
+        Control::in_memory(c.ration, Arc::new(Metrics::new())),
     );
     let v = viewer("u1");
     let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();

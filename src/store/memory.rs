@@ -352,6 +352,7 @@ mod tests {
             max_age_s: 600,
             dedup_window: 1000,
             room_ttl_s: 3600,
+            control_catch_up_ms: 1000,
         }
     }
 

@@ -4,6 +4,7 @@
 //! The trait is async, batched and fallible so a Redis engine (sorted sets,
 //! one Lua script per append) fits behind it unchanged.
 
+pub mod control;
 pub mod memory;
 pub mod redis;
 

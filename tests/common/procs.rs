@@ -146,7 +146,7 @@ impl Node {
             .env("DANMAKU_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("DANMAKU_LISTEN", format!("127.0.0.1:{}", self.port))
-            .stdout(node_log(self.role, self.port))
+            .stdout(node_log(self.role, self.port, &self.env))
             .stderr(Stdio::inherit());
         self.child = Some(cmd.spawn().expect("spawn danmaku"));
     }
@@ -192,11 +192,18 @@ impl Drop for Node {
     }
 }
 
-/// Where a node's log (its stdout) goes: `DANMAKU_TEST_NODE_LOGS=DIR` keeps
-/// one file per process there (`ROLE-PORT.log`), for a failure's post-mortem;
-/// otherwise nowhere.
-fn node_log(role: &str, port: u16) -> Stdio {
-    match std::env::var("DANMAKU_TEST_NODE_LOGS") {
+/// Where a node's log (its stdout) goes: `DANMAKU_TEST_NODE_LOGS=DIR` (in the
+/// node's env, for a test that reads its log, or in the test's, for a
+/// failure's post-mortem) keeps one file per process there
+/// (`ROLE-PORT.log`); otherwise nowhere.
+fn node_log(role: &str, port: u16, env: &[(String, String)]) -> Stdio {
+    let dir = env
+        .iter()
+        .find(|(k, _)| k == "DANMAKU_TEST_NODE_LOGS")
+        .map(|(_, v)| v.clone())
+        .ok_or(())
+        .or_else(|()| std::env::var("DANMAKU_TEST_NODE_LOGS"));
+    match dir {
         Ok(dir) if !dir.trim().is_empty() => {
             let _ = std::fs::create_dir_all(&dir);
             let path = PathBuf::from(dir).join(format!("{role}-{port}.log"));

@@ -14,6 +14,7 @@
 //! succeed again once it is back, without rebuilding the store.
 
 mod claims;
+mod control;
 mod notices;
 mod presence;
 mod retract;
@@ -30,6 +31,7 @@ use tokio::sync::broadcast;
 use super::{AppendOutcome, Claim, LiveStore, Retraction, StoreError, StreamHead, StreamRead};
 use crate::config::StoreConfig;
 use crate::message::Message;
+pub use control::CONTROL_CHANNEL;
 use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
 

@@ -1,7 +1,8 @@
-//! "Room updated" notices: Redis pub/sub on [`UPDATED_CHANNEL`], received by
-//! one background task per store that keeps a dedicated subscriber
-//! connection and reconnects with backoff (`docs/redis-keys.md`, "Room
-//! updated" notices).
+//! Notices over Redis pub/sub, received by one background task per store
+//! that keeps a dedicated subscriber connection and reconnects with backoff
+//! (`docs/redis-keys.md`, "Notices"): "room updated" on [`UPDATED_CHANNEL`]
+//! (data plane, best effort) and control notices on [`CONTROL_CHANNEL`]
+//! (numbered; a node that missed some catches up from the change log).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -12,7 +13,9 @@ use futures_util::StreamExt;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::control::CONTROL_CHANNEL;
 use super::{unavailable, RedisStore};
+use crate::store::control::VersionedNotice;
 use crate::store::StoreError;
 
 /// Pub/sub channel of "room updated" notices. A message is the updated rooms'
@@ -36,6 +39,7 @@ const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 /// the last clone of the store is dropped.
 pub(super) struct Notices {
     tx: broadcast::Sender<Arc<str>>,
+    control_tx: broadcast::Sender<Arc<VersionedNotice>>,
     client: Client,
     /// Where to spawn the task when `updates()` is called outside a runtime.
     runtime: Option<tokio::runtime::Handle>,
@@ -45,6 +49,17 @@ pub(super) struct Notices {
 impl Notices {
     pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         let rx = self.tx.subscribe();
+        self.ensure_listening();
+        rx
+    }
+
+    pub(super) fn subscribe_control(&self) -> broadcast::Receiver<Arc<VersionedNotice>> {
+        let rx = self.control_tx.subscribe();
+        self.ensure_listening();
+        rx
+    }
+
+    fn ensure_listening(&self) {
         if self.task.get().is_none() {
             let runtime = tokio::runtime::Handle::try_current()
                 .ok()
@@ -53,14 +68,20 @@ impl Notices {
                 Some(runtime) => {
                     self.task.get_or_init(|| {
                         runtime
-                            .spawn(listen(self.client.clone(), self.tx.clone()))
+                            .spawn(listen(self.client.clone(), self.senders()))
                             .abort_handle()
                     });
                 }
                 None => tracing::error!("no tokio runtime: redis notices are not received"),
             }
         }
-        rx
+    }
+
+    fn senders(&self) -> Senders {
+        Senders {
+            updated: self.tx.clone(),
+            control: self.control_tx.clone(),
+        }
     }
 }
 
@@ -72,11 +93,18 @@ impl Drop for Notices {
     }
 }
 
-/// Keeps one pub/sub connection subscribed to [`UPDATED_CHANNEL`] and
-/// forwards each notified room to `tx`, reconnecting with backoff (100 ms
+/// Where received notices go, by channel.
+#[derive(Clone)]
+struct Senders {
+    updated: broadcast::Sender<Arc<str>>,
+    control: broadcast::Sender<Arc<VersionedNotice>>,
+}
+
+/// Keeps one pub/sub connection subscribed to both channels and forwards
+/// each notice to its sender, reconnecting with backoff (100 ms
 /// doubling to 5 s) whenever the connection is lost or cannot be made.
 /// Runs until aborted.
-async fn listen(client: Client, tx: broadcast::Sender<Arc<str>>) {
+async fn listen(client: Client, tx: Senders) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
@@ -133,7 +161,9 @@ async fn listen(client: Client, tx: broadcast::Sender<Arc<str>>) {
 async fn subscribe_updates(client: &Client) -> Result<(PubSubSink, PubSubStream), String> {
     let attempt = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(UPDATED_CHANNEL).await?;
+        pubsub
+            .subscribe(&[UPDATED_CHANNEL, CONTROL_CHANNEL])
+            .await?;
         Ok::<_, RedisError>(pubsub.split())
     };
     match tokio::time::timeout(NOTICE_TIMEOUT, attempt).await {
@@ -144,11 +174,7 @@ async fn subscribe_updates(client: &Client) -> Result<(PubSubSink, PubSubStream)
 }
 
 /// Forwards notices until the connection is lost; returns why it was.
-async fn pump_updates(
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
-    tx: &broadcast::Sender<Arc<str>>,
-) -> String {
+async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Senders) -> String {
     let mut health =
         tokio::time::interval_at(Instant::now() + NOTICE_PING_EVERY, NOTICE_PING_EVERY);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,14 +184,21 @@ async fn pump_updates(
                 let Some(msg) = msg else {
                     return "connection closed".to_string();
                 };
-                match std::str::from_utf8(msg.get_payload_bytes()) {
-                    Ok(payload) => {
-                        for room in payload.split('\n').filter(|r| !r.is_empty()) {
-                            // No receiver left is fine: notices are best effort.
-                            let _ = tx.send(Arc::from(room));
-                        }
+                let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+                    tracing::warn!("skipping a non-UTF-8 redis notice");
+                    continue;
+                };
+                if msg.get_channel_name() == CONTROL_CHANNEL {
+                    match VersionedNotice::decode(payload) {
+                        // No receiver is fine: nothing cached can be stale.
+                        Some(notice) => drop(tx.control.send(Arc::new(notice))),
+                        None => tracing::warn!(payload = %payload.escape_debug(), "skipping an unreadable control notice"),
                     }
-                    Err(_) => tracing::warn!("skipping a non-UTF-8 redis notice"),
+                    continue;
+                }
+                for room in payload.split('\n').filter(|r| !r.is_empty()) {
+                    // No receiver left is fine: notices are best effort.
+                    let _ = tx.updated.send(Arc::from(room));
                 }
             }
             _ = health.tick() => {
@@ -183,6 +216,7 @@ impl Notices {
     pub(super) fn new(client: Client) -> Self {
         Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
+            control_tx: broadcast::channel(UPDATES_CAPACITY).0,
             client,
             runtime: tokio::runtime::Handle::try_current().ok(),
             task: OnceLock::new(),
