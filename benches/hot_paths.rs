@@ -332,6 +332,7 @@ fn ingest(c: &mut Criterion) {
         name: "viewer".into(),
         exp: u64::MAX,
         nbf: None,
+        vip: None,
     };
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut consumer = rt.block_on(bus.consumer()).expect("consumer");

@@ -10,9 +10,11 @@
 //! | 3    | one                 | parallel chunks             |
 //! | 4    | many                | parallel chunks per partition |
 //!
-//! The gear is shared through the live store: claim key `gear:{room}:<kind>`,
-//! value the gear's digit, with a short TTL (a missing or unreadable value
-//! is gear 1).
+//! The gear is shared through the live store together with the delay the
+//! processor measured (ingest sheds by it, `ingest::shedding`): claim key
+//! `gear:{room}:<kind>`, value `<gear>:<delay ms>`, with a short TTL. A
+//! missing or unreadable value is gear 1 with no delay; a bare `<gear>` (an
+//! older processor) has no delay.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -36,25 +38,58 @@ fn share_key(room: &str, kind: Kind) -> String {
     format!("gear:{{{room}}}:{}", kind.as_str())
 }
 
-/// Processor side: tells fronts a (room, kind)'s gear, kept `ttl` (the
-/// processor refreshes raised gears; an expired one reads as gear 1).
+/// What a processor tells fronts about one (room, kind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shared {
+    pub gear: Gear,
+    /// The smoothed delay `now - ts` the processor measured (ms).
+    pub delay_ms: u64,
+}
+
+impl Shared {
+    /// Nothing shared: gear 1, on time.
+    pub const QUIET: Shared = Shared {
+        gear: 1,
+        delay_ms: 0,
+    };
+
+    fn encode(&self) -> String {
+        format!("{}:{}", self.gear, self.delay_ms)
+    }
+
+    /// Reads a shared value; anything unreadable is [`Shared::QUIET`] (a
+    /// store hiccup means gear 1 and no shedding, never a failed post).
+    fn decode(value: &str) -> Shared {
+        let (gear, delay) = value.split_once(':').unwrap_or((value, "0"));
+        match (gear.parse::<Gear>(), delay.parse::<u64>()) {
+            (Ok(gear), Ok(delay_ms)) if (1..=4).contains(&gear) => Shared { gear, delay_ms },
+            _ => Shared::QUIET,
+        }
+    }
+}
+
+/// Processor side: tells fronts a (room, kind)'s gear and delay, kept `ttl`
+/// (the processor refreshes raised gears and high delays; an expired value
+/// reads as [`Shared::QUIET`]).
 pub async fn share(
     store: &dyn LiveStore,
     room: &str,
     kind: Kind,
-    gear: Gear,
+    shared: Shared,
     ttl: Duration,
 ) -> Result<(), StoreError> {
     store
-        .set_claim(&share_key(room, kind), &gear.to_string(), ttl)
+        .set_claim(&share_key(room, kind), &shared.encode(), ttl)
         .await
 }
 
-/// Front side: picks the partition of a new message from its (room, kind)'s
-/// shared gear, read from the store at most once a second per (room, kind).
+/// Front side: reads a (room, kind)'s shared gear and delay from the store
+/// at most once a second per (room, kind) (one `GET` then, none between),
+/// picks the partition of a new message by the gear, and gives ingest the
+/// delay to shed by.
 pub struct GearReader {
     store: Arc<dyn LiveStore>,
-    cache: moka::sync::Cache<String, Gear>,
+    cache: moka::sync::Cache<String, Shared>,
     next: AtomicU32,
     spread: u32,
 }
@@ -72,24 +107,26 @@ impl GearReader {
         }
     }
 
-    pub async fn gear(&self, room: &str, kind: Kind) -> Gear {
+    /// What the processor last shared for (room, kind), at most a second old.
+    pub async fn shared(&self, room: &str, kind: Kind) -> Shared {
         let key = share_key(room, kind);
-        if let Some(g) = self.cache.get(&key) {
-            return g;
+        if let Some(s) = self.cache.get(&key) {
+            return s;
         }
-        // A store hiccup means gear 1: strict order, never a failed post.
-        let g = match self.store.get_value(&key).await {
-            Ok(Some(v)) => v.parse().ok().filter(|g| (1..=4).contains(g)).unwrap_or(1),
-            _ => 1,
+        // A store hiccup means gear 1 and no delay: strict order, never a
+        // failed post.
+        let s = match self.store.get_value(&key).await {
+            Ok(Some(v)) => Shared::decode(&v),
+            _ => Shared::QUIET,
         };
-        self.cache.insert(key, g);
-        g
+        self.cache.insert(key, s);
+        s
     }
 
     /// The bus record for `message`: keyed by (room, kind), spread over
     /// partitions in gears 2 and 4.
     pub async fn record(&self, message: Message, partitions: u32) -> BusRecord {
-        let gear = self.gear(&message.room, message.kind).await;
+        let gear = self.shared(&message.room, message.kind).await.gear;
         let mut record = BusRecord::keyed_by_room_kind(message);
         if spreads_partitions(gear) && partitions > 1 {
             let spread = if self.spread == 0 {
@@ -102,5 +139,49 @@ impl GearReader {
             record.partition = Some((base + step) % partitions);
         }
         record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_values_round_trip_and_bad_ones_read_as_quiet() {
+        let s = Shared {
+            gear: 3,
+            delay_ms: 1534,
+        };
+        assert_eq!(Shared::decode(&s.encode()), s);
+        for (value, want) in [
+            (
+                "2",
+                Shared {
+                    gear: 2,
+                    delay_ms: 0,
+                },
+            ),
+            (
+                "4:0",
+                Shared {
+                    gear: 4,
+                    delay_ms: 0,
+                },
+            ),
+            (
+                "1:9000",
+                Shared {
+                    gear: 1,
+                    delay_ms: 9000,
+                },
+            ),
+            ("5:10", Shared::QUIET),
+            ("0", Shared::QUIET),
+            ("2:-1", Shared::QUIET),
+            ("2:x", Shared::QUIET),
+            ("", Shared::QUIET),
+        ] {
+            assert_eq!(Shared::decode(value), want, "{value:?}");
+        }
     }
 }

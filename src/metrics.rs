@@ -89,7 +89,8 @@ pub struct Metrics {
     /// Connections refused at accept, by cap (node, address).
     pub http_connections_refused: IntCounterVec,
     /// Connections ended by an error, by kind (header_timeout,
-    /// header_too_large, malformed, io).
+    /// header_too_large, malformed, io; with the PROXY protocol on,
+    /// proxy_header and proxy_untrusted).
     pub http_connection_errors: IntCounterVec,
     /// Failed accepts (e.g. out of file descriptors).
     pub http_accept_errors: IntCounter,

@@ -47,6 +47,10 @@ pub struct RoomSettings {
     /// Users whose danmaku goes to the whitelist bucket in this room.
     #[serde(default)]
     pub whitelist_users: Vec<String>,
+    /// Viewers whose token's `vip` level is at least this post as high here
+    /// (0: VIPs not ranked); absent → `ingest.vip_high_level`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_high_level: Option<u32>,
     /// Extra blocked words for this room (case-insensitive), besides the global ones.
     #[serde(default)]
     pub blocked_words: Vec<String>,
@@ -54,6 +58,9 @@ pub struct RoomSettings {
     #[serde(skip)]
     pub blocked: BlockedWords,
 }
+
+/// Highest `vip_high_level` a room may set (platforms' levels are small).
+pub const MAX_VIP_LEVEL: u32 = 1000;
 
 /// A partial update: omitted fields keep their value; `null` clears an option.
 #[derive(Deserialize, Debug, Default)]
@@ -67,6 +74,8 @@ pub struct RoomSettingsPatch {
     pub high_max_lag_ms: Option<Option<u64>>,
     #[serde(default)]
     pub whitelist_users: Option<Vec<String>>,
+    #[serde(default, with = "double_option")]
+    pub vip_high_level: Option<Option<u32>>,
     #[serde(default)]
     pub blocked_words: Option<Vec<String>>,
 }
@@ -96,6 +105,11 @@ impl RoomSettingsPatch {
         if let Some(Some(l)) = self.high_max_lag_ms {
             if l > 60_000 {
                 return Err("high_max_lag_ms must be at most 60000".into());
+            }
+        }
+        if let Some(Some(l)) = self.vip_high_level {
+            if l > MAX_VIP_LEVEL {
+                return Err(format!("vip_high_level must be at most {MAX_VIP_LEVEL}"));
             }
         }
         for list in [&self.whitelist_users, &self.blocked_words]

@@ -10,122 +10,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::procs::{Node, ScratchDir};
-use common::{now_ms, test_redis_url, WsViewer};
+use common::pair::{unique, within, Pair, ADMIN};
+use common::procs::ScratchDir;
+use common::{test_redis_url, WsViewer};
 use danmaku::auth::moderator::Moderators;
-use danmaku::auth::Authenticator;
-use danmaku::config::Config;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
-
-const ADMIN: &str = "cluster-admin-token";
-
-struct Pair {
-    a: Node,
-    b: Node,
-    http: reqwest::Client,
-    auth: Authenticator,
-    env: Vec<(String, String)>,
-}
-
-impl Pair {
-    async fn start(redis: &str, extra: &[(&str, &str)]) -> Pair {
-        let mut env: Vec<(String, String)> = [
-            ("DANMAKU_STORE__ENGINE", "redis"),
-            ("DANMAKU_REDIS_URL", redis),
-            ("DANMAKU_ADMIN_TOKEN", ADMIN),
-            ("DANMAKU_FANOUT__TICK_MS", "50"),
-            ("DANMAKU_INGEST__IP_RATE_PER_S", "1000000"),
-            ("DANMAKU_INGEST__IP_BURST", "1000000"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        let a = Node::spawn("serve", &env);
-        let b = Node::spawn("serve", &env);
-        a.ready(&http).await;
-        b.ready(&http).await;
-        Pair {
-            a,
-            b,
-            http,
-            auth: Authenticator::new(&Config::embedded().auth),
-            env,
-        }
-    }
-
-    async fn call(
-        &self,
-        node: &Node,
-        method: reqwest::Method,
-        path: &str,
-        token: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", node.base()))
-            .header("authorization", format!("Bearer {token}"));
-        if let Some(body) = body {
-            req = req.body(body.to_string());
-        }
-        let res = req.send().await.expect("request");
-        let status = res.status();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn admin(
-        &self,
-        node: &Node,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        self.call(node, method, path, ADMIN, body).await
-    }
-
-    async fn post(&self, node: &Node, room: &str, user: &str, id: &str) -> (StatusCode, Value) {
-        let token = self.auth.issue(user, "Viewer", 600);
-        let body = json!({"client_msg_id": id, "text": format!("hello {id}")});
-        self.call(
-            node,
-            reqwest::Method::POST,
-            &format!("/v1/rooms/{room}/danmaku"),
-            &token,
-            Some(body),
-        )
-        .await
-    }
-}
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}-{}", std::process::id(), now_ms() % 1_000_000_000)
-}
-
-/// Polls `check` every 50 ms until it holds or `within` passes.
-async fn within<F, Fut>(within: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_put_on_one_node_hold_on_the_other_and_after_its_restart() {

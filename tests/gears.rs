@@ -19,6 +19,9 @@ async fn flood_shifts_gear_up_then_back_down_without_loss() {
         c.gears.up_ms = [100, 400, 1600];
         c.gears.min_dwell_ms = 200;
         c.processor.batch_max = 50;
+        // The backlog is this test's subject: shedding it is tests/shedding.rs's.
+        c.ingest.shed_low_delay_ms = 600_000;
+        c.ingest.shed_high_delay_ms = 600_000;
         c.ingest.user_rate_per_s = 100_000.0;
         c.ingest.user_burst = 100_000.0;
     })

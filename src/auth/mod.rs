@@ -19,6 +19,21 @@ pub struct ViewerClaims {
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// The platform's VIP level (an integer ≥ 0); rooms map it to a bucket
+    /// (`vip_high_level`). Present but not such an integer (`"3"`, `1.5`,
+    /// `-1`, `null`): the token is invalid.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_level"
+    )]
+    pub vip: Option<u32>,
+}
+
+/// A present `vip` must be an integer ≥ 0 (`null` included in what is
+/// refused: a claim either says a level or is absent).
+fn present_level<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    u32::deserialize(d).map(Some)
 }
 
 /// Why a credential was refused; `code` goes into the error body.
@@ -179,11 +194,17 @@ impl Authenticator {
 
     /// Mints a viewer token (demo endpoint and tests).
     pub fn issue(&self, sub: &str, name: &str, ttl_s: u64) -> String {
+        self.issue_with_vip(sub, name, ttl_s, None)
+    }
+
+    /// Mints a viewer token with a `vip` level (demo endpoint and tests).
+    pub fn issue_with_vip(&self, sub: &str, name: &str, ttl_s: u64, vip: Option<u32>) -> String {
         let claims = ViewerClaims {
             sub: sub.to_string(),
             name: name.to_string(),
             exp: unix_now() + ttl_s,
             nbf: None,
+            vip,
         };
         encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 encodes")
     }

@@ -39,6 +39,7 @@ fn expired_and_alg_none_tokens_are_refused() {
         name: "n".into(),
         exp: unix_now() - 3600,
         nbf: None,
+        vip: None,
     };
     let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
     assert_eq!(a.viewer_token(&t).unwrap_err(), AuthFailure::ExpiredToken);
@@ -69,6 +70,7 @@ fn exp_and_nbf_hold_within_the_clock_skew_and_other_algs_are_refused() {
             name: "n".into(),
             exp,
             nbf,
+            vip: None,
         };
         encode(&Header::new(alg), &claims, &a.encoding).unwrap()
     };
@@ -277,4 +279,38 @@ fn v2_binds_method_path_and_key_and_legacy_is_off_by_default() {
         lenient.gift_signature(&r, now),
         Err(AuthFailure::BadSignature)
     );
+}
+
+/// `vip` is an optional integer level ≥ 0; anything else present makes the
+/// token invalid (not silently a plain viewer).
+#[test]
+fn vip_claim_is_an_integer_level_or_the_token_is_invalid() {
+    let a = auth_with(&["k1"]);
+    let exp = unix_now() + 600;
+    let token = |vip: serde_json::Value| {
+        let claims = serde_json::json!({"sub": "u", "name": "n", "exp": exp, "vip": vip});
+        encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap()
+    };
+    assert_eq!(a.viewer_token(&token(3.into())).unwrap().vip, Some(3));
+    assert_eq!(a.viewer_token(&token(0.into())).unwrap().vip, Some(0));
+    let plain = a.issue("u", "n", 60);
+    assert_eq!(a.viewer_token(&plain).unwrap().vip, None);
+    let minted = a.issue_with_vip("u", "n", 60, Some(2));
+    assert_eq!(a.viewer_token(&minted).unwrap().vip, Some(2));
+    for bad in [
+        serde_json::json!("3"),
+        serde_json::json!(1.5),
+        serde_json::json!(2.0),
+        serde_json::json!(-1),
+        serde_json::json!(u64::from(u32::MAX) + 1),
+        serde_json::json!(null),
+        serde_json::json!(true),
+        serde_json::json!([1]),
+    ] {
+        assert_eq!(
+            a.viewer_token(&token(bad.clone())).unwrap_err(),
+            AuthFailure::InvalidToken,
+            "vip {bad}"
+        );
+    }
 }

@@ -8,9 +8,11 @@ use std::path::Path;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
+mod cidr;
 mod engine;
 mod env;
 
+pub use cidr::{any_contains, BadCidr, Cidr};
 pub use engine::{BusEngine, StoreEngine};
 use env::{apply_env, merge};
 
@@ -42,8 +44,15 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
-    /// Browser origins allowed to open WebSocket / SSE streams (empty: any).
+    /// Browser origins (exact, or `*`) allowed to open WebSocket / SSE
+    /// streams (empty: any) and answered with CORS headers (empty: none).
     pub allowed_origins: Vec<String>,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` (and PROXY header) name
+    /// the client; everyone else is keyed by its socket address.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol v1/v2 header (from a
+    /// trusted proxy; others are closed).
+    pub proxy_protocol: bool,
     /// Open viewer connections (streams + held polls) per client address.
     pub max_viewer_connections_per_ip: usize,
     pub node_id: String,
@@ -114,8 +123,18 @@ pub struct IngestConfig {
     pub ip_burst: f64,
     pub dedup_ttl_s: u64,
     pub idempotency_ttl_s: u64,
-    pub shed_low_pending: u64,
-    pub shed_high_pending: u64,
+    /// Low messages of a (room, kind) are refused (`429 overloaded`) while
+    /// the processor measures that (room, kind) this far behind (ms).
+    pub shed_low_delay_ms: u64,
+    /// The same for high messages; whitelist is never shed by delay.
+    pub shed_high_delay_ms: u64,
+    /// Last guard: with this many messages waiting on the bus (all rooms),
+    /// low and high are refused (`503 bus_full`); whitelist still goes
+    /// until the bus itself is full (`bus.capacity`, Kafka's producer queue).
+    pub bus_full_pending: u64,
+    /// Viewers whose token's `vip` claim is at least this post as high
+    /// (a room's `vip_high_level` setting overrides it); 0: VIPs are not ranked.
+    pub vip_high_level: u32,
     /// A gift event may ask for the whitelist bucket; when false such a gift is high.
     pub events_may_request_whitelist: bool,
     /// Most events in one `POST /v1/rooms/{room}/events:batch`.
@@ -393,6 +412,9 @@ impl Config {
         if server.max_connections_per_ip == 0 || server.max_viewer_connections_per_ip == 0 {
             bail!("server.max_connections_per_ip and max_viewer_connections_per_ip must be at least 1");
         }
+        if server.proxy_protocol && server.trusted_proxies.is_empty() {
+            bail!("server.proxy_protocol needs server.trusted_proxies (the balancers that send the header)");
+        }
         if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
             bail!("fanout.tick_ms must be within 1..=10000");
         }
@@ -411,6 +433,18 @@ impl Config {
         }
         if self.ingest.max_text_chars == 0 {
             bail!("ingest.max_text_chars must be at least 1");
+        }
+        let ingest = &self.ingest;
+        if ingest.shed_low_delay_ms > ingest.shed_high_delay_ms {
+            bail!("ingest.shed_low_delay_ms must be at most ingest.shed_high_delay_ms");
+        }
+        // Processors tell fronts a delay only past gears.up_ms[0] (below it a
+        // (room, kind) is on time and costs no store write).
+        if ingest.shed_low_delay_ms <= self.gears.up_ms[0] {
+            bail!("ingest.shed_low_delay_ms must be above gears.up_ms[0] (delays below it are not shared)");
+        }
+        if ingest.bus_full_pending == 0 {
+            bail!("ingest.bus_full_pending must be at least 1");
         }
         if !(1..=1000).contains(&self.ingest.max_batch_events) {
             bail!("ingest.max_batch_events must be within 1..=1000");

@@ -147,3 +147,56 @@ fn legacy_gift_signatures_are_off_unless_asked_for() {
     assert!(debug.contains("accept_legacy_signatures: true"), "{debug}");
     assert!(!debug.contains(crate::config::DEV_GIFT_SECRET), "{debug}");
 }
+
+#[test]
+fn proxy_and_origin_lists_come_from_the_environment() {
+    let c = Config::load(
+        None,
+        env(&[
+            (
+                "DANMAKU_SERVER__TRUSTED_PROXIES",
+                "10.0.0.0/8, 127.0.0.1/32,fd00::/8",
+            ),
+            (
+                "DANMAKU_SERVER__ALLOWED_ORIGINS",
+                "https://a.example,https://b.example",
+            ),
+            ("DANMAKU_SERVER__PROXY_PROTOCOL", "true"),
+        ]),
+    )
+    .unwrap();
+    let proxies: Vec<String> = c
+        .server
+        .trusted_proxies
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    assert_eq!(proxies, vec!["10.0.0.0/8", "127.0.0.1/32", "fd00::/8"]);
+    assert_eq!(
+        c.server.allowed_origins,
+        vec!["https://a.example", "https://b.example"]
+    );
+    assert!(c.server.proxy_protocol);
+    assert!(Config::embedded().server.trusted_proxies.is_empty());
+}
+
+#[test]
+fn a_bad_trusted_proxy_names_the_key() {
+    let e = Config::load(
+        None,
+        env(&[(
+            "DANMAKU_SERVER__TRUSTED_PROXIES",
+            "10.0.0.0/8,10.0.0.300/32",
+        )]),
+    )
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(e.contains("server.trusted_proxies"), "{e}");
+    assert!(e.contains("10.0.0.300/32"), "{e}");
+}
+
+#[test]
+fn proxy_protocol_needs_trusted_proxies() {
+    let e = Config::load(None, env(&[("DANMAKU_SERVER__PROXY_PROTOCOL", "true")])).unwrap_err();
+    assert!(format!("{e:#}").contains("server.trusted_proxies"), "{e:#}");
+}

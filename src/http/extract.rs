@@ -1,7 +1,9 @@
 //! Extractors whose rejections are the contract's JSON errors, and the
 //! request-header helpers the handlers share.
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use bytes::Bytes;
@@ -34,6 +36,30 @@ impl FromRequestParts<AppState> for RoomPath {
             ));
         }
         Ok(RoomPath(room))
+    }
+}
+
+/// The client's address: the connection's peer, or whom a trusted proxy's
+/// forwarding header names (`server.trusted_proxies`, [`super::client_addr`]).
+/// What every per-address limit keys on.
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() else {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the connection's address is unknown",
+            ));
+        };
+        Ok(ClientIp(super::client_addr::client_ip(
+            peer.ip(),
+            &parts.headers,
+            &state.config.server.trusted_proxies,
+        )))
     }
 }
 

@@ -2,15 +2,13 @@
 //! (single and batched) and development tokens. Parsing and signatures
 //! here; validation, idempotency and publishing in `crate::ingest`.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::extract::{header_str, parse_json, RawBody, RoomPath};
+use super::extract::{header_str, parse_json, ClientIp, RawBody, RoomPath};
 use super::routes::Routes;
 use super::state::IngestState;
 use crate::auth::{unix_now, GiftRequest};
@@ -58,7 +56,7 @@ fn accepted(a: Accepted) -> Response {
 async fn post_danmaku(
     State(s): State<IngestState>,
     RoomPath(room): RoomPath,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
@@ -72,7 +70,7 @@ async fn post_danmaku(
             Ok((viewer, req))
         })
     })?;
-    let a = s.ingest.danmaku(&room, &viewer, peer.ip(), req).await?;
+    let a = s.ingest.danmaku(&room, &viewer, ip, req).await?;
     Ok(accepted(a))
 }
 
@@ -262,6 +260,9 @@ fn batch_item(mut value: serde_json::Value) -> Result<BatchItem, ApiError> {
 struct DemoTokenRequest {
     #[serde(default)]
     name: Option<String>,
+    /// A VIP level for the token's `vip` claim (to try VIP ranking).
+    #[serde(default)]
+    vip: Option<u32>,
 }
 
 /// Development only: a viewer token for the page and the README tour.
@@ -285,7 +286,7 @@ async fn demo_token(
     let id = format!("demo-{:08x}", rand::random::<u32>());
     let ttl = 24 * 3600;
     Ok(Json(serde_json::json!({
-        "token": s.auth.issue(&id, name, ttl),
+        "token": s.auth.issue_with_vip(&id, name, ttl, req.vip),
         "user": {"id": id, "name": name},
         "expires_in": ttl,
     })))

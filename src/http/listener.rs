@@ -11,9 +11,13 @@
 //! - a slot in the node's and its address's open-connection caps
 //!   (`server.max_connections`, `server.max_connections_per_ip`), held by the
 //!   socket itself so an upgraded WebSocket keeps it until it closes. Past a
-//!   cap the connection gets a one-shot JSON 503 / 429 and is closed.
+//!   cap the connection gets a one-shot JSON 503 / 429 and is closed;
+//! - with `server.proxy_protocol`, a PROXY header first (only from
+//!   `server.trusted_proxies`, within the head deadline): the address it
+//!   carries is the connection's peer from then on, caps included.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
+use super::proxy_protocol::{self, ProxyHeader};
+use crate::config::{any_contains, Cidr};
 use crate::error::ApiError;
 use crate::fanout::direct::socket::{SharedSocket, StackIo};
 use crate::front::{IpSlot, PerIpLimiter};
@@ -46,6 +52,10 @@ pub struct ListenerLimits {
     /// Bytes a socket queues for a slow reader before the hub stops writing
     /// to it directly (`fanout.push_backlog_bytes`).
     pub push_backlog_bytes: usize,
+    /// Connections start with a PROXY header (`server.proxy_protocol`),
+    /// taken only from these peers (`server.trusted_proxies`).
+    pub proxy_protocol: bool,
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl ListenerLimits {
@@ -63,6 +73,8 @@ impl ListenerLimits {
             },
             max_connections_per_ip: c.max_connections_per_ip,
             push_backlog_bytes: fanout.push_backlog_bytes.max(1),
+            proxy_protocol: c.proxy_protocol,
+            trusted_proxies: c.trusted_proxies.clone(),
         }
     }
 }
@@ -121,6 +133,7 @@ pub async fn serve(
         max_connections = limits.max_connections,
         max_connections_per_ip = limits.max_connections_per_ip,
         header_read_timeout_ms = limits.header_read_timeout.as_millis() as u64,
+        proxy_protocol = limits.proxy_protocol,
         "accepting connections"
     );
     let mut http = http1::Builder::new();
@@ -128,11 +141,18 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(limits.max_header_bytes);
     let node_slots = Arc::new(Semaphore::new(limits.max_connections));
-    let ip_slots = PerIpLimiter::new(limits.max_connections_per_ip, "connections");
+    let accept = Arc::new(Acceptor {
+        ip_slots: PerIpLimiter::new(limits.max_connections_per_ip, "connections"),
+        http,
+        app,
+        limits,
+        metrics,
+        refusals: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+    });
     let connections = TaskTracker::new();
-    let refusals = TaskTracker::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -140,7 +160,7 @@ pub async fn serve(
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning; the
                     // connections already open keep being served.
-                    metrics.http_accept_errors.inc();
+                    accept.metrics.http_accept_errors.inc();
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -152,27 +172,87 @@ pub async fn serve(
                 "too_many_connections",
                 format!(
                     "this node holds its maximum of {} connections",
-                    limits.max_connections
+                    accept.limits.max_connections
                 ),
             );
-            refuse(&refusals, stream, &e, &metrics);
+            accept.refuse(stream, &e);
             continue;
         };
-        let ip_slot = match ip_slots.acquire(peer.ip()) {
+        if !accept.limits.proxy_protocol {
+            if let Some(conn) = accept.admit(stream, peer, node_slot) {
+                connections.spawn(conn);
+            }
+            continue;
+        }
+        // PROXY protocol: only a trusted balancer may name the client.
+        if !any_contains(&accept.limits.trusted_proxies, peer.ip()) {
+            accept.connection_error("proxy_untrusted", peer, "not a trusted proxy");
+            continue;
+        }
+        // The header is read in the connection's task: a slow sender must
+        // not hold up the accept loop.
+        let accept = accept.clone();
+        connections.spawn(async move {
+            let header = tokio::select! {
+                header = proxy_protocol::read_header(&mut stream, accept.limits.header_read_timeout) => header,
+                _ = accept.shutdown.cancelled() => return,
+            };
+            let client = match header {
+                Ok(ProxyHeader::Proxied(client)) => client,
+                Ok(ProxyHeader::Local) => peer,
+                Err(e) => {
+                    accept.connection_error("proxy_header", peer, &e.to_string());
+                    return;
+                }
+            };
+            if let Some(conn) = accept.admit(stream, client, node_slot) {
+                conn.await;
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    accept.refusals.close();
+    connections.wait().await;
+    accept.refusals.wait().await;
+    Ok(())
+}
+
+/// What every accepted connection is served with.
+struct Acceptor {
+    http: http1::Builder,
+    app: Router,
+    limits: ListenerLimits,
+    metrics: Arc<Metrics>,
+    ip_slots: PerIpLimiter,
+    refusals: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Acceptor {
+    /// Takes `peer`'s slot in the per-address cap and returns the
+    /// connection to run, or answers it with a refusal past the cap.
+    fn admit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        node_slot: OwnedSemaphorePermit,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let ip_slot = match self.ip_slots.acquire(peer.ip().to_canonical()) {
             Ok(slot) => slot,
             Err(e) => {
-                refuse(&refusals, stream, &e, &metrics);
-                continue;
+                self.refuse(stream, &e);
+                return None;
             }
         };
         // Frames are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        let socket = SharedSocket::new(stream, limits.push_backlog_bytes);
+        let socket = SharedSocket::new(stream, self.limits.push_backlog_bytes);
         let io = TokioIo::new(CountedStream {
             io: StackIo(socket.clone()),
-            _slots: ConnectionSlots::new(node_slot, ip_slot, metrics.clone()),
+            _slots: ConnectionSlots::new(node_slot, ip_slot, self.metrics.clone()),
         });
-        let app = app.clone();
+        let app = self.app.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             // The WebSocket handler hands the raw socket to the room's hub.
@@ -180,10 +260,10 @@ pub async fn serve(
             // A Router is always ready: no poll_ready needed.
             app.clone().call(req)
         });
-        let conn = http.serve_connection(io, service).with_upgrades();
-        let shutdown = shutdown.clone();
-        let metrics = metrics.clone();
-        connections.spawn(async move {
+        let conn = self.http.serve_connection(io, service).with_upgrades();
+        let shutdown = self.shutdown.clone();
+        let metrics = self.metrics.clone();
+        Some(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -208,14 +288,21 @@ pub async fn serve(
                     .inc();
                 tracing::debug!(%peer, kind, error = %e, "connection ended with an error");
             }
-        });
+        })
     }
-    drop(listener);
-    connections.close();
-    refusals.close();
-    connections.wait().await;
-    refusals.wait().await;
-    Ok(())
+
+    /// Counts and logs a connection closed before HTTP (it is dropped).
+    fn connection_error(&self, kind: &'static str, peer: SocketAddr, why: &str) {
+        self.metrics
+            .http_connection_errors
+            .with_label_values(&[kind])
+            .inc();
+        tracing::debug!(%peer, kind, why, "connection closed before HTTP");
+    }
+
+    fn refuse(&self, stream: TcpStream, e: &ApiError) {
+        refuse(&self.refusals, stream, e, &self.metrics);
+    }
 }
 
 /// Refused connections being answered at once; past this many the rest

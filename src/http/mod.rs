@@ -4,6 +4,8 @@
 //! contract's 404 / 405 answers. Below this layer nothing imports from it.
 
 mod admin;
+pub mod client_addr;
+pub mod cors;
 pub mod extract;
 pub mod guard;
 mod ingest;
@@ -12,6 +14,7 @@ mod live;
 mod moderation;
 mod openapi;
 mod ops;
+pub mod proxy_protocol;
 mod replay;
 mod retract;
 pub mod routes;
@@ -26,7 +29,7 @@ use axum::Router;
 use crate::error::ApiError;
 use routes::Routes;
 
-pub use extract::{parse_json, ApiQuery, RawBody, RoomPath};
+pub use extract::{parse_json, ApiQuery, ClientIp, RawBody, RoomPath};
 pub use ingest::{parse_batch, parse_event};
 pub use state::{AppInner, AppState};
 
@@ -53,12 +56,17 @@ pub fn route_list() -> Vec<(&'static str, &'static str)> {
 /// The front roles' router: the API, the viewer transports, the page.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.server.max_body_bytes;
-    api(limit, state.config.ingest.max_batch_events)
+    let router = api(limit, state.config.ingest.max_batch_events)
         .into_router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(limit));
+    // Outermost, so preflights never reach a route.
+    let router = match cors::CorsLayer::new(&state.config.server.allowed_origins) {
+        Some(cors) => router.layer(cors),
+        None => router,
+    };
+    router.with_state(state)
 }
 
 /// Operations only (`processor` role): health, readiness, metrics.

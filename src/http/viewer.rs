@@ -2,16 +2,15 @@
 //! allow-list, per-address slots and viewer tokens, then the session in
 //! `crate::front` (`ws::run`, `poll::run`, `sse::open`).
 
-use std::net::SocketAddr;
-
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
-use super::extract::{header_str, ApiQuery, RoomPath};
+use super::cors::origin_allowed;
+use super::extract::{header_str, ApiQuery, ClientIp, RoomPath};
 use super::listener::ClientSocket;
 use super::routes::Routes;
 use crate::error::ApiError;
@@ -30,7 +29,7 @@ async fn ws_handler(
     State(s): State<Viewers>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     client: Option<Extension<ClientSocket>>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -39,7 +38,7 @@ async fn ws_handler(
         upgrade.map_err(|e| ApiError::new(e.status(), "websocket_required", e.body_text()))?;
     ApiError::refuse_if_stopping(&s.stopping)?;
     check_origin(&s.config.server.allowed_origins, &headers)?;
-    let slot = s.viewer_slots.acquire(peer.ip())?;
+    let slot = s.viewer_slots.acquire(ip)?;
     // Browsers cannot set headers on a WebSocket: the query may carry the
     // bare token; a header must say `Bearer`.
     let viewer = match (q.token.as_deref(), header_str(&headers, "authorization")) {
@@ -59,7 +58,7 @@ async fn ws_handler(
         .max_frame_size(ws::MAX_READ_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot; // held for the life of the connection
-            ws::run(socket, raw, s, room, viewer, peer.ip(), feed, hello).await
+            ws::run(socket, raw, s, room, viewer, ip, feed, hello).await
         }))
 }
 
@@ -67,9 +66,9 @@ async fn poll_handler(
     State(s): State<Viewers>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<PollQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
 ) -> Result<Response, ApiError> {
-    let _slot = s.viewer_slots.acquire(peer.ip())?;
+    let _slot = s.viewer_slots.acquire(ip)?;
     poll::run(&s, &room, q).await
 }
 
@@ -77,12 +76,12 @@ async fn sse_handler(
     State(s): State<Viewers>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<StreamQuery>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     ApiError::refuse_if_stopping(&s.stopping)?;
     check_origin(&s.config.server.allowed_origins, &headers)?;
-    let slot = s.viewer_slots.acquire(peer.ip())?;
+    let slot = s.viewer_slots.acquire(ip)?;
     let cursor = match headers.get("last-event-id") {
         Some(v) => Some(
             v.to_str()
@@ -97,8 +96,8 @@ async fn sse_handler(
     sse::open(&s, &room, q.epoch.as_deref(), cursor, slot).await
 }
 
-/// WebSocket / SSE `Origin` allow-list (empty list: any origin). Requests
-/// without an Origin (non-browser clients) are not affected.
+/// WebSocket / SSE `Origin` allow-list (empty list: any origin; `*` too).
+/// Requests without an Origin (non-browser clients) are not affected.
 fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError> {
     if allowed.is_empty() {
         return Ok(());
@@ -106,7 +105,7 @@ fn check_origin(allowed: &[String], headers: &HeaderMap) -> Result<(), ApiError>
     let Some(origin) = header_str(headers, "origin") else {
         return Ok(());
     };
-    if allowed.iter().any(|a| a == origin) {
+    if origin_allowed(allowed, origin.as_bytes()) {
         Ok(())
     } else {
         Err(ApiError::new(
@@ -132,5 +131,6 @@ mod tests {
         assert!(check_origin(&[], &h).is_ok(), "empty list allows all");
         let e = check_origin(&["https://a.example".into()], &h).unwrap_err();
         assert_eq!(e.code, "origin_not_allowed");
+        assert!(check_origin(&["*".into()], &h).is_ok(), "* allows all");
     }
 }

@@ -66,6 +66,7 @@ impl Ingest {
     ) -> Vec<Result<Accepted, ApiError>> {
         let mut results = Results::new(items.len());
         let pending = self.sort_items(room, items, &mut results);
+        let pending = self.shed_items(pending, &mut results).await;
         let won = self.claim_all(pending, &mut results).await;
         if !won.is_empty() {
             self.publish_all(won, &mut results).await;
@@ -113,6 +114,18 @@ impl Ingest {
             }
         }
         pending
+    }
+
+    /// Refuses the items that shedding refuses (before any key is claimed).
+    async fn shed_items(&self, pending: Vec<Pending>, results: &mut Results) -> Vec<Pending> {
+        let mut kept = Vec::with_capacity(pending.len());
+        for p in pending {
+            match self.check_shedding(&p.message).await {
+                Ok(()) => kept.push(p),
+                Err(e) => results.decide(p.index, Err(e)),
+            }
+        }
+        kept
     }
 
     /// Claims every key at once; returns the events to publish (with the

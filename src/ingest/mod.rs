@@ -7,12 +7,14 @@
 //! - [`idempotency`]: the key protocol that makes retries safe;
 //! - `batch`: `events:batch`, many events in one publish;
 //! - [`rate_limit`]: per-address token buckets (this node's); the per-user
-//!   rate and mutes are cluster state, checked through [`Control`].
+//!   rate and mutes are cluster state, checked through [`Control`];
+//! - [`shedding`]: what is refused while the pipeline is behind.
 
 mod batch;
 pub mod idempotency;
 pub mod rate_limit;
 pub mod request;
+pub mod shedding;
 pub mod validate;
 
 use std::collections::HashSet;
@@ -27,13 +29,14 @@ use crate::error::ApiError;
 use crate::gears::GearReader;
 use crate::message::{new_message_id, now_ms, Kind, Message, Priority, UserRef};
 use crate::metrics::Metrics;
-use crate::rooms::RoomDirectory;
+use crate::rooms::{RoomDirectory, RoomSettings};
 use crate::store::control::{PostGate, PostRate};
 use crate::store::LiveStore;
 use crate::text::BlockedWords;
 use idempotency::{Claimed, IdemKey, Idempotency};
 use rate_limit::RateLimiter;
 pub use request::{Accepted, BatchEvent, BatchItem, DanmakuRequest, EventRequest};
+use shedding::{Refusal, Thresholds};
 use validate::{check_gift, check_id, check_name, check_style, TextRules};
 
 pub struct Ingest {
@@ -48,8 +51,9 @@ pub struct Ingest {
     whitelist_users: HashSet<String>,
     rooms: Arc<RoomDirectory>,
     idempotency: Idempotency,
-    /// Picks partitions by the (room, kind)'s gear.
+    /// Picks partitions by the (room, kind)'s gear; its delay sheds.
     gears: GearReader,
+    shed: Thresholds,
 }
 
 impl Ingest {
@@ -68,6 +72,7 @@ impl Ingest {
             ips: RateLimiter::new(config.ip_rate_per_s, config.ip_burst),
             text: TextRules::new(&config),
             whitelist_users: config.whitelist_users.iter().cloned().collect(),
+            shed: Thresholds::from_config(&config),
             config,
             bus,
             store,
@@ -95,14 +100,24 @@ impl Ingest {
         req: DanmakuRequest,
     ) -> Result<Accepted, ApiError> {
         let result = match self.danmaku_message(room, viewer, ip, req) {
-            Ok((key, message)) => match self.gate(room, &viewer.sub).await {
-                Ok(()) => self.publish_once(&key, message).await,
-                Err(e) => Err(e),
-            },
+            Ok((key, message)) => self.admit_danmaku(&viewer.sub, &key, message).await,
             Err(e) => Err(e),
         };
         self.account(Kind::Danmaku, &result);
         result
+    }
+
+    /// Shedding (cheap: a cached read, so a shed post costs the user no
+    /// rate token and no store command), then the user's gate, then publish.
+    async fn admit_danmaku(
+        &self,
+        user: &str,
+        key: &IdemKey,
+        message: Message,
+    ) -> Result<Accepted, ApiError> {
+        self.check_shedding(&message).await?;
+        self.gate(&message.room, user).await?;
+        self.publish_once(key, message).await
     }
 
     /// The user's mutes (the room's from this node's cache, the global one
@@ -153,14 +168,7 @@ impl Ingest {
         if let Some(style) = &req.style {
             check_style(style)?;
         }
-        let priority = if self.whitelist_users.contains(&viewer.sub)
-            || settings.whitelist_users.contains(&viewer.sub)
-        {
-            Priority::Whitelist
-        } else {
-            Priority::Low
-        };
-        self.check_shedding(priority)?;
+        let priority = self.viewer_priority(viewer, &settings);
         let key = IdemKey::danmaku(
             room,
             &viewer.sub,
@@ -187,6 +195,25 @@ impl Ingest {
         Ok((key, message))
     }
 
+    /// A viewer's danmaku bucket: whitelist for configured users (globally
+    /// or in the room), high for a `vip` claim at or above the room's
+    /// `vip_high_level` (else `ingest.vip_high_level`; 0: VIPs not ranked),
+    /// low otherwise.
+    fn viewer_priority(&self, viewer: &ViewerClaims, settings: &RoomSettings) -> Priority {
+        if self.whitelist_users.contains(&viewer.sub)
+            || settings.whitelist_users.contains(&viewer.sub)
+        {
+            return Priority::Whitelist;
+        }
+        let level = settings
+            .vip_high_level
+            .unwrap_or(self.config.vip_high_level);
+        match viewer.vip {
+            Some(vip) if level > 0 && vip >= level => Priority::High,
+            _ => Priority::Low,
+        }
+    }
+
     /// A signed gift/system event (signature already verified by the caller).
     /// `fingerprint_source` identifies the request for idempotency: a retry
     /// with the same key must carry the same bytes (the API passes the
@@ -202,7 +229,7 @@ impl Ingest {
         let result = match self.event_message(room, idempotency_key, req) {
             Ok(message) => {
                 let key = self.event_key(room, idempotency_key, fingerprint_source);
-                self.publish_once(&key, message).await
+                self.shed_or_publish(&key, message).await
             }
             Err(e) => Err(e),
         };
@@ -256,7 +283,6 @@ impl Ingest {
                 req.priority.unwrap_or(Priority::Whitelist)
             }
         };
-        self.check_shedding(priority)?;
         Ok(Message {
             id: new_message_id(),
             seq: 0,
@@ -288,25 +314,50 @@ impl Ingest {
         }
     }
 
-    /// Under overload low is refused first, then high; whitelist never.
-    fn check_shedding(&self, priority: Priority) -> Result<(), ApiError> {
-        let pending = self.bus.pending();
-        let limit = match priority {
-            Priority::Whitelist => return Ok(()),
-            Priority::High => self.config.shed_high_pending,
-            Priority::Low => self.config.shed_low_pending,
-        };
-        if pending >= limit {
-            return Err(ApiError::too_many(
+    /// Refuses `message` while its (room, kind) is behind, or the bus is
+    /// full (`shedding`): low first, then high; whitelist never. The delay
+    /// comes with the gear the publish reads anyway (one cached read).
+    async fn check_shedding(&self, message: &Message) -> Result<(), ApiError> {
+        if message.priority == Priority::Whitelist {
+            return Ok(());
+        }
+        let delay_ms = self
+            .gears
+            .shared(&message.room, message.kind)
+            .await
+            .delay_ms;
+        match shedding::shed(message.priority, delay_ms, self.bus.pending(), &self.shed) {
+            None => Ok(()),
+            Some(Refusal::Overloaded {
+                delay_ms,
+                retry_after_s,
+            }) => Err(ApiError::too_many(
                 "overloaded",
                 format!(
-                    "the room pipeline is behind; {} messages are shed",
-                    priority.as_str()
+                    "room {} is {delay_ms} ms behind on {} messages; its {} ones are shed for now",
+                    message.room,
+                    message.kind.as_str(),
+                    message.priority.as_str()
                 ),
-                1,
-            ));
+                retry_after_s,
+            )),
+            Some(Refusal::BusFull {
+                pending,
+                retry_after_s,
+            }) => {
+                let mut e = ApiError::unavailable(
+                    "bus_full",
+                    format!("{pending} messages wait on the pipeline; retry"),
+                );
+                e.retry_after_s = Some(retry_after_s);
+                Err(e)
+            }
         }
-        Ok(())
+    }
+
+    async fn shed_or_publish(&self, key: &IdemKey, message: Message) -> Result<Accepted, ApiError> {
+        self.check_shedding(&message).await?;
+        self.publish_once(key, message).await
     }
 
     /// Claims `key`, publishes, and records the answer so that a retry with

@@ -29,6 +29,7 @@ fn viewer(sub: &str) -> ViewerClaims {
         name: "N".into(),
         exp: 0,
         nbf: None,
+        vip: None,
     }
 }
 
@@ -167,23 +168,41 @@ async fn user_rate_limit_gives_retry_after() {
     assert_eq!(e.retry_after_s, Some(2));
 }
 
-#[tokio::test]
-async fn low_is_shed_before_high_and_whitelist_never() {
-    let (ing, bus) = ingest(|c| {
-        c.shed_low_pending = 1;
-        c.shed_high_pending = 2;
-        c.user_burst = 100.0;
-        c.whitelist_users = vec!["vip".into()];
-    });
-    ing.danmaku("r", &viewer("u"), IP, req("1", "a"))
-        .await
-        .unwrap();
-    let e = ing
-        .danmaku("r", &viewer("u"), IP, req("2", "a"))
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, "overloaded");
-    let gift = || EventRequest {
+/// An ingest over a memory store the test can share gears into.
+fn ingest_over_store(
+    mutate: impl FnOnce(&mut IngestConfig),
+) -> (Ingest, Arc<MemoryBus>, Arc<MemoryStore>) {
+    let mut c = Config::embedded();
+    mutate(&mut c.ingest);
+    let bus = Arc::new(MemoryBus::new(2, 1000));
+    let store = Arc::new(MemoryStore::new(c.store.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let ing = Ingest::new(
+        c.ingest,
+        bus.clone(),
+        store.clone(),
+        metrics.clone(),
+        Control::in_memory(c.ration, metrics),
+    );
+    (ing, bus, store)
+}
+
+/// What a processor would tell fronts: (room, kind) is `delay_ms` behind.
+async fn behind(store: &MemoryStore, room: &str, kind: Kind, delay_ms: u64) {
+    let shared = crate::gears::Shared { gear: 3, delay_ms };
+    crate::gears::share(
+        store,
+        room,
+        kind,
+        shared,
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}
+
+fn gift() -> EventRequest {
+    EventRequest {
         kind: Kind::Gift,
         user: UserRef {
             id: "g".into(),
@@ -196,16 +215,158 @@ async fn low_is_shed_before_high_and_whitelist_never() {
             value: 1,
         }),
         priority: None,
-    };
-    ing.event("r", "k1", b"1", gift()).await.unwrap();
+    }
+}
+
+fn notice() -> EventRequest {
+    EventRequest {
+        kind: Kind::System,
+        user: UserRef {
+            id: "sys".into(),
+            name: "System".into(),
+        },
+        text: Some("hello".into()),
+        gift: None,
+        priority: None,
+    }
+}
+
+fn vip_viewer(sub: &str, vip: u32) -> ViewerClaims {
+    ViewerClaims {
+        vip: Some(vip),
+        ..viewer(sub)
+    }
+}
+
+/// Shedding goes by the delay of the message's own (room, kind): low past
+/// `shed_low_delay_ms`, high past `shed_high_delay_ms`, whitelist never; a
+/// behind room does not shed another room or another kind.
+#[tokio::test]
+async fn sheds_by_the_delay_of_its_own_room_and_kind() {
+    let (ing, bus, store) = ingest_over_store(|c| {
+        c.shed_low_delay_ms = 2000;
+        c.shed_high_delay_ms = 8000;
+        c.user_burst = 100.0;
+        c.whitelist_users = vec!["boss".into()];
+    });
+    behind(&store, "hot", Kind::Danmaku, 5000).await;
+    behind(&store, "hot", Kind::Gift, 9000).await;
+    behind(&store, "hot", Kind::System, 60_000).await;
+    let e = ing
+        .danmaku("hot", &viewer("u"), IP, req("1", "a"))
+        .await
+        .unwrap_err();
     assert_eq!(
-        ing.event("r", "k2", b"2", gift()).await.unwrap_err().code,
-        "overloaded"
+        (e.status, e.code),
+        (StatusCode::TOO_MANY_REQUESTS, "overloaded")
     );
-    ing.danmaku("r", &viewer("vip"), IP, req("3", "a"))
+    assert!(e.message.contains("5000 ms behind"), "{}", e.message);
+    assert_eq!(e.retry_after_s, Some(5));
+    // High (a VIP) rides it out, whitelist always; other rooms are not behind.
+    ing.danmaku("hot", &vip_viewer("v", 1), IP, req("2", "a"))
         .await
         .unwrap();
-    assert_eq!(bus.pending(), 3);
+    ing.danmaku("hot", &viewer("boss"), IP, req("3", "a"))
+        .await
+        .unwrap();
+    ing.danmaku("quiet", &viewer("u"), IP, req("4", "a"))
+        .await
+        .unwrap();
+    // Gifts past the high threshold are shed too, single or batched; notices never.
+    let e = ing.event("hot", "k1", b"1", gift()).await.unwrap_err();
+    assert_eq!(e.code, "overloaded");
+    ing.event("hot", "k2", b"2", notice()).await.unwrap();
+    let item = |key: &str| {
+        Ok(BatchItem {
+            idempotency_key: key.into(),
+            fingerprint_source: key.as_bytes().to_vec(),
+            req: gift(),
+        })
+    };
+    let hot = ing.events("hot", vec![item("b1")]).await;
+    assert_eq!(hot[0].as_ref().unwrap_err().code, "overloaded");
+    let quiet = ing.events("quiet", vec![item("b2")]).await;
+    assert!(quiet[0].is_ok(), "the quiet room's gifts go");
+    assert_eq!(bus.pending(), 5, "exactly the accepted ones were published");
+}
+
+/// Past `bus_full_pending` (all rooms) low and high get 503 bus_full;
+/// whitelist still goes (the bus's own capacity bounds it).
+#[tokio::test]
+async fn a_full_bus_refuses_low_and_high_but_not_whitelist() {
+    let (ing, bus, _) = ingest_over_store(|c| {
+        c.bus_full_pending = 2;
+        c.user_burst = 100.0;
+        c.whitelist_users = vec!["boss".into()];
+    });
+    ing.danmaku("a", &viewer("u"), IP, req("1", "a"))
+        .await
+        .unwrap();
+    ing.event("b", "k1", b"1", gift()).await.unwrap();
+    let e = ing
+        .danmaku("c", &viewer("u"), IP, req("2", "a"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status, e.code),
+        (StatusCode::SERVICE_UNAVAILABLE, "bus_full")
+    );
+    assert_eq!(e.retry_after_s, Some(2));
+    let e = ing.event("c", "k2", b"2", gift()).await.unwrap_err();
+    assert_eq!(e.code, "bus_full");
+    ing.danmaku("c", &viewer("boss"), IP, req("3", "a"))
+        .await
+        .unwrap();
+    ing.event("c", "k3", b"3", notice()).await.unwrap();
+    assert_eq!(bus.pending(), 4);
+}
+
+/// A `vip` claim at or above the level posts as high: the room's level
+/// first, then `ingest.vip_high_level`; 0 turns ranking off; whitelist
+/// users stay whitelist.
+#[tokio::test]
+async fn vip_levels_map_to_high_by_room_then_config() {
+    let (ing, bus, _) = ingest_over_store(|c| {
+        c.vip_high_level = 2;
+        c.user_burst = 100.0;
+        c.whitelist_users = vec!["boss".into()];
+    });
+    for (room, level) in [("strict", 5), ("flat", 0)] {
+        let body = serde_json::json!({ "vip_high_level": level });
+        let change = crate::rooms::patch_fields(body.as_object().unwrap());
+        ing.control
+            .plane()
+            .change_settings(room, &change)
+            .await
+            .unwrap();
+        ing.control.reload(room).await.unwrap();
+    }
+    let cases = [
+        ("any", viewer("u"), Priority::Low),
+        ("any", vip_viewer("u", 0), Priority::Low),
+        ("any", vip_viewer("u", 1), Priority::Low),
+        ("any", vip_viewer("u", 2), Priority::High),
+        ("any", vip_viewer("u", 9), Priority::High),
+        ("strict", vip_viewer("u", 4), Priority::Low),
+        ("strict", vip_viewer("u", 5), Priority::High),
+        ("flat", vip_viewer("u", 9), Priority::Low),
+        ("any", vip_viewer("boss", 9), Priority::Whitelist),
+    ];
+    let mut consumer = bus.consumer().await.unwrap();
+    for (i, (room, v, want)) in cases.into_iter().enumerate() {
+        ing.danmaku(room, &v, IP, req(&i.to_string(), "a"))
+            .await
+            .unwrap();
+        let got = consumer
+            .poll(1, std::time::Duration::from_millis(100))
+            .await
+            .unwrap();
+        assert_eq!(
+            got[0].message.priority, want,
+            "case {i}: {room} {:?}",
+            v.vip
+        );
+    }
 }
 
 #[tokio::test]

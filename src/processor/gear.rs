@@ -4,12 +4,18 @@
 //!
 //! Shifts use hysteresis (down only below half the threshold that raised it)
 //! and a minimum dwell, so the gear does not flap.
+//!
+//! What fronts are told ([`Shared`]: gear and delay) is written when a gear
+//! shifts or a (room, kind) falls behind, refreshed each second while it is
+//! raised or behind, and written once more when it is on time again; a
+//! (room, kind) on time in gear 1 costs no write at all. "Behind" is a delay
+//! past `gears.up_ms[0]`, the one that asks for gear 2.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::config::GearConfig;
-pub use crate::gears::Gear;
+pub use crate::gears::{Gear, Shared};
 use crate::message::Kind;
 
 /// One (room, kind)'s gear state on a processor.
@@ -20,6 +26,24 @@ pub struct GearState {
     pub delay_ms: f64,
     changed_at: Instant,
     seen_at: Instant,
+    /// Fronts were last told a raised gear or a delay (so they must be told
+    /// when it is over).
+    told: bool,
+}
+
+impl GearState {
+    /// Raised above gear 1, or behind (a delay that asks for gear 2): fronts
+    /// must know.
+    fn worth_telling(&self, up_ms: &[u64; 3]) -> bool {
+        self.gear > 1 || self.delay_ms > up_ms[0] as f64
+    }
+
+    fn shared(&self) -> Shared {
+        Shared {
+            gear: self.gear,
+            delay_ms: self.delay_ms.round() as u64,
+        }
+    }
 }
 
 /// A shift the caller should log, count and publish.
@@ -65,6 +89,7 @@ impl Gearbox {
                 delay_ms: delay_ms as f64,
                 changed_at: now - Duration::from_millis(cfg.min_dwell_ms),
                 seen_at: now,
+                told: false,
             });
         state.seen_at = now;
         // EWMA, fast enough to react within a batch or two.
@@ -90,22 +115,44 @@ impl Gearbox {
         Some(shift)
     }
 
-    /// The (room, kind)s above gear 1, for publishing to fronts.
-    pub fn raised(&self) -> Vec<(String, Kind, Gear)> {
-        self.states
-            .iter()
-            .filter(|(_, s)| s.gear > 1)
-            .map(|((r, k), s)| (r.clone(), *k, s.gear))
-            .collect()
+    /// What to tell fronts right after an observation of (room, kind): on a
+    /// shift, or when it has just fallen behind (not once per batch).
+    pub fn tell_now(&mut self, room: &str, kind: Kind, shifted: bool) -> Option<Shared> {
+        let state = self.states.get_mut(&(room.to_string(), kind))?;
+        let worth = state.worth_telling(&self.config.up_ms);
+        if !shifted && (!worth || state.told) {
+            return None;
+        }
+        state.told = worth;
+        Some(state.shared())
     }
 
-    /// A raised (room, kind) that got no traffic for a second has no delay:
-    /// let it shift down as if it had seen none. Returns the shifts.
+    /// What to tell fronts each second: every raised or behind (room, kind)
+    /// (a refresh within the share TTL), and once more each one that was
+    /// told and is now back on time in gear 1.
+    pub fn tell_each_second(&mut self) -> Vec<(String, Kind, Shared)> {
+        let mut out = Vec::new();
+        for ((room, kind), s) in self.states.iter_mut() {
+            let worth = s.worth_telling(&self.config.up_ms);
+            if worth || s.told {
+                s.told = worth;
+                out.push((room.clone(), *kind, s.shared()));
+            }
+        }
+        out
+    }
+
+    /// A raised or behind (room, kind) that got no traffic for a second has
+    /// no delay (nothing of it waits): let it shift down and its delay decay
+    /// as if it had seen none. Returns the shifts.
     pub fn idle_tick(&mut self, now: Instant) -> Vec<(String, Kind, Shift)> {
         let quiet: Vec<(String, Kind)> = self
             .states
             .iter()
-            .filter(|(_, s)| s.gear > 1 && now.duration_since(s.seen_at) >= Duration::from_secs(1))
+            .filter(|(_, s)| {
+                s.worth_telling(&self.config.up_ms)
+                    && now.duration_since(s.seen_at) >= Duration::from_secs(1)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         quiet
@@ -117,10 +164,11 @@ impl Gearbox {
             .collect()
     }
 
-    /// Forgets quiet (room, kind)s back in gear 1 (bounded memory).
+    /// Forgets quiet (room, kind)s back in gear 1 and on time (bounded
+    /// memory).
     pub fn forget_idle(&mut self, older_than: Duration, now: Instant) {
         self.states
-            .retain(|_, s| s.gear > 1 || now.duration_since(s.seen_at) < older_than);
+            .retain(|_, s| s.gear > 1 || s.told || now.duration_since(s.seen_at) < older_than);
     }
 }
 
@@ -190,7 +238,89 @@ mod tests {
             assert_eq!(g.gear("r", Kind::Danmaku), expect, "dwell holds");
             t += Duration::from_millis(1100);
         }
-        assert!(g.raised().is_empty());
+        assert!(
+            g.tell_each_second().is_empty(),
+            "never told: nothing to undo"
+        );
+    }
+
+    /// Fronts hear of a shift or a fall behind at once, of a raised or
+    /// behind (room, kind) each second, and once more when it is on time.
+    #[test]
+    fn tells_fronts_of_shifts_and_delays_once_each_and_each_second() {
+        let mut g = Gearbox::new(cfg());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let (r, k) = ("r", Kind::Danmaku);
+        g.observe(r, k, 10, t0);
+        assert_eq!(g.tell_now(r, k, false), None, "on time in gear 1: silent");
+        assert!(g.tell_each_second().is_empty());
+        let shift = g.observe(r, k, 1000, ms(10));
+        assert_eq!(shift, Some(Shift { from: 1, to: 2 }));
+        let told = g.tell_now(r, k, true).unwrap();
+        assert_eq!((told.gear, told.delay_ms), (2, 505), "EWMA of 10 and 1000");
+        g.observe(r, k, 1000, ms(20));
+        assert_eq!(g.tell_now(r, k, false), None, "already told");
+        let each = g.tell_each_second();
+        assert_eq!(
+            each,
+            vec![(
+                r.to_string(),
+                k,
+                Shared {
+                    gear: 2,
+                    delay_ms: 753
+                }
+            )]
+        );
+        // Back down to gear 1 (told: a shift), then behind within the dwell.
+        let mut t = 1100;
+        while g.observe(r, k, 0, ms(t)).is_none() {
+            t += 10;
+        }
+        assert_eq!(g.gear(r, k), 1);
+        assert_eq!(g.tell_now(r, k, true).map(|s| s.gear), Some(1));
+        g.observe(r, k, 900, ms(t + 10));
+        let told = g.tell_now(r, k, false).expect("fell behind: told at once");
+        assert_eq!(told.gear, 1);
+        assert!(told.delay_ms > 250, "{told:?}");
+        assert_eq!(g.tell_now(r, k, false), None);
+        assert_eq!(g.tell_each_second().len(), 1, "refreshed while behind");
+        // On time again (still within the dwell, so no shift): told once.
+        for i in 0..5 {
+            g.observe(r, k, 0, ms(t + 20 + i));
+        }
+        assert_eq!(g.gear(r, k), 1);
+        assert_eq!(g.tell_now(r, k, false), None);
+        let last = g.tell_each_second();
+        assert_eq!(last.len(), 1);
+        assert!(last[0].2.delay_ms <= 250, "{last:?}");
+        assert!(g.tell_each_second().is_empty());
+    }
+
+    #[test]
+    fn idle_behind_room_kinds_decay_to_on_time() {
+        let mut g = Gearbox::new(GearConfig {
+            up_ms: [250, 100_000, 200_000],
+            min_dwell_ms: 600_000,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        // First observation: the dwell has passed, so it shifts to gear 2
+        // once; afterwards the long dwell keeps it there.
+        g.observe("r", Kind::Danmaku, 4000, t0);
+        assert_eq!(g.gear("r", Kind::Danmaku), 2);
+        let mut seconds = 0;
+        while g
+            .tell_each_second()
+            .iter()
+            .any(|(_, _, s)| s.delay_ms > 250)
+        {
+            seconds += 1;
+            assert!(seconds < 10, "delay never decayed");
+            g.idle_tick(t0 + Duration::from_secs(seconds));
+        }
+        assert_eq!(seconds, 4, "4000 halves to 250 in four quiet seconds");
     }
 
     #[test]

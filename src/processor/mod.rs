@@ -66,10 +66,10 @@ impl Processor {
             if last_share.elapsed() >= Duration::from_secs(1) {
                 // Quiet rooms shift down; raised gears stay alive for fronts.
                 for (room, kind, shift) in gearbox.idle_tick(Instant::now()) {
-                    self.on_shift(&room, kind, &shift).await;
+                    self.on_shift(&room, kind, &shift);
                 }
-                for (room, kind, g) in gearbox.raised() {
-                    self.share_gear(&room, kind, g).await;
+                for (room, kind, shared) in gearbox.tell_each_second() {
+                    self.share_gear(&room, kind, shared).await;
                 }
                 gearbox.forget_idle(Duration::from_secs(60), Instant::now());
                 last_share = Instant::now();
@@ -145,8 +145,12 @@ impl Processor {
         let mut writers: Vec<(&str, Vec<Message>)> = Vec::new();
         for ((room, kind), deliveries) in &groups {
             let oldest = deliveries.iter().map(|d| d.message.ts).min().unwrap_or(now);
-            if let Some(shift) = gearbox.observe(room, *kind, now.saturating_sub(oldest), at) {
-                self.on_shift(room, *kind, &shift).await;
+            let shift = gearbox.observe(room, *kind, now.saturating_sub(oldest), at);
+            if let Some(shift) = &shift {
+                self.on_shift(room, *kind, shift);
+            }
+            if let Some(shared) = gearbox.tell_now(room, *kind, shift.is_some()) {
+                self.share_gear(room, *kind, shared).await;
             }
             let gear = gearbox.gear(room, *kind);
             // Serial lanes: the whole group, or one per partition in gear 2/4.
@@ -188,7 +192,8 @@ impl Processor {
         }
     }
 
-    async fn on_shift(&self, room: &str, kind: Kind, shift: &gear::Shift) {
+    /// Logs and counts a shift (the caller tells fronts).
+    fn on_shift(&self, room: &str, kind: Kind, shift: &gear::Shift) {
         let direction = if shift.to > shift.from { "up" } else { "down" };
         tracing::info!(
             room,
@@ -203,13 +208,13 @@ impl Processor {
             .inc();
         self.metrics
             .set_gear(room, kind.as_str(), i64::from(shift.to));
-        self.share_gear(room, kind, shift.to).await;
     }
 
-    /// Tells fronts the gear (they choose partitions by it).
-    async fn share_gear(&self, room: &str, kind: Kind, gear: Gear) {
+    /// Tells fronts the gear (they choose partitions by it) and the delay
+    /// (they shed by it).
+    async fn share_gear(&self, room: &str, kind: Kind, shared: gears::Shared) {
         let ttl = Duration::from_secs(self.gears.share_ttl_s.max(1));
-        if let Err(e) = gears::share(&*self.store, room, kind, gear, ttl).await {
+        if let Err(e) = gears::share(&*self.store, room, kind, shared, ttl).await {
             tracing::warn!(room, error = %e, "sharing the gear failed");
         }
     }
