@@ -17,11 +17,13 @@ use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
 use crate::config::{BusEngine, Config, StoreEngine};
 use crate::control::Control;
 use crate::fanout::HubRegistry;
+use crate::front::kicks::Kicks;
 use crate::http::listener::ListenerLimits;
 use crate::http::{AppInner, AppState};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::moderation::mutes::Mutes;
+use crate::moderation::retract::Retractor;
 use crate::processor::{PauseGate, Processor};
 use crate::rooms::RoomDirectory;
 use crate::store::control::{memory::MemoryControl, ControlPlane};
@@ -136,8 +138,22 @@ impl Server {
             std::time::Duration::from_millis(config.ration.lite_after_ms),
             node_id(&config),
         );
+        let kicks = Arc::new(Kicks::default());
+        let retractor = Arc::new(Retractor::new(
+            store.clone(),
+            control.clone(),
+            hubs.clone(),
+            replay.clone(),
+            metrics.clone(),
+        ));
         if role.runs_front() {
             hubs.start_background();
+            tokio::spawn(crate::moderation::carry_out(
+                control.subscribe(),
+                retractor.clone(),
+                kicks.clone(),
+                stopping.clone(),
+            ));
             control.start(stopping.clone()).await;
         }
         let state = AppState(Arc::new(AppInner {
@@ -158,6 +174,8 @@ impl Server {
                 config.auth.jwt_leeway_s,
             )),
             mutes: Arc::new(Mutes::new(control.clone(), metrics.clone())),
+            retractor,
+            kicks,
             control,
             store: store.clone(),
             bus: bus.clone(),

@@ -437,3 +437,188 @@ async fn bad_moderation_input_is_refused_and_changes_nothing() {
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
+
+/// A WebSocket viewer on `node` (with `token`, if any).
+async fn viewer_on(node: &common::procs::Node, room: &str, token: Option<&str>) -> WsViewer {
+    let query = token.map(|t| format!("?token={t}")).unwrap_or_default();
+    WsViewer::connect(&format!(
+        "ws://127.0.0.1:{}/v1/rooms/{room}/ws{query}",
+        node.port
+    ))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retracted_on_one_node_disappears_on_the_other() {
+    let Some(redis) = test_redis_url() else {
+        return;
+    };
+    let scratch = ScratchDir::new("retract-archive");
+    let archive = format!("sqlite://{}/archive.db?mode=rwc", scratch.0.display());
+    let p = Pair::start(&redis, &[("DANMAKU_ARCHIVE_URL", archive.as_str())]).await;
+    let room = unique("retract");
+    let (s, body) = p
+        .admin(
+            &p.a,
+            "POST",
+            &format!("/v1/admin/rooms/{room}/live/start"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let mut on_b = viewer_on(&p.b, &room, None).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (s, body) = p
+            .post(&p.a, &room, &format!("u{i}"), &format!("m{i}"))
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    let got = on_b.collect(3, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 3, "B's viewer saw the posts");
+    let (_, snapshot_before, _) = common::into_parts(
+        p.http
+            .get(format!("{}/v1/rooms/{room}/snapshot", p.b.base()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+
+    let (s, body) = p
+        .admin(
+            &p.a,
+            "DELETE",
+            &format!("/v1/admin/rooms/{room}/messages/{}", ids[1]),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // B's viewer gets the retract frame.
+    let frame = loop {
+        let v = on_b
+            .next_json(Duration::from_secs(3))
+            .await
+            .expect("a retract frame on B");
+        if v["type"] == "retract" {
+            break v;
+        }
+    };
+    assert_eq!(frame["ids"], json!([ids[1]]), "{frame}");
+    // A poll from cursor 0 on B, and B's snapshot, omit it.
+    let (_, poll) = p
+        .call(
+            &p.b,
+            reqwest::Method::GET,
+            &format!("/v1/rooms/{room}/poll?cursor=0&wait_ms=0"),
+            "",
+            None,
+        )
+        .await;
+    let polled: Vec<&str> = poll["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(polled, vec![ids[0].as_str(), ids[2].as_str()], "{poll}");
+    let (_, snapshot, _) = common::into_parts(
+        p.http
+            .get(format!("{}/v1/rooms/{room}/snapshot", p.b.base()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(
+        !snapshot.to_string().contains(ids[1].as_str()),
+        "B's snapshot omits it: {snapshot}"
+    );
+    assert!(
+        snapshot_before.to_string().contains(ids[1].as_str()),
+        "it was there before"
+    );
+
+    // The live's replay, read on B, omits it.
+    let (s, body) = p
+        .admin(
+            &p.b,
+            "POST",
+            &format!("/v1/admin/rooms/{room}/live/end"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let replayed = loop {
+        let (s, body) = p
+            .call(
+                &p.b,
+                reqwest::Method::GET,
+                &format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=300000"),
+                "",
+                None,
+            )
+            .await;
+        let messages = body["messages"].as_array().cloned().unwrap_or_default();
+        if s == StatusCode::OK && messages.len() >= 2 {
+            break messages;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the live replays within 30 s: {s} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let replayed: Vec<&str> = replayed.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(replayed, vec![ids[0].as_str(), ids[2].as_str()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_on_one_node_closes_the_users_sockets_on_the_other() {
+    let Some(redis) = test_redis_url() else {
+        return;
+    };
+    let p = Pair::start(&redis, &[]).await;
+    let room = unique("ban");
+    let user = unique("troll");
+    let token = p.auth.issue(&user, "Troll", 600);
+    let mut troll = viewer_on(&p.b, &room, Some(&token)).await;
+    let mut bystander = viewer_on(&p.b, &room, Some(&p.auth.issue("calm", "Calm", 600))).await;
+    let mut elsewhere = viewer_on(&p.b, &unique("other-room"), Some(&token)).await;
+
+    let (s, body) = p
+        .admin(
+            &p.a,
+            "PUT",
+            &format!("/v1/admin/rooms/{room}/bans/{user}"),
+            Some(json!({"duration_s": 60})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["ban"]["user"], user.as_str());
+    let (end, _) = troll.until_closed(Duration::from_secs(3)).await;
+    assert_eq!(
+        end,
+        common::WsEnd::Closed(Some((1008, "banned".into()))),
+        "the banned user's socket on B"
+    );
+    let (s, body) = p.post(&p.b, &room, &user, "after-ban").await;
+    assert_eq!(
+        (s, body["error"]["code"].clone()),
+        (StatusCode::FORBIDDEN, json!("muted")),
+        "a ban mutes"
+    );
+    // Others in the room, and the user in other rooms, stay.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bystander
+        .next_json(Duration::from_millis(200))
+        .await
+        .is_err_and(|e| e == common::WsEnd::Timeout));
+    assert!(elsewhere
+        .next_json(Duration::from_millis(200))
+        .await
+        .is_err_and(|e| e == common::WsEnd::Timeout));
+}

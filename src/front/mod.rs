@@ -3,6 +3,7 @@
 //! that open these sessions (upgrade, origin, per-address slots, tokens)
 //! live in `crate::http::viewer`.
 
+pub mod kicks;
 pub mod poll;
 pub mod sse;
 pub mod ws;
@@ -34,6 +35,8 @@ pub struct Viewers {
     pub metrics: Arc<Metrics>,
     /// Viewer connections per client address.
     pub viewer_slots: Arc<PerIpLimiter>,
+    /// Bans to carry out: the banned user's sessions close (1008).
+    pub kicks: Arc<kicks::Kicks>,
     /// Cancelled first: no new streams, no sends.
     pub stopping: CancellationToken,
     /// Cancelled last: sessions close with a reason.

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+
+use super::kicks::next_kick;
 use futures_util::SinkExt;
 use serde::Deserialize;
 
@@ -154,6 +156,7 @@ impl Session {
         let idle_deadline = tokio::time::sleep(idle);
         tokio::pin!(idle_deadline);
         let closing = self.s.closing.clone();
+        let mut kicks = self.s.kicks.subscribe();
         loop {
             let viewer = link.direct.as_ref().map(|d| d.viewer.clone());
             let viewer = viewer.as_deref();
@@ -181,6 +184,11 @@ impl Session {
                 },
                 _ = &mut idle_deadline => {
                     link.close(CLOSE_GOING_AWAY, "idle timeout").await;
+                    ControlFlow::Break(())
+                }
+                _ = next_kick(&mut kicks, &self.room, || self.viewer.as_ref().map(|v| v.sub.clone())) => {
+                    tracing::debug!(room = %self.room, "closing a banned user's WebSocket");
+                    link.close(CLOSE_POLICY, "banned").await;
                     ControlFlow::Break(())
                 }
                 _ = ping.tick() => alive(link.socket.send(Message::Ping(Default::default())).await),

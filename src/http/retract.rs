@@ -1,5 +1,6 @@
 //! `DELETE /v1/admin/rooms/{room}/messages/{id}` (DESIGN §4): retracts a
-//! message (`crate::moderation::retract`). Admin bearer token for now.
+//! message (`crate::moderation::retract`): the admin token, or a moderator
+//! token for the room.
 //!
 //! `200 {"room","id","seq"}`; a malformed room → 400 `bad_room`, a malformed
 //! id → 400 `invalid_id`, an id neither the live store nor the archive knows
@@ -12,23 +13,22 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::Json;
 
-use super::guard::require_admin;
+use super::guard::require_moderator;
 use super::routes::Routes;
-use super::state::AppState;
+use super::state::ModerationState;
 use crate::error::ApiError;
 use crate::message::valid_room;
-use crate::moderation::retract::{RetractError, Retracted, Retractor};
+use crate::moderation::retract::{RetractError, Retracted};
 
 pub(super) fn routes() -> Routes {
     Routes::new().delete("/v1/admin/rooms/{room}/messages/{id}", retract)
 }
 
 async fn retract(
-    State(s): State<AppState>,
+    State(s): State<ModerationState>,
     path: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Json<Retracted>, ApiError> {
-    require_admin(&s.config.auth.admin_token, &headers)?;
     // A segment that does not decode (bad percent-encoding, not UTF-8) is
     // no message id.
     let Ok(Path((room, id))) = path else {
@@ -40,12 +40,13 @@ async fn retract(
             "room must be 1-64 characters of A-Z a-z 0-9 _ -",
         ));
     }
-    let retractor = Retractor::new(
-        s.store.clone(),
-        s.hubs.clone(),
-        s.replay.clone(),
-        s.metrics.clone(),
-    );
-    // The actor is "operator" while the admin token is the only way in.
-    Ok(Json(retractor.retract(&room, &id, "operator").await?))
+    let actor = require_moderator(
+        &s.config.auth.admin_token,
+        &s.moderators,
+        &headers,
+        Some(&room),
+    )?;
+    Ok(Json(
+        s.retractor.retract(&room, &id, &actor.to_string()).await?,
+    ))
 }

@@ -116,11 +116,18 @@ async fn handler(
     let cfg = &s.config.snapshot;
     let max_age = Duration::from_millis(cfg.max_age_ms);
     let slot = cache.rooms.get_with(room.clone(), Default::default);
-    let (snapshot, stale) = match slot.fresh(max_age) {
+    // A retraction on this node outdates a cached snapshot at once (it does
+    // not move the cursor the cache is otherwise keyed by).
+    let mark = s.hubs.retraction_mark(&room);
+    let fresh = || {
+        slot.fresh(max_age)
+            .filter(|snap| snap.state.retractions == mark)
+    };
+    let (snapshot, stale) = match fresh() {
         Some(snap) => (snap, false),
         None => {
             let _flight = slot.computing.lock().await;
-            match slot.fresh(max_age) {
+            match fresh() {
                 // Computed by the request we waited for.
                 Some(snap) => (snap, false),
                 None => {

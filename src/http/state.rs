@@ -13,10 +13,12 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::control::Control;
 use crate::fanout::HubRegistry;
+use crate::front::kicks::Kicks;
 use crate::front::{PerIpLimiter, Viewers};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::moderation::mutes::Mutes;
+use crate::moderation::retract::Retractor;
 use crate::replay::Replay;
 use crate::rooms::RoomDirectory;
 use crate::store::LiveStore;
@@ -38,9 +40,12 @@ pub struct AppInner {
     /// Verifies moderator tokens.
     pub moderators: Arc<Moderators>,
     pub mutes: Arc<Mutes>,
+    pub retractor: Arc<Retractor>,
     pub metrics: Arc<Metrics>,
     /// Viewer connections per client address.
     pub viewer_slots: Arc<PerIpLimiter>,
+    /// Bans carried out on this node's WebSocket sessions.
+    pub kicks: Arc<Kicks>,
     /// Replay reads (cache → replay Redis → archive) and the archive.
     pub replay: Arc<Replay>,
     /// Wakes this node's archiver when a live ends here.
@@ -70,6 +75,7 @@ impl FromRef<AppState> for Viewers {
             rooms: s.rooms.clone(),
             metrics: s.metrics.clone(),
             viewer_slots: s.viewer_slots.clone(),
+            kicks: s.kicks.clone(),
             stopping: s.stopping.clone(),
             closing: s.closing.clone(),
         }
@@ -124,6 +130,7 @@ pub struct ModerationState {
     pub config: Arc<Config>,
     pub moderators: Arc<Moderators>,
     pub mutes: Arc<Mutes>,
+    pub retractor: Arc<Retractor>,
 }
 
 impl FromRef<AppState> for ModerationState {
@@ -132,6 +139,7 @@ impl FromRef<AppState> for ModerationState {
             config: s.config.clone(),
             moderators: s.moderators.clone(),
             mutes: s.mutes.clone(),
+            retractor: s.retractor.clone(),
         }
     }
 }

@@ -4,18 +4,19 @@
 //!
 //! 1. takes it out of the live store (`LiveStore::retract`): every later read
 //!    by cursor, catch-up and small-room snapshot omits it;
-//! 2. tells this node's viewers (`HubRegistry::retract`): a retract frame on
-//!    WebSocket and SSE, `"retracted"` in long-poll answers, the big-room
-//!    cache and the snapshot's ETag;
-//! 3. keeps it in the archive, marked (audit): a message retracted while the
+//! 2. keeps it in the archive, marked (audit): a message retracted while the
 //!    live is on is archived now (the archiver, copying from the live store,
 //!    will not see it), and replay reads omit marked rows;
-//! 4. forgets the room's cached replay windows (`Replay::forget_room`).
+//! 3. publishes the cluster's `retract` notice.
 //!
-//! Other nodes do steps 2 and 4 when the cluster's notice reaches them:
-//! [`Retractor::apply_remote`]. Retracting again is answered like the first
-//! time and redoes every step (a retry after a failure completes the work);
-//! clients apply retract frames idempotently.
+//! Every node — this one included, through the same notice, so each applies
+//! it once — then does [`Retractor::apply`]: tells its viewers
+//! (`HubRegistry::retract`: a retract frame on WebSocket and SSE,
+//! `"retracted"` in long-poll answers, the big-room cache and the snapshot's
+//! ETag) and forgets the room's cached replay windows (`Replay::forget_room`).
+//! Retracting again is answered like the first time and redoes every step (a
+//! retry after a failure completes the work); clients apply retract frames
+//! idempotently.
 
 use std::sync::Arc;
 
@@ -24,12 +25,14 @@ use serde::Serialize;
 
 use crate::archive::{ArchiveError, Live};
 use crate::archiver::archived;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::fanout::HubRegistry;
 use crate::ingest::validate::check_id;
 use crate::message::StoredMessage;
 use crate::metrics::Metrics;
 use crate::replay::Replay;
+use crate::store::control::Notice;
 use crate::store::{LiveStore, Retraction, StoreError};
 
 /// Lives of a room looked at for the one a retracted message belongs to.
@@ -38,6 +41,8 @@ const LIVES_LOOKED_AT: usize = 10;
 /// Retracts messages on this node (see the module doc).
 pub struct Retractor {
     store: Arc<dyn LiveStore>,
+    /// Publishes the notice every node applies.
+    control: Arc<Control>,
     hubs: Arc<HubRegistry>,
     replay: Arc<Replay>,
     metrics: Arc<Metrics>,
@@ -90,12 +95,14 @@ impl From<RetractError> for ApiError {
 impl Retractor {
     pub fn new(
         store: Arc<dyn LiveStore>,
+        control: Arc<Control>,
         hubs: Arc<HubRegistry>,
         replay: Arc<Replay>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Retractor {
             store,
+            control,
             hubs,
             replay,
             metrics,
@@ -115,18 +122,19 @@ impl Retractor {
         if check_id("id", id).is_err() {
             return Err(RetractError::InvalidId);
         }
-        let ids = vec![id.to_string()];
         let taken = self.store.retract(room, id).await?;
-        if taken.is_some() {
-            // Off the screens first, whatever the archive does next.
-            self.hubs.retract(room, ids.clone());
-        }
         let archived = self.keep_in_archive(room, id, taken.as_ref()).await?;
-        match (&taken, archived) {
-            (None, false) => return Err(RetractError::UnknownMessage),
-            (None, true) => self.hubs.retract(room, ids),
-            (Some(_), _) => {}
+        if taken.is_none() && !archived {
+            return Err(RetractError::UnknownMessage);
         }
+        self.control
+            .publish(Notice::Retract {
+                room: room.to_string(),
+                ids: vec![id.to_string()],
+            })
+            .await?;
+        // Replay reads here right after the answer must not see it: the
+        // writer drops its caches now too (the notice does it again; cheap).
         self.replay.forget_room(room).await?;
         let seq = taken.map(|t| t.seq);
         self.metrics
@@ -141,9 +149,9 @@ impl Retractor {
         })
     }
 
-    /// A retraction made on another node, on this one: viewers and replay
-    /// caches only (the store and the archive are shared and done already).
-    pub async fn apply_remote(&self, room: &str, ids: Vec<String>) -> Result<(), ArchiveError> {
+    /// A retraction's notice, on every node: viewers and replay caches only
+    /// (the store and the archive are shared and done already).
+    pub async fn apply(&self, room: &str, ids: Vec<String>) -> Result<(), ArchiveError> {
         self.hubs.retract(room, ids);
         self.replay.forget_room(room).await
     }

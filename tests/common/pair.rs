@@ -41,9 +41,10 @@ impl Pair {
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();
+        // One after the other: a shared archive file is migrated once.
         let a = Node::spawn("serve", &env);
-        let b = Node::spawn("serve", &env);
         a.ready(&http).await;
+        let b = Node::spawn("serve", &env);
         b.ready(&http).await;
         Pair {
             a,
