@@ -127,7 +127,10 @@ fn production_example_is_valid() {
     assert_eq!(c.store.engine, StoreEngine::Redis);
     assert!(!c.auth.demo_tokens);
     assert!(c.archive.url.starts_with("mysql://"), "a shared archive");
-    assert!(!c.store.replay_redis_url.is_empty(), "an isolated replay cache");
+    assert!(
+        !c.store.replay_redis_url.is_empty(),
+        "an isolated replay cache"
+    );
 }
 
 #[test]
