@@ -45,25 +45,17 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.clone().unwrap_or(Command::Serve);
+    // A tool's stdout is its answer (a token, headers, a config): logs go aside.
     let tool = matches!(
         command,
         Command::Check | Command::Token(_) | Command::Sign(_)
     );
-    let subscriber = tracing_subscriber::fmt().with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_env("DANMAKU_LOG")
-            .unwrap_or_else(|_| "info".into()),
-    );
-    // A tool's stdout is its answer (a token, headers, a config): logs go aside.
-    if tool {
-        subscriber.with_writer(std::io::stderr).init();
-    } else {
-        subscriber.init();
-    }
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(listen) = &cli.listen {
         env.push(("DANMAKU_LISTEN".into(), listen.clone()));
     }
     if matches!(command, Command::Check) {
+        init_logs(false, true);
         return answer(tools::check(cli.config.as_deref(), env));
     }
     let config = match Config::load(cli.config.as_deref(), env) {
@@ -73,6 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logs(config.log.json(), tool);
     let role = match command {
         Command::Serve => Role::Serve,
         Command::Front => Role::Front,
@@ -116,6 +109,27 @@ fn main() -> ExitCode {
             eprintln!("danmaku: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs filtered by `DANMAKU_LOG`, as text or one JSON object a line
+/// (`log.format`), on stdout (stderr for the tools).
+fn init_logs(json: bool, to_stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DANMAKU_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
     }
 }
 

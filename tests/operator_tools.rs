@@ -317,3 +317,47 @@ async fn a_redis_url_alone_makes_nodes_share_the_store() {
         );
     }
 }
+
+/// `DANMAKU_LOG_FORMAT=json`: every log line a node writes is a JSON object
+/// with a level and a message.
+#[test]
+fn json_log_lines_parse() {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .arg("serve")
+        .env_clear()
+        .env("DANMAKU_LOG", "info")
+        .env("DANMAKU_LOG_FORMAT", "json")
+        .env(
+            "DANMAKU_LISTEN",
+            format!("127.0.0.1:{}", common::procs::free_port()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn danmaku serve");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().take(3) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        lines.push(line.expect("a log line"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!lines.is_empty(), "no log line in 20 s");
+    for line in &lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string(), "{line}");
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    // The development-secrets warning is among the first lines.
+    assert!(
+        lines.iter().any(|l| l.contains("DEVELOPMENT SECRETS")),
+        "{lines:?}"
+    );
+}

@@ -14,6 +14,7 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_ARCHIVE_URL", "archive.url"),
     ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
+    ("DANMAKU_LOG_FORMAT", "log.format"),
 ];
 
 pub(super) fn merge(base: &mut toml::Table, over: toml::Table) {

@@ -39,6 +39,21 @@ pub struct Config {
     pub poll: PollConfig,
     pub snapshot: SnapshotConfig,
     pub archive: ArchiveConfig,
+    pub log: LogConfig,
+}
+
+/// Logs (stdout); the filter is `DANMAKU_LOG` (`info`, `danmaku=debug`, …).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (human-readable lines) or `"json"` (one JSON object a line).
+    pub format: String,
+}
+
+impl LogConfig {
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -500,6 +515,9 @@ impl Config {
         }
         if axum::http::HeaderValue::from_str(&archive.replay_cache_control).is_err() {
             bail!("archive.replay_cache_control is not a valid header value");
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            bail!("log.format must be \"text\" or \"json\"");
         }
         let replay = self.store.replay_redis_url.trim();
         if !replay.is_empty() && replay == self.store.redis_url.trim() {

@@ -371,3 +371,12 @@ fn the_effective_config_prints_without_secrets() {
     show::check_shape(&DEFAULT_TOML.parse().unwrap(), &reparsed).unwrap();
     assert_eq!(reparsed["fanout"]["tick_ms"].as_integer(), Some(50));
 }
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert!(!Config::embedded().log.json());
+    let c = Config::load(None, env(&[("DANMAKU_LOG_FORMAT", "json")])).unwrap();
+    assert!(c.log.json());
+    let e = Config::load(None, env(&[("DANMAKU_LOG__FORMAT", "yaml")])).unwrap_err();
+    assert!(format!("{e:#}").contains("log.format"), "{e:#}");
+}
