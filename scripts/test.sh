@@ -93,7 +93,7 @@ log "the integration suite again with the Redis live store"
 DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test auth_failures \
   --test ingest_api --test graceful_shutdown --test health_and_metrics --test priority \
   --test snapshot_events --test gears --test gift_signature --test hostile_text \
-  --test socket_manners -- --include-ignored "$@"
+  --test socket_manners --test retract -- --include-ignored "$@"
 
 log "the API suite again on Kafka + Redis in one process"
 DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test auth_failures \

@@ -4,7 +4,7 @@
 //!
 //! No label may take values that grow with users or rooms. Every label here
 //! takes its values from a fixed set the code names (transport, kind, reason,
-//! bucket, op, source, result, cap, direction), so the number of series stays
+//! bucket, op, source, result, cap, direction, action), so the number of series stays
 //! the same however many viewers and rooms a node serves.
 //!
 //! Per-room figures go elsewhere: every room's online count and budget to the

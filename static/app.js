@@ -13,7 +13,13 @@
 //
 // Testing hooks are plain DOM: every comment is an element with data-id,
 // data-seq, data-kind, data-mode (data-offset in replay); #transport carries
-// data-transport/data-state, #online data-online, #player data-time-ms.
+// data-transport/data-state, #online data-online, #player data-time-ms,
+// #stats data-shown/data-dropped/data-retracted.
+//
+// Retractions: a moderator's retraction reaches the page as a WebSocket
+// `{"type":"retract","ids"}`, an SSE `retract` event or a long-poll answer's
+// `retracted` list; the messages leave the overlay and the chat, and never
+// show again (ids are applied idempotently: unknown ones are ignored).
 "use strict";
 
 const CFG = {
@@ -212,6 +218,7 @@ class Overlay {
     this.mine = new Set();
     this.shown = 0;
     this.dropped = 0;
+    this.retracted = 0;
     const resize = new ResizeObserver(() => {
       // The lanes sit below the pinned notices: pinning one moves them down.
       this.lanesEl.style.top = `${this.noticesEl.offsetHeight}px`;
@@ -459,6 +466,20 @@ class Overlay {
     if (notices) this.noticesEl.replaceChildren();
   }
 
+  /** Takes a retracted message off the overlay, wherever it is (waiting too). */
+  retract(id) {
+    let gone = 0;
+    const drop = (it) => { if (it.el.dataset.id !== id) return true; it.gone = true; it.el.remove(); gone++; return false; };
+    this.scroll = this.scroll.filter(drop);
+    this.fixed = this.fixed.filter(drop);
+    this.pending = this.pending.filter((p) => p.msg.id !== id);
+    for (const [k, c] of this.gifts) {
+      if (c.el.dataset.ids.split(" ").includes(id)) { c.el.remove(); this.gifts.delete(k); gone++; }
+    }
+    for (const el of this.noticesEl.querySelectorAll(`[data-id="${CSS.escape(id)}"]`)) { el.remove(); gone++; }
+    if (gone) { this.retracted++; this.stats(); }
+  }
+
   markMine(id) {
     this.mine.add(id);
     for (const el of this.root.querySelectorAll(`[data-id="${CSS.escape(id)}"]`)) el.classList.add("mine");
@@ -468,6 +489,7 @@ class Overlay {
     const s = $("stats");
     s.dataset.shown = String(this.shown);
     s.dataset.dropped = String(this.dropped);
+    s.dataset.retracted = String(this.retracted);
     s.textContent = `shown ${this.shown} · dropped ${this.dropped}`;
   }
 }
@@ -504,11 +526,15 @@ const Log = {
     if (stick) this.el.scrollTop = this.el.scrollHeight;
   },
   clear() { this.el.replaceChildren(); },
+  remove(id) {
+    for (const li of this.el.querySelectorAll(`li[data-id="${CSS.escape(id)}"]`)) li.remove();
+  },
 };
 
 // ─────────────────────────────── Live transports ───────────────────────────────
 // Each opens one connection and reports through cb: hello(h), batch(b),
-// reply(m) (WebSocket answers), down(reason). close() ends it silently.
+// retract(ids), reply(m) (WebSocket answers), down(reason). close() ends it
+// silently.
 
 const Transports = {
   ws(live, cb) {
@@ -537,6 +563,7 @@ const Transports = {
       try { m = JSON.parse(ev.data); } catch (_) { return; }
       if (m.type === "hello") { hello = true; cb.hello(m); }
       else if (m.type === "batch") cb.batch(m);
+      else if (m.type === "retract") cb.retract(m.ids);
       else cb.reply(m);
     };
     ws.onclose = (ev) => finish(ev.reason ? `closed: ${ev.reason}` : `closed (${ev.code})`);
@@ -569,6 +596,7 @@ const Transports = {
     const parse = (e) => { try { return JSON.parse(e.data); } catch (_) { return null; } };
     es.addEventListener("hello", (e) => { const m = parse(e); if (m) { hello = true; cb.hello(m); } });
     es.addEventListener("batch", (e) => { const m = parse(e); if (m) cb.batch(m); });
+    es.addEventListener("retract", (e) => { const m = parse(e); if (m) cb.retract(m.ids); });
     es.addEventListener("close", (e) => { const m = parse(e); finish(`closed: ${(m && m.reason) || "by server"}`); });
     // EventSource would retry by itself; we retry with our cursor and backoff.
     es.onerror = () => finish("stream failed");
@@ -598,6 +626,8 @@ const Transports = {
           cb.hello({ type: "hello", room: body.room, epoch: body.epoch, online: null, synthetic: true });
         }
         cb.batch(body);
+        // Retracted lately (it repeats for a minute: applied idempotently).
+        if (body.retracted) cb.retract(body.retracted);
       }
     })();
     return { close() { done = true; ac.abort(); } };
@@ -607,7 +637,7 @@ const Transports = {
 class Live {
   constructor(room, handlers) {
     this.room = room;
-    this.h = handlers; // {messages(list, reset), online(n|null), transport(kind, state, detail)}
+    this.h = handlers; // {messages(list, reset), retract(ids), online(n|null), transport(kind, state, detail)}
     const all = ["ws", "sse", "poll"];
     const forced = params.get("transport");
     this.order = all.includes(forced) ? all.slice(all.indexOf(forced)) : all;
@@ -670,6 +700,7 @@ class Live {
     this.conn = Transports[kind](this, {
       hello: mine((m) => this.onHello(kind, m)),
       batch: mine((m) => this.onBatch(m)),
+      retract: mine((ids) => { if (Array.isArray(ids)) this.h.retract(ids); }),
       reply: mine((m) => this.onReply(m)),
       down: mine((reason) => this.onDown(kind, reason)),
     });
@@ -774,6 +805,7 @@ class Live {
         this.h.transport(kind, "connecting", `${kind} works again; leaving ${from}`);
       },
       batch: () => {},
+      retract: () => {},
       reply: () => {},
       down: () => {
         if (done) return;
@@ -1061,6 +1093,7 @@ const player = new Player($("player"), $("video"), $("scene"));
 const overlay = new Overlay($("overlay"));
 const sender = new Sender();
 const seen = new Set(); // message ids already shown (a resume may overlap a transport switch)
+const retracted = new Set(); // message ids retracted: never shown again
 let mode = params.get("mode") === "replay" ? "replay" : "live";
 let room = /^[A-Za-z0-9_-]{1,64}$/.test(params.get("room") || "") ? params.get("room") : "demo";
 let live = null;
@@ -1086,7 +1119,7 @@ const liveHandlers = {
   messages(list) {
     const now = player.now();
     for (const m of list) {
-      if (!m || !m.id || seen.has(m.id)) continue;
+      if (!m || !m.id || seen.has(m.id) || retracted.has(m.id)) continue;
       remember(m.id);
       Log.add(m, new Date(m.ts || Date.now()).toLocaleTimeString());
       if (player.playing) overlay.add(m, now, now);
@@ -1094,6 +1127,20 @@ const liveHandlers = {
         pausedQueue.push(m);
         if (pausedQueue.length > 100) pausedQueue.shift();
       }
+    }
+  },
+  retract(ids) {
+    for (const id of ids) {
+      if (typeof id !== "string" || retracted.has(id)) continue;
+      retracted.add(id);
+      overlay.retract(id);
+      Log.remove(id);
+      pausedQueue = pausedQueue.filter((m) => m.id !== id);
+    }
+    if (retracted.size > 4000) {
+      const keep = [...retracted].slice(-2000);
+      retracted.clear();
+      keep.forEach((x) => retracted.add(x));
     }
   },
   online(n) {
@@ -1164,6 +1211,7 @@ function setMode(next, { start } = {}) {
   overlay.clear();
   Log.clear();
   seen.clear();
+  retracted.clear();
   pausedQueue = [];
   if (mode === "live") {
     player.setDuration(null);

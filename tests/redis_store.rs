@@ -331,6 +331,82 @@ async fn reads_match_the_memory_engine() {
     assert!(checked > 100);
 }
 
+/// Retractions (docs/redis-keys.md, "Retractions") answer and read exactly
+/// as the embedded engine's: the message leaves every read, the cursor
+/// passes its seq without a gap, the id stays known.
+#[tokio::test]
+async fn retractions_match_the_memory_engine() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let config = cfg(3);
+    let s = store(&url, config.clone()).await;
+    let m = MemoryStore::new(config);
+    let r = room("retract");
+    let pattern = [2, 1, 2, 2, 0, 2, 1, 2, 2, 0];
+    let batch: Vec<Message> = pattern
+        .iter()
+        .enumerate()
+        .map(|(i, p)| msg(&format!("m{i}"), Priority::ALL[*p]))
+        .collect();
+    assert_eq!(
+        s.append(&r, batch.clone()).await.unwrap(),
+        m.append(&r, batch).await.unwrap()
+    );
+    // m0 was trimmed (low keeps 3): known, nothing left to take out. m3 twice.
+    for id in ["m3", "m4", "m0", "m3", "nope", "m9"] {
+        let want = m.retract(&r, id).await.unwrap();
+        let got = s.retract(&r, id).await.unwrap();
+        assert_eq!(got, want, "retract {id}");
+    }
+    let got = s.retract(&r, "m4").await.unwrap();
+    assert_eq!(got.map(|g| (g.seq, g.message.is_none())), Some((5, true)));
+    assert_eq!(s.retract(&room("none"), "m1").await.unwrap(), None);
+    let head = s.head(&r).await.unwrap().seq;
+    for after in 0..=head {
+        for until in [after + 1, head, u64::MAX] {
+            for limit in [1, 2, 100] {
+                let want = m.read_range(&r, after, until, limit).await.unwrap();
+                let got = s.read_range(&r, after, until, limit).await.unwrap();
+                let ctx = format!("after={after} until={until} limit={limit}");
+                assert_eq!(got.messages, want.messages, "{ctx}");
+                assert_eq!((got.cursor, got.gap), (want.cursor, want.gap), "{ctx}");
+            }
+        }
+    }
+    // After the last trimmed seq (4, low): no gap, though 5 and 10 are gone.
+    let all = s.read_range(&r, 4, u64::MAX, 100).await.unwrap();
+    let ids: Vec<&str> = all.messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, vec!["m5", "m6", "m7", "m8"]);
+    assert_eq!(
+        (all.cursor, all.gap),
+        (10, false),
+        "a retraction is not a gap"
+    );
+    // A redelivery of a retracted message is a duplicate, not stored again.
+    let again = s.append(&r, vec![msg("m3", Priority::Low)]).await.unwrap();
+    assert_eq!(again, vec![AppendOutcome::Duplicate { seq: 4 }]);
+    let mut a = admin(&url).await;
+    let recorded: Vec<(String, u64)> = redis::cmd("ZRANGE")
+        .arg(format!("dm:{{{r}}}:retracted"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    let want: Vec<(String, u64)> = [("m0", 1), ("m3", 4), ("m4", 5), ("m9", 10)]
+        .iter()
+        .map(|(id, seq)| (id.to_string(), *seq))
+        .collect();
+    assert_eq!(recorded, want);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(format!("dm:{{{r}}}:retracted"))
+        .query_async(&mut a)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 3600, "expires with the room: {ttl}");
+}
+
 #[tokio::test]
 async fn room_keys_are_hash_tagged_and_expire() {
     let url = need_redis!();

@@ -5,7 +5,8 @@
 //!
 //! The copy from the live store is the archiver role (`crate::archiver`); it is idempotent: rows are keyed
 //! by (live, seq) and inserted with "insert or ignore", and each batch moves
-//! the live's `archived_through_seq` in the same transaction.
+//! the live's `archived_through_seq` in the same transaction. A retracted
+//! message keeps its row, marked (`mark_retracted`); replay reads omit it.
 
 pub mod metrics;
 pub mod sql;
@@ -100,7 +101,8 @@ pub trait Archive: Send + Sync + 'static {
     /// Marks the copy complete.
     async fn finish(&self, live_id: &str, archived_at: u64) -> Result<(), ArchiveError>;
 
-    /// Messages with `from_ms <= offset_ms < to_ms`, by (offset_ms, seq).
+    /// Messages with `from_ms <= offset_ms < to_ms`, by (offset_ms, seq);
+    /// retracted ones left out.
     async fn read_window(
         &self,
         live_id: &str,
@@ -108,7 +110,12 @@ pub trait Archive: Send + Sync + 'static {
         to_ms: u64,
     ) -> Result<Vec<ArchivedMessage>, ArchiveError>;
 
-    /// Rows stored for a live.
+    /// Marks message `id` of `room` retracted (it stays, for audit; replay
+    /// reads omit it from then on). `false`: no live of the room holds it.
+    /// Marking again answers `true` and changes nothing.
+    async fn mark_retracted(&self, room: &str, id: &str) -> Result<bool, ArchiveError>;
+
+    /// Rows stored for a live (retracted ones included).
     async fn count(&self, live_id: &str) -> Result<u64, ArchiveError>;
 
     async fn ping(&self) -> Result<(), ArchiveError>;

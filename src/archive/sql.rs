@@ -141,6 +141,33 @@ impl SqlArchive {
     }
 }
 
+/// Rows of the lives of room `?`.
+const IN_ROOM: &str = "live_id IN (SELECT id FROM lives WHERE room = ?)";
+
+/// The `id` of a message's JSON, for the `msg_id` column.
+fn message_id(json: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(json).ok().map(|m| m.id)
+}
+
+/// `LIKE` pattern of a body holding `"id":<id>` (the archived JSON has no
+/// spaces), to find candidates; `!` escapes the pattern's own characters.
+fn body_pattern(id: &str) -> String {
+    let literal = serde_json::to_string(id).expect("a string serialises");
+    let mut out = String::from("%\"id\":");
+    for c in literal.chars() {
+        if matches!(c, '!' | '%' | '_') {
+            out.push('!');
+        }
+        out.push(c);
+    }
+    out.push('%');
+    out
+}
+
 /// The URL without its password, for messages.
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -260,18 +287,19 @@ impl Archive for SqlArchive {
         through_seq: u64,
     ) -> Result<(), ArchiveError> {
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
-        // 5 binds a row: 200 rows stay far below every engine's bind limit.
+        // 6 binds a row: 200 rows stay far below every engine's bind limit.
         for chunk in rows.chunks(200) {
             let verb = match self.engine {
                 Engine::MySql => "INSERT IGNORE INTO",
                 Engine::Sqlite => "INSERT OR IGNORE INTO",
             };
-            let mut q = format!("{verb} live_messages (live_id, seq, offset_ms, ts, body) VALUES ");
+            let mut q =
+                format!("{verb} live_messages (live_id, seq, offset_ms, ts, body, msg_id) VALUES ");
             for i in 0..chunk.len() {
                 q.push_str(if i == 0 {
-                    "(?, ?, ?, ?, ?)"
+                    "(?, ?, ?, ?, ?, ?)"
                 } else {
-                    ", (?, ?, ?, ?, ?)"
+                    ", (?, ?, ?, ?, ?, ?)"
                 });
             }
             let mut query = sqlx::query(&q);
@@ -281,7 +309,8 @@ impl Archive for SqlArchive {
                     .bind(int(m.seq))
                     .bind(int(m.offset_ms))
                     .bind(int(m.ts))
-                    .bind(String::from_utf8_lossy(&m.json).into_owned());
+                    .bind(String::from_utf8_lossy(&m.json).into_owned())
+                    .bind(message_id(&m.json));
             }
             query.execute(&mut *tx).await.map_err(unavailable)?;
         }
@@ -315,7 +344,8 @@ impl Archive for SqlArchive {
     ) -> Result<Vec<ArchivedMessage>, ArchiveError> {
         let rows = sqlx::query(
             "SELECT seq, offset_ms, ts, body FROM live_messages \
-             WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? ORDER BY offset_ms, seq",
+             WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? AND retracted = 0 \
+             ORDER BY offset_ms, seq",
         )
         .bind(live_id)
         .bind(int(from_ms))
@@ -340,6 +370,59 @@ impl Archive for SqlArchive {
             .map_err(unavailable)
     }
 
+    async fn mark_retracted(&self, room: &str, id: &str) -> Result<bool, ArchiveError> {
+        // Rows archived before `msg_id` existed: candidates by their body,
+        // confirmed by the body's own `id` (a user's id could match the
+        // pattern), then given their `msg_id`.
+        let legacy = format!(
+            "SELECT live_id, seq, body FROM live_messages WHERE {IN_ROOM} \
+             AND msg_id IS NULL AND body LIKE ? ESCAPE '!'"
+        );
+        let rows = sqlx::query(&legacy)
+            .bind(room)
+            .bind(body_pattern(id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let body = match row.try_get::<String, _>(2) {
+                Ok(s) => s.into_bytes(),
+                Err(_) => row.try_get::<Vec<u8>, _>(2).map_err(unavailable)?,
+            };
+            if message_id(&body).as_deref() != Some(id) {
+                continue;
+            }
+            let (live_id, seq): (String, i64) = (
+                row.try_get(0).map_err(unavailable)?,
+                row.try_get(1).map_err(unavailable)?,
+            );
+            sqlx::query("UPDATE live_messages SET msg_id = ? WHERE live_id = ? AND seq = ?")
+                .bind(id)
+                .bind(live_id)
+                .bind(seq)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        }
+        let update =
+            format!("UPDATE live_messages SET retracted = 1 WHERE {IN_ROOM} AND msg_id = ?");
+        sqlx::query(&update)
+            .bind(room)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        // Counted apart: MySQL reports only rows it changed (not one marked before).
+        let count = format!("SELECT COUNT(*) FROM live_messages WHERE {IN_ROOM} AND msg_id = ?");
+        let row = sqlx::query(&count)
+            .bind(room)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(row.try_get::<i64, _>(0).map_err(unavailable)? > 0)
+    }
+
     async fn count(&self, live_id: &str) -> Result<u64, ArchiveError> {
         let row = sqlx::query("SELECT COUNT(*) FROM live_messages WHERE live_id = ?")
             .bind(live_id)
@@ -360,7 +443,19 @@ impl Archive for SqlArchive {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{body_pattern, message_id, redact};
+
+    #[test]
+    fn message_ids_and_body_patterns() {
+        assert_eq!(
+            message_id(br#"{"gift":null,"id":"a1","user":{"id":"u"}}"#),
+            Some("a1".to_string())
+        );
+        assert_eq!(message_id(br#"{"seq":3}"#), None);
+        assert_eq!(body_pattern("a1"), r#"%"id":"a1"%"#);
+        assert_eq!(body_pattern("a_%!b"), r#"%"id":"a!_!%!!b"%"#);
+        assert_eq!(body_pattern("q\""), r#"%"id":"q\""%"#);
+    }
 
     #[test]
     fn passwords_are_redacted() {

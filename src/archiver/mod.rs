@@ -180,7 +180,7 @@ impl Copier {
 }
 
 /// The archived form: the stored JSON with `offset_ms` added.
-fn archived(m: &crate::message::StoredMessage, started_at: u64) -> ArchivedMessage {
+pub fn archived(m: &crate::message::StoredMessage, started_at: u64) -> ArchivedMessage {
     let offset_ms = m.ts.saturating_sub(started_at);
     let json = match serde_json::from_slice::<serde_json::Value>(&m.json) {
         Ok(serde_json::Value::Object(mut obj)) => {

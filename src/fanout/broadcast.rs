@@ -96,6 +96,13 @@ impl Hub {
         let (messages, combo_stats) =
             combos.apply(now, ctx.combo_window_ms, ctx.final_tick, selection.messages);
         account_combos(ctx.metrics, combo_stats);
+        // Held back (late high, combos) or read just before a retraction:
+        // a message retracted meanwhile is not handed out.
+        let mut messages = messages;
+        let retracted = ctx.retractions.recent(&self.room, now);
+        if !retracted.is_empty() {
+            messages.retain(|m| !retracted.contains(&m.id));
+        }
         let undecided: Arc<[u64]> = if rationer.has_undecided() || combos.is_holding() {
             let mut seqs = rationer.undecided();
             seqs.extend(combos.held_seqs());
@@ -118,11 +125,49 @@ impl Hub {
 
     /// Makes `frame` the room's newest, all at once for a concurrent
     /// subscriber: cursor, held seqs, cache, ring and direct viewers.
-    fn publish(&self, ctx: &HubContext<'_>, mut frame: Frame, undecided: Arc<[u64]>) -> Broadcast {
+    fn publish(&self, ctx: &HubContext<'_>, frame: Frame, undecided: Arc<[u64]>) -> Broadcast {
         let mut pos = self.position.lock();
         debug_assert_eq!(pos.sent_cursor, frame.from, "only the hub task moves it");
         pos.read_cursor = frame.to;
         pos.undecided = undecided;
+        self.publish_locked(ctx, pos, frame)
+    }
+
+    /// Announces the ids retracted since the last tick in one retract frame,
+    /// published like a batch (numbered, through the ring and the direct
+    /// writes) so that every viewer gets it once, after the batches before
+    /// it. Cached frames published since the retraction lose the messages
+    /// too (a read that was under way when it happened).
+    pub(super) async fn send_retractions(&self, ctx: &HubContext<'_>) {
+        if !self.retract_waiting.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let ids = std::mem::take(&mut *self.retract_pending.lock());
+        if ids.is_empty() {
+            return;
+        }
+        let Broadcast { frame, direct } = {
+            let mut pos = self.position.lock();
+            pos.retract_cached(&self.room, &ids);
+            let frame = Frame::retract(&self.room, pos.epoch.clone(), pos.sent_cursor, &ids);
+            self.publish_locked(ctx, pos, frame)
+        };
+        // A batch read before the retraction may have refilled the cache.
+        ctx.retractions.advance_mark(&self.room);
+        if let Some(members) = direct {
+            let stats = self.write_direct(&frame, &members).await;
+            account_direct(ctx.metrics, &stats);
+        }
+    }
+
+    /// Publishes `frame` at `pos` (the position lock held until the ring has
+    /// it). A retract frame moves no cursor and stays out of the cache.
+    fn publish_locked(
+        &self,
+        ctx: &HubContext<'_>,
+        mut pos: parking_lot::MutexGuard<'_, super::hub::Position>,
+        mut frame: Frame,
+    ) -> Broadcast {
         // Viewers that took every frame so far join the direct writes now,
         // before this broadcast: from this frame on, the hub writes to them.
         let (direct, joined) =
@@ -133,7 +178,9 @@ impl Hub {
         pos.last_frame_no = frame.no;
         let frame = Arc::new(frame);
         pos.sent_cursor = frame.to;
-        pos.keep_recent(frame.clone(), ctx.cache_messages);
+        if !frame.is_retract() {
+            pos.keep_recent(frame.clone(), ctx.cache_messages);
+        }
         let ring = self.tx.receiver_count().saturating_sub(joined);
         frame.receivers.store(
             ring + direct.as_ref().map_or(0, |d| d.len()),

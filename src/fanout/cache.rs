@@ -10,6 +10,26 @@ use std::sync::Arc;
 use super::frame::{encode_batch, Frame};
 use crate::message::StoredMessage;
 
+/// Takes the messages `ids` names out of the cached frames (a retraction):
+/// each frame that held one is replaced by a copy without it, at the same
+/// place, so readers neither see it nor find a gap. Returns how many
+/// messages left the cache.
+pub fn retract_cached(recent: &mut VecDeque<Arc<Frame>>, room: &str, ids: &[String]) -> usize {
+    let mut removed = 0;
+    for frame in recent.iter_mut() {
+        let n = frame
+            .messages
+            .iter()
+            .filter(|m| ids.contains(&m.id))
+            .count();
+        if n > 0 {
+            *frame = Arc::new(frame.without(room, ids));
+            removed += n;
+        }
+    }
+    removed
+}
+
 /// The cached frames after a cursor.
 pub struct CachedFrames {
     pub epoch: Arc<str>,
@@ -63,8 +83,11 @@ impl CachedFrames {
 
     /// When the answer is exactly the newest broadcast frame: its
     /// pre-encoded bytes answer as they are.
+    /// (Not a frame a retraction emptied: nothing to answer with.)
     pub fn single(&self) -> Option<&Arc<Frame>> {
-        self.frames.first().filter(|_| self.whole_newest)
+        self.frames
+            .first()
+            .filter(|f| self.whole_newest && !f.messages.is_empty())
     }
 
     /// The messages of the answer, in frame order.
@@ -164,6 +187,19 @@ mod tests {
         assert_eq!(future.cursor, 6, "a cursor from the future is clamped");
         let gap = read_after(&cache(&[(4, 6, &[5, 6])]), 2, 100);
         assert!(gap.gap && gap.single().is_none());
+    }
+
+    #[test]
+    fn retracted_messages_leave_the_cache_without_a_gap() {
+        let mut recent = cache(&[(0, 2, &[1, 2]), (2, 4, &[3, 4]), (4, 5, &[5])]);
+        let ids = ["id3".to_string(), "id5".to_string(), "id9".to_string()];
+        assert_eq!(retract_cached(&mut recent, "r1", &ids), 2);
+        let all = read_after(&recent, 0, 100);
+        assert_eq!((seqs(&all), all.cursor, all.gap), (vec![1, 2, 4], 5, false));
+        let last = read_after(&recent, 4, 100);
+        assert_eq!(last.message_count(), 0, "the emptied frame stays, empty");
+        assert!(!last.gap && last.single().is_none());
+        assert_eq!(retract_cached(&mut recent, "r1", &ids), 0, "idempotent");
     }
 
     #[test]

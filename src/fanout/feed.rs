@@ -221,6 +221,16 @@ impl ViewerFeed {
     fn take_from_ring(&mut self, frame: Arc<Frame>, lite_after: Duration) -> Option<FeedEvent> {
         frame.taken.fetch_add(1, Ordering::Relaxed);
         self.frame_no = frame.no;
+        if frame.is_retract() {
+            // Whatever the viewer's position: it may hold the message (a
+            // viewer still catching up had it before), and ids are applied
+            // idempotently. It moves no cursor.
+            return Some(FeedEvent::Frame {
+                frame,
+                lite: false,
+                from_ring: true,
+            });
+        }
         if frame.epoch != self.epoch {
             self.epoch = frame.epoch.clone();
             self.cursor = 0;
@@ -282,6 +292,14 @@ impl ViewerFeed {
             .into_iter()
             .collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
+            if frame.is_retract() {
+                self.frame_no = frame.no;
+                out.push(ReadyFrame {
+                    frame,
+                    from_ring: true,
+                });
+                continue;
+            }
             if frame.epoch != self.epoch
                 || (frame.to <= self.cursor && !late_only(&frame, self.cursor))
             {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::message::{Priority, StoredMessage};
 
 pub struct Frame {
+    pub kind: FrameKind,
     pub epoch: Arc<str>,
     /// Cursor before this frame: a viewer at `from` can take it as is.
     pub from: u64,
@@ -33,6 +34,17 @@ pub struct Frame {
     pub no: u64,
 }
 
+/// What a frame carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameKind {
+    /// `{"type":"batch",...}`: messages; moves the cursor from `from` to `to`.
+    Batch,
+    /// `{"type":"retract","room","ids"}`: messages to take off the screen.
+    /// It moves no cursor (`from == to`), is never cached, and reaches every
+    /// viewer of the room wherever its cursor stands (`ViewerFeed`).
+    Retract,
+}
+
 /// One frame's bytes in each transport's framing.
 pub struct Encoded {
     pub count: usize,
@@ -50,8 +62,18 @@ pub struct Encoded {
 impl Encoded {
     fn new(room: &str, epoch: &str, to: u64, messages: &[StoredMessage]) -> Encoded {
         let json = encode_batch(room, epoch, to, messages, false);
+        Encoded::framed(json, "batch", Some(to), messages.len())
+    }
+
+    /// `json` as every transport frames it: SSE event `event`, with `id:`
+    /// when it moves the cursor (an event without one leaves the browser's
+    /// Last-Event-ID as it was), and one whole WebSocket text frame.
+    fn framed(json: Vec<u8>, event: &str, sse_id: Option<u64>, count: usize) -> Encoded {
         let mut sse = Vec::with_capacity(json.len() + 40);
-        write!(sse, "id: {to}\nevent: batch\ndata: ").expect("vec write");
+        if let Some(id) = sse_id {
+            writeln!(sse, "id: {id}").expect("vec write");
+        }
+        write!(sse, "event: {event}\ndata: ").expect("vec write");
         sse.extend_from_slice(&json);
         sse.extend_from_slice(b"\n\n");
         let mut ws_frame = Vec::with_capacity(json.len() + 10);
@@ -63,7 +85,7 @@ impl Encoded {
         let json = ws_frame.slice(header..);
         Encoded {
             ws_frame,
-            count: messages.len(),
+            count,
             ws_text: Utf8Bytes::try_from(json.clone()).expect("JSON is UTF-8"),
             json,
             sse: Bytes::from(sse),
@@ -95,6 +117,7 @@ impl Frame {
             Encoded::new(room, &epoch, to, &kept)
         });
         Frame {
+            kind: FrameKind::Batch,
             full: Encoded::new(room, &epoch, to, messages),
             lite,
             messages: messages.into(),
@@ -108,6 +131,50 @@ impl Frame {
         }
     }
 
+    /// `{"type":"retract","room","ids"}` at the hub's `cursor` (see
+    /// [`FrameKind::Retract`]).
+    pub fn retract(room: &str, epoch: Arc<str>, cursor: u64, ids: &[String]) -> Frame {
+        let json = serde_json::to_vec(&serde_json::json!({
+            "type": "retract",
+            "room": room,
+            "ids": ids,
+        }))
+        .expect("a JSON value serialises");
+        Frame {
+            kind: FrameKind::Retract,
+            full: Encoded::framed(json, "retract", None, 0),
+            lite: None,
+            messages: Arc::from([]),
+            encoded_at: std::time::Instant::now(),
+            receivers: AtomicUsize::new(0),
+            taken: AtomicUsize::new(0),
+            no: 0,
+            epoch,
+            from: cursor,
+            to: cursor,
+        }
+    }
+
+    pub fn is_retract(&self) -> bool {
+        self.kind == FrameKind::Retract
+    }
+
+    /// The same batch without the messages `ids` names (a retraction in a
+    /// cached frame): same cursors and number, encoded anew; its fan-out is
+    /// over (nobody takes the copy from the ring).
+    pub fn without(&self, room: &str, ids: &[String]) -> Frame {
+        let kept: Vec<StoredMessage> = self
+            .messages
+            .iter()
+            .filter(|m| !ids.contains(&m.id))
+            .cloned()
+            .collect();
+        let mut copy = Frame::encode(room, self.epoch.clone(), self.from, self.to, &kept);
+        copy.no = self.no;
+        copy.encoded_at = self.encoded_at;
+        copy
+    }
+
     /// The bytes for a connection: `lite` sheds low if the frame has any.
     pub fn encoded(&self, lite: bool) -> &Encoded {
         match (&self.lite, lite) {
@@ -115,6 +182,19 @@ impl Frame {
             _ => &self.full,
         }
     }
+}
+
+/// A long-poll body (a batch object) with `"retracted": ids` added when
+/// there are any: messages retracted lately that the client may hold.
+pub fn with_retracted(mut batch: Vec<u8>, ids: &[String]) -> Vec<u8> {
+    if ids.is_empty() || batch.last() != Some(&b'}') {
+        return batch;
+    }
+    batch.pop();
+    batch.extend_from_slice(b",\"retracted\":");
+    serde_json::to_writer(&mut batch, ids).expect("vec write");
+    batch.push(b'}');
+    batch
 }
 
 /// The header of an unmasked, final WebSocket text frame of `len` bytes.
@@ -229,6 +309,62 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["reset"], true);
         assert_eq!(v["messages"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_retract_frame_in_every_framing() {
+        let ids = vec!["a1".to_string(), "b\"2".to_string()];
+        let f = Frame::retract("r1", Arc::from("e1"), 7, &ids);
+        assert!(f.is_retract());
+        assert_eq!((f.from, f.to, f.full.count), (7, 7, 0));
+        let v: serde_json::Value = serde_json::from_str(f.full.ws_text.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "retract", "room": "r1", "ids": ids})
+        );
+        let sse = std::str::from_utf8(&f.full.sse).unwrap();
+        assert!(
+            sse.starts_with("event: retract\ndata: {"),
+            "no id line: {sse}"
+        );
+        assert!(sse.ends_with("}\n\n"));
+        assert_eq!(f.full.ws_frame[0], 0x81);
+        assert!(f.full.ws_frame.ends_with(&f.full.json));
+    }
+
+    #[test]
+    fn a_frame_without_retracted_messages_keeps_its_place() {
+        let m = |seq: u64, p: Priority| StoredMessage {
+            seq,
+            priority: p,
+            ts: 1,
+            id: format!("m{seq}"),
+            json: Bytes::from(format!(r#"{{"seq":{seq}}}"#)),
+        };
+        let mut f = Frame::encode(
+            "r",
+            "e".into(),
+            2,
+            5,
+            &[m(3, Priority::Low), m(5, Priority::High)],
+        );
+        f.no = 9;
+        let copy = f.without("r", &["m3".to_string()]);
+        assert_eq!((copy.from, copy.to, copy.no), (2, 5, 9));
+        let v: serde_json::Value = serde_json::from_slice(&copy.full.json).unwrap();
+        assert_eq!(v["messages"], serde_json::json!([{"seq": 5}]));
+        assert!(copy.lite.is_none(), "no low left to shed");
+        assert!(!copy.fanout_behind());
+    }
+
+    #[test]
+    fn poll_bodies_carry_retracted_ids_only_when_there_are_some() {
+        let body = encode_batch("r", "e", 3, &[], false);
+        assert_eq!(with_retracted(body.clone(), &[]), body);
+        let with = with_retracted(body, &["x".to_string()]);
+        let v: serde_json::Value = serde_json::from_slice(&with).unwrap();
+        assert_eq!(v["retracted"], serde_json::json!(["x"]));
+        assert_eq!(v["cursor"], 3);
     }
 
     #[test]

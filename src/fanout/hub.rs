@@ -10,7 +10,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 
-use super::cache::CachedFrames;
+use super::cache::{retract_cached, CachedFrames};
 use super::combo::Combiner;
 use super::direct::{DirectList, DirectViewer};
 use super::Frame;
@@ -34,6 +34,9 @@ pub struct Hub {
     pub(super) combos: Mutex<Combiner>,
     /// WebSocket viewers the hub writes to itself (see `direct`).
     pub(super) direct: Mutex<DirectList>,
+    /// Retracted ids the next tick announces (`retract_waiting`: any).
+    pub(super) retract_pending: Mutex<Vec<String>>,
+    pub(super) retract_waiting: AtomicBool,
 }
 
 /// Where the room's stream stands for this hub. Only the hub task moves it.
@@ -62,6 +65,12 @@ impl Position {
         self.undecided = Arc::from([]);
         self.recent.clear();
         self.recent_messages = 0;
+    }
+
+    /// Takes retracted messages out of the local cache.
+    pub fn retract_cached(&mut self, room: &str, ids: &[String]) {
+        let removed = retract_cached(&mut self.recent, room, ids);
+        self.recent_messages = self.recent_messages.saturating_sub(removed);
     }
 
     /// Keeps `frame` in the local cache, dropping the oldest frames past
@@ -171,7 +180,18 @@ impl Hub {
             dirty: AtomicBool::new(true),
             combos: Mutex::new(Combiner::default()),
             direct: Mutex::new(DirectList::default()),
+            retract_pending: Mutex::new(Vec::new()),
+            retract_waiting: AtomicBool::new(false),
         }
+    }
+
+    /// Retracts `ids` on this hub: cache reads omit them from now on, and
+    /// the hub's next tick sends the viewers a retract frame (the hub task
+    /// alone publishes, so the frame takes its place among the batches).
+    pub fn retract(&self, ids: &[String]) {
+        self.position.lock().retract_cached(&self.room, ids);
+        self.retract_pending.lock().extend_from_slice(ids);
+        self.retract_waiting.store(true, Ordering::Release);
     }
 
     /// Asks the hub to write to `viewer` itself from the next frame on that

@@ -15,7 +15,9 @@
 //!   presence rounds (counting itself is in `crate::presence`);
 //! - `feed`: one streaming viewer's view of the room (ring and catch-up);
 //! - `direct`: the viewers the hub writes to itself, and the hand-over;
-//! - `ration`, `combo`: what viewers get; `frame`, `cache`: the shared bytes.
+//! - `ration`, `combo`: what viewers get; `frame`, `cache`: the shared bytes;
+//! - `retractions`: retracted messages (retract frames, long-poll's
+//!   `"retracted"`, the snapshot mark; `HubRegistry::retract`).
 
 mod broadcast;
 pub mod cache;
@@ -27,6 +29,7 @@ mod hub;
 pub mod ration;
 mod read_policy;
 mod registry;
+pub mod retractions;
 mod tick;
 
 pub use frame::Frame;

@@ -15,10 +15,12 @@ use tokio_util::task::TaskTracker;
 
 use super::ration::Rationer;
 use super::read_policy::{should_read, ReadCheck, ReadDecision};
+use super::retractions::Retractions;
 use super::tick::HubContext;
 use super::Hub;
 use crate::config::FanoutConfig;
 use crate::error::ApiError;
+use crate::message::now_ms;
 use crate::metrics::Metrics;
 use crate::presence::Exchange;
 use crate::rooms::RoomDirectory;
@@ -48,6 +50,7 @@ pub struct HubRegistry {
     config: FanoutConfig,
     lite_after: Duration,
     presence: Exchange,
+    retractions: Retractions,
     /// Cancelled at shutdown: each hub ticks once more, then stops.
     flushing: CancellationToken,
     tasks: TaskTracker,
@@ -71,6 +74,7 @@ impl HubRegistry {
             config,
             lite_after,
             presence,
+            retractions: Retractions::default(),
             flushing: CancellationToken::new(),
             tasks: TaskTracker::new(),
         })
@@ -102,6 +106,7 @@ impl HubRegistry {
             store: &*self.store,
             metrics: &self.metrics,
             rooms: &self.rooms,
+            retractions: &self.retractions,
             tick_ms: self.config.tick_ms,
             max_batch: self.config.max_batch_messages,
             cache_messages: self.config.cache_messages,
@@ -128,6 +133,37 @@ impl HubRegistry {
             big: hub.is_big(),
             budget_per_s: hub.budget_per_s(),
         })
+    }
+
+    /// Retracts messages `ids` of `room` on this node — node-side work only,
+    /// the same for a retraction made here and one announced by another
+    /// node: the room's hub (if it runs here) drops them from its cache of
+    /// recent frames at once and sends its viewers a retract frame on its
+    /// next tick; long-polls carry them for a minute (see `retractions`);
+    /// the room's snapshot mark changes.
+    pub fn retract(&self, room: &str, ids: Vec<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        // Recorded first: from now on the hub hands none of them out.
+        self.retractions.record(room, &ids, now_ms());
+        if let Some(hub) = self.hubs.get(room) {
+            hub.retract(&ids);
+            // The cache omits them now: a snapshot taking this mark reads that.
+            self.retractions.advance_mark(room);
+        }
+    }
+
+    /// Changes whenever a message of `room` is retracted on this node (0:
+    /// none lately); a part of the room's state the snapshot's ETag names.
+    pub fn retraction_mark(&self, room: &str) -> u64 {
+        self.retractions.mark(room)
+    }
+
+    /// Ids a long-poll answer of `room` carries as `"retracted"`: retracted
+    /// on this node within the last minute (see `retractions`).
+    pub fn recent_retractions(&self, room: &str) -> Vec<String> {
+        self.retractions.recent(room, now_ms())
     }
 
     pub fn is_empty(&self) -> bool {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::ration::Rationer;
 use super::read_policy::ReadDecision;
+use super::retractions::Retractions;
 use super::Hub;
 use crate::metrics::Metrics;
 use crate::rooms::RoomDirectory;
@@ -16,6 +17,8 @@ pub(super) struct HubContext<'a> {
     pub store: &'a dyn LiveStore,
     pub metrics: &'a Metrics,
     pub rooms: &'a RoomDirectory,
+    /// Recent retractions: held or in-flight messages they name are dropped.
+    pub retractions: &'a Retractions,
     pub tick_ms: u64,
     pub max_batch: usize,
     pub cache_messages: usize,
@@ -37,6 +40,9 @@ impl Hub {
         let timer = ctx.metrics.hub_tick_seconds.start_timer();
         // Let go of viewers that left (their sockets close with them).
         self.direct.lock().prune();
+        // Retractions first: the store already omits those messages, so no
+        // batch of this tick can bring one back after the retract frame.
+        self.send_retractions(ctx).await;
         if decision == ReadDecision::Read {
             self.read_and_send(ctx, rationer).await;
         } else if rationer.has_undecided() || self.combos.lock().is_holding() {

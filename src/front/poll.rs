@@ -1,5 +1,8 @@
 //! Long-poll viewers: answer at once when there is something after the
-//! cursor, else hold until the hub moves or `wait_ms` passes.
+//! cursor, else hold until the hub moves or `wait_ms` passes. An answer
+//! carries `"retracted": [ids]` while the room has recent retractions
+//! (`fanout::retractions`: the last minute's on this node), and a
+//! retraction answers a held poll.
 
 use std::time::Duration;
 
@@ -10,7 +13,7 @@ use serde::Deserialize;
 
 use super::{ConnGuard, Viewers};
 use crate::error::ApiError;
-use crate::fanout::frame::encode_batch;
+use crate::fanout::frame::{encode_batch, with_retracted};
 use crate::fanout::ration::ration_catch_up;
 use crate::fanout::Hub;
 
@@ -45,10 +48,23 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
     let hub = waiter.hub().clone();
     let mut reset = false;
     let mut cursor = q.cursor.unwrap_or(waiter.cursor);
+    // A retraction while the poll is held answers it (with `retracted`).
+    let mark = s.hubs.retraction_mark(room);
     loop {
-        let expired = tokio::time::Instant::now() >= deadline || s.closing.is_cancelled();
+        let expired = tokio::time::Instant::now() >= deadline
+            || s.closing.is_cancelled()
+            || s.hubs.retraction_mark(room) != mark;
         let answer = if hub.is_big() {
-            from_cache(s, &hub, room, q.epoch.as_deref(), cursor, expired)
+            let retracted = s.hubs.recent_retractions(room);
+            from_cache(
+                s,
+                &hub,
+                room,
+                q.epoch.as_deref(),
+                cursor,
+                expired,
+                &retracted,
+            )
         } else {
             let a = read_through(s, &hub, room, q.epoch.as_deref(), cursor, reset, expired).await?;
             if let Answer::Restart = a {
@@ -117,6 +133,7 @@ async fn read_through(
     let rules = s.rooms.rules(room, hub.cluster_online());
     let messages = ration_catch_up(&rules, read.messages);
     let body = encode_batch(room, &read.epoch, read.cursor.max(cursor), &messages, reset);
+    let body = with_retracted(body, &s.hubs.recent_retractions(room));
     Ok(Answer::Respond(Body::from(body), messages.len()))
 }
 
@@ -130,6 +147,7 @@ fn from_cache(
     epoch: Option<&str>,
     cursor: u64,
     expired: bool,
+    retracted: &[String],
 ) -> Answer {
     let limit = s.config.fanout.big_poll_max_messages;
     let read = hub.cached_frames_after(cursor, limit);
@@ -139,7 +157,7 @@ fn from_cache(
         let read = hub.cached_frames_after(0, limit);
         return Answer::Respond(Body::from(read.encode(room, true)), read.message_count());
     }
-    if let Some(frame) = read.single() {
+    if let Some(frame) = read.single().filter(|_| retracted.is_empty()) {
         s.metrics.cache_reads.with_label_values(&["hit"]).inc();
         // Shares the frame's bytes: no copy, no encoding per request.
         let body = Body::from(frame.full.json.clone());
@@ -151,5 +169,6 @@ fn from_cache(
     }
     let result = if read.gap { "gap" } else { "hit" };
     s.metrics.cache_reads.with_label_values(&[result]).inc();
-    Answer::Respond(Body::from(read.encode(room, false)), count)
+    let body = with_retracted(read.encode(room, false), retracted);
+    Answer::Respond(Body::from(body), count)
 }

@@ -16,6 +16,7 @@ mod openapi;
 mod ops;
 pub mod proxy_protocol;
 mod replay;
+mod retract;
 pub mod routes;
 pub mod snapshot;
 pub mod state;
@@ -43,6 +44,7 @@ fn api(body_limit: usize, max_batch_events: usize) -> Routes {
         .merge(live::routes())
         .merge(admin::routes())
         .merge(moderation::routes())
+        .merge(retract::routes())
 }
 
 /// `(METHOD, path)` of every route [`router`] serves, as the router is

@@ -4,8 +4,9 @@
 //! - A front computes a room's snapshot at most once per `snapshot.max_age_ms`;
 //!   concurrent requests that find it missing or expired wait for one
 //!   computation (single flight per room) and share its bytes.
-//! - The ETag is a strong hash of the room's state (epoch, cursor, online):
-//!   it changes only when the room changes. A recomputation that finds the
+//! - The ETag is a strong hash of the room's state (epoch, cursor, online,
+//!   retraction mark): it changes only when the room changes (a retraction
+//!   changes the mark, not the cursor). A recomputation that finds the
 //!   same state keeps the previous body byte for byte (its `generated_at` and
 //!   `Last-Modified` included), so one ETag always names one body on a front.
 //! - Small rooms: one store read of the newest `scan_messages` messages
@@ -93,6 +94,9 @@ struct RoomState {
     epoch: String,
     cursor: u64,
     online: usize,
+    /// The room's retraction mark on this node (`HubRegistry::
+    /// retraction_mark`): a retraction changes the body, not the cursor.
+    retractions: u64,
 }
 
 struct Snapshot {
@@ -219,6 +223,8 @@ async fn compute(
         }
     };
     let online = hub.as_ref().map_or(0, |h| h.cluster_online());
+    // Taken before reading: a retraction after this read shows next time.
+    let retractions = s.hubs.retraction_mark(room);
     let unchanged = |state: &RoomState| previous.is_some_and(|p| p.state == *state);
     let builds = &s.metrics.snapshot_builds;
 
@@ -228,6 +234,7 @@ async fn compute(
             epoch: read.epoch.to_string(),
             cursor: read.cursor,
             online,
+            retractions,
         };
         if unchanged(&state) {
             builds.with_label_values(&["unchanged"]).inc();
@@ -247,6 +254,7 @@ async fn compute(
         epoch: head.epoch,
         cursor: head.seq,
         online,
+        retractions,
     };
     if unchanged(&state) {
         builds.with_label_values(&["unchanged"]).inc();
@@ -264,6 +272,7 @@ async fn compute(
         epoch: read.epoch,
         cursor: read.cursor,
         online,
+        retractions,
     };
     builds.with_label_values(&["store"]).inc();
     Ok(Computed::New(build(
@@ -325,6 +334,7 @@ fn build(room: &str, state: RoomState, messages: &[StoredMessage], per_bucket: u
         &state.epoch,
         &state.cursor.to_string(),
         &state.online.to_string(),
+        &state.retractions.to_string(),
     ] {
         hash.update(part.as_bytes());
         hash.update([0]);
@@ -377,6 +387,7 @@ mod tests {
             epoch: "e".into(),
             cursor: 10,
             online: 3,
+            retractions: 0,
         };
         let snap = build("r", state.clone(), &msgs, 2);
         let v: serde_json::Value = serde_json::from_slice(&snap.body).unwrap();
@@ -401,12 +412,17 @@ mod tests {
             "r",
             RoomState {
                 cursor: 11,
-                ..state
+                ..state.clone()
             },
             &msgs,
             2,
         );
         assert_ne!(moved.etag, snap.etag);
+        let retracted = RoomState {
+            retractions: 1,
+            ..state
+        };
+        assert_ne!(build("r", retracted, &msgs, 2).etag, snap.etag);
         assert!(snap.etag.to_str().unwrap().starts_with('"'));
     }
 }

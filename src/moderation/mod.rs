@@ -4,3 +4,4 @@
 //! by a notice every node applies, logged with who did it and counted.
 
 pub mod mutes;
+pub mod retract;

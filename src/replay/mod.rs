@@ -3,12 +3,14 @@
 //! way back. Never the live store.
 //!
 //! A request `[from_ms, to_ms)` is served from the aligned windows
-//! (`replay_window_ms`) that cover it; each window is cached whole (the
-//! archived window never changes) and filtered to the request.
+//! (`replay_window_ms`) that cover it; each window is cached whole (an
+//! archived window changes only by a retraction, which forgets the room's
+//! cached windows: `Replay::forget_room`) and filtered to the request.
 
 mod live;
 mod redis;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ pub struct Replay {
     redis: Option<ReplayRedis>,
     config: ArchiveConfig,
     pub metrics: Arc<ArchiveMetrics>,
+    /// Bumped by every `forget_room`: a window read before one is not
+    /// cached after it (it may hold a message retracted meanwhile).
+    forgets: AtomicU64,
 }
 
 impl Replay {
@@ -69,6 +74,7 @@ impl Replay {
             redis,
             config,
             metrics,
+            forgets: AtomicU64::new(0),
         })
     }
 
@@ -117,8 +123,52 @@ impl Replay {
         Ok(live)
     }
 
+    /// Forgets the cached replay windows of `room`'s lives, here and in the
+    /// replay Redis, after a retraction: the next read of such a window goes
+    /// to the archive, which omits the retracted message. Every node calls
+    /// it (the node that retracted, and the others on the cluster's notice).
+    ///
+    /// Deleting, rather than a retraction generation in the cache keys: the
+    /// keys would need a per-room generation shared by every node (another
+    /// read per window on the hot replay path), while retractions are rare
+    /// and deleting costs one archive query and one `DEL` per live. A window
+    /// being read while this runs is not cached (`forgets`), and since each
+    /// node deletes the Redis windows again when it forgets, a node's fill
+    /// that raced the first delete is gone after its own.
+    pub async fn forget_room(&self, room: &str) -> Result<(), ArchiveError> {
+        self.forgets.fetch_add(1, Ordering::AcqRel);
+        self.metrics.replay_archive_queries.inc();
+        let lives: Vec<String> = self
+            .archive
+            .lives(room, 100)
+            .await?
+            .into_iter()
+            .map(|l| l.id)
+            .collect();
+        if let Some(cache) = &self.cache {
+            let stale: Vec<(String, u64)> = cache
+                .iter()
+                .filter(|(key, _)| lives.contains(&key.0))
+                .map(|(key, _)| (*key).clone())
+                .collect();
+            for key in stale {
+                cache.invalidate(&key);
+            }
+        }
+        if let Some(redis) = &self.redis {
+            if let Err(e) = redis.forget(&lives).await {
+                self.metrics.replay_redis_errors.inc();
+                // Its windows expire within `replay_redis_ttl_s` at worst.
+                tracing::warn!(room, error = %e, "replay redis: forgetting a room's windows failed");
+            }
+        }
+        Ok(())
+    }
+
     /// One aligned window of an archived live: cache → Redis → archive.
     pub async fn window(&self, live: &str, start: u64) -> Result<Window, ArchiveError> {
+        let forgets = self.forgets.load(Ordering::Acquire);
+        let unchanged = || self.forgets.load(Ordering::Acquire) == forgets;
         let key = (live.to_string(), start);
         if let Some(w) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             self.metrics
@@ -136,7 +186,7 @@ impl Replay {
                         .with_label_values(&["redis"])
                         .inc();
                     let w = Arc::new(w);
-                    if let Some(c) = &self.cache {
+                    if let Some(c) = self.cache.as_ref().filter(|_| unchanged()) {
                         c.insert(key, w.clone());
                     }
                     return Ok(w);
@@ -154,14 +204,14 @@ impl Replay {
             .replay_reads
             .with_label_values(&["archive"])
             .inc();
-        if let Some(redis) = &self.redis {
+        if let Some(redis) = self.redis.as_ref().filter(|_| unchanged()) {
             if let Err(e) = redis.fill(live, start, &rows).await {
                 self.metrics.replay_redis_errors.inc();
                 tracing::debug!(error = %e, "replay redis fill failed");
             }
         }
         let w = Arc::new(rows);
-        if let Some(c) = &self.cache {
+        if let Some(c) = self.cache.as_ref().filter(|_| unchanged()) {
             c.insert(key, w.clone());
         }
         Ok(w)

@@ -104,6 +104,21 @@ impl ReplayRedis {
         Ok(Some(out))
     }
 
+    /// Deletes the cached windows of `lives` (one `DEL` per live: each
+    /// live's keys have their own hash tag).
+    pub(super) async fn forget(&self, lives: &[String]) -> Result<(), ::redis::RedisError> {
+        if lives.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn().await?;
+        let mut pipe = ::redis::pipe();
+        for live in lives {
+            let (m, w) = Self::keys(live);
+            pipe.del(&[m, w]).ignore();
+        }
+        pipe.query_async::<()>(&mut c).await
+    }
+
     pub(super) async fn fill(
         &self,
         live: &str,

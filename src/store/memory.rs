@@ -8,7 +8,10 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::{AppendOutcome, Claim, LiveStore, StoreError, StreamHead, StreamRead};
+use super::{
+    AppendOutcome, Claim, LiveStore, Retraction, StoreError, StreamHead, StreamRead,
+    RETRACTIONS_KEPT,
+};
 use crate::config::StoreConfig;
 use crate::message::{now_ms, Message, Priority, StoredMessage};
 
@@ -28,6 +31,8 @@ struct RoomStream {
     /// Recently stored ids → seq, bounded by `dedup_window` (FIFO).
     ids: HashMap<String, u64>,
     id_order: VecDeque<String>,
+    /// Retractions (seq, id), oldest first, the newest `RETRACTIONS_KEPT`.
+    retracted: VecDeque<(u64, String)>,
     last_write_ms: u64,
 }
 
@@ -40,6 +45,7 @@ impl RoomStream {
             trimmed_through: [0; 3],
             ids: HashMap::new(),
             id_order: VecDeque::new(),
+            retracted: VecDeque::new(),
             last_write_ms: now_ms(),
         }
     }
@@ -55,6 +61,27 @@ impl RoomStream {
                 }
             }
         }
+    }
+
+    /// Removes message `id` from its bucket (see `LiveStore::retract`).
+    /// `trimmed_through` is left alone: only trimming makes a gap.
+    fn retract(&mut self, id: &str) -> Option<Retraction> {
+        let seq = *self.ids.get(id)?;
+        let mut message = None;
+        for bucket in &mut self.buckets {
+            let at = bucket.partition_point(|m| m.seq < seq);
+            if bucket.get(at).is_some_and(|m| m.seq == seq) {
+                message = bucket.remove(at);
+                break;
+            }
+        }
+        if !self.retracted.iter().any(|(s, _)| *s == seq) {
+            self.retracted.push_back((seq, id.to_string()));
+            if self.retracted.len() > RETRACTIONS_KEPT {
+                self.retracted.pop_front();
+            }
+        }
+        Some(Retraction { seq, message })
     }
 }
 
@@ -227,6 +254,15 @@ impl LiveStore for MemoryStore {
         })
     }
 
+    async fn retract(&self, room: &str, id: &str) -> Result<Option<Retraction>, StoreError> {
+        // A room this store does not hold knows no id: nothing is created.
+        let Some(stream) = self.rooms.get(room).map(|r| r.clone()) else {
+            return Ok(None);
+        };
+        let retraction = stream.lock().retract(id);
+        Ok(retraction)
+    }
+
     async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError> {
         let entry = self
             .claims
@@ -382,6 +418,49 @@ mod tests {
         let r = s.read_range("r", 4, u64::MAX, 2).await.unwrap();
         assert_eq!(r.cursor, 5);
         assert!(!r.gap);
+    }
+
+    #[tokio::test]
+    async fn a_retracted_message_is_omitted_but_not_a_gap() {
+        let s = MemoryStore::new(cfg(100));
+        let batch = ["a", "b", "c", "d"]
+            .iter()
+            .map(|id| msg(id, Priority::Low))
+            .collect();
+        s.append("r", batch).await.unwrap();
+        let r = s.retract("r", "b").await.unwrap().unwrap();
+        assert_eq!(r.seq, 2);
+        assert_eq!(r.message.map(|m| m.id), Some("b".to_string()));
+        let read = s.read_range("r", 0, u64::MAX, 100).await.unwrap();
+        let ids: Vec<&str> = read.messages.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, vec!["a", "c", "d"]);
+        assert_eq!((read.cursor, read.gap), (4, false));
+        // A reader standing just before the removed seq passes it, no gap.
+        let read = s.read_range("r", 1, 2, 100).await.unwrap();
+        assert!(read.messages.is_empty());
+        assert_eq!((read.cursor, read.gap), (2, false));
+        // A limited read is cut after what it returned, never at the hole.
+        let read = s.read_range("r", 0, u64::MAX, 2).await.unwrap();
+        let seqs: Vec<u64> = read.messages.iter().map(|m| m.seq).collect();
+        assert_eq!((seqs, read.cursor), (vec![1, 3], 3));
+        // Again: the same seq, nothing left to remove; a redelivery stays out.
+        let again = s.retract("r", "b").await.unwrap().unwrap();
+        assert_eq!((again.seq, again.message), (2, None));
+        let out = s.append("r", vec![msg("b", Priority::Low)]).await.unwrap();
+        assert_eq!(out, vec![AppendOutcome::Duplicate { seq: 2 }]);
+        assert_eq!(
+            s.read_range("r", 0, u64::MAX, 100)
+                .await
+                .unwrap()
+                .messages
+                .len(),
+            3
+        );
+        assert_eq!(s.rooms.get("r").unwrap().lock().retracted.len(), 1);
+        // Unknown ids and rooms change nothing.
+        assert_eq!(s.retract("r", "zz").await.unwrap(), None);
+        assert_eq!(s.retract("elsewhere", "a").await.unwrap(), None);
+        assert_eq!(s.room_count(), 1, "no room created");
     }
 
     #[tokio::test]

@@ -53,6 +53,18 @@ pub struct StreamRead {
     pub gap: bool,
 }
 
+/// A message taken out of a room's stream by [`LiveStore::retract`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Retraction {
+    pub seq: u64,
+    /// The message as it was stored; `None` if it had left its bucket
+    /// already (trimmed, or retracted before).
+    pub message: Option<StoredMessage>,
+}
+
+/// How many retractions a room's record keeps (the newest).
+pub const RETRACTIONS_KEPT: usize = 1000;
+
 /// Result of claiming an idempotency / dedup key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Claim {
@@ -83,6 +95,16 @@ pub trait LiveStore: Send + Sync + 'static {
         until: u64,
         limit: usize,
     ) -> Result<StreamRead, StoreError>;
+
+    /// Takes message `id` out of `room`'s stream (a moderator's retraction):
+    /// every later read omits it, while a cursor still passes its seq (a
+    /// removed message is not a trimmed one: no `gap`). The retraction is
+    /// recorded (seq → id, the newest [`RETRACTIONS_KEPT`]), and the id stays
+    /// known, so a redelivery is a duplicate, never stored again. The id is
+    /// looked up among the room's recent ids (the `dedup_window`): `None` if
+    /// it is not there, and then nothing changed. Retracting an id again
+    /// answers its seq again, without the message.
+    async fn retract(&self, room: &str, id: &str) -> Result<Option<Retraction>, StoreError>;
 
     /// `SET key value NX EX ttl`: claims `key` unless held.
     async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError>;

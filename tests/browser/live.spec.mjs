@@ -80,6 +80,19 @@ async function postEvent(event) {
   return j.id;
 }
 
+/** Retracts a message as an operator (DELETE …/messages/{id}, admin token from run.sh). */
+async function retract(id) {
+  const token = process.env.DANMAKU_TEST_ADMIN_TOKEN;
+  assert.ok(token, "DANMAKU_TEST_ADMIN_TOKEN (run.sh sets it)");
+  const r = await fetch(`${BASE}/v1/admin/rooms/${ROOM}/messages/${id}`, {
+    method: "DELETE",
+    headers: { authorization: `Bearer ${token}` },
+  });
+  const j = await r.json();
+  assert.equal(r.status, 200, `retract: ${r.status} ${JSON.stringify(j)}`);
+  assert.equal(j.id, id);
+}
+
 // ───────────── page helpers ─────────────
 
 const sel = (id) => `[data-id="${id}"]`;
@@ -97,6 +110,16 @@ async function playerBox(page) {
 }
 async function attr(page, selector, name) { return page.getAttribute(selector, name); }
 async function logCount(page, id) { return page.locator(`#log li${sel(id)}`).count(); }
+/** Posts a comment, waits for it on `page`, retracts it, and waits until the overlay and the chat lost it. */
+async function postAndRetract(page, text) {
+  const keep = await post(`${text} (stays)`);
+  const id = await post(text);
+  await page.waitForSelector(`#overlay ${sel(id)}`);
+  await page.waitForSelector(`#log li${sel(keep)}`);
+  await retract(id);
+  await page.waitForFunction((s) => !document.querySelector(`#overlay ${s}, #log ${s}`), sel(id), { timeout: 8000 });
+  assert.equal(await logCount(page, keep), 1, "the other comment stays");
+}
 
 async function newPage(ctx, name) {
   const page = await ctx.newPage();
@@ -282,6 +305,12 @@ try {
     assert.equal(await page.evaluate(() => window.__pwned), undefined);
   });
 
+  await step("a retracted comment leaves the overlay and the chat (WebSocket)", async () => {
+    const before = Number(await attr(page, "#stats", "data-retracted"));
+    await postAndRetract(page, "retract me over the WebSocket");
+    assert.equal(Number(await attr(page, "#stats", "data-retracted")), before + 1);
+  });
+
   await step("live screenshot", async () => {
     const lines = [
       ["what a play!!", null], ["first time here, hi everyone", { color: "#7fd4ff" }],
@@ -420,6 +449,7 @@ try {
     const after = await post("arrives over SSE");
     await fb.waitForSelector(`#overlay .dm${sel(after)}`);
     assert.equal(await fb.textContent("#transport"), "SSE");
+    await postAndRetract(fb, "retract me over SSE");
   });
 
   await step("sending without the WebSocket goes over HTTP; a muted refusal is shown", async () => {
@@ -456,6 +486,7 @@ try {
     await fb.waitForSelector(`#overlay .dm${sel(after)}`);
     assert.equal(await logCount(fb, after), 1);
     assert.equal(await fb.textContent("#transport"), "long-poll");
+    await postAndRetract(fb, "retract me over long-poll");
     // Long-poll answers carry no online figure: the page reads the room snapshot.
     await fb.waitForFunction(() => /^\d+$/.test(document.getElementById("online").dataset.online));
   });

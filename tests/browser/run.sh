@@ -56,12 +56,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+admin_token="browser-test-admin-$(date +%s)-$$"
 # A fresh config: the embedded defaults (development secrets → demo tokens and
 # the dev gift secret the test signs with), none of the caller's DANMAKU_* env.
 : > "$work/config.toml"
 log "starting the server on 127.0.0.1:$port"
 (
   for v in $(compgen -e | grep '^DANMAKU_' || true); do unset "$v"; done
+  # Admin routes on, for the retraction steps.
+  export DANMAKU_ADMIN_TOKEN="$admin_token"
   cd "$work"
   exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
 ) >"$out/server.log" 2>&1 &
@@ -80,6 +83,7 @@ log "browser test (headless $("$chromium_bin" --version 2>/dev/null | head -1))"
 started=$(date +%s)
 status=0
 DANMAKU_URL="http://127.0.0.1:$port" OUT_DIR="$out" CHROMIUM="$chromium_bin" \
+  DANMAKU_TEST_ADMIN_TOKEN="$admin_token" \
   node tests/browser/live.spec.mjs || status=$?
 echo "browser test took $(( $(date +%s) - started )) s; output in $out"
 exit "$status"

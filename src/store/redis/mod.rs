@@ -5,7 +5,7 @@
 //! of `read_range`. The key layout is documented in `docs/redis-keys.md`.
 //!
 //! One file per capability: [`stream`] (append / head / read, `append.lua`),
-//! [`claims`] (idempotency keys, `claim.lua`), [`presence`] (`presence.lua`)
+//! [`retract`] (`retract.lua`), [`claims`] (idempotency keys, `claim.lua`), [`presence`] (`presence.lua`)
 //! and [`notices`] ("room updated" pub/sub). This file holds the connection
 //! and dispatches the [`LiveStore`] calls.
 //!
@@ -17,6 +17,7 @@ mod claims;
 mod control;
 mod notices;
 mod presence;
+mod retract;
 mod stream;
 
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use ::redis::{Client, RedisError, Script};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{AppendOutcome, Claim, LiveStore, StoreError, StreamHead, StreamRead};
+use super::{AppendOutcome, Claim, LiveStore, Retraction, StoreError, StreamHead, StreamRead};
 use crate::config::StoreConfig;
 use crate::message::Message;
 pub use control::CONTROL_CHANNEL;
@@ -48,6 +49,7 @@ struct Scripts {
     append: Script,
     claim: Script,
     presence: Script,
+    retract: Script,
 }
 
 impl RedisStore {
@@ -70,6 +72,7 @@ impl RedisStore {
             append: Script::new(stream::APPEND_LUA),
             claim: Script::new(claims::CLAIM_LUA),
             presence: Script::new(presence::PRESENCE_LUA),
+            retract: Script::new(retract::RETRACT_LUA),
         };
         Ok(RedisStore {
             conn,
@@ -114,6 +117,10 @@ impl LiveStore for RedisStore {
         limit: usize,
     ) -> Result<StreamRead, StoreError> {
         self.stream_read(room, after, until, limit).await
+    }
+
+    async fn retract(&self, room: &str, id: &str) -> Result<Option<Retraction>, StoreError> {
+        self.stream_retract(room, id).await
     }
 
     async fn claim(&self, key: &str, value: &str, ttl: Duration) -> Result<Claim, StoreError> {

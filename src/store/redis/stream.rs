@@ -19,22 +19,25 @@ const MAX_EXACT_SCORE: u64 = 1 << 53;
 pub(super) const APPEND_LUA: &str = include_str!("append.lua");
 
 /// The keys of one room; `{room}` is a hash tag so they share a cluster slot.
-struct RoomKeys {
-    seq: String,
-    epoch: String,
-    buckets: [String; 3],
-    ids: String,
-    trimmed: String,
+pub(super) struct RoomKeys {
+    pub seq: String,
+    pub epoch: String,
+    pub buckets: [String; 3],
+    pub ids: String,
+    pub trimmed: String,
+    /// Retractions: member = id, score = seq (see `retract.rs`).
+    pub retracted: String,
 }
 
 impl RoomKeys {
-    fn new(room: &str) -> Self {
+    pub fn new(room: &str) -> Self {
         RoomKeys {
             seq: format!("dm:{{{room}}}:seq"),
             epoch: format!("dm:{{{room}}}:epoch"),
             buckets: BUCKETS.map(|b| format!("dm:{{{room}}}:b:{b}")),
             ids: format!("dm:{{{room}}}:ids"),
             trimmed: format!("dm:{{{room}}}:trimmed"),
+            retracted: format!("dm:{{{room}}}:retracted"),
         }
     }
 }
@@ -86,7 +89,7 @@ fn split_json(mut message: Message) -> Result<(String, String), StoreError> {
     Ok(("{\"seq\":".to_string(), tail))
 }
 
-fn decode_member(json: Bytes) -> Option<StoredMessage> {
+pub(super) fn decode_member(json: Bytes) -> Option<StoredMessage> {
     match serde_json::from_slice::<Meta>(&json) {
         Ok(meta) => Some(StoredMessage {
             seq: meta.seq,
