@@ -237,6 +237,32 @@ async fn token_and_sign_output_is_accepted_by_a_running_server() {
     // Signed for r1, it is refused in r2 (the tool signs the path).
     let res = post_signed(&http, &url("/v1/rooms/r2/events"), &headers, &body).await;
     assert_eq!(res.0, StatusCode::UNAUTHORIZED, "{}", res.1);
+    let headers = sign_stdin("/v1/rooms/r1/events", "order-2", &body, &env);
+    let res = post_signed(&http, &url("/v1/rooms/r1/events"), &headers, &body).await;
+    assert_eq!(res.0, StatusCode::ACCEPTED, "{headers}{}", res.1);
+    assert!(res.1["id"].is_string(), "{}", res.1);
+}
+
+/// `danmaku sign --body -` with `body` on its stdin.
+fn sign_stdin(path: &str, key: &str, body: &str, env: &[(&str, &str)]) -> String {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_danmaku"))
+        .args(["sign", "--path", path, "--key", key, "--body", "-"])
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run danmaku sign");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out)
 }
 
 /// POSTs `body` with the `Name: value` lines `sign` printed.
