@@ -5,6 +5,9 @@ use clap::{Parser, Subcommand};
 use danmaku::app::{Role, Server};
 use danmaku::config::{BusEngine, Config, StoreEngine};
 
+#[path = "bin/danmaku/tools.rs"]
+mod tools;
+
 #[derive(Parser)]
 #[command(name = "danmaku", version, about = "Live-room danmaku broadcaster")]
 struct Cli {
@@ -18,7 +21,7 @@ struct Cli {
     command: Option<Command>,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(Subcommand, Clone)]
 enum Command {
     /// All roles in one process (the default).
     Serve,
@@ -28,21 +31,32 @@ enum Command {
     Processor,
     /// Live → archive copier role only (needs a shared store and archive).
     Archiver,
+    /// Validate the config (file + environment, as `serve` loads it) and print
+    /// it as TOML, secrets redacted; exit 2 naming the bad key. Connects to nothing.
+    Check,
+    /// Print a viewer token signed with the configured JWT secret, or a
+    /// moderator token (`--moderator --rooms r1,r2`) signed with the admin token.
+    Token(tools::TokenArgs),
+    /// Print the v2 signature headers of a gift backend request, signed with
+    /// the first configured gift secret.
+    Sign(tools::SignArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("DANMAKU_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let open_files = danmaku::http::listener::raise_open_file_limit();
-    tracing::debug!(?open_files, "open-file limit");
+    let command = cli.command.clone().unwrap_or(Command::Serve);
+    // A tool's stdout is its answer (a token, headers, a config): logs go aside.
+    let tool = matches!(
+        command,
+        Command::Check | Command::Token(_) | Command::Sign(_)
+    );
     let mut env: Vec<(String, String)> = std::env::vars().collect();
     if let Some(listen) = &cli.listen {
         env.push(("DANMAKU_LISTEN".into(), listen.clone()));
+    }
+    if matches!(command, Command::Check) {
+        init_logs(false, true);
+        return answer(tools::check(cli.config.as_deref(), env));
     }
     let config = match Config::load(cli.config.as_deref(), env) {
         Ok(c) => c,
@@ -51,13 +65,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let command = cli.command.unwrap_or(Command::Serve);
+    init_logs(config.log.json(), tool);
     let role = match command {
         Command::Serve => Role::Serve,
         Command::Front => Role::Front,
         Command::Processor => Role::Processor,
         Command::Archiver => Role::Archiver,
+        Command::Token(args) => return answer(tools::token(&config, &args).map(|t| t + "\n")),
+        Command::Sign(args) => return answer(tools::sign(&config, &args)),
+        Command::Check => unreachable!("answered above"),
     };
+    let open_files = danmaku::http::listener::raise_open_file_limit();
+    tracing::debug!(?open_files, "open-file limit");
     let shared = if role == Role::Archiver {
         // The archiver reads the live store and writes the archive: both shared.
         config.store.engine != StoreEngine::Memory && !config.archive.url.contains(":memory:")
@@ -89,6 +108,41 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("danmaku: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs filtered by `DANMAKU_LOG`, as text or one JSON object a line
+/// (`log.format`), on stdout (stderr for the tools).
+fn init_logs(json: bool, to_stderr: bool) {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DANMAKU_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let writer = if to_stderr {
+        BoxMakeWriter::new(std::io::stderr)
+    } else {
+        BoxMakeWriter::new(std::io::stdout)
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+}
+
+/// A tool's answer on stdout (exit 0), or its error on stderr (exit 2).
+fn answer(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("danmaku: {e:#}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Engine choices (`bus.engine`, `store.engine`) as enums, spelled in TOML
-//! and the environment as their lowercase names.
+//! and the environment as their lowercase names, and the choice an engine's
+//! address makes when the engine is not named.
 
 use serde::Deserialize;
 
@@ -76,4 +77,40 @@ fn unknown_engine(key: &str, value: &str, names: &[&str]) -> String {
         "{key} {value:?} is not available in this build ({})",
         names.join(", ")
     )
+}
+
+/// The engine keys, each with the address key that implies its shared engine.
+const IMPLIED: &[(&str, &str, &str)] = &[
+    ("store", "redis_url", "redis"),
+    ("bus", "kafka_brokers", "kafka"),
+];
+
+/// An address given while its engine is not named selects that engine (a
+/// Redis URL alone must not leave a node on its private memory store); an
+/// address given with `memory` named is a contradiction and stops start-up.
+/// `named(section)`: the operator named `<section>.engine` (file or env),
+/// as opposed to the embedded default.
+pub(super) fn select_implied(
+    table: &mut toml::Table,
+    named: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    for (section, address_key, engine) in IMPLIED {
+        let Some(toml::Value::Table(sec)) = table.get_mut(*section) else {
+            continue;
+        };
+        let address = sec.get(*address_key).and_then(|v| v.as_str()).unwrap_or("");
+        if address.trim().is_empty() {
+            continue;
+        }
+        let current = sec.get("engine").and_then(|v| v.as_str()).unwrap_or("");
+        if !named(section) {
+            sec.insert("engine".into(), toml::Value::String(engine.to_string()));
+        } else if current == "memory" {
+            return Err(format!(
+                "{section}.{address_key} is set but {section}.engine is \"memory\": name \
+                 {section}.engine = \"{engine}\" to use it, or remove {section}.{address_key}"
+            ));
+        }
+    }
+    Ok(())
 }

@@ -14,6 +14,7 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_ARCHIVE_URL", "archive.url"),
     ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
+    ("DANMAKU_LOG_FORMAT", "log.format"),
 ];
 
 pub(super) fn merge(base: &mut toml::Table, over: toml::Table) {
@@ -27,16 +28,22 @@ pub(super) fn merge(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-pub(super) fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> anyhow::Result<()> {
+/// Applies one environment variable; returns the `section.key` it set (None:
+/// not a config variable).
+pub(super) fn apply_env(
+    table: &mut toml::Table,
+    name: &str,
+    value: &str,
+) -> anyhow::Result<Option<String>> {
     let path = if let Some((_, path)) = FIXED_ENV.iter().find(|(n, _)| *n == name) {
         path.to_string()
     } else if let Some(rest) = name.strip_prefix("DANMAKU_") {
         if !rest.contains("__") {
-            return Ok(()); // a fixed name of a later engine, or not ours
+            return Ok(None); // a fixed name of a later engine, or not ours
         }
         rest.to_ascii_lowercase().replace("__", ".")
     } else {
-        return Ok(());
+        return Ok(None);
     };
     let (section, key) = path
         .split_once('.')
@@ -47,29 +54,77 @@ pub(super) fn apply_env(table: &mut toml::Table, name: &str, value: &str) -> any
     let Some(current) = sec.get(key) else {
         bail!("{name}: unknown config key {section}.{key}");
     };
-    let parsed = parse_like(current, value).with_context(|| format!("{name}: bad value"))?;
+    let parsed =
+        parse_like(current, value).with_context(|| format!("{name}: bad value for {path}"))?;
     sec.insert(key.to_string(), parsed);
-    Ok(())
+    Ok(Some(path))
 }
 
-/// Parses an environment string as the type the default already has.
+/// Parses an environment string as the type the default already has. A list
+/// is comma-separated, its items typed like the default's first item (strings
+/// when the default is empty); a list of pairs (`ration.budget_tiers`) takes
+/// `a:b` items: `0:200,1000:100`.
 fn parse_like(current: &toml::Value, value: &str) -> anyhow::Result<toml::Value> {
     Ok(match current {
         toml::Value::String(_) => toml::Value::String(value.to_string()),
-        toml::Value::Integer(_) => toml::Value::Integer(value.trim().parse()?),
-        toml::Value::Float(_) => toml::Value::Float(value.trim().parse()?),
-        toml::Value::Boolean(_) => toml::Value::Boolean(value.trim().parse()?),
-        toml::Value::Array(_) => toml::Value::Array(
+        toml::Value::Integer(_) => toml::Value::Integer(
             value
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| toml::Value::String(s.to_string()))
-                .collect(),
+                .trim()
+                .parse()
+                .with_context(|| format!("{value:?} is not an integer"))?,
         ),
+        toml::Value::Float(_) => toml::Value::Float(
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("{value:?} is not a number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(
+            value
+                .trim()
+                .parse()
+                .with_context(|| format!("{value:?} is not true or false"))?,
+        ),
+        toml::Value::Array(items) => {
+            let item = items
+                .first()
+                .cloned()
+                .unwrap_or_else(|| toml::Value::String(String::new()));
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| parse_item(&item, s))
+                    .collect::<anyhow::Result<_>>()?,
+            )
+        }
         other => bail!(
             "cannot override a {} from the environment",
             other.type_str()
         ),
     })
+}
+
+/// One list item; an item of a list of lists is `a:b[:…]`.
+fn parse_item(like: &toml::Value, s: &str) -> anyhow::Result<toml::Value> {
+    match like {
+        toml::Value::Array(inner) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            if parts.len() != inner.len() {
+                bail!(
+                    "{s:?}: each item takes {} values joined by ':' (e.g. 0:200)",
+                    inner.len()
+                );
+            }
+            Ok(toml::Value::Array(
+                inner
+                    .iter()
+                    .zip(parts)
+                    .map(|(like, part)| parse_like(like, part))
+                    .collect::<anyhow::Result<_>>()?,
+            ))
+        }
+        other => parse_like(other, s),
+    }
 }

@@ -11,6 +11,7 @@ use serde::Deserialize;
 mod cidr;
 mod engine;
 mod env;
+pub mod show;
 
 pub use cidr::{any_contains, BadCidr, Cidr};
 pub use engine::{BusEngine, StoreEngine};
@@ -38,6 +39,21 @@ pub struct Config {
     pub poll: PollConfig,
     pub snapshot: SnapshotConfig,
     pub archive: ArchiveConfig,
+    pub log: LogConfig,
+}
+
+/// Logs (stdout); the filter is `DANMAKU_LOG` (`info`, `danmaku=debug`, …).
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (human-readable lines) or `"json"` (one JSON object a line).
+    pub format: String,
+}
+
+impl LogConfig {
+    pub fn json(&self) -> bool {
+        self.format == "json"
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -342,24 +358,50 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
+        Ok(Config::load_effective(file, env)?.0)
+    }
+
+    /// [`Config::load`], also returning the effective table (defaults, file
+    /// and environment layered; secrets files not read into it): what
+    /// `danmaku check` prints, redacted ([`show::redacted_toml`]).
+    pub fn load_effective(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<(Config, toml::Table)> {
         let mut table: toml::Table = DEFAULT_TOML.parse().context("embedded default.toml")?;
+        // `<section>.engine` keys the operator named: the embedded default's
+        // "memory" does not count as a choice (engine::select_implied).
+        let mut named: Vec<String> = Vec::new();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
             let over: toml::Table = text
                 .parse()
                 .with_context(|| format!("parsing config {}", path.display()))?;
+            show::check_shape(&table, &over)
+                .with_context(|| format!("config {}", path.display()))?;
+            for (section, value) in &over {
+                if value.as_table().is_some_and(|t| t.contains_key("engine")) {
+                    named.push(format!("{section}.engine"));
+                }
+            }
             merge(&mut table, over);
         }
         for (name, value) in env {
-            apply_env(&mut table, &name, &value)?;
+            if let Some(path) = apply_env(&mut table, &name, &value)? {
+                named.push(path);
+            }
         }
-        let mut config: Config = toml::Value::Table(table)
+        engine::select_implied(&mut table, |section| {
+            named.iter().any(|p| *p == format!("{section}.engine"))
+        })
+        .map_err(anyhow::Error::msg)?;
+        let mut config: Config = toml::Value::Table(table.clone())
             .try_into()
             .context("invalid configuration")?;
         config.resolve_secrets()?;
         config.check()?;
-        Ok(config)
+        Ok((config, table))
     }
 
     /// The embedded defaults alone (tests start from this).
@@ -473,6 +515,9 @@ impl Config {
         }
         if axum::http::HeaderValue::from_str(&archive.replay_cache_control).is_err() {
             bail!("archive.replay_cache_control is not a valid header value");
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            bail!("log.format must be \"text\" or \"json\"");
         }
         let replay = self.store.replay_redis_url.trim();
         if !replay.is_empty() && replay == self.store.redis_url.trim() {

@@ -205,3 +205,183 @@ fn proxy_protocol_needs_trusted_proxies() {
     let e = Config::load(None, env(&[("DANMAKU_SERVER__PROXY_PROTOCOL", "true")])).unwrap_err();
     assert!(format!("{e:#}").contains("server.trusted_proxies"), "{e:#}");
 }
+
+#[test]
+fn an_address_alone_selects_its_shared_engine() {
+    let c = Config::load(None, env(&[("DANMAKU_REDIS_URL", "redis://10.0.0.1:6379")])).unwrap();
+    assert_eq!(c.store.engine, StoreEngine::Redis);
+    assert_eq!(c.bus.engine, BusEngine::Memory);
+    let c = Config::load(None, env(&[("DANMAKU_KAFKA_BROKERS", "10.0.0.2:9092")])).unwrap();
+    assert_eq!(c.bus.engine, BusEngine::Kafka);
+    assert_eq!(c.store.engine, StoreEngine::Memory);
+    // The replay Redis is a cache, not the live store: it selects nothing.
+    let c = Config::load(
+        None,
+        env(&[("DANMAKU_REPLAY_REDIS_URL", "redis://10.0.0.3:6379")]),
+    )
+    .unwrap();
+    assert_eq!(c.store.engine, StoreEngine::Memory);
+}
+
+#[test]
+fn an_address_with_memory_named_stops_start_up() {
+    for (engine_var, address_var, keys) in [
+        (
+            "DANMAKU_STORE__ENGINE",
+            ("DANMAKU_REDIS_URL", "redis://h:6379"),
+            ("store.redis_url", "store.engine"),
+        ),
+        (
+            "DANMAKU_BUS__ENGINE",
+            ("DANMAKU_KAFKA_BROKERS", "h:9092"),
+            ("bus.kafka_brokers", "bus.engine"),
+        ),
+    ] {
+        let e = Config::load(None, env(&[(engine_var, "memory"), address_var])).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains(keys.0) && e.contains(keys.1), "{e}");
+    }
+    // Named in a file counts too; the embedded default's "memory" does not.
+    let file = temp_config("named-memory", "[store]\nengine = \"memory\"\n");
+    let e = Config::load(Some(&file), env(&[("DANMAKU_REDIS_URL", "redis://h:6379")])).unwrap_err();
+    assert!(format!("{e:#}").contains("store.redis_url is set"), "{e:#}");
+    let c = Config::load(Some(&file), env(&[])).unwrap();
+    assert_eq!(c.store.engine, StoreEngine::Memory);
+}
+
+fn temp_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("danmaku-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn list_keys_of_numbers_and_pairs_come_from_the_environment() {
+    let c = Config::load(
+        None,
+        env(&[
+            ("DANMAKU_GEARS__UP_MS", "100,500,2000"),
+            ("DANMAKU_RATION__BUDGET_TIERS", "0:300, 500:120,5000:40"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.gears.up_ms, [100, 500, 2000]);
+    assert_eq!(
+        c.ration.budget_tiers,
+        vec![(0, 300), (500, 120), (5000, 40)]
+    );
+    assert_eq!(c.ration.budget_for(600), 120);
+    for (var, value, says) in [
+        (
+            "DANMAKU_GEARS__UP_MS",
+            "100,fast,2000",
+            "\"fast\" is not an integer",
+        ),
+        ("DANMAKU_GEARS__UP_MS", "100,500", "gears.up_ms"),
+        ("DANMAKU_RATION__BUDGET_TIERS", "0:300,500", "joined by ':'"),
+        ("DANMAKU_RATION__BUDGET_TIERS", "0:x", "ration.budget_tiers"),
+    ] {
+        let e = format!(
+            "{:#}",
+            Config::load(None, env(&[(var, value)])).unwrap_err()
+        );
+        assert!(e.contains(says), "{var}={value}: {e}");
+    }
+}
+
+#[test]
+fn a_file_key_of_the_wrong_type_or_name_is_named() {
+    for (text, says) in [
+        (
+            "[fanout]\ntick_ms = \"fast\"\n",
+            "fanout.tick_ms: invalid type: expected integer, found string",
+        ),
+        (
+            "[fanout]\ntickms = 5\n",
+            "fanout.tickms: unknown config key",
+        ),
+        ("[fanot]\ntick_ms = 5\n", "[fanot]: unknown config section"),
+        (
+            "[gears]\nup_ms = [1, \"2\", 3]\n",
+            "gears.up_ms: invalid type: expected array of integer",
+        ),
+    ] {
+        let file = temp_config("shape", text);
+        let e = format!("{:#}", Config::load(Some(&file), env(&[])).unwrap_err());
+        assert!(e.contains(says), "{text}: {e}");
+    }
+    // An integer stands for a float.
+    let file = temp_config("float", "[ingest]\nuser_rate_per_s = 3\n");
+    assert_eq!(
+        Config::load(Some(&file), env(&[]))
+            .unwrap()
+            .ingest
+            .user_rate_per_s,
+        3.0
+    );
+}
+
+#[test]
+fn url_passwords_are_redacted() {
+    for (url, shown) in [
+        ("redis://:pw@h:6379/0", "redis://:<redacted>@h:6379/0"),
+        (
+            "mysql://user:pw@h:3306/db",
+            "mysql://user:<redacted>@h:3306/db",
+        ),
+        ("mysql://user@h/db", "mysql://user@h/db"),
+        ("redis://h:6379/0?x=a@b", "redis://h:6379/0?x=a@b"),
+        ("sqlite::memory:", "sqlite::memory:"),
+        ("", ""),
+    ] {
+        assert_eq!(show::redact_url_password(url), shown, "{url}");
+    }
+}
+
+#[test]
+fn the_effective_config_prints_without_secrets() {
+    let (_, table) = Config::load_effective(
+        None,
+        env(&[
+            ("DANMAKU_JWT_SECRET", "jwt-secret-0123456789"),
+            (
+                "DANMAKU_GIFT_SECRETS",
+                "gift-secret-aaaaaaaa,gift-secret-bbbbbbbb",
+            ),
+            ("DANMAKU_ADMIN_TOKEN", "admin-token-0123"),
+            ("DANMAKU_REDIS_URL", "redis://:redis-pw@h:6379"),
+            ("DANMAKU_ARCHIVE_URL", "mysql://u:mysql-pw@h/db"),
+            ("DANMAKU_TICK_MS", "50"),
+        ]),
+    )
+    .unwrap();
+    let text = show::redacted_toml(&table);
+    for secret in [
+        "jwt-secret",
+        "gift-secret",
+        "admin-token-0123",
+        "redis-pw",
+        "mysql-pw",
+    ] {
+        assert!(!text.contains(secret), "{secret} in\n{text}");
+    }
+    assert!(text.contains("tick_ms = 50\n"), "{text}");
+    assert!(text.contains("engine = \"redis\"\n"), "{text}");
+    assert!(
+        text.contains("gift_secrets = [\"<redacted>\", \"<redacted>\"]"),
+        "{text}"
+    );
+    // What it prints is a config file that loads to the same settings.
+    let reparsed: toml::Table = text.parse().unwrap();
+    show::check_shape(&DEFAULT_TOML.parse().unwrap(), &reparsed).unwrap();
+    assert_eq!(reparsed["fanout"]["tick_ms"].as_integer(), Some(50));
+}
+
+#[test]
+fn log_format_is_text_or_json() {
+    assert!(!Config::embedded().log.json());
+    let c = Config::load(None, env(&[("DANMAKU_LOG_FORMAT", "json")])).unwrap();
+    assert!(c.log.json());
+    let e = Config::load(None, env(&[("DANMAKU_LOG__FORMAT", "yaml")])).unwrap_err();
+    assert!(format!("{e:#}").contains("log.format"), "{e:#}");
+}
