@@ -387,3 +387,58 @@ fn json_log_lines_parse() {
         "{lines:?}"
     );
 }
+
+/// The access log: a JSON line per request with method, path (no query),
+/// status and latency, and never a token from the query string.
+#[tokio::test]
+async fn access_log_lines_name_the_request_and_never_its_token() {
+    let logs = common::procs::ScratchDir::new("access-log");
+    let dir = logs.0.to_string_lossy().to_string();
+    let env: Vec<(String, String)> = [
+        ("DANMAKU_TEST_NODE_LOGS", dir.as_str()),
+        ("DANMAKU_LOG", "info"),
+        ("DANMAKU_LOG_FORMAT", "json"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let node = Node::spawn("serve", &env);
+    let http = http();
+    node.ready(&http).await;
+    let secret = "SECRET-TOKEN-VALUE";
+    let res = http
+        .get(format!(
+            "{}/v1/rooms/r1/poll?cursor=0&wait_ms=0&token={secret}",
+            node.base()
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (log, line) = loop {
+        let log: String = std::fs::read_dir(&logs.0)
+            .unwrap()
+            .flatten()
+            .map(|f| std::fs::read_to_string(f.path()).unwrap_or_default())
+            .collect();
+        let line = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| {
+                v["target"] == "danmaku::access" && v["fields"]["path"] == "/v1/rooms/r1/poll"
+            });
+        if let Some(line) = line {
+            break (log, line);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access line: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line["fields"]["method"], "GET", "{line}");
+    assert_eq!(line["fields"]["status"], status, "{line}");
+    assert!(line["fields"]["latency_ms"].as_f64().is_some(), "{line}");
+    assert!(!log.contains(secret), "a token reached the log");
+}

@@ -48,6 +48,8 @@ pub struct Config {
 pub struct LogConfig {
     /// `"text"` (human-readable lines) or `"json"` (one JSON object a line).
     pub format: String,
+    /// One `danmaku::access` line per HTTP request (`http/access_log.rs`).
+    pub access: bool,
 }
 
 impl LogConfig {

@@ -3,6 +3,7 @@
 //! routes ([`routes::Routes`]); [`router`] merges them and adds the
 //! contract's 404 / 405 answers. Below this layer nothing imports from it.
 
+mod access_log;
 mod admin;
 pub mod client_addr;
 pub mod cors;
@@ -65,6 +66,14 @@ pub fn router(state: AppState) -> Router {
     let router = match cors::CorsLayer::new(&state.config.server.allowed_origins) {
         Some(cors) => router.layer(cors),
         None => router,
+    };
+    let router = if state.config.log.access {
+        router.layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access_log::log_request,
+        ))
+    } else {
+        router
     };
     router.with_state(state)
 }
