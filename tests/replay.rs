@@ -320,10 +320,12 @@ async fn replay_server_with(
         c.archive.url = mysql;
         c.archive.copier = false; // the spawned archiver copies
         c.archive.replay_window_ms = 500;
-        // Presence exchanges are this front's only periodic live-Redis
-        // traffic; far apart, so that the live Redis sees nothing but replay
-        // reads (of which there must be none) while they are counted.
+        // Presence exchanges and the control plane's catch-up check are
+        // this front's only periodic live-Redis traffic; far apart, so that
+        // the live Redis sees nothing but replay reads (of which there must
+        // be none) while they are counted.
         c.fanout.presence_interval_ms = 600_000;
+        c.store.control_catch_up_ms = 600_000;
         adjust(c);
     })
     .await
