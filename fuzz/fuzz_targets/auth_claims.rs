@@ -46,6 +46,7 @@ fuzz_target!(|input: Input| {
         name: input.name,
         exp: at(&input.exp, now),
         nbf: input.nbf.as_ref().map(|t| at(t, now)),
+        vip: None,
     };
     // Skip instants the clock could move across while this input runs.
     let near = |t: u64, edge: u64| t.abs_diff(edge) <= 5;

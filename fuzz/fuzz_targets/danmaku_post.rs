@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         name: "Fuzz".into(),
         exp: 0,
         nbf: None,
+        vip: None,
     };
     let answer = match h.block_on(ingest.danmaku(ROOM, &viewer, IP, req.clone())) {
         Ok(a) => a,

@@ -48,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 name: "Fuzz".into(),
                 exp: 0,
                 nbf: None,
+                vip: None,
             };
             let req = DanmakuRequest {
                 client_msg_id,

@@ -15,7 +15,7 @@ use danmaku::error::ApiError;
 use danmaku::ingest::Ingest;
 use danmaku::message::{Message, Style};
 use danmaku::metrics::Metrics;
-use danmaku::rooms::RoomDirectory;
+use danmaku::control::Control;
 use danmaku::store::memory::MemoryStore;
 
 pub const ROOM: &str = "r1";
@@ -31,7 +31,8 @@ pub struct Harness {
     rt: tokio::runtime::Runtime,
     pub config: Config,
     metrics: Arc<Metrics>,
-    rooms: Arc<RoomDirectory>,
+    /// Room settings and the post gate (embedded engine).
+    control: Arc<Control>,
     pub auth: Authenticator,
 }
 
@@ -55,7 +56,7 @@ impl Harness {
                     .build()
                     .expect("runtime"),
                 metrics: Arc::new(Metrics::new()),
-                rooms: Arc::new(RoomDirectory::new(config.ration.clone())),
+                control: Control::in_memory(config.ration.clone(), Arc::new(Metrics::new())),
                 auth: Authenticator::new(&config.auth),
                 config,
             }
@@ -75,7 +76,7 @@ impl Harness {
             bus.clone(),
             store,
             self.metrics.clone(),
-            self.rooms.clone(),
+            self.control.clone(),
         );
         (ingest, bus)
     }
