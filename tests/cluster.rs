@@ -542,7 +542,14 @@ async fn broker_down_posts_fail_fast_then_recover() {
         "broker-down",
         &redis,
         &kafka,
-        &[("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000")],
+        &[
+            ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000"),
+            // Right after the outage the room is seconds behind, and a
+            // behind room sheds its low (tests/shedding.rs); this test is
+            // about the outage, so shedding stays out of the way.
+            ("DANMAKU_INGEST__SHED_LOW_DELAY_MS", "600000"),
+            ("DANMAKU_INGEST__SHED_HIGH_DELAY_MS", "600000"),
+        ],
     ));
     let _processor = c.node("processor").await;
     let front = c.node("front").await;
