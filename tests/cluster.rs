@@ -274,18 +274,6 @@ async fn zrange_calls(redis_url: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn metric_of(http: &reqwest::Client, node: &Node, sample: &str) -> f64 {
-    let text = http
-        .get(format!("{}/metrics", node.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    common::metric_value(&text, sample).unwrap_or(0.0)
-}
-
 /// A big room (1000 viewers over 2 fronts) costs Redis reads that grow with
 /// fronts × seconds, not with viewers; small-room long-polls read through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +312,7 @@ async fn big_room_reads_grow_with_fronts_not_viewers() {
     let sample = format!(r#"danmaku_top_room_online{{room="{room}"}}"#);
     let deadline = Instant::now() + Duration::from_secs(20);
     for front in &fronts {
-        while metric_of(&c.http, front, &sample).await < 1000.0 {
+        while front.metric(&c.http, &sample).await < 1000.0 {
             assert!(
                 Instant::now() < deadline,
                 "room never counted 1000 viewers as big"

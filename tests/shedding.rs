@@ -94,18 +94,6 @@ fn room_on(prefix: &str, partition: u32) -> String {
         .unwrap()
 }
 
-async fn stored_on(http: &reqwest::Client, node: &Node) -> f64 {
-    let text = http
-        .get(format!("{}/metrics", node.base()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    common::metric_value(&text, "danmaku_messages_stored_total").unwrap_or(0.0)
-}
-
 async fn post(
     http: &reqwest::Client,
     front: &Node,
@@ -195,8 +183,12 @@ async fn flood_in_one_room_sheds_it_and_not_the_others() {
             "the group never split the partitions"
         );
         let before = [
-            stored_on(&http, &processors[0]).await,
-            stored_on(&http, &processors[1]).await,
+            processors[0]
+                .metric(&http, "danmaku_messages_stored_total")
+                .await,
+            processors[1]
+                .metric(&http, "danmaku_messages_stored_total")
+                .await,
         ];
         for room in [&a, &b] {
             let (s, body) = post(&http, &fronts[0], &fan, room, &format!("w{round}")).await;
@@ -204,8 +196,12 @@ async fn flood_in_one_room_sheds_it_and_not_the_others() {
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let after = [
-            stored_on(&http, &processors[0]).await,
-            stored_on(&http, &processors[1]).await,
+            processors[0]
+                .metric(&http, "danmaku_messages_stored_total")
+                .await,
+            processors[1]
+                .metric(&http, "danmaku_messages_stored_total")
+                .await,
         ];
         if after[0] == before[0] + 1.0 && after[1] == before[1] + 1.0 {
             break;

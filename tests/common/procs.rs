@@ -173,6 +173,19 @@ impl Node {
         }
     }
 
+    /// A sample of the node's `/metrics` (0 when absent).
+    pub async fn metric(&self, http: &reqwest::Client, sample: &str) -> f64 {
+        let text = http
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        super::metric_value(&text, sample).unwrap_or(0.0)
+    }
+
     /// SIGKILL, and reap it.
     pub fn sigkill(&mut self) {
         kill_child(&mut self.child);
