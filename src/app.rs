@@ -74,6 +74,8 @@ pub struct Server {
     addr: SocketAddr,
     state: AppState,
     http: JoinHandle<std::io::Result<()>>,
+    /// `server.internal_listen`'s address and server, when set.
+    internal: Option<(SocketAddr, JoinHandle<std::io::Result<()>>)>,
     processor: Option<JoinHandle<()>>,
     archiver: Option<JoinHandle<()>>,
     processor_pause: Arc<PauseGate>,
@@ -219,15 +221,38 @@ impl Server {
             .await
             .with_context(|| format!("binding {}", state.config.server.listen))?;
         let addr = listener.local_addr()?;
-        let app = if role.runs_front() {
-            crate::http::router(state.clone())
-        } else {
-            crate::http::ops_router(state.clone())
+        let internal_listener = match state.config.internal_listen_addr()? {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("binding server.internal_listen {at}"))?,
+            ),
+            None => None,
         };
+        let routers = crate::http::routers(state.clone(), role.runs_front());
+        let limits = ListenerLimits::from_config(&state.config.server, &state.config.fanout);
+        let mut internal = None;
+        if let (Some(listener), Some(app)) = (internal_listener, routers.internal) {
+            let at = listener.local_addr()?;
+            // Operators and scrapers connect directly: no PROXY header.
+            let limits = ListenerLimits {
+                proxy_protocol: false,
+                ..limits.clone()
+            };
+            let serving = tokio::spawn(crate::http::listener::serve(
+                listener,
+                app,
+                limits,
+                state.metrics.clone(),
+                stopping.clone(),
+            ));
+            tracing::info!(addr = %at, "internal listener (metrics, readiness, admin)");
+            internal = Some((at, serving));
+        }
         let http = tokio::spawn(crate::http::listener::serve(
             listener,
-            app,
-            ListenerLimits::from_config(&state.config.server, &state.config.fanout),
+            routers.public,
+            limits,
             state.metrics.clone(),
             stopping.clone(),
         ));
@@ -244,6 +269,7 @@ impl Server {
             addr,
             state,
             http,
+            internal,
             processor,
             archiver,
             processor_pause,
@@ -261,6 +287,11 @@ impl Server {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The internal listener's address (`server.internal_listen`), if any.
+    pub fn internal_addr(&self) -> Option<SocketAddr> {
+        self.internal.as_ref().map(|(at, _)| *at)
     }
 
     pub fn state(&self) -> &AppState {
@@ -298,6 +329,10 @@ impl Server {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
             Err(_) => tracing::warn!("connections still open after the grace period"),
+        }
+        if let Some((_, internal)) = self.internal {
+            // Scrapes and admin calls are short: a grace is plenty.
+            let _ = tokio::time::timeout(grace, internal).await;
         }
         tracing::info!("stopped");
         Ok(())

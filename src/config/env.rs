@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 /// Fixed environment names of the run contract → config path.
 const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_LISTEN", "server.listen"),
+    ("DANMAKU_INTERNAL_LISTEN", "server.internal_listen"),
     ("DANMAKU_JWT_SECRET", "auth.jwt_secret"),
     ("DANMAKU_GIFT_SECRETS", "auth.gift_secrets"),
     ("DANMAKU_ADMIN_TOKEN", "auth.admin_token"),

@@ -62,6 +62,10 @@ impl LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub listen: String,
+    /// When set, `/metrics`, `/readyz` and every `/v1/admin/` route are
+    /// served on this address only (a port the load balancer does not
+    /// expose); empty: everything on `listen`.
+    pub internal_listen: String,
     /// Browser origins (exact, or `*`) allowed to open WebSocket / SSE
     /// streams (empty: any) and answered with CORS headers (empty: none).
     pub allowed_origins: Vec<String>,
@@ -435,6 +439,7 @@ impl Config {
 
     fn check(&self) -> anyhow::Result<()> {
         let addr = self.listen_addr()?;
+        self.internal_listen_addr()?;
         let dev = self.auth.uses_dev_jwt_secret() || self.auth.uses_dev_gift_secret();
         if dev && !addr.ip().is_loopback() {
             bail!(
@@ -551,6 +556,21 @@ impl Config {
             bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");
         }
         Ok(())
+    }
+
+    /// `server.internal_listen`, when set.
+    pub fn internal_listen_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let text = self.server.internal_listen.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let addr: SocketAddr = text
+            .parse()
+            .with_context(|| format!("server.internal_listen {text:?} is not an address"))?;
+        if addr == self.listen_addr()? && addr.port() != 0 {
+            bail!("server.internal_listen {addr} is server.listen too: give it another port");
+        }
+        Ok(Some(addr))
     }
 
     pub fn listen_addr(&self) -> anyhow::Result<SocketAddr> {

@@ -59,6 +59,20 @@ fn public_listen_needs_real_secrets() {
 }
 
 #[test]
+fn internal_listen_is_an_address_other_than_listen() {
+    let e = Config::load(None, env(&[("DANMAKU_INTERNAL_LISTEN", "ops-port")])).unwrap_err();
+    assert!(format!("{e:#}").contains("server.internal_listen \"ops-port\""));
+    let same = env(&[("DANMAKU_INTERNAL_LISTEN", "127.0.0.1:8080")]);
+    let e = Config::load(None, same).unwrap_err();
+    assert!(format!("{e:#}").contains("is server.listen too"));
+    let c = Config::load(None, env(&[("DANMAKU_INTERNAL_LISTEN", "127.0.0.1:9090")])).unwrap();
+    assert_eq!(
+        c.internal_listen_addr().unwrap(),
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+}
+
+#[test]
 fn redis_store_needs_a_url() {
     let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "redis")])).unwrap_err();
     assert!(format!("{e:#}").contains("redis_url"));

@@ -13,10 +13,16 @@ use super::ration::ration_catch_up;
 use super::{Frame, Hub, HubRegistry, Subscription};
 use crate::error::ApiError;
 
+/// The viewer protocol's version (docs/protocol.md): in every hello, and in
+/// the `Danmaku-Protocol` header of long-poll answers. Raised only when a
+/// client written for the previous version would misread the stream.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 #[derive(Serialize, Debug, Clone)]
 pub struct Hello {
     #[serde(rename = "type")]
     pub kind: &'static str,
+    pub protocol: u32,
     pub room: String,
     pub epoch: String,
     pub cursor: u64,
@@ -160,6 +166,7 @@ impl ViewerFeed {
     fn hello(&self, reset: bool, gap: bool) -> Hello {
         Hello {
             kind: "hello",
+            protocol: PROTOCOL_VERSION,
             room: self.room.clone(),
             epoch: self.epoch.to_string(),
             cursor: self.cursor_before_pending(),

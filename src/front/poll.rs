@@ -17,6 +17,14 @@ use crate::fanout::frame::{encode_batch, with_retracted};
 use crate::fanout::ration::ration_catch_up;
 use crate::fanout::Hub;
 
+/// Long-poll answers carry no hello: the protocol version rides in a header.
+const PROTOCOL_HEADER: header::HeaderName = header::HeaderName::from_static("danmaku-protocol");
+const PROTOCOL: &str = "1";
+const _: () = assert!(
+    crate::fanout::feed::PROTOCOL_VERSION == 1,
+    "PROTOCOL follows it"
+);
+
 #[derive(Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct PollQuery {
@@ -84,6 +92,7 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
                 [
                     (header::CONTENT_TYPE, "application/json"),
                     (header::CACHE_CONTROL, "no-store"),
+                    (PROTOCOL_HEADER, PROTOCOL),
                 ],
                 body,
             )

@@ -40,6 +40,7 @@ use crate::config::{any_contains, Cidr};
 use crate::error::ApiError;
 use crate::fanout::direct::socket::{SharedSocket, StackIo};
 use crate::front::{IpSlot, PerIpLimiter};
+use crate::metrics::process::open_file_limit;
 use crate::metrics::Metrics;
 
 /// What the accept loop enforces (from `[server]`).
@@ -88,17 +89,6 @@ fn default_max_connections() -> usize {
         .map_or(1024, |(soft, _)| soft)
         .saturating_sub(RESERVE)
         .clamp(64, 1 << 20) as usize
-}
-
-/// The soft and hard RLIMIT_NOFILE.
-fn open_file_limit() -> Option<(u64, u64)> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes into the struct it is given.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0)
-        .then_some((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Raises the soft open-file limit to the hard one (a server holds one

@@ -54,16 +54,59 @@ pub fn route_list() -> Vec<(&'static str, &'static str)> {
     api(0, 0).list()
 }
 
-/// The front roles' router: the API, the viewer transports, the page.
-pub fn router(state: AppState) -> Router {
+/// Whether a route moves to `server.internal_listen` when that is set:
+/// what only operators and their scrapers should reach.
+pub fn is_internal(path: &str) -> bool {
+    path == "/metrics" || path == "/readyz" || path.starts_with("/v1/admin/")
+}
+
+/// The routers a node serves: `public` on `server.listen`; with
+/// `server.internal_listen` set, the [`is_internal`] routes on `internal`
+/// and not on `public` (`/healthz` on both).
+pub struct Routers {
+    pub public: Router,
+    pub internal: Option<Router>,
+}
+
+/// The routers of a node: a front serves the API, the viewer transports and
+/// the page; other roles (`front = false`) health, readiness and metrics.
+pub fn routers(state: AppState, front: bool) -> Routers {
+    let routes = if front {
+        api(
+            state.config.server.max_body_bytes,
+            state.config.ingest.max_batch_events,
+        )
+    } else {
+        ops::health_routes()
+    };
+    if state.config.server.internal_listen.trim().is_empty() {
+        return Routers {
+            public: finish(routes, &state, front),
+            internal: None,
+        };
+    }
+    let (internal, public) = routes.partition(is_internal);
+    let internal = internal.merge(ops::liveness_route());
+    Routers {
+        public: finish(public, &state, front),
+        internal: Some(finish(internal, &state, false)),
+    }
+}
+
+/// The router serving `routes`: the contract's 404 / 405, the body limit,
+/// CORS (browser-facing routers only) and the access log.
+fn finish(routes: Routes, state: &AppState, browsers: bool) -> Router {
     let limit = state.config.server.max_body_bytes;
-    let router = api(limit, state.config.ingest.max_batch_events)
+    let router = routes
         .into_router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit));
     // Outermost, so preflights never reach a route.
-    let router = match cors::CorsLayer::new(&state.config.server.allowed_origins) {
+    let cors = browsers
+        .then(|| cors::CorsLayer::new(&state.config.server.allowed_origins))
+        .flatten();
+    let router = match cors {
         Some(cors) => router.layer(cors),
         None => router,
     };
@@ -75,15 +118,7 @@ pub fn router(state: AppState) -> Router {
     } else {
         router
     };
-    router.with_state(state)
-}
-
-/// Operations only (`processor` role): health, readiness, metrics.
-pub fn ops_router(state: AppState) -> Router {
-    ops::health_routes()
-        .into_router()
-        .fallback(not_found)
-        .with_state(state)
+    router.with_state(state.clone())
 }
 
 async fn not_found() -> ApiError {

@@ -13,10 +13,14 @@ use super::state::AppState;
 
 /// Health, readiness and metrics: every role serves these.
 pub(super) fn health_routes() -> Routes {
-    Routes::new()
-        .get("/healthz", healthz)
+    liveness_route()
         .get("/readyz", readyz)
         .get("/metrics", metrics)
+}
+
+/// `/healthz` alone: on every listener a node has.
+pub(super) fn liveness_route() -> Routes {
+    Routes::new().get("/healthz", healthz)
 }
 
 /// The viewer page and the API document, then [`health_routes`].

@@ -74,6 +74,12 @@ impl Routes {
         self
     }
 
+    /// The routes whose path `pick` takes, and the others.
+    pub fn partition(self, pick: impl Fn(&str) -> bool) -> (Routes, Routes) {
+        let (picked, rest) = self.entries.into_iter().partition(|e| pick(e.path));
+        (Routes { entries: picked }, Routes { entries: rest })
+    }
+
     /// `(METHOD, path)` of every route, in order.
     pub fn list(&self) -> Vec<(&'static str, &'static str)> {
         self.entries.iter().map(|e| (e.method, e.path)).collect()

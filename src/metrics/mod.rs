@@ -14,6 +14,8 @@
 //! `presence::TopRooms`). A new per-room metric follows the same pattern or
 //! does not exist.
 
+pub mod process;
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -107,6 +109,9 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        registry
+            .register(Box::new(process::ProcessCollector::new()))
+            .expect("process metric names are unique");
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             r.register(Box::new(c.clone()))
                 .expect("metric names are unique");
