@@ -56,7 +56,9 @@ public final class ErrorResponses {
         Object after = item.get("retry_after_s");
         Optional<String> retryAfter =
                 after instanceof Number n ? Optional.of(Long.toString(n.longValue())) : Optional.empty();
-        return toException(status, Json.write(Map.of("error", item.get("error"))), retryAfter, clock);
+        Object error = item.get("error");
+        String body = error == null ? "" : Json.write(Map.of("error", error));
+        return toException(status, body, retryAfter, clock);
     }
 
     /** {@code Retry-After}: delay-seconds or an HTTP-date (RFC 9110 §10.2.3). */

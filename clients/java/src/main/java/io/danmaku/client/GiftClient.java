@@ -117,10 +117,9 @@ public final class GiftClient {
             try {
                 HttpResponse<String> res = post(path, idempotencyKey, body);
                 if (res.statusCode() / 100 == 2) {
-                    Map<?, ?> answer = (Map<?, ?>) Json.parse(res.body());
                     boolean replayed =
                             res.headers().firstValue("idempotent-replayed").map("true"::equalsIgnoreCase).orElse(false);
-                    return new Accepted((String) answer.get("id"), replayed, idempotencyKey, attempt);
+                    return new Accepted(acceptedId(res), replayed, idempotencyKey, attempt);
                 }
                 failure = refusal(res);
             } catch (TransportException e) {
@@ -164,7 +163,7 @@ public final class GiftClient {
             try {
                 HttpResponse<String> res = post(path, "", batchBody(events, pending));
                 if (res.statusCode() == 207) {
-                    pending = settle(events, pending, res.body(), results);
+                    pending = settle(events, pending, res, results);
                     if (pending.isEmpty()) {
                         return new BatchResult(List.of(results), attempt);
                     }
@@ -184,24 +183,42 @@ public final class GiftClient {
         }
     }
 
+    /** The {@code id} of a 2xx {@code {"id"}} answer. */
+    private static String acceptedId(HttpResponse<String> res) {
+        try {
+            if (Json.parse(res.body()) instanceof Map<?, ?> answer && answer.get("id") instanceof String id) {
+                return id;
+            }
+        } catch (IllegalArgumentException notJson) {
+            // Reported below.
+        }
+        throw unexpectedAnswer(res, "no {\"id\"} in the acceptance");
+    }
+
     /**
      * Records the per-event answers of a 207 into {@code results} and returns the indexes of the
      * events to send again (refused with a retryable error).
      */
     private List<Integer> settle(
-            List<KeyedEvent> events, List<Integer> sent, String body, BatchEventResult[] results) {
-        List<?> answers = (List<?>) ((Map<?, ?>) Json.parse(body)).get("results");
+            List<KeyedEvent> events, List<Integer> sent, HttpResponse<String> res, BatchEventResult[] results) {
+        List<?> answers;
+        try {
+            answers = Json.parse(res.body()) instanceof Map<?, ?> m && m.get("results") instanceof List<?> l ? l : null;
+        } catch (IllegalArgumentException notJson) {
+            answers = null;
+        }
         if (answers == null || answers.size() != sent.size()) {
-            throw new ServerUnavailableException(
-                    207, "bad_batch_answer", "the server answered " + (answers == null ? "no" : answers.size())
-                            + " results for " + sent.size() + " events", null);
+            throw unexpectedAnswer(res, "not one result per event sent (" + sent.size() + ")");
         }
         List<Integer> again = new ArrayList<>();
         for (Object o : answers) {
-            Map<?, ?> item = (Map<?, ?>) o;
-            int index = sent.get(((Number) item.get("index")).intValue());
+            if (!(o instanceof Map<?, ?> item && item.get("index") instanceof Number i
+                    && i.intValue() >= 0 && i.intValue() < sent.size() && item.get("status") instanceof Number s)) {
+                throw unexpectedAnswer(res, "a result without a valid index and status");
+            }
+            int index = sent.get(i.intValue());
             String key = events.get(index).idempotencyKey();
-            int status = ((Number) item.get("status")).intValue();
+            int status = s.intValue();
             if (status / 100 == 2) {
                 results[index] = new BatchEventResult(
                         index, key, status, (String) item.get("id"), Boolean.TRUE.equals(item.get("replayed")), null);
@@ -214,6 +231,15 @@ public final class GiftClient {
             }
         }
         return again;
+    }
+
+    /**
+     * A success status whose body is not what the server sends (a misconfigured proxy?). Not
+     * retried: re-sending under the same key is safe, but would likely meet the same thing.
+     */
+    private static DanmakuException unexpectedAnswer(HttpResponse<String> res, String why) {
+        String body = res.body().length() > 200 ? res.body().substring(0, 200) + "…" : res.body();
+        return new DanmakuException(res.statusCode(), "unexpected_answer", why + ": " + body, null);
     }
 
     /** Of the events still refused, the one that asked to wait longest decides the next delay. */

@@ -222,6 +222,21 @@ class GiftClientRetryTest {
     }
 
     @Test
+    void aSuccessStatusWithoutTheServersAnswerIsAnErrorNotAnAcceptance() throws IOException {
+        try (StubServer stub = new StubServer(
+                Reply.json(202, "<html>proxy</html>"),
+                Reply.json(207, "{\"results\":[]}"))) {
+            GiftClient c = client(stub.url()).build();
+            DanmakuException single = assertThrows(DanmakuException.class, () -> c.send("r1", "k1", GIFT));
+            assertEquals("unexpected_answer", single.code());
+            DanmakuException batch = assertThrows(DanmakuException.class,
+                    () -> c.sendBatch("r1", List.of(new KeyedEvent("k2", GIFT))));
+            assertEquals("unexpected_answer", batch.code());
+            assertEquals(2, stub.received().size(), "neither is retried");
+        }
+    }
+
+    @Test
     void theRoomIsPercentEncodedAndSignedAsSentUnderTheBasePath() throws IOException {
         try (StubServer stub = new StubServer(Reply.error(400, "bad_room", Map.of()))) {
             GiftClient c = client(URI.create(stub.url() + "/danmaku/")).build();
