@@ -84,8 +84,8 @@ burst() {
     m=$(curl -s --max-time 0.2 "http://127.0.0.1:$proc_port/metrics" || true)
     gear=$(echo "$m" | awk -F' ' '/^danmaku_gear\{kind="danmaku",room="burst"\}/{print $2}')
     pending=$(curl -s --max-time 0.2 "http://127.0.0.1:$front_port/metrics" | awk '/^danmaku_bus_pending /{print $2}')
-    sum=$(echo "$m" | awk '/^danmaku_process_delay_seconds_sum /{print $2}')
-    count=$(echo "$m" | awk '/^danmaku_process_delay_seconds_count /{print $2}')
+    sum=$(echo "$m" | awk '/^danmaku_process_delay_seconds_sum[{ ]/{s+=$2; n++} END{if (n) print s}')
+    count=$(echo "$m" | awk '/^danmaku_process_delay_seconds_count[{ ]/{s+=$2; n++} END{if (n) print s}')
     mean=""
     if [ -n "$sum" ] && [ -n "$count" ] && [ "$count" != "$last_count" ]; then
       mean=$(echo "($sum - $last_sum) * 1000 / ($count - $last_count)" | bc -l | xargs printf '%.0f')

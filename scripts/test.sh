@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need if it is missing (Debian's
-# redis-server, mariadb-server, chromium, Java 17 and Maven; the Apache Kafka
+# redis-server, mariadb-server, chromium, prometheus (promtool), a Java 17 JDK
+# and Maven; the Apache Kafka
 # broker's jars from Maven Central, via scripts/kafka.sh; playwright-core from
 # npm), starts the services on loopback ports, runs lint and all test suites,
 # and stops everything on exit.
@@ -42,9 +43,11 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v mariadbd >/dev/null || need_apt+=(mariadb-server)
-command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
+# javac: the Java client (clients/java) is compiled here, not only run.
+command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"
@@ -98,6 +101,12 @@ DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test au
 log "the API suite again on Kafka + Redis in one process"
 DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test auth_failures \
   --test ingest_api --test graceful_shutdown --test health_and_metrics -- --include-ignored "$@"
+
+log "the Java gift client against a real server (clients/java)"
+DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" clients/java/test.sh
+
+log "Prometheus rules and the Grafana dashboard against the metrics a server exports (deploy/)"
+DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" deploy/check.sh
 
 log "fuzz targets (short runs)"
 scripts/fuzz.sh "${DANMAKU_FUZZ_SECONDS:-20}"

@@ -66,6 +66,15 @@ async fn health_readiness_and_metrics() {
         Some(1.0)
     );
     assert!(metric_value(&text, "danmaku_frames_sent_total").unwrap_or(0.0) >= 1.0);
+    // Processing delay is per kind (the gears and shedding act per kind).
+    assert_eq!(
+        metric_value(
+            &text,
+            "danmaku_process_delay_seconds_count{kind=\"danmaku\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
     assert!(metric_sum(&text, "danmaku_messages_delivered_total") >= 1.0);
     v.close().await;
 

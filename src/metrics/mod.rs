@@ -17,8 +17,8 @@
 pub mod process;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Series a bounded top-N metric holds at most (`danmaku_top_room_online`).
@@ -84,8 +84,9 @@ pub struct Metrics {
     /// Viewers over all fronts of the biggest big rooms with a hub on this
     /// node: at most [`TOP_ROOMS`] series (see `presence::TopRooms`).
     pub top_room_online: IntGaugeVec,
-    /// Processing delay: store write time minus the front's timestamp.
-    pub process_delay_seconds: Histogram,
+    /// Processing delay: store write time minus the front's timestamp, by
+    /// kind (the gears and shedding act per kind).
+    pub process_delay_seconds: HistogramVec,
     /// Open client TCP connections (any route, upgraded ones included).
     pub http_connections_open: IntGauge,
     /// Connections refused at accept, by cap (node, address).
@@ -346,12 +347,13 @@ impl Metrics {
             ),
             process_delay_seconds: reg(
                 &registry,
-                Histogram::with_opts(
+                HistogramVec::new(
                     HistogramOpts::new(
                         "danmaku_process_delay_seconds",
-                        "Delay from front timestamp to store write",
+                        "Delay from front timestamp to store write, by kind",
                     )
                     .buckets(buckets_delay),
+                    &["kind"],
                 )
                 .unwrap(),
             ),

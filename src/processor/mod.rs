@@ -236,6 +236,7 @@ impl Processor {
                                 self.metrics.stored.inc();
                                 self.metrics
                                     .process_delay_seconds
+                                    .with_label_values(&[m.kind.as_str()])
                                     .observe(now.saturating_sub(m.ts) as f64 / 1000.0);
                             }
                             AppendOutcome::Duplicate { .. } => self.metrics.store_duplicates.inc(),
