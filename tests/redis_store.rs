@@ -851,6 +851,44 @@ async fn presence_sums_counts_across_nodes() {
     );
 }
 
+/// Unchanged counts only refresh a node's hash; a hash lost meanwhile (a
+/// Redis restart, an eviction) is written again in full, not left missing.
+#[tokio::test]
+async fn presence_rewrites_unchanged_counts_whose_hash_is_gone() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let a = store(&url, cfg(10)).await;
+    let b = store(&url, cfg(10)).await;
+    let (na, nb) = (node("a"), node("b"));
+    let r1 = room("lost1");
+    let ttl = Duration::from_secs(60);
+    let mine = counts(&[(&r1, 4)]);
+    for _ in 0..2 {
+        a.exchange_presence(&na, &mine, ttl).await.unwrap();
+    }
+    let theirs = counts(&[(&r1, 1)]);
+    assert_eq!(
+        b.exchange_presence(&nb, &theirs, ttl).await.unwrap(),
+        vec![5]
+    );
+    let mut admin = admin(&url).await;
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{presence}}:node:{na}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.exchange_presence(&nb, &theirs, ttl).await.unwrap(),
+        vec![1]
+    );
+    // a's counts are unchanged, but its hash is gone: it is written again.
+    a.exchange_presence(&na, &mine, ttl).await.unwrap();
+    assert_eq!(
+        b.exchange_presence(&nb, &theirs, ttl).await.unwrap(),
+        vec![5]
+    );
+}
+
 #[tokio::test]
 async fn presence_forgets_rooms_a_node_no_longer_lists() {
     let url = need_redis!();

@@ -1,5 +1,10 @@
 //! When a hub reads the store (docs/architecture.md, "Fan-out"): a pure
 //! decision over what the tick knows, so its table of cases is the spec.
+//!
+//! A hub reads on "room updated" notices only — a room where nothing is
+//! posted costs no store command — at most once per `min_gap`, deferring
+//! while the previous frame is still being written. Only while notices do
+//! not reach the node (a lost subscription) does it read on a timer.
 
 use std::time::Duration;
 
@@ -7,7 +12,10 @@ use std::time::Duration;
 pub(super) struct ReadCheck {
     /// Since the last read, measured on the tick grid.
     pub since: Duration,
-    /// Read at least this often, notice or not.
+    /// Notices reach this node: a hub reads on them only, so a quiet room
+    /// costs no reads at all.
+    pub notices_live: bool,
+    /// While notices do not reach this node, read at least this often.
     pub read_interval: Duration,
     /// Read on a notice at most this often.
     pub min_gap: Duration,
@@ -31,7 +39,7 @@ pub(super) enum ReadDecision {
 }
 
 pub(super) fn should_read(c: ReadCheck) -> ReadDecision {
-    if c.since >= c.read_interval {
+    if !c.notices_live && c.since >= c.read_interval {
         return ReadDecision::Read;
     }
     if !c.dirty || c.since < c.min_gap {
@@ -48,13 +56,18 @@ mod tests {
     use super::*;
 
     fn check(since_ms: u64, dirty: bool, fanout_behind: bool) -> ReadDecision {
+        check_with(since_ms, dirty, fanout_behind, true)
+    }
+
+    fn check_with(since_ms: u64, dirty: bool, behind: bool, notices_live: bool) -> ReadDecision {
         should_read(ReadCheck {
             since: Duration::from_millis(since_ms),
+            notices_live,
             read_interval: Duration::from_millis(1000),
             min_gap: Duration::from_millis(100),
             tick: Duration::from_millis(100),
             dirty,
-            fanout_behind,
+            fanout_behind: behind,
         })
     }
 
@@ -63,11 +76,29 @@ mod tests {
         assert_eq!(check(100, true, false), ReadDecision::Read);
         assert_eq!(check(99, true, false), ReadDecision::Wait);
         assert_eq!(check(500, false, false), ReadDecision::Wait);
+    }
+
+    #[test]
+    fn a_quiet_room_is_never_read_while_notices_arrive() {
+        for since_ms in [1000, 10_000, 3_600_000] {
+            assert_eq!(check(since_ms, false, false), ReadDecision::Wait);
+        }
+    }
+
+    #[test]
+    fn without_notices_a_hub_reads_on_its_own_timer() {
+        assert_eq!(check_with(999, false, false, false), ReadDecision::Wait);
         assert_eq!(
-            check(1000, false, false),
+            check_with(1000, false, false, false),
             ReadDecision::Read,
             "fallback interval"
         );
+        assert_eq!(
+            check_with(1000, false, true, false),
+            ReadDecision::Read,
+            "the fallback is not deferred"
+        );
+        assert_eq!(check_with(100, true, false, false), ReadDecision::Read);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::message::now_ms;
 use crate::metrics::Metrics;
 use crate::presence::Exchange;
 use crate::rooms::RoomDirectory;
-use crate::store::LiveStore;
+use crate::store::{LiveStore, ALL_ROOMS};
 
 /// One room's figures on this node, for the admin API (per-room figures are
 /// kept out of metric labels: see `crate::metrics`).
@@ -243,8 +243,8 @@ impl HubRegistry {
         }
     }
 
-    /// Read on a notice (no more often than the room's size allows) or when
-    /// the fallback interval has passed without one.
+    /// Read on a notice (no more often than the room's size allows); on a
+    /// timer only while notices do not reach this node.
     fn read_decision(&self, hub: &Hub, since: Duration) -> ReadDecision {
         let min_gap = Duration::from_millis(if hub.is_big() {
             self.config.big_min_read_gap_ms
@@ -253,6 +253,7 @@ impl HubRegistry {
         });
         should_read(ReadCheck {
             since,
+            notices_live: self.store.notices_live(),
             read_interval: Duration::from_millis(self.config.read_interval_ms),
             min_gap,
             tick: Duration::from_millis(self.config.tick_ms),
@@ -287,13 +288,18 @@ impl HubRegistry {
     }
 
     /// Marks a room's hub dirty on each "room updated" notice (every hub if
-    /// notices were lost).
+    /// notices were lost: [`ALL_ROOMS`] or a lagging receiver).
     async fn route_notices(&self) {
         let mut updates = self.store.updates();
         loop {
             tokio::select! {
                 _ = self.flushing.cancelled() => return,
                 notice = updates.recv() => match notice {
+                    Ok(room) if *room == *ALL_ROOMS => {
+                        for hub in self.hubs.iter() {
+                            hub.dirty.store(true, Ordering::Release);
+                        }
+                    }
                     Ok(room) => {
                         if let Some(hub) = self.hubs.get(&*room) {
                             hub.dirty.store(true, Ordering::Release);

@@ -132,10 +132,25 @@ pub trait LiveStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// "Room updated" notice from a processor to every front (best effort:
-    /// fronts also poll on their own, so a lost notice only adds latency).
+    /// "Room updated" notice from a processor to every front. Hubs read on
+    /// notices only (quiet rooms cost no reads), so an engine either
+    /// delivers every notice while [`LiveStore::notices_live`] holds, or
+    /// says it may have lost some (see [`LiveStore::updates`]).
     async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError>;
 
-    /// Notices published by any processor, as room names.
+    /// Notices published by any processor, as room names. An empty name
+    /// ([`ALL_ROOMS`]) means notices may have been missed (the subscription
+    /// was restored after a loss): any room may have changed. A receiver
+    /// that lags behind gets `Lagged`, which means the same.
     fn updates(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
+
+    /// Whether notices reach this node now. While they do not (a lost
+    /// subscription), hubs fall back to reading on a timer
+    /// (`fanout.read_interval_ms`) so viewers still get news, late.
+    fn notices_live(&self) -> bool {
+        true
+    }
 }
+
+/// The notice meaning "any room may have changed" (see [`LiveStore::updates`]).
+pub const ALL_ROOMS: &str = "";

@@ -41,6 +41,9 @@ pub struct RedisStore {
     conn: ConnectionManager,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
+    /// Fingerprint of the presence counts this node last published (0:
+    /// none): the next exchange sends "unchanged" if they are the same.
+    presence_sent: Arc<std::sync::atomic::AtomicU64>,
     config: StoreConfig,
 }
 
@@ -78,6 +81,7 @@ impl RedisStore {
             conn,
             scripts: Arc::new(scripts),
             notices: Arc::new(Notices::new(client)),
+            presence_sent: Arc::default(),
             config,
         })
     }
@@ -168,5 +172,9 @@ impl LiveStore for RedisStore {
 
     fn updates(&self) -> broadcast::Receiver<Arc<str>> {
         self.notices.subscribe()
+    }
+
+    fn notices_live(&self) -> bool {
+        self.notices.live()
     }
 }

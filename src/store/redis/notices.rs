@@ -4,6 +4,7 @@
 //! (data plane, best effort) and control notices on [`CONTROL_CHANNEL`]
 //! (numbered; a node that missed some catches up from the change log).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use super::control::CONTROL_CHANNEL;
 use super::{unavailable, RedisStore};
 use crate::store::control::VersionedNotice;
-use crate::store::StoreError;
+use crate::store::{StoreError, ALL_ROOMS};
 
 /// Pub/sub channel of "room updated" notices. A message is the updated rooms'
 /// names joined by `'\n'` (one PUBLISH per `notify_updated` call).
@@ -41,6 +42,8 @@ pub(super) struct Notices {
     tx: broadcast::Sender<Arc<str>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
     client: Client,
+    /// True while the subscriber holds its subscription (`notices_live`).
+    live: Arc<AtomicBool>,
     /// Where to spawn the task when `updates()` is called outside a runtime.
     runtime: Option<tokio::runtime::Handle>,
     task: OnceLock<tokio::task::AbortHandle>,
@@ -51,6 +54,11 @@ impl Notices {
         let rx = self.tx.subscribe();
         self.ensure_listening();
         rx
+    }
+
+    /// Whether notices reach this node now (see `LiveStore::notices_live`).
+    pub(super) fn live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
     }
 
     pub(super) fn subscribe_control(&self) -> broadcast::Receiver<Arc<VersionedNotice>> {
@@ -68,7 +76,11 @@ impl Notices {
                 Some(runtime) => {
                     self.task.get_or_init(|| {
                         runtime
-                            .spawn(listen(self.client.clone(), self.senders()))
+                            .spawn(listen(
+                                self.client.clone(),
+                                self.senders(),
+                                self.live.clone(),
+                            ))
                             .abort_handle()
                     });
                 }
@@ -103,8 +115,9 @@ struct Senders {
 /// Keeps one pub/sub connection subscribed to both channels and forwards
 /// each notice to its sender, reconnecting with backoff (100 ms
 /// doubling to 5 s) whenever the connection is lost or cannot be made.
-/// Runs until aborted.
-async fn listen(client: Client, tx: Senders) {
+/// `live` holds while subscribed; each new subscription sends [`ALL_ROOMS`]
+/// (what was published before it is lost). Runs until aborted.
+async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
@@ -120,10 +133,16 @@ async fn listen(client: Client, tx: Senders) {
                 } else {
                     tracing::debug!(channel = UPDATED_CHANNEL, "subscribed to redis notices");
                 }
+                live.store(true, Ordering::Release);
+                // Subscribed before anyone reads: nothing published from here
+                // on is missed; what came before (while down, or before the
+                // first subscription) may have been.
+                let _ = tx.updated.send(Arc::from(ALL_ROOMS));
                 ever_subscribed = true;
                 failures = 0;
                 let since = Instant::now();
                 let reason = pump_updates(sink, stream, &tx).await;
+                live.store(false, Ordering::Release);
                 tracing::warn!(
                     channel = UPDATED_CHANNEL,
                     %reason,
@@ -196,7 +215,7 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
                     }
                     continue;
                 }
-                for room in payload.split('\n').filter(|r| !r.is_empty()) {
+                for room in payload.split('\n').filter(|r| *r != ALL_ROOMS) {
                     // No receiver left is fine: notices are best effort.
                     let _ = tx.updated.send(Arc::from(room));
                 }
@@ -218,6 +237,7 @@ impl Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
             control_tx: broadcast::channel(UPDATES_CAPACITY).0,
             client,
+            live: Arc::new(AtomicBool::new(false)),
             runtime: tokio::runtime::Handle::try_current().ok(),
             task: OnceLock::new(),
         }
