@@ -804,5 +804,6 @@ function randomId() {
 }
 export {
   DanmakuClient,
-  DanmakuError
+  DanmakuError,
+  errorFromResponse
 };
