@@ -37,6 +37,26 @@ test("history: a message posted while joining is shown once (snapshot and stream
   assert.deepEqual(seen, [...earlier, ...racing]);
 });
 
+test("history: a snapshot behind its own messages (a lagging cache) shows nothing twice", async (t) => {
+  const room = freshRoom("history-overlap");
+  const earlier = await postMany(room, 4, "old");
+  await sleep(300);
+  // The snapshot's cursor says 2 messages less than it holds: the stream
+  // then starts 2 messages early and sends them again; dedup by seq keeps one.
+  const lagging = async (url, init) => {
+    const res = await fetch(url, init);
+    if (!String(url).endsWith("/snapshot") || !res.ok) return res;
+    const snap = await res.json();
+    return new Response(JSON.stringify({ ...snap, cursor: snap.cursor - 2 }), { status: 200 });
+  };
+  const { rec } = await joined(t, DanmakuClient, { room, transports: ["ws"], fetch: lagging }, "ws");
+  const later = await post(room, "new");
+  await until(() => rec.messages.some((m) => m.id === later), "the new message");
+  await sleep(400);
+  assertExactly(rec, [...earlier, later], "history then stream");
+  assert.equal(rec.history.length, 4);
+});
+
 test("history off: only new messages", async (t) => {
   const room = freshRoom("no-history");
   await postMany(room, 2, "old");
