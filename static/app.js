@@ -1,4 +1,4 @@
-// danmaku viewer page (issue 9). Plain modern JS, no build step.
+// danmaku viewer page (issue 9). Plain modern JS (an ES module), no build step of its own.
 //
 //   Player    — a generated stand-in video (canvas → captureStream → <video>)
 //               and the clock every comment moves by; pausing stops both.
