@@ -111,8 +111,10 @@ var longPoll = (ctx, cb) => {
     let first = true;
     while (!done) {
       let body;
+      const wait = first ? 0 : ctx.pollWaitMs;
+      const overdue = setTimeout(() => ac.abort(), wait + ctx.silentAfterMs / 4);
       try {
-        const res = await ctx.fetch(ctx.url("poll", { wait_ms: first ? 0 : ctx.pollWaitMs }), {
+        const res = await ctx.fetch(ctx.url("poll", { wait_ms: wait }), {
           cache: "no-store",
           signal: ac.signal
         });
@@ -128,9 +130,11 @@ var longPoll = (ctx, cb) => {
       } catch (e) {
         if (!done) {
           done = true;
-          cb.down(e.name === "AbortError" ? "aborted" : `poll failed: ${e.message}`);
+          cb.down(e.name === "AbortError" ? "no answer in time" : `poll failed: ${e.message}`);
         }
         return;
+      } finally {
+        clearTimeout(overdue);
       }
       if (done)
         return;
@@ -201,12 +205,19 @@ var serverSentEvents = (ctx, cb) => {
       return fail(`HTTP ${res.status}${code ? ` ${code}` : ""}`);
     }
     const reader = res.body.getReader();
+    let heard = Date.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - heard > ctx.silentAfterMs)
+        fail("stream silent");
+    }, ctx.silentAfterMs / 4);
+    ac.signal.addEventListener("abort", () => clearInterval(watchdog));
     const decoder = new TextDecoder();
     let buffer = "";
     let event = "message";
     let data = [];
     for (; ; ) {
       const { value, done: end } = await reader.read();
+      heard = Date.now();
       if (done)
         return;
       if (end)
@@ -269,11 +280,16 @@ var websocket = (ctx, cb) => {
     } catch {
     }
   };
+  let heard = Date.now();
   const pinger = setInterval(() => {
-    if (ws.readyState === 1)
+    if (Date.now() - heard > ctx.silentAfterMs) {
+      stop();
+      cb.down("connection silent");
+    } else if (ws.readyState === 1)
       ws.send('{"type":"ping"}');
-  }, ctx.pingIntervalMs);
+  }, Math.min(ctx.pingIntervalMs, ctx.silentAfterMs / 2));
   ws.onmessage = (ev) => {
+    heard = Date.now();
     if (done || typeof ev.data !== "string")
       return;
     const m = parseFrame(ev.data);
@@ -362,7 +378,8 @@ var DanmakuClient = class extends Emitter {
       WebSocket: this.WebSocketImpl,
       fetch: this.fetchImpl,
       pingIntervalMs: options.pingIntervalMs ?? 2e4,
-      pollWaitMs: options.pollWaitMs ?? 25e3
+      pollWaitMs: options.pollWaitMs ?? 25e3,
+      silentAfterMs: options.silentAfterMs ?? 6e4
     };
   }
   /** The transport in use (or being tried). */
@@ -468,14 +485,19 @@ var DanmakuClient = class extends Emitter {
     this.deliver(all, "history");
   }
   async fetchSnapshot() {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), this.options.helloTimeoutMs ?? 8e3);
     try {
-      const res = await this.fetchImpl(`${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`);
+      const url = `${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`;
+      const res = await this.fetchImpl(url, { signal: ac.signal });
       if (!res.ok)
         return null;
       const snap = await res.json();
       return snap && typeof snap.epoch === "string" && typeof snap.cursor === "number" ? snap : null;
     } catch {
       return null;
+    } finally {
+      clearTimeout(timer);
     }
   }
   // ───────────── connections ─────────────

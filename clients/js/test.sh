@@ -50,6 +50,7 @@ echo "== starting $bin on 127.0.0.1:$port (log: $out/server.log)"
   # Every test posts from 127.0.0.1: the per-address limit would get in the way.
   export DANMAKU_INGEST__IP_RATE_PER_S=10000 DANMAKU_INGEST__IP_BURST=10000
   export DANMAKU_INGEST__USER_RATE_PER_S=1000 DANMAKU_INGEST__USER_BURST=1000
+  export DANMAKU_FANOUT__PING_S=1 # SSE keep-alive every second: the silence test can be short
   cd "$work"
   exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
 ) >"$out/server.log" 2>&1 &

@@ -113,6 +113,7 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
       fetch: this.fetchImpl,
       pingIntervalMs: options.pingIntervalMs ?? 20000,
       pollWaitMs: options.pollWaitMs ?? 25000,
+      silentAfterMs: options.silentAfterMs ?? 60000,
     };
   }
 
@@ -216,13 +217,19 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
   }
 
   private async fetchSnapshot(): Promise<Snapshot | null> {
+    // A snapshot that does not come in time is skipped: joining must not hang on it.
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), this.options.helloTimeoutMs ?? 8000);
     try {
-      const res = await this.fetchImpl(`${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`);
+      const url = `${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`;
+      const res = await this.fetchImpl(url, { signal: ac.signal });
       if (!res.ok) return null;
       const snap = await res.json();
       return snap && typeof snap.epoch === "string" && typeof snap.cursor === "number" ? snap : null;
     } catch {
       return null; // no history: the stream alone
+    } finally {
+      clearTimeout(timer);
     }
   }
 

@@ -124,6 +124,12 @@ export interface DanmakuClientOptions {
   upgradeProbeMaxMs?: number;
   /** WebSocket keep-alive ping (default 20000). */
   pingIntervalMs?: number;
+  /**
+   * A connection that hears nothing this long (the server's SSE keep-alive
+   * comes every 25 s, the WebSocket ping's pong at once) is taken for dead
+   * and reconnected (default 60000); a long-poll answer may be this ¼ late.
+   */
+  silentAfterMs?: number;
   /** How long `send()` waits for the socket's ack before trying HTTP (default 5000). */
   ackTimeoutMs?: number;
   /** Refresh the online count from the snapshot this often while the transport carries none (default 10000; 0: never). */

@@ -97,28 +97,33 @@ export function assertExactly(rec, ids, what) {
 /**
  * A loopback TCP proxy in front of the server: `cut()` drops every open
  * connection (a network failure as the client sees it), `block()` refuses
- * new ones until `unblock()`; `requests` holds every HTTP request line seen.
+ * new ones until `unblock()`, `stall()` turns the open ones and every new
+ * one into black holes (open, nothing passes: a dead network path) until
+ * `unstall()`; `requests` holds every HTTP request line seen.
  */
 export async function startProxy() {
   const target = new URL(BASE);
-  const sockets = new Set();
+  const conns = new Set(); // {client, upstream, stalled}
   const requests = [];
   let blocked = false;
+  let stalling = false;
   const server = net.createServer((client) => {
     if (blocked) return client.destroy();
     const upstream = net.connect(Number(target.port), target.hostname);
-    sockets.add(client);
-    sockets.add(upstream);
+    const conn = { client, upstream, stalled: stalling };
+    conns.add(conn);
     client.on("data", (d) => {
+      if (conn.stalled) return;
       for (const m of d.toString("latin1").matchAll(/^(GET|POST|DELETE|PUT) (\S+) HTTP\/1\.1\r$/gm)) requests.push(`${m[1]} ${m[2]}`);
+      upstream.write(d);
     });
-    client.pipe(upstream);
-    upstream.pipe(client);
+    upstream.on("data", (d) => {
+      if (!conn.stalled) client.write(d);
+    });
     const end = () => {
       client.destroy();
       upstream.destroy();
-      sockets.delete(client);
-      sockets.delete(upstream);
+      conns.delete(conn);
     };
     for (const s of [client, upstream]) {
       s.on("error", end);
@@ -135,15 +140,28 @@ export async function startProxy() {
     unblock() {
       blocked = false;
     },
-    /** Drops every open connection; → how many client connections were open. */
+    stall() {
+      stalling = true;
+      for (const c of conns) c.stalled = true;
+    },
+    unstall() {
+      stalling = false;
+    },
+    /** Drops every open connection; → how many were open. */
     cut() {
-      const n = sockets.size / 2;
-      for (const s of [...sockets]) s.destroy();
+      const n = conns.size;
+      for (const c of [...conns]) {
+        c.client.destroy();
+        c.upstream.destroy();
+      }
       return n;
     },
     close() {
       blocked = true;
-      for (const s of [...sockets]) s.destroy();
+      for (const c of [...conns]) {
+        c.client.destroy();
+        c.upstream.destroy();
+      }
       return new Promise((r) => server.close(r));
     },
   };

@@ -89,6 +89,28 @@ for (const kind of ["ws", "sse", "poll"]) {
 }
 
 for (const kind of ["ws", "sse", "poll"]) {
+  test(`${kind}: a connection gone silent (dead path, no close) is noticed and resumed`, async (t) => {
+    const room = freshRoom(`silent-${kind}`);
+    const proxy = await startProxy();
+    t.after(() => proxy.close());
+    // test.sh has the server's SSE keep-alive every second; a healthy quiet stream is never silent this long.
+    const opts = { room, baseUrl: proxy.url, transports: [kind], silentAfterMs: 2500, pingIntervalMs: 500, pollWaitMs: 1000 };
+    const { rec } = await joined(t, DanmakuClient, opts, kind);
+    const first = await postMany(room, 2, "before the stall");
+    await until(() => rec.messages.length >= 2, "2 messages");
+    await sleep(3000); // quiet but healthy: no reconnect
+    assert.ok(!rec.states.some((s) => s.state === "reconnecting"), `a quiet stream stays: ${JSON.stringify(rec.states)}`);
+    proxy.stall();
+    const missed = await postMany(room, 3, "into the void");
+    await until(() => rec.states.some((s) => s.state === "reconnecting"), "the client noticed the silence", 8000);
+    proxy.unstall();
+    await until(() => rec.messages.length >= 5, () => `5 messages, have ${rec.messages.length}`, 15000);
+    await sleep(300);
+    assertExactly(rec, [...first, ...missed], `${kind} after silence`);
+  });
+}
+
+for (const kind of ["ws", "sse", "poll"]) {
   test(`${kind}: an unknown epoch is surfaced as a reset, then the room's stream from its start`, async (t) => {
     const room = freshRoom(`reset-${kind}`);
     const earlier = await postMany(room, 2, "already in the room");

@@ -12,8 +12,11 @@ export const longPoll: Transport = (ctx, cb) => {
     let first = true;
     while (!done) {
       let body: any;
+      const wait = first ? 0 : ctx.pollWaitMs;
+      // An answer is due within the wait; one that never comes is a dead connection.
+      const overdue = setTimeout(() => ac.abort(), wait + ctx.silentAfterMs / 4);
       try {
-        const res = await ctx.fetch(ctx.url("poll", { wait_ms: first ? 0 : ctx.pollWaitMs }), {
+        const res = await ctx.fetch(ctx.url("poll", { wait_ms: wait }), {
           cache: "no-store",
           signal: ac.signal,
         });
@@ -30,9 +33,11 @@ export const longPoll: Transport = (ctx, cb) => {
       } catch (e) {
         if (!done) {
           done = true;
-          cb.down((e as Error).name === "AbortError" ? "aborted" : `poll failed: ${(e as Error).message}`);
+          cb.down((e as Error).name === "AbortError" ? "no answer in time" : `poll failed: ${(e as Error).message}`);
         }
         return;
+      } finally {
+        clearTimeout(overdue);
       }
       if (done) return;
       if (first) {

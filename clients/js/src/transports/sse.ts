@@ -39,12 +39,19 @@ export const serverSentEvents: Transport = (ctx, cb) => {
       return fail(`HTTP ${res.status}${code ? ` ${code}` : ""}`);
     }
     const reader = res.body.getReader();
+    // The server writes a keep-alive comment every 25 s: silence means a dead connection.
+    let heard = Date.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - heard > ctx.silentAfterMs) fail("stream silent");
+    }, ctx.silentAfterMs / 4);
+    ac.signal.addEventListener("abort", () => clearInterval(watchdog));
     const decoder = new TextDecoder();
     let buffer = "";
     let event = "message";
     let data: string[] = [];
     for (;;) {
       const { value, done: end } = await reader.read();
+      heard = Date.now();
       if (done) return;
       if (end) return fail("stream ended");
       buffer += decoder.decode(value, { stream: true });

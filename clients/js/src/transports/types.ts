@@ -27,6 +27,8 @@ export interface TransportContext {
   fetch: FetchLike;
   pingIntervalMs: number;
   pollWaitMs: number;
+  /** A stream that says nothing this long (not even the server's keep-alive) is dead. */
+  silentAfterMs: number;
 }
 
 export type Transport = (ctx: TransportContext, cb: TransportCallbacks) => Connection;

@@ -25,11 +25,17 @@ export const websocket: Transport = (ctx, cb) => {
       // already closed
     }
   };
-  // Keeps the socket from the server's idle cut while the viewer only watches.
+  let heard = Date.now();
+  // Keeps the socket from the server's idle cut while the viewer only
+  // watches; the pong it gets shows the connection is alive.
   const pinger = setInterval(() => {
-    if (ws.readyState === 1) ws.send('{"type":"ping"}');
-  }, ctx.pingIntervalMs);
+    if (Date.now() - heard > ctx.silentAfterMs) {
+      stop();
+      cb.down("connection silent");
+    } else if (ws.readyState === 1) ws.send('{"type":"ping"}');
+  }, Math.min(ctx.pingIntervalMs, ctx.silentAfterMs / 2));
   ws.onmessage = (ev) => {
+    heard = Date.now();
     if (done || typeof ev.data !== "string") return;
     const m = parseFrame(ev.data);
     if (!m) return;
