@@ -472,7 +472,7 @@ var DanmakuClient = class extends Emitter {
   }
   // ───────────── joining ─────────────
   async loadHistory() {
-    const snap = await this.fetchSnapshot();
+    const snap = await this.fetchSnapshot("no-cache");
     if (!snap || this.closed)
       return;
     this.epoch = snap.epoch;
@@ -484,12 +484,12 @@ var DanmakuClient = class extends Emitter {
       this.emit("online", snap.online);
     this.deliver(all, "history");
   }
-  async fetchSnapshot() {
+  async fetchSnapshot(cache = "default") {
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), this.options.helloTimeoutMs ?? 8e3);
     try {
       const url = `${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`;
-      const res = await this.fetchImpl(url, { signal: ac.signal });
+      const res = await this.fetchImpl(url, { signal: ac.signal, cache });
       if (!res.ok)
         return null;
       const snap = await res.json();

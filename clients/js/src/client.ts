@@ -204,7 +204,10 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
   // ───────────── joining ─────────────
 
   private async loadHistory(): Promise<void> {
-    const snap = await this.fetchSnapshot();
+    // Revalidated, not taken from the browser's cache as is: a cached copy
+    // (max-age 1 s, stale-while-revalidate 2 s) could still hold a message
+    // retracted since. The ETag makes an unchanged room a cheap 304.
+    const snap = await this.fetchSnapshot("no-cache");
     if (!snap || this.closed) return;
     // The stream continues exactly where the snapshot ends.
     this.epoch = snap.epoch;
@@ -216,13 +219,13 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
     this.deliver(all, "history");
   }
 
-  private async fetchSnapshot(): Promise<Snapshot | null> {
+  private async fetchSnapshot(cache: RequestCache = "default"): Promise<Snapshot | null> {
     // A snapshot that does not come in time is skipped: joining must not hang on it.
     const ac = new AbortController();
     const timer = setTimeout(() => ac.abort(), this.options.helloTimeoutMs ?? 8000);
     try {
       const url = `${this.baseUrl}/v1/rooms/${encodeURIComponent(this.room)}/snapshot`;
-      const res = await this.fetchImpl(url, { signal: ac.signal });
+      const res = await this.fetchImpl(url, { signal: ac.signal, cache });
       if (!res.ok) return null;
       const snap = await res.json();
       return snap && typeof snap.epoch === "string" && typeof snap.cursor === "number" ? snap : null;
