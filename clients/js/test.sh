@@ -23,8 +23,9 @@ fi
 
 echo "== npm ci (clients/js)"
 npm ci --no-audit --no-fund --loglevel=error
-echo "== compiling dist/"
+echo "== compiling dist/, and a user's code against its type declarations"
 npx tsc -p tsconfig.json
+npx tsc -p tsconfig.consumer.json
 
 port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
 work="$(mktemp -d /tmp/danmaku-js-client.XXXXXX)"
