@@ -1,12 +1,14 @@
-// danmaku viewer page (issue 9). Plain modern JS, no build step.
+// danmaku viewer page (issue 9). Plain modern JS (an ES module), no build step of its own.
 //
 //   Player    — a generated stand-in video (canvas → captureStream → <video>)
 //               and the clock every comment moves by; pausing stops both.
 //   Overlay   — scrolling lanes without overlap, top/bottom fixed comments,
 //               colours, density, a gift rail with combos, pinned notices.
-//   Live      — WebSocket, falling back to SSE, then long-poll; resumes with
-//               the cursor (and epoch); exponential backoff with jitter.
-//   Sender    — demo viewer token, client-side checks, server errors shown.
+//   Live      — the viewer SDK (clients/js, served as /danmaku-client.js):
+//               WebSocket → SSE → long-poll, exact resume, backoff, history
+//               on join (the chat panel), sending with ack. This page only
+//               shows what it emits.
+//   Sender    — demo viewer tokens, client-side checks, server errors shown.
 //   ReplayApi — the only code that knows the replay routes' shapes.
 //   Replay    — pick an ended live, scrub, comments follow the playhead,
 //               windows fetched ahead.
@@ -16,11 +18,10 @@
 // data-transport/data-state, #online data-online, #player data-time-ms,
 // #stats data-shown/data-dropped/data-retracted.
 //
-// Retractions: a moderator's retraction reaches the page as a WebSocket
-// `{"type":"retract","ids"}`, an SSE `retract` event or a long-poll answer's
-// `retracted` list; the messages leave the overlay and the chat, and never
-// show again (ids are applied idempotently: unknown ones are ignored).
-"use strict";
+// Retractions: the SDK's `retract` event (each id once, whatever the
+// transport); the messages leave the overlay and the chat, and the SDK never
+// emits them again. History on join goes to the chat only (li[data-history]).
+import { DanmakuClient, DanmakuError, errorFromResponse } from "/danmaku-client.js";
 
 const CFG = {
   maxChars: 200,          // server default ingest.max_text_chars
@@ -34,14 +35,6 @@ const CFG = {
   maxNotices: 3,
   maxGiftCards: 4,
   maxLog: 300,
-  backoffBaseMs: 500,
-  backoffCapMs: 15000,
-  downgradeAfter: 2,      // failures without a hello before the next transport
-  helloTimeoutMs: 8000,
-  upgradeProbeMs: 30000,  // on a fallback, try the preferred transport again after this…
-  upgradeProbeMaxMs: 600000, // …doubling up to this
-  pollWaitMs: 25000,
-  snapshotEveryMs: 10000, // online count refresh (GET snapshot)
   replayWindowMs: 30000,
   densitySteps: [0, 0.25, 0.5, 0.75, 1],
 };
@@ -54,33 +47,7 @@ const fmt = (ms) => {
   const mmss = `${String(m).padStart(2, "0")}:${String(ss).padStart(2, "0")}`;
   return h ? `${h}:${mmss}` : mmss;
 };
-const randomId = () => {
-  if (crypto.randomUUID) return crypto.randomUUID();
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-};
 const codePoints = (s) => [...s].length;
-
-/** An API failure: `code` is the contract's error code (or a client-side one). */
-class ApiErr extends Error {
-  constructor(code, message, { status = 0, retryAfter = null, source = "server" } = {}) {
-    super(message);
-    this.code = code;
-    this.status = status;
-    this.retryAfter = retryAfter;
-    this.source = source;
-  }
-}
-
-async function apiError(res, fallbackCode = "http_error") {
-  let code = fallbackCode, message = `HTTP ${res.status}`;
-  try {
-    const body = await res.json();
-    if (body && body.error) ({ code, message } = body.error);
-  } catch (_) { /* not JSON */ }
-  const ra = Number(res.headers.get("retry-after"));
-  return new ApiErr(code, message, { status: res.status, retryAfter: Number.isFinite(ra) && ra > 0 ? ra : null });
-}
 
 // ─────────────────────────────── Player ───────────────────────────────
 
@@ -498,9 +465,10 @@ class Overlay {
 
 const Log = {
   el: $("log"),
-  add(msg, meta) {
+  add(msg, meta, { history = false } = {}) {
     const li = document.createElement("li");
     li.dataset.id = msg.id;
+    if (history) li.dataset.history = "true";
     if (msg.seq != null) li.dataset.seq = String(msg.seq);
     li.dataset.kind = msg.kind;
     const m = document.createElement("span");
@@ -531,339 +499,6 @@ const Log = {
   },
 };
 
-// ─────────────────────────────── Live transports ───────────────────────────────
-// Each opens one connection and reports through cb: hello(h), batch(b),
-// retract(ids), reply(m) (WebSocket answers), down(reason). close() ends it
-// silently.
-
-const Transports = {
-  ws(live, cb) {
-    const q = live.query();
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    let ws;
-    try {
-      ws = new WebSocket(`${proto}://${location.host}/v1/rooms/${encodeURIComponent(live.room)}/ws?${q}`);
-    } catch (e) {
-      setTimeout(() => cb.down("WebSocket unavailable"), 0);
-      return { close() {} };
-    }
-    let done = false, hello = false;
-    const finish = (reason) => {
-      if (done) return;
-      done = true;
-      clearTimeout(helloTimer);
-      clearInterval(pinger);
-      try { ws.close(); } catch (_) { /* already closed */ }
-      cb.down(reason);
-    };
-    const helloTimer = setTimeout(() => { if (!hello) finish("no hello from the server"); }, CFG.helloTimeoutMs);
-    const pinger = setInterval(() => { if (ws.readyState === 1) ws.send('{"type":"ping"}'); }, 20000);
-    ws.onmessage = (ev) => {
-      let m;
-      try { m = JSON.parse(ev.data); } catch (_) { return; }
-      if (m.type === "hello") { hello = true; cb.hello(m); }
-      else if (m.type === "batch") cb.batch(m);
-      else if (m.type === "retract") cb.retract(m.ids);
-      else cb.reply(m);
-    };
-    ws.onclose = (ev) => finish(ev.reason ? `closed: ${ev.reason}` : `closed (${ev.code})`);
-    ws.onerror = () => { /* a close event follows */ };
-    return {
-      close() { done = true; clearTimeout(helloTimer); clearInterval(pinger); try { ws.close(); } catch (_) { /* ignore */ } },
-      send(obj) {
-        if (ws.readyState !== 1) return false;
-        ws.send(JSON.stringify(obj));
-        return true;
-      },
-    };
-  },
-
-  sse(live, cb) {
-    if (typeof EventSource === "undefined") {
-      setTimeout(() => cb.down("EventSource unavailable"), 0);
-      return { close() {} };
-    }
-    const es = new EventSource(`/v1/rooms/${encodeURIComponent(live.room)}/sse?${live.query()}`);
-    let done = false, hello = false;
-    const finish = (reason) => {
-      if (done) return;
-      done = true;
-      clearTimeout(helloTimer);
-      es.close();
-      cb.down(reason);
-    };
-    const helloTimer = setTimeout(() => { if (!hello) finish("no hello from the server"); }, CFG.helloTimeoutMs);
-    const parse = (e) => { try { return JSON.parse(e.data); } catch (_) { return null; } };
-    es.addEventListener("hello", (e) => { const m = parse(e); if (m) { hello = true; cb.hello(m); } });
-    es.addEventListener("batch", (e) => { const m = parse(e); if (m) cb.batch(m); });
-    es.addEventListener("retract", (e) => { const m = parse(e); if (m) cb.retract(m.ids); });
-    es.addEventListener("close", (e) => { const m = parse(e); finish(`closed: ${(m && m.reason) || "by server"}`); });
-    // EventSource would retry by itself; we retry with our cursor and backoff.
-    es.onerror = () => finish("stream failed");
-    return { close() { done = true; clearTimeout(helloTimer); es.close(); } };
-  },
-
-  poll(live, cb) {
-    const ac = new AbortController();
-    let done = false, first = true;
-    (async () => {
-      while (!done) {
-        let body;
-        try {
-          // The first request does not wait: it tells us the cursor at once.
-          const wait = first ? 0 : CFG.pollWaitMs;
-          const res = await fetch(`/v1/rooms/${encodeURIComponent(live.room)}/poll?${live.query({ wait_ms: wait })}`,
-            { signal: ac.signal, cache: "no-store" });
-          if (!res.ok) throw new Error(`poll: HTTP ${res.status}`);
-          body = await res.json();
-        } catch (e) {
-          if (!done) { done = true; cb.down(e.name === "AbortError" ? "aborted" : e.message || "poll failed"); }
-          return;
-        }
-        if (done) return;
-        if (first) {
-          first = false;
-          cb.hello({ type: "hello", room: body.room, epoch: body.epoch, online: null, synthetic: true });
-        }
-        cb.batch(body);
-        // Retracted lately (it repeats for a minute: applied idempotently).
-        if (body.retracted) cb.retract(body.retracted);
-      }
-    })();
-    return { close() { done = true; ac.abort(); } };
-  },
-};
-
-class Live {
-  constructor(room, handlers) {
-    this.room = room;
-    this.h = handlers; // {messages(list, reset), retract(ids), online(n|null), transport(kind, state, detail)}
-    const all = ["ws", "sse", "poll"];
-    const forced = params.get("transport");
-    this.order = all.includes(forced) ? all.slice(all.indexOf(forced)) : all;
-    this.idx = 0;
-    this.cursor = null;
-    this.epoch = null;
-    this.conn = null;
-    this.kind = null;
-    this.open = false;
-    this.gen = 0;
-    this.attempt = 0;          // backoff exponent
-    this.failsBeforeHello = 0; // consecutive, on the current transport
-    this.timer = null;
-    this.snapshotTimer = null;
-    this.waiters = [];
-    this.wsAuth = null;
-    this.stopped = false;
-    this.upgradeBase = Number(params.get("probe_ms")) > 0 ? Number(params.get("probe_ms")) : CFG.upgradeProbeMs;
-    this.upgradeDelay = this.upgradeBase;
-    this.upgradeTimer = null;
-    this.probeConn = null;
-    this.onOnline = () => { if (this.timer && !this.conn) { clearTimeout(this.timer); this.timer = null; this.connect(); } };
-    addEventListener("online", this.onOnline);
-  }
-
-  query(extra = {}) {
-    const q = new URLSearchParams();
-    if (this.cursor != null) q.set("cursor", String(this.cursor));
-    if (this.epoch) q.set("epoch", this.epoch);
-    for (const [k, v] of Object.entries(extra)) q.set(k, String(v));
-    return q.toString();
-  }
-
-  start() { this.connect(); }
-
-  stop() {
-    this.stopped = true;
-    this.gen++;
-    clearTimeout(this.timer);
-    clearTimeout(this.upgradeTimer);
-    clearInterval(this.snapshotTimer);
-    if (this.probeConn) this.probeConn.close();
-    removeEventListener("online", this.onOnline);
-    if (this.conn) this.conn.close();
-    this.conn = null;
-    this.failWaiters("stopped");
-  }
-
-  connect() {
-    this.timer = null;
-    if (this.stopped) return;
-    const kind = this.order[this.idx];
-    const gen = ++this.gen;
-    const mine = (fn) => (...a) => { if (gen === this.gen && !this.stopped) fn(...a); };
-    this.kind = kind;
-    this.open = false;
-    this.wsAuth = null;
-    this.openedAt = 0;
-    this.h.transport(kind, "connecting", this.attempt ? `attempt ${this.attempt + 1}` : "");
-    this.conn = Transports[kind](this, {
-      hello: mine((m) => this.onHello(kind, m)),
-      batch: mine((m) => this.onBatch(m)),
-      retract: mine((ids) => { if (Array.isArray(ids)) this.h.retract(ids); }),
-      reply: mine((m) => this.onReply(m)),
-      down: mine((reason) => this.onDown(kind, reason)),
-    });
-  }
-
-  onHello(kind, m) {
-    this.open = true;
-    this.openedAt = performance.now();
-    this.failsBeforeHello = 0;
-    if (m.epoch && this.epoch && m.epoch !== this.epoch) m.reset = true;
-    if (m.epoch) this.epoch = m.epoch;
-    if (m.cursor != null) this.cursor = m.cursor;
-    if (m.online != null) this.h.online(m.online);
-    let detail = "";
-    if (m.reset) detail = "the room's stream restarted";
-    else if (m.gap) detail = "some messages expired before you could see them";
-    this.h.transport(kind, "open", detail);
-    this.scheduleUpgrade();
-    clearInterval(this.snapshotTimer);
-    {
-      // Only hello carries the online figure (and long-poll has none): ask the
-      // room's snapshot (CDN-cacheable) now and then to keep it current.
-      const probe = async () => {
-        try {
-          const r = await fetch(`/v1/rooms/${encodeURIComponent(this.room)}/snapshot`);
-          if (r.status === 404) { clearInterval(this.snapshotTimer); return; }
-          const j = await r.json();
-          if (typeof j.online === "number" && !this.stopped) this.h.online(j.online);
-        } catch (_) { /* keep the last figure */ }
-      };
-      if (m.online == null) probe();
-      this.snapshotTimer = setInterval(probe, CFG.snapshotEveryMs);
-    }
-  }
-
-  onBatch(b) {
-    if (b.epoch) this.epoch = b.epoch;
-    if (b.cursor != null) this.cursor = b.cursor;
-    if (typeof b.online === "number") this.h.online(b.online);
-    if (b.messages && b.messages.length) this.h.messages(b.messages);
-  }
-
-  onDown(kind, reason) {
-    const hadHello = this.open;
-    const lived = hadHello ? performance.now() - this.openedAt : 0;
-    this.conn = null;
-    this.open = false;
-    this.failWaiters(reason);
-    clearInterval(this.snapshotTimer);
-    if (this.stopped) return;
-    if (!hadHello) this.failsBeforeHello++;
-    if (lived > 5000) this.attempt = 0; // it was a working connection: start the backoff over
-    if (this.failsBeforeHello >= CFG.downgradeAfter && this.idx < this.order.length - 1) {
-      this.idx++;
-      this.upgradeDelay = this.upgradeBase;
-      this.failsBeforeHello = 0;
-      this.attempt = 0;
-      const next = this.order[this.idx];
-      this.h.transport(next, "connecting", `${kind} failed (${reason}); falling back to ${next}`);
-      this.timer = setTimeout(() => this.connect(), 100);
-      return;
-    }
-    // Exponential backoff with jitter: uniformly within [½, 1] of min(cap, base·2^n).
-    const ceiling = Math.min(CFG.backoffCapMs, CFG.backoffBaseMs * 2 ** this.attempt);
-    const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
-    this.attempt++;
-    this.h.transport(kind, "reconnecting", `${reason}; retrying in ${(delay / 1000).toFixed(1)} s`);
-    this.timer = setTimeout(() => this.connect(), delay);
-  }
-
-  /** On a fallback transport: now and then try the preferred one alongside. */
-  scheduleUpgrade() {
-    clearTimeout(this.upgradeTimer);
-    if (this.idx === 0 || this.stopped) return;
-    const delay = this.upgradeDelay;
-    this.upgradeDelay = Math.min(this.upgradeDelay * 2, CFG.upgradeProbeMaxMs);
-    this.upgradeTimer = setTimeout(() => this.probeUpgrade(), delay);
-  }
-
-  probeUpgrade() {
-    if (this.stopped || this.idx === 0 || this.probeConn) return;
-    const kind = this.order[0];
-    let done = false;
-    const end = () => { done = true; const p = this.probeConn; this.probeConn = null; if (p) p.close(); };
-    this.probeConn = Transports[kind](this, {
-      hello: () => {
-        if (done) return;
-        end();
-        if (this.stopped) return;
-        // It works again: switch over; the cursor makes the switch lossless.
-        const from = this.kind;
-        this.idx = 0;
-        this.failsBeforeHello = 0;
-        this.attempt = 0;
-        this.upgradeDelay = this.upgradeBase;
-        clearTimeout(this.timer);
-        if (this.conn) this.conn.close();
-        this.conn = null;
-        this.open = false;
-        this.failWaiters("switching transport");
-        this.connect();
-        this.h.transport(kind, "connecting", `${kind} works again; leaving ${from}`);
-      },
-      batch: () => {},
-      retract: () => {},
-      reply: () => {},
-      down: () => {
-        if (done) return;
-        end();
-        this.scheduleUpgrade();
-      },
-    });
-  }
-
-  // WebSocket requests (auth, send): answers come back in order among the frames.
-  request(obj, match, timeoutMs) {
-    return new Promise((resolve, reject) => {
-      if (!this.conn || !this.conn.send || !this.open) return reject(new ApiErr("transport", "not connected", { source: "transport" }));
-      const w = { match, resolve, reject };
-      w.timer = setTimeout(() => {
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new ApiErr("transport", "no answer over the WebSocket", { source: "transport" }));
-      }, timeoutMs);
-      this.waiters.push(w);
-      if (!this.conn.send(obj)) {
-        clearTimeout(w.timer);
-        this.waiters = this.waiters.filter((x) => x !== w);
-        reject(new ApiErr("transport", "socket not open", { source: "transport" }));
-      }
-    });
-  }
-
-  onReply(m) {
-    const w = this.waiters.find((x) => x.match(m));
-    if (!w) return;
-    this.waiters = this.waiters.filter((x) => x !== w);
-    clearTimeout(w.timer);
-    w.resolve(m);
-  }
-
-  failWaiters(reason) {
-    for (const w of this.waiters) {
-      clearTimeout(w.timer);
-      w.reject(new ApiErr("transport", reason, { source: "transport" }));
-    }
-    this.waiters = [];
-  }
-
-  /** Sends a danmaku over the open WebSocket; throws ApiErr (source "transport" → try HTTP). */
-  async wsSend(token, msg) {
-    if (this.wsAuth !== token) {
-      const r = await this.request({ type: "auth", token },
-        (m) => m.type === "auth_ok" || (m.type === "error" && !m.client_msg_id), 4000);
-      if (r.type === "error") throw new ApiErr(r.code, r.message, { status: 401 });
-      this.wsAuth = token;
-    }
-    const r = await this.request(msg,
-      (m) => (m.type === "ack" || m.type === "error") && m.client_msg_id === msg.client_msg_id, 5000);
-    if (r.type === "error") throw new ApiErr(r.code, r.message, { retryAfter: r.retry_after_s ?? null });
-    return r;
-  }
-}
-
 // ─────────────────────────────── Sending ───────────────────────────────
 
 const ERROR_TEXT = {
@@ -888,6 +523,7 @@ const ERROR_TEXT = {
   network: () => "Could not reach the server.",
 };
 
+/** Demo viewer tokens, one per name (the SDK asks again with renew when one is refused). */
 class Sender {
   constructor() { this.tokens = new Map(); }
 
@@ -902,48 +538,18 @@ class Sender {
         body: JSON.stringify({ name }),
       });
     } catch (_) {
-      throw new ApiErr("network", "network error", { source: "transport" });
+      throw new DanmakuError("network", "network error", { source: "transport" });
     }
-    if (res.status === 404) throw new ApiErr("demo_unavailable", "no demo tokens here", { status: 404 });
-    if (!res.ok) throw await apiError(res);
+    if (res.status === 404) throw new DanmakuError("demo_unavailable", "no demo tokens here", { status: 404 });
+    if (!res.ok) throw await errorFromResponse(res);
     const j = await res.json();
     this.tokens.set(name, { token: j.token, exp: Date.now() + (j.expires_in - 60) * 1000 });
     return j.token;
   }
 
-  /** → {via: "ws"|"http", id}; throws ApiErr. */
-  async send(live, room, name, text, style) {
-    const msg = { client_msg_id: randomId(), text };
-    if (style) msg.style = style;
-    let token = await this.token(name);
-    if (live && live.kind === "ws" && live.open) {
-      try {
-        const r = await live.wsSend(token, { type: "send", ...msg });
-        return { via: "ws", id: r.id };
-      } catch (e) {
-        if (e.source !== "transport") throw e;
-        // The socket went away mid-send: the same client_msg_id over HTTP is safe (dedup).
-      }
-    }
-    for (let retry = 0; ; retry++) {
-      let res;
-      try {
-        res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/danmaku`, {
-          method: "POST",
-          headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
-          body: JSON.stringify(msg),
-        });
-      } catch (_) {
-        throw new ApiErr("network", "network error", { source: "transport" });
-      }
-      if (res.ok) {
-        const j = await res.json().catch(() => ({}));
-        return { via: "http", id: j.id };
-      }
-      const e = await apiError(res);
-      if (res.status === 401 && retry === 0) { token = await this.token(name, true); continue; }
-      throw e;
-    }
+  /** Sends as `name` through the live client; → {via: "ws"|"http", id}; throws DanmakuError. */
+  send(live, name, text, style) {
+    return live.send(text, { style: style || undefined, token: ({ renew }) => this.token(name, renew) });
   }
 }
 
@@ -957,7 +563,7 @@ class Sender {
 const ReplayApi = {
   async lives(room) {
     const res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/lives`, { cache: "no-store" });
-    if (!res.ok) throw await apiError(res);
+    if (!res.ok) throw await errorFromResponse(res);
     const j = await res.json();
     return (j.lives || [])
       .filter((l) => l && l.id != null && l.duration_ms > 0)
@@ -967,7 +573,7 @@ const ReplayApi = {
   async window(room, live, fromMs, toMs) {
     const q = new URLSearchParams({ live, from_ms: String(fromMs), to_ms: String(toMs) });
     const res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/replay?${q}`, { cache: "force-cache" });
-    if (!res.ok) throw await apiError(res);
+    if (!res.ok) throw await errorFromResponse(res);
     const j = await res.json();
     return (j.messages || [])
       .filter((m) => typeof m.offset_ms === "number")
@@ -1092,8 +698,6 @@ class Replay {
 const player = new Player($("player"), $("video"), $("scene"));
 const overlay = new Overlay($("overlay"));
 const sender = new Sender();
-const seen = new Set(); // message ids already shown (a resume may overlap a transport switch)
-const retracted = new Set(); // message ids retracted: never shown again
 let mode = params.get("mode") === "replay" ? "replay" : "live";
 let room = /^[A-Za-z0-9_-]{1,64}$/.test(params.get("room") || "") ? params.get("room") : "demo";
 let live = null;
@@ -1106,21 +710,17 @@ $("name").value = localStorage.getItem("danmaku.name") || `guest${Math.floor(Mat
 
 const TRANSPORT_NAMES = { ws: "WebSocket", sse: "SSE", poll: "long-poll", none: "—" };
 
-function remember(id) {
-  seen.add(id);
-  if (seen.size > 4000) {
-    const keep = [...seen].slice(-2000);
-    seen.clear();
-    keep.forEach((x) => seen.add(x));
-  }
-}
-
+// What the page does with the live client's events (the SDK has already
+// removed duplicates and anything retracted).
 const liveHandlers = {
-  messages(list) {
+  messages(list, { source }) {
+    if (source === "history") {
+      // Recent messages from before the join: the chat panel only (they are not flying now).
+      for (const m of list) Log.add(m, new Date(m.ts || Date.now()).toLocaleTimeString(), { history: true });
+      return;
+    }
     const now = player.now();
     for (const m of list) {
-      if (!m || !m.id || seen.has(m.id) || retracted.has(m.id)) continue;
-      remember(m.id);
       Log.add(m, new Date(m.ts || Date.now()).toLocaleTimeString());
       if (player.playing) overlay.add(m, now, now);
       else {
@@ -1131,31 +731,40 @@ const liveHandlers = {
   },
   retract(ids) {
     for (const id of ids) {
-      if (typeof id !== "string" || retracted.has(id)) continue;
-      retracted.add(id);
       overlay.retract(id);
       Log.remove(id);
-      pausedQueue = pausedQueue.filter((m) => m.id !== id);
     }
-    if (retracted.size > 4000) {
-      const keep = [...retracted].slice(-2000);
-      retracted.clear();
-      keep.forEach((x) => retracted.add(x));
-    }
+    pausedQueue = pausedQueue.filter((m) => !ids.includes(m.id));
   },
   online(n) {
     const el = $("online");
     el.dataset.online = n == null ? "" : String(n);
     el.textContent = n == null ? "– online" : `${n} online`;
   },
-  transport(kind, state, detail) {
+  state({ transport, state, detail }) {
     const el = $("transport");
-    el.dataset.transport = kind;
+    el.dataset.transport = transport;
     el.dataset.state = state;
-    el.textContent = state === "open" ? TRANSPORT_NAMES[kind] : `${TRANSPORT_NAMES[kind]} · ${state}…`;
+    el.textContent = state === "open" ? TRANSPORT_NAMES[transport] : `${TRANSPORT_NAMES[transport]} · ${state}…`;
     $("conn-detail").textContent = detail || "";
   },
 };
+
+/** The room's live client: ?transport=sse|poll starts further down the fallback order, ?probe_ms sets the upgrade probe. */
+function joinLive(room) {
+  const all = ["ws", "sse", "poll"];
+  const forced = params.get("transport");
+  const probe = Number(params.get("probe_ms"));
+  const client = new DanmakuClient({
+    baseUrl: location.origin,
+    room,
+    transports: all.includes(forced) ? all.slice(all.indexOf(forced)) : all,
+    upgradeProbeMs: probe > 0 ? probe : undefined,
+  });
+  for (const [event, handler] of Object.entries(liveHandlers)) client.on(event, handler);
+  client.start();
+  return client;
+}
 
 const replayUi = {
   status(text, kind) {
@@ -1206,20 +815,17 @@ function setMode(next, { start } = {}) {
   document.body.dataset.mode = mode;
   $("mode-live").setAttribute("aria-pressed", String(mode === "live"));
   $("mode-replay").setAttribute("aria-pressed", String(mode === "replay"));
-  if (live) { live.stop(); live = null; }
+  if (live) { live.close(); live = null; }
   if (replay) { replay.stop(); replay = null; }
   overlay.clear();
   Log.clear();
-  seen.clear();
-  retracted.clear();
   pausedQueue = [];
   if (mode === "live") {
     player.setDuration(null);
     player.seek(0);
     player.play();
     liveHandlers.online(null);
-    live = new Live(room, liveHandlers);
-    live.start();
+    live = joinLive(room);
   } else {
     player.pause();
     player.setDuration(0);
@@ -1310,9 +916,9 @@ $("send").onsubmit = async (ev) => {
   const name = $("name").value.trim();
   const text = textEl.value;
   const n = codePoints(text);
-  if (!name || codePoints(name) > 32) return sendFeedback(new ApiErr("bad_name", "name must be 1-32 characters", { source: "client" }));
-  if (!text.trim()) return sendFeedback(new ApiErr("empty_text", "text must not be empty", { source: "client" }));
-  if (n > CFG.maxChars) return sendFeedback(new ApiErr("text_too_long", `text is ${n} characters, at most ${CFG.maxChars}`, { source: "client" }));
+  if (!name || codePoints(name) > 32) return sendFeedback(new DanmakuError("bad_name", "name must be 1-32 characters", { source: "client" }));
+  if (!text.trim()) return sendFeedback(new DanmakuError("empty_text", "text must not be empty", { source: "client" }));
+  if (n > CFG.maxChars) return sendFeedback(new DanmakuError("text_too_long", `text is ${n} characters, at most ${CFG.maxChars}`, { source: "client" }));
   localStorage.setItem("danmaku.name", name);
   const color = $("color").value.toLowerCase();
   const dmMode = $("dm-mode").value;
@@ -1321,13 +927,13 @@ $("send").onsubmit = async (ev) => {
   if (dmMode !== "scroll") style.mode = dmMode;
   sendFeedback(null, null);
   try {
-    const r = await sender.send(live, room, name, text, Object.keys(style).length ? style : null);
+    const r = await sender.send(live, name, text, Object.keys(style).length ? style : null);
     if (r.id) overlay.markMine(r.id);
     textEl.value = "";
     updateCount();
     sendFeedback(null, r);
   } catch (e) {
-    sendFeedback(e instanceof ApiErr ? e : new ApiErr("network", String(e), { source: "transport" }));
+    sendFeedback(e instanceof DanmakuError ? e : new DanmakuError("network", String(e), { source: "transport" }));
   }
 };
 

@@ -28,6 +28,7 @@ pub(super) fn routes() -> Routes {
     Routes::new()
         .get("/", index)
         .get("/app.js", app_js)
+        .get("/danmaku-client.js", client_js)
         .merge(health_routes())
         .get("/openapi.json", openapi::serve)
 }
@@ -40,6 +41,16 @@ async fn app_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("../../static/app.js"),
+    )
+        .into_response()
+}
+
+/// The viewer SDK (clients/js) as one ES module, which app.js imports; built
+/// by `npm run build` there and committed, so serving it needs no npm step.
+async fn client_js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        include_str!("../../static/danmaku-client.js"),
     )
         .into_response()
 }

@@ -65,6 +65,9 @@ log "starting the server on 127.0.0.1:$port"
   for v in $(compgen -e | grep '^DANMAKU_' || true); do unset "$v"; done
   # Admin routes on, for the retraction steps.
   export DANMAKU_ADMIN_TOKEN="$admin_token"
+  # One post a second per user (default 2): the rate-limit step gets its
+  # refusal within a few sends even when a loaded machine slows the page.
+  export DANMAKU_INGEST__USER_RATE_PER_S=1
   cd "$work"
   exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
 ) >"$out/server.log" 2>&1 &
