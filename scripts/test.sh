@@ -114,6 +114,9 @@ scripts/fuzz.sh "${DANMAKU_FUZZ_SECONDS:-20}"
 log "HTTP API against its OpenAPI document (schemathesis)"
 scripts/schemathesis.sh
 
+log "the JS viewer SDK against a real server (clients/js)"
+DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" clients/js/test.sh
+
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ]; then
   log "viewer page in headless Chromium"
   tests/browser/run.sh
