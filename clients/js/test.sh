@@ -77,5 +77,7 @@ flags=()
 if [ "$(node -e 'console.log(typeof WebSocket)')" = "undefined" ]; then flags+=(--experimental-websocket); fi
 
 echo "== node --test"
+# The embedded development gift secret (config/default.toml): the signature test posts with it.
 DANMAKU_URL="http://127.0.0.1:$port" DANMAKU_TEST_ADMIN_TOKEN="$admin_token" \
+  DANMAKU_TEST_GIFT_SECRET="danmaku-dev-gift-secret-not-for-production" \
   node "${flags[@]}" --test --test-concurrency=1 --test-reporter=spec test/*.test.mjs
