@@ -208,7 +208,18 @@ async fn processor_sigkill_mid_stream_stores_every_ack_exactly_once() {
     let Some((redis, kafka)) = services() else {
         return;
     };
-    let c = Arc::new(Cluster::new("kill", &redis, &kafka, &[]));
+    // A restarted processor leaves the room seconds behind (longer on a
+    // loaded machine), and a behind room sheds its low (tests/shedding.rs);
+    // this test is about the kill, so shedding stays out of the way.
+    let c = Arc::new(Cluster::new(
+        "kill",
+        &redis,
+        &kafka,
+        &[
+            ("DANMAKU_INGEST__SHED_LOW_DELAY_MS", "600000"),
+            ("DANMAKU_INGEST__SHED_HIGH_DELAY_MS", "600000"),
+        ],
+    ));
     let mut processor = c.node("processor").await;
     let front = Arc::new(c.node("front").await);
     let room = format!("kill-{}", now_ms());
