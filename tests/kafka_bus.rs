@@ -145,7 +145,10 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn texts(deliveries: &[Delivery]) -> Vec<String> {
-    deliveries.iter().map(|d| d.message.text.clone()).collect()
+    deliveries
+        .iter()
+        .map(|d| d.message().unwrap().text.clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -178,9 +181,12 @@ async fn round_trip_keeps_every_field_and_the_memory_placement() {
 
     let mut consumer = bus.consumer().await.unwrap();
     let got = take(&mut consumer, 2).await;
-    let by_id: HashMap<&str, &Delivery> = got.iter().map(|d| (d.message.id.as_str(), d)).collect();
-    assert_eq!(by_id[gift.id.as_str()].message, gift);
-    assert_eq!(by_id[plain.id.as_str()].message, plain);
+    let by_id: HashMap<&str, &Delivery> = got
+        .iter()
+        .map(|d| (d.message().unwrap().id.as_str(), d))
+        .collect();
+    assert_eq!(by_id[gift.id.as_str()].message(), Some(&gift));
+    assert_eq!(by_id[plain.id.as_str()].message(), Some(&plain));
     // Same partition as the embedded bus would pick (FNV of "room/kind").
     assert_eq!(by_id[gift.id.as_str()].partition, want_partitions[0]);
     assert_eq!(by_id[plain.id.as_str()].partition, want_partitions[1]);
@@ -210,8 +216,14 @@ async fn order_per_key_is_kept() {
     let mut consumer = bus.consumer().await.unwrap();
     let got = take(&mut consumer, 3 * 40).await;
     for room in rooms {
-        let mine: Vec<&Delivery> = got.iter().filter(|d| d.message.room == room).collect();
-        let order: Vec<String> = mine.iter().map(|d| d.message.text.clone()).collect();
+        let mine: Vec<&Delivery> = got
+            .iter()
+            .filter(|d| d.message().unwrap().room == room)
+            .collect();
+        let order: Vec<String> = mine
+            .iter()
+            .map(|d| d.message().unwrap().text.clone())
+            .collect();
         assert_eq!(order, (0..40).map(|i| i.to_string()).collect::<Vec<_>>());
         let key = format!("{room}/danmaku");
         let p = danmaku::bus::partition_for(&key, 4);
@@ -244,7 +256,7 @@ async fn explicit_partition_is_honoured() {
     let got = take(&mut consumer, 6).await;
     let placed: HashMap<String, u32> = got
         .iter()
-        .map(|d| (d.message.text.clone(), d.partition))
+        .map(|d| (d.message().unwrap().text.clone(), d.partition))
         .collect();
     assert_eq!(placed["0"], 0);
     assert_eq!(placed["1"], 1);
@@ -302,8 +314,14 @@ async fn crash_semantics(brokers: &str, one_batch: bool) {
         texts(&again),
         (4..10).map(|i| i.to_string()).collect::<Vec<_>>()
     );
-    let ids: Vec<&str> = got[4..].iter().map(|d| d.message.id.as_str()).collect();
-    let again_ids: Vec<&str> = again.iter().map(|d| d.message.id.as_str()).collect();
+    let ids: Vec<&str> = got[4..]
+        .iter()
+        .map(|d| d.message().unwrap().id.as_str())
+        .collect();
+    let again_ids: Vec<&str> = again
+        .iter()
+        .map(|d| d.message().unwrap().id.as_str())
+        .collect();
     assert_eq!(ids, again_ids, "the same messages, not copies");
     b.commit(&again).await.expect("commit");
     drop(b);

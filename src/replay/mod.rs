@@ -22,7 +22,7 @@ use crate::config::ArchiveConfig;
 use crate::error::ApiError;
 use redis::ReplayRedis;
 
-pub use live::LiveStart;
+pub use live::{LiveEnding, LiveStart};
 
 /// One cached window: messages by (offset_ms, seq).
 pub type Window = Arc<Vec<ArchivedMessage>>;
