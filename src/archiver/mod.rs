@@ -22,8 +22,10 @@
 //!   it are written; with every copy noted, the live is archived
 //!   (`Archive::note_end_marker`), which is what `live/end` waits for.
 //! - **Lag** (`danmaku_archiver_lag_seconds`, `_messages`; also in
-//!   `/readyz`): the age of the oldest message taken but not archived, less
-//!   the `settle_ms` every message waits anyway; and the group's lag on the
+//!   `/readyz`): the age of the oldest message not archived, less the
+//!   `settle_ms` every message waits anyway — the oldest held one, or, while
+//!   the log holds more than was taken (catching up), the newest archived
+//!   one (what follows it is about as old); and the group's lag on the
 //!   stored log less the messages only waiting to settle. Both 0 when caught up.
 
 use std::collections::{HashMap, HashSet};
@@ -94,6 +96,8 @@ impl Archiver {
         let mut held: Vec<Delivery> = Vec::new();
         let mut known: HashMap<String, RoomLives> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
+        // `ts` of the newest message archived.
+        let mut last_archived: Option<u64> = None;
         loop {
             if stop.is_cancelled() {
                 // Held records are not committed: they come again.
@@ -125,7 +129,10 @@ impl Archiver {
                 tokio::time::sleep(wait).await;
             }
             match self.step(&mut held, &mut known, &mut *consumer).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(newest) => {
+                    last_archived = newest.or(last_archived);
+                    backoff = Duration::from_millis(100);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "archiver: archive write failed; will retry");
                     tokio::select! {
@@ -135,7 +142,7 @@ impl Archiver {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-            self.export_lag(&held);
+            self.export_lag(&held, last_archived);
             let now = now_ms();
             if known.len() > 1000 {
                 known.retain(|_, k| k.checked_at + FORGET_AFTER_MS > now);
@@ -164,19 +171,20 @@ impl Archiver {
     }
 
     /// Archives what of `held` is ripe (a settled message, or a marker, with
-    /// nothing unripe before it on its partition), then commits it. On an
-    /// archive error nothing is committed or dropped: the next step redoes it.
+    /// nothing unripe before it on its partition), then commits it; returns
+    /// the newest `ts` taken. On an archive error nothing is committed or
+    /// dropped: the next step redoes it.
     async fn step(
         &self,
         held: &mut Vec<Delivery>,
         known: &mut HashMap<String, RoomLives>,
         consumer: &mut dyn BusConsumer,
-    ) -> Result<(), StepError> {
+    ) -> Result<Option<u64>, StepError> {
         let settle = self.config.settle_ms;
         let now = now_ms();
         let ripe = ripe_mask(held, settle, now);
         if !ripe.iter().any(|r| *r) {
-            return Ok(());
+            return Ok(None);
         }
         // What the archive must be asked: rooms whose knowledge does not
         // decide one of their ripe messages.
@@ -266,18 +274,23 @@ impl Archiver {
         if let Err(e) = consumer.commit(&taken).await {
             tracing::warn!(error = %e, "archiver: committing the stored log failed (records come again)");
         }
-        Ok(())
+        Ok(taken.iter().filter_map(|d| d.message().map(|m| m.ts)).max())
     }
 
     fn count_error(&self, op: &str) {
         self.metrics.archive_errors.with_label_values(&[op]).inc();
     }
 
-    fn export_lag(&self, held: &[Delivery]) {
+    fn export_lag(&self, held: &[Delivery], last_archived: Option<u64>) {
         let settle = self.config.settle_ms;
         let now = now_ms();
-        let behind_ms =
-            oldest_ts(held).map_or(0, |ts| now.saturating_sub(ts.saturating_add(settle)));
+        let pending = self.stored.pending();
+        let not_taken = pending.saturating_sub(held.len() as u64);
+        let oldest = match (oldest_ts(held), last_archived.filter(|_| not_taken > 0)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let behind_ms = oldest.map_or(0, |ts| now.saturating_sub(ts.saturating_add(settle)));
         self.metrics
             .archiver_lag_seconds
             .set(behind_ms as f64 / 1000.0);
@@ -291,7 +304,7 @@ impl Archiver {
             .count() as u64;
         self.metrics
             .archiver_lag_messages
-            .set(self.stored.pending().saturating_sub(settling) as i64);
+            .set(pending.saturating_sub(settling) as i64);
     }
 }
 
