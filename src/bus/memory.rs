@@ -209,6 +209,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn markers_follow_what_their_partition_held() {
+        let bus = MemoryBus::new(2, 100);
+        let m = rec("a", "1");
+        let p = m.partition_of(2);
+        bus.publish(vec![m]).await.unwrap();
+        let end = |partition| LiveEnd {
+            live: "l".into(),
+            room: "a".into(),
+            ended_at: 1,
+            partition,
+            partitions: 2,
+        };
+        bus.publish_markers(vec![(0, end(0)), (1, end(1))])
+            .await
+            .unwrap();
+        assert_eq!(bus.pending(), 3, "markers count until committed");
+        let mut c = bus.consumer().await.unwrap();
+        let got = c.poll(10, Duration::from_millis(10)).await.unwrap();
+        let on_p: Vec<bool> = got
+            .iter()
+            .filter(|d| d.partition == p)
+            .map(|d| d.message().is_some())
+            .collect();
+        assert_eq!(on_p, vec![true, false], "message, then the marker");
+        assert_eq!(got.len(), 3);
+    }
+
+    #[tokio::test]
     async fn full_bus_refuses_without_accepting() {
         let bus = MemoryBus::new(2, 3);
         bus.publish(vec![rec("a", "1"), rec("a", "2")])

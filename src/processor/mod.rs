@@ -61,6 +61,9 @@ impl PauseGate {
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// A polled message and the bus partition it came from.
+type Placed<'a> = (u32, &'a Message);
+
 impl Processor {
     /// Runs until `shutdown`, then drains what the bus still holds.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -144,7 +147,7 @@ impl Processor {
         let now = now_ms();
         let at = Instant::now();
         // (room, kind) → its deliveries, in bus order (markers aside).
-        let mut groups: Vec<((&str, Kind), Vec<(u32, &Message)>)> = Vec::new();
+        let mut groups: Vec<((&str, Kind), Vec<Placed>)> = Vec::new();
         let mut index: HashMap<(&str, Kind), usize> = HashMap::new();
         for d in batch {
             let Payload::Message(m) = &d.payload else {
