@@ -111,17 +111,19 @@ impl Server {
             config.archive.clone(),
             archive_metrics.clone(),
         )?);
-        // The archiver alone never uses the ingest bus: no Kafka producer
-        // for it (its bus is the stored log).
-        let bus: Arc<dyn Bus> = if config.bus.engine == BusEngine::Kafka && role != Role::Archiver {
-            let kafka = KafkaBus::connect(&config.bus)
-                .await
-                .context("connecting to the kafka bus")?;
-            Arc::new(kafka)
-        } else {
-            Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity))
-        };
         let stored = stored_log(&config, role).await?;
+        // The archiver alone never uses the ingest bus: its bus is the stored
+        // log (readiness pings it), or, embedded, an idle in-process one.
+        let bus: Arc<dyn Bus> = match (&stored, role) {
+            (Some(log), Role::Archiver) => log.clone(),
+            _ if config.bus.engine == BusEngine::Kafka && role != Role::Archiver => {
+                let kafka = KafkaBus::connect(&config.bus)
+                    .await
+                    .context("connecting to the kafka bus")?;
+                Arc::new(kafka)
+            }
+            _ => Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity)),
+        };
         let stopping = CancellationToken::new();
         let closing = CancellationToken::new();
         let rooms = Arc::new(RoomDirectory::new(config.ration.clone()));

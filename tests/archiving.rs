@@ -374,8 +374,7 @@ async fn two_fronts_start_on_one_end_on_the_other() {
         .await,
     );
     // Each node's own (embedded) pipeline archives its own posts; B's end
-    // markers travel only B's. Give A's archiver its settle time first.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // markers travel only B's, and settle as long as A's last posts do.
     let (status, body) = admin(
         &p.http,
         &p.b.base(),

@@ -31,7 +31,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,11 @@ const HELD_BATCHES: usize = 50;
 /// Rooms whose knowledge is older than this are forgotten (bounded memory).
 const FORGET_AFTER_MS: u64 = 60_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// On stop, the archiver drains the log until it is empty this long after
+/// the stop, and never longer than `settle_ms` + `DRAIN_MAX` (within the
+/// default `server.shutdown_grace_ms`).
+const DRAIN_QUIET: Duration = Duration::from_millis(300);
+const DRAIN_MAX: Duration = Duration::from_millis(1500);
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -98,10 +103,19 @@ impl Archiver {
         let mut backoff = Duration::from_millis(100);
         // `ts` of the newest message archived.
         let mut last_archived: Option<u64> = None;
+        let mut stopped_at: Option<Instant> = None;
         loop {
             if stop.is_cancelled() {
-                // Held records are not committed: they come again.
-                return;
+                // Drain first: the processor forwards what it drains on its
+                // way out, and the embedded log is gone at exit (Kafka keeps
+                // what is left, uncommitted, for the next archiver).
+                let since = *stopped_at.get_or_insert_with(Instant::now);
+                let empty = held.is_empty() && self.stored.pending() == 0;
+                if (empty && since.elapsed() > DRAIN_QUIET)
+                    || since.elapsed() > Duration::from_millis(settle) + DRAIN_MAX
+                {
+                    return;
+                }
             }
             let room_left = (batch * HELD_BATCHES).saturating_sub(held.len());
             // Wait no longer than until the oldest held message settles.
@@ -111,11 +125,7 @@ impl Archiver {
             });
             let mut polled = 0;
             if room_left > 0 {
-                let got = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    got = consumer.poll(batch.min(room_left), wait) => got,
-                };
-                match got {
+                match consumer.poll(batch.min(room_left), wait).await {
                     Ok(records) => {
                         polled = records.len();
                         held.extend(records);
@@ -297,10 +307,7 @@ impl Archiver {
         // Messages only waiting to settle are not lag.
         let settling = held
             .iter()
-            .filter(|d| {
-                d.message()
-                    .is_some_and(|m| m.ts.saturating_add(settle) > now)
-            })
+            .filter(|d| record_ts(d).saturating_add(settle) > now)
             .count() as u64;
         self.metrics
             .archiver_lag_messages
@@ -308,13 +315,24 @@ impl Archiver {
     }
 }
 
-/// The `ts` of the oldest held message.
+/// The time of the oldest held record.
 fn oldest_ts(held: &[Delivery]) -> Option<u64> {
-    held.iter().filter_map(|d| d.message().map(|m| m.ts)).min()
+    held.iter().map(record_ts).min()
+}
+
+/// A record's time: a message's `ts`, a marker's `ended_at`. A marker
+/// settles like a message of its end time would: where each node has its own
+/// embedded pipeline, the messages another node took before the end are
+/// archived by then too (its archiver holds them no longer than that).
+fn record_ts(d: &Delivery) -> u64 {
+    match &d.payload {
+        Payload::Message(m) => m.ts,
+        Payload::LiveEnd(e) => e.ended_at,
+    }
 }
 
 /// Which held records are ripe: in each partition, the records before its
-/// first message that has not settled (`ts + settle > now`).
+/// first record that has not settled (`ts + settle > now`).
 fn ripe_mask(held: &[Delivery], settle: u64, now: u64) -> Vec<bool> {
     let mut blocked: HashSet<u32> = HashSet::new();
     held.iter()
@@ -322,9 +340,7 @@ fn ripe_mask(held: &[Delivery], settle: u64, now: u64) -> Vec<bool> {
             if blocked.contains(&d.partition) {
                 return false;
             }
-            let unsettled = d
-                .message()
-                .is_some_and(|m| m.ts.saturating_add(settle) > now);
+            let unsettled = record_ts(d).saturating_add(settle) > now;
             if unsettled {
                 blocked.insert(d.partition);
             }
@@ -386,14 +402,14 @@ mod tests {
         }
     }
 
-    fn marker(partition: u32) -> Delivery {
+    fn marker(partition: u32, ended_at: u64) -> Delivery {
         Delivery {
             partition,
             offset: 0,
             payload: Payload::LiveEnd(LiveEnd {
                 live: "l".into(),
                 room: "r".into(),
-                ended_at: 0,
+                ended_at,
                 partition: 0,
                 partitions: 1,
             }),
@@ -402,18 +418,20 @@ mod tests {
 
     #[test]
     fn an_unsettled_message_holds_back_its_partition_only() {
-        // settle 100, now 1000: ts 950 has not settled.
+        // settle 100, now 1000: ts 950 has not settled, nor an end at 960.
         let held = [
             msg(0, 800),
             msg(0, 950),
-            marker(0),
+            marker(0, 10),
             msg(1, 990),
             msg(2, 10),
-            marker(2),
+            marker(2, 20),
+            marker(3, 960),
+            msg(3, 20),
         ];
         assert_eq!(
             ripe_mask(&held, 100, 1000),
-            vec![true, false, false, false, true, true]
+            vec![true, false, false, false, true, true, false, false]
         );
     }
 
