@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::metrics::ArchiveMetrics;
-use crate::archiver::Copier;
+use crate::archiver::Archiver;
 use crate::auth::moderator::Moderators;
 use crate::auth::Authenticator;
 use crate::bus::{kafka::KafkaBus, memory::MemoryBus, Bus};
@@ -38,7 +38,7 @@ pub enum Role {
     Front,
     /// Bus → live store.
     Processor,
-    /// Live store → archive copies of ended lives (replay).
+    /// Stored log → archive (replay).
     Archiver,
 }
 
@@ -113,15 +113,18 @@ impl Server {
             config.archive.clone(),
             archive_metrics.clone(),
         )?);
-        let archive_wake = Arc::new(tokio::sync::Notify::new());
-        // The archiver alone never uses the bus: no Kafka connection for it.
-        let bus: Arc<dyn Bus> = if config.bus.engine == BusEngine::Kafka && role != Role::Archiver {
-            let kafka = KafkaBus::connect(&config.bus)
-                .await
-                .context("connecting to the kafka bus")?;
-            Arc::new(kafka)
-        } else {
-            Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity))
+        let stored = stored_log(&config, role).await?;
+        // The archiver alone never uses the ingest bus: its bus is the stored
+        // log (readiness pings it), or, embedded, an idle in-process one.
+        let bus: Arc<dyn Bus> = match (&stored, role) {
+            (Some(log), Role::Archiver) => log.clone(),
+            _ if config.bus.engine == BusEngine::Kafka && role != Role::Archiver => {
+                let kafka = KafkaBus::connect(&config.bus)
+                    .await
+                    .context("connecting to the kafka bus")?;
+                Arc::new(kafka)
+            }
+            _ => Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity)),
         };
         let stopping = CancellationToken::new();
         let closing = CancellationToken::new();
@@ -188,26 +191,28 @@ impl Server {
                 "viewer connections",
             )),
             replay,
-            archive_wake: archive_wake.clone(),
             stopping: stopping.clone(),
             closing,
             config: Arc::new(config),
         }));
 
         let processor_pause = Arc::new(PauseGate::default());
-        let archiver = role.runs_archiver(&state.config).then(|| {
-            let copier = Copier {
-                archive,
-                store: store.clone(),
-                metrics: archive_metrics,
-                config: state.config.archive.clone(),
-                wake: archive_wake,
-            };
-            tokio::spawn(copier.run(stopping.clone()))
-        });
+        let archiver = match (&stored, role.runs_archiver(&state.config)) {
+            (Some(log), true) => {
+                let archiver = Archiver {
+                    archive,
+                    stored: log.clone(),
+                    metrics: archive_metrics,
+                    config: state.config.archive.clone(),
+                };
+                Some(tokio::spawn(archiver.run(stopping.clone())))
+            }
+            _ => None,
+        };
         let processor = Processor {
             bus,
             store,
+            stored: stored.filter(|_| role.runs_processor()),
             metrics,
             batch_max: state.config.processor.batch_max,
             gears: state.config.gears.clone(),
@@ -337,6 +342,36 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The stored log (processor → archiver; `crate::bus`) for the roles that
+/// use it: on Kafka, its own topic for the processor and the archiver, so
+/// they can run apart; embedded, an in-process bus, only when this process
+/// runs both (nothing else could read or write it).
+async fn stored_log(config: &Config, role: Role) -> anyhow::Result<Option<Arc<dyn Bus>>> {
+    let archiver = role.runs_archiver(config);
+    let processor = role.runs_processor();
+    if config.bus.engine == BusEngine::Kafka {
+        if !(archiver || processor) {
+            return Ok(None);
+        }
+        let kafka = KafkaBus::connect(&config.bus.stored())
+            .await
+            .context("connecting to the kafka stored log")?;
+        return Ok(Some(Arc::new(kafka)));
+    }
+    if archiver && processor {
+        return Ok(Some(Arc::new(MemoryBus::new(
+            config.bus.partitions,
+            config.bus.capacity,
+        ))));
+    }
+    if archiver {
+        tracing::warn!(
+            "an archiver on the embedded bus has nothing to archive: use bus.engine = \"kafka\""
+        );
+    }
+    Ok(None)
 }
 
 /// The live store and the control plane: one Redis engine behind both ports

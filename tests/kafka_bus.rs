@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use danmaku::bus::kafka::{KafkaBus, KafkaOptions};
-use danmaku::bus::{Bus, BusConsumer, BusError, BusRecord, Delivery};
+use danmaku::bus::{Bus, BusConsumer, BusError, BusRecord, Delivery, LiveEnd, Payload};
 use danmaku::config::{BusConfig, Config};
 use danmaku::message::{
     new_message_id, now_ms, Gift, Kind, Message, Priority, Style, StyleMode, UserRef,
@@ -145,7 +145,10 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 }
 
 fn texts(deliveries: &[Delivery]) -> Vec<String> {
-    deliveries.iter().map(|d| d.message.text.clone()).collect()
+    deliveries
+        .iter()
+        .map(|d| d.message().unwrap().text.clone())
+        .collect()
 }
 
 #[tokio::test]
@@ -178,13 +181,64 @@ async fn round_trip_keeps_every_field_and_the_memory_placement() {
 
     let mut consumer = bus.consumer().await.unwrap();
     let got = take(&mut consumer, 2).await;
-    let by_id: HashMap<&str, &Delivery> = got.iter().map(|d| (d.message.id.as_str(), d)).collect();
-    assert_eq!(by_id[gift.id.as_str()].message, gift);
-    assert_eq!(by_id[plain.id.as_str()].message, plain);
+    let by_id: HashMap<&str, &Delivery> = got
+        .iter()
+        .map(|d| (d.message().unwrap().id.as_str(), d))
+        .collect();
+    assert_eq!(by_id[gift.id.as_str()].message(), Some(&gift));
+    assert_eq!(by_id[plain.id.as_str()].message(), Some(&plain));
     // Same partition as the embedded bus would pick (FNV of "room/kind").
     assert_eq!(by_id[gift.id.as_str()].partition, want_partitions[0]);
     assert_eq!(by_id[plain.id.as_str()].partition, want_partitions[1]);
     consumer.commit(&got).await.expect("commit");
+}
+
+/// Live-end markers land on the partition asked for, after what was
+/// published there before, and decode as markers; the stored log is a
+/// topic of its own, created at connect.
+#[tokio::test]
+async fn markers_follow_the_messages_of_their_partition() {
+    let brokers = need_kafka!();
+    let config = cfg(&brokers, "markers", 3);
+    let stored = config.stored();
+    assert_eq!(stored.topic, format!("{}-stored", config.topic));
+    assert_eq!(stored.group_id, format!("{}-archiver", config.group_id));
+    let bus = connect(&config).await;
+    let log = connect(&stored).await;
+    assert_eq!(log.topic(), stored.topic);
+    let m = msg("room-m", Kind::Danmaku, "before the end");
+    bus.publish(vec![BusRecord::keyed_by_room_kind(m.clone())])
+        .await
+        .unwrap();
+    let p = BusRecord::keyed_by_room_kind(m.clone()).partition_of(3);
+    let marker = |partition: u32| LiveEnd {
+        live: "l1".into(),
+        room: "room-m".into(),
+        ended_at: 7,
+        partition,
+        partitions: 3,
+    };
+    bus.publish_markers((0..3).map(|i| (i, marker(i))).collect())
+        .await
+        .unwrap();
+    let mut consumer = bus.consumer().await.unwrap();
+    let got = take(&mut consumer, 4).await;
+    let on_p: Vec<&Payload> = got
+        .iter()
+        .filter(|d| d.partition == p)
+        .map(|d| &d.payload)
+        .collect();
+    assert_eq!(
+        on_p,
+        vec![&Payload::Message(m), &Payload::LiveEnd(marker(p))],
+        "the marker follows the message of its partition"
+    );
+    for d in &got {
+        if let Payload::LiveEnd(l) = &d.payload {
+            assert_eq!(l.partition, d.partition, "each copy on its own partition");
+        }
+    }
+    consumer.commit(&got).await.unwrap();
 }
 
 #[tokio::test]
@@ -210,8 +264,14 @@ async fn order_per_key_is_kept() {
     let mut consumer = bus.consumer().await.unwrap();
     let got = take(&mut consumer, 3 * 40).await;
     for room in rooms {
-        let mine: Vec<&Delivery> = got.iter().filter(|d| d.message.room == room).collect();
-        let order: Vec<String> = mine.iter().map(|d| d.message.text.clone()).collect();
+        let mine: Vec<&Delivery> = got
+            .iter()
+            .filter(|d| d.message().unwrap().room == room)
+            .collect();
+        let order: Vec<String> = mine
+            .iter()
+            .map(|d| d.message().unwrap().text.clone())
+            .collect();
         assert_eq!(order, (0..40).map(|i| i.to_string()).collect::<Vec<_>>());
         let key = format!("{room}/danmaku");
         let p = danmaku::bus::partition_for(&key, 4);
@@ -244,7 +304,7 @@ async fn explicit_partition_is_honoured() {
     let got = take(&mut consumer, 6).await;
     let placed: HashMap<String, u32> = got
         .iter()
-        .map(|d| (d.message.text.clone(), d.partition))
+        .map(|d| (d.message().unwrap().text.clone(), d.partition))
         .collect();
     assert_eq!(placed["0"], 0);
     assert_eq!(placed["1"], 1);
@@ -302,8 +362,14 @@ async fn crash_semantics(brokers: &str, one_batch: bool) {
         texts(&again),
         (4..10).map(|i| i.to_string()).collect::<Vec<_>>()
     );
-    let ids: Vec<&str> = got[4..].iter().map(|d| d.message.id.as_str()).collect();
-    let again_ids: Vec<&str> = again.iter().map(|d| d.message.id.as_str()).collect();
+    let ids: Vec<&str> = got[4..]
+        .iter()
+        .map(|d| d.message().unwrap().id.as_str())
+        .collect();
+    let again_ids: Vec<&str> = again
+        .iter()
+        .map(|d| d.message().unwrap().id.as_str())
+        .collect();
     assert_eq!(ids, again_ids, "the same messages, not copies");
     b.commit(&again).await.expect("commit");
     drop(b);

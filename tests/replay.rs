@@ -1,5 +1,7 @@
-//! Replay (docs/replay.md): live start/end, the archiver's idempotent
-//! copy, and replay reads through cache → replay Redis → archive.
+//! Replay (docs/replay.md): live start/end, the archive's idempotent
+//! batches, and replay reads through cache → replay Redis → archive.
+//! Continuous archiving (lives longer than the store keeps, a killed
+//! archiver) is in tests/archiving.rs.
 //!
 //! The embedded test always runs (SQLite in memory, memory store). The service
 //! test needs `DANMAKU_TEST_REDIS_URL` (live Redis), `DANMAKU_TEST_REPLAY_REDIS_URL`
@@ -9,16 +11,12 @@
 
 mod common;
 
-use common::procs::Node;
 use common::proxy::Proxy;
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{metric_value, now_ms, TestServer, WAIT};
 use danmaku::message::{Kind, Message, Priority, UserRef};
-use danmaku::store::redis::RedisStore;
-use danmaku::store::{AppendOutcome, LiveStore};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -128,6 +126,8 @@ async fn embedded_live_is_archived_and_replayed() {
     ts.wait_stored(&room, 31).await;
     let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/end")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "archived", "{body}");
+    assert_eq!(body["live"]["archived"], true, "{body}");
     let l = wait_archived(&ts, &room, &live).await;
     let duration = l["duration_ms"].as_u64().unwrap();
     assert!(duration >= 800, "{l}");
@@ -245,24 +245,6 @@ fn services() -> Option<(String, String, String)> {
     }
 }
 
-/// A `danmaku archiver` process against the live Redis and MariaDB; killed
-/// when dropped.
-fn spawn_archiver(redis: &str, mysql: &str) -> Node {
-    let env: Vec<(String, String)> = [
-        ("DANMAKU_STORE__ENGINE", "redis"),
-        ("DANMAKU_REDIS_URL", redis),
-        ("DANMAKU_ARCHIVE_URL", mysql),
-        ("DANMAKU_ARCHIVE__BATCH_SIZE", "100"),
-        ("DANMAKU_ARCHIVE__BATCH_PAUSE_MS", "20"),
-        ("DANMAKU_ARCHIVE__SETTLE_MS", "0"),
-        ("DANMAKU_ARCHIVE__POLL_INTERVAL_MS", "100"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    Node::spawn("archiver", &env)
-}
-
 fn host_port(url: &str) -> String {
     let rest = url.split("://").nth(1).unwrap_or(url);
     let rest = rest.rsplit('@').next().unwrap();
@@ -318,7 +300,7 @@ async fn replay_server_with(
         c.store.replay_redis_url = replay_redis;
         c.store.max_per_bucket = 20_000;
         c.archive.url = mysql;
-        c.archive.copier = false; // the spawned archiver copies
+        c.archive.copier = false; // the test writes the archive itself
         c.archive.replay_window_ms = 500;
         // Presence exchanges and the control plane's catch-up check are
         // this front's only periodic live-Redis traffic; far apart, so that
@@ -332,7 +314,7 @@ async fn replay_server_with(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
+async fn mysql_archive_replay_uses_its_tiers() {
     let Some((redis_url, replay_url, mysql_url)) = services() else {
         return;
     };
@@ -340,88 +322,66 @@ async fn mysql_archive_survives_a_killed_archiver_and_replay_uses_its_tiers() {
     let proxied = format!("redis://127.0.0.1:{}/", proxy.port);
     let ts = replay_server(&redis_url, &proxied, &mysql_url).await;
     let room = ts.room("replay10k");
-    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/start")).await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
-    let started_at = body["live"]["started_at"].as_u64().unwrap();
 
-    // 10 000 messages, straight into the live Redis (the ingest path has its
-    // own tests), spread over ~2 s so that they span several windows.
-    let store = RedisStore::connect(&redis_url, ts.config.store.clone())
-        .await
-        .unwrap();
+    // A live of 10 000 messages over ~2 s (so that they span several
+    // windows), written straight into MariaDB in batches of 500 (the
+    // archiver's path has its own tests: tests/archiving.rs); a batch
+    // written twice inserts nothing twice.
+    let archive = danmaku::archive::connect(&ts.config.archive).await.unwrap();
+    let live = format!("{room}-live");
+    let started_at = now_ms();
+    archive.start_live(&room, &live, started_at).await.unwrap();
     let mut expected: Vec<(u64, u64, String)> = Vec::new(); // (offset, seq, id)
-    for b in 0..20 {
-        let batch: Vec<Message> = (0..500)
-            .map(|i| Message {
-                id: format!("{room}-{b}-{i}"),
-                seq: 0,
-                room: room.clone(),
-                kind: Kind::Danmaku,
-                priority: if i % 10 == 0 {
-                    Priority::High
-                } else {
-                    Priority::Low
-                },
-                user: UserRef {
-                    id: format!("u{i}"),
-                    name: "n".into(),
-                },
-                text: format!("m {b} {i}"),
-                ts: now_ms().max(started_at),
-                offset_ms: None,
-                gift: None,
-                style: None,
+    for b in 0..20u64 {
+        let batch: Vec<danmaku::message::StoredMessage> = (0..500u64)
+            .map(|i| {
+                Message {
+                    id: format!("{room}-{b}-{i}"),
+                    seq: 0,
+                    room: room.clone(),
+                    kind: Kind::Danmaku,
+                    priority: if i % 10 == 0 {
+                        Priority::High
+                    } else {
+                        Priority::Low
+                    },
+                    user: UserRef {
+                        id: format!("u{i}"),
+                        name: "n".into(),
+                    },
+                    text: format!("m {b} {i}"),
+                    ts: started_at + b * 100 + i / 50,
+                    offset_ms: None,
+                    gift: None,
+                    style: None,
+                }
+                .into_stored(b * 500 + i + 1)
             })
             .collect();
-        let metas: Vec<(u64, String)> = batch.iter().map(|m| (m.ts, m.id.clone())).collect();
-        let out = store.append(&room, batch).await.unwrap();
-        for ((t, id), o) in metas.into_iter().zip(out) {
-            let AppendOutcome::Stored { seq } = o else {
-                panic!("duplicate")
-            };
-            expected.push((t - started_at, seq, id));
+        let rows: Vec<_> = batch
+            .iter()
+            .map(|m| danmaku::archiver::archived(m, started_at))
+            .collect();
+        archive.append(&live, &rows, 0).await.unwrap();
+        if b % 5 == 0 {
+            archive.append(&live, &rows, 0).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        expected.extend(
+            batch
+                .iter()
+                .map(|m| (m.ts - started_at, m.seq, m.id.clone())),
+        );
     }
+    archive.end_live(&room, now_ms()).await.unwrap().unwrap();
+    assert!(archive
+        .note_end_marker(&live, 0, 1, now_ms())
+        .await
+        .unwrap());
     expected.sort();
-    assert_eq!(expected.len(), 10_000);
-    let (status, body) = admin_post(&ts, &format!("/v1/admin/rooms/{room}/live/end")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-
-    // The archiver copies 100 a batch; killed part-way, then restarted.
-    let archive = danmaku::archive::connect(&ts.config.archive).await.unwrap();
-    let mut archiver = spawn_archiver(&redis_url, &mysql_url);
-    let deadline = Instant::now() + WAIT * 3;
-    loop {
-        let n = archive.count(&live).await.unwrap();
-        if n >= 2000 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "archiver copied only {n}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    archiver.sigkill();
-    let partial = archive.count(&live).await.unwrap();
-    let l = archive.live(&live).await.unwrap().unwrap();
-    assert!(partial < 10_000, "killed too late: {partial}");
-    assert!(l.archived_at.is_none());
-    eprintln!(
-        "archiver killed after {partial} rows (through seq {})",
-        l.archived_through_seq
-    );
-    let mut archiver = spawn_archiver(&redis_url, &mysql_url);
-    wait_archived(&ts, &room, &live).await;
-    archiver.sigkill();
     assert_eq!(archive.count(&live).await.unwrap(), 10_000);
     let all = archive.read_window(&live, 0, u64::MAX >> 2).await.unwrap();
-    let got: Vec<(u64, u64)> = all.iter().map(|m| (m.offset_ms, m.seq)).collect();
-    let want: Vec<(u64, u64)> = expected.iter().map(|(o, s, _)| (*o, *s)).collect();
-    assert_eq!(got, want, "no duplicates, no gaps, same offsets");
-    assert_eq!(
-        all.iter().map(|m| m.seq).collect::<BTreeSet<_>>().len(),
-        10_000
-    );
+    let got: Vec<u64> = all.iter().map(|m| m.seq).collect();
+    assert_eq!(got, (1..=10_000).collect::<Vec<u64>>(), "by seq, once each");
 
     // Replay windows: exactly from <= offset < to, in order; zero commands
     // on the live Redis.
@@ -644,9 +604,38 @@ async fn sqlite_file_archive_is_idempotent() {
     );
     let w = a.read_window("l1", 200, 500).await.unwrap();
     let seqs: Vec<u64> = w.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, vec![8, 7, 6], "by offset");
-    assert_eq!(w[0].json, "{\"seq\":8}");
-    a.finish("l1", 6000).await.unwrap();
+    assert_eq!(seqs, vec![6, 7, 8], "by seq (offsets 400, 300, 200)");
+    assert_eq!(w[0].json, "{\"seq\":6}");
+    // The archiver's look-up: open lives, and lives ended since a time.
+    a.start_live("r2", "l2", 2000).await.unwrap();
+    let since = |t: u64| {
+        let a = a.clone();
+        async move {
+            let rooms = ["r".to_string(), "r2".to_string(), "r3".to_string()];
+            let mut ids: Vec<String> = a
+                .lives_since(&rooms, t)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| l.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(since(5000).await, vec!["l1", "l2"]);
+    assert_eq!(since(5001).await, vec!["l2"], "l1 ended at 5000");
+    // Archived once every copy of the end marker is noted, each once.
+    assert!(!a.note_end_marker("l1", 0, 3, 6000).await.unwrap());
+    assert!(!a.note_end_marker("l1", 0, 3, 6000).await.unwrap());
+    assert!(!a.note_end_marker("l1", 2, 3, 6000).await.unwrap());
+    assert!(
+        !a.note_end_marker("l2", 0, 1, 6000).await.unwrap(),
+        "l2 is on"
+    );
+    assert!(a.latest_archived("r").await.unwrap().is_none());
+    assert!(a.note_end_marker("l1", 1, 3, 6000).await.unwrap());
+    assert_eq!(a.live("l1").await.unwrap().unwrap().archived_at, Some(6000));
     assert!(a.pending(10).await.unwrap().is_empty());
     assert_eq!(a.latest_archived("r").await.unwrap().unwrap().id, "l1");
     // Reopened: the data is on disk, migrations are not applied twice.

@@ -1,6 +1,10 @@
 //! Archive and replay metrics, in their own registry (appended to `/metrics`).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use std::sync::atomic::AtomicBool;
+
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 pub struct ArchiveMetrics {
     registry: Registry,
@@ -10,14 +14,21 @@ pub struct ArchiveMetrics {
     pub replay_archive_queries: IntCounter,
     /// Replay Redis calls that failed (the read fell through to the archive).
     pub replay_redis_errors: IntCounter,
-    /// Seconds since the end of the oldest ended live whose copy is pending.
-    pub archive_lag_seconds: IntGauge,
-    pub archive_pending_lives: IntGauge,
-    /// Messages per copied batch.
+    /// This process runs the archiver (its lag is in `/readyz`).
+    pub archiver_running: AtomicBool,
+    /// Age of the oldest message the archiver has taken from the stored log
+    /// and not archived, beyond the settle time every message waits (0 when
+    /// caught up).
+    pub archiver_lag_seconds: Gauge,
+    /// The archivers' lag on the stored log (records), less the messages
+    /// only waiting to settle.
+    pub archiver_lag_messages: IntGauge,
+    /// Messages per archived batch.
     pub archive_batch_messages: Histogram,
     pub archive_rows: IntCounter,
     pub archive_lives_done: IntCounter,
-    /// Copy failures by step (read, write, finish, list) and trimmed gaps.
+    /// Archiver failures by step (list: which lives; write: rows; finish:
+    /// end markers).
     pub archive_errors: IntCounterVec,
 }
 
@@ -60,19 +71,20 @@ impl ArchiveMetrics {
                 )
                 .unwrap(),
             ),
-            archive_lag_seconds: reg(
+            archiver_running: AtomicBool::new(false),
+            archiver_lag_seconds: reg(
                 &registry,
-                IntGauge::new(
-                    "danmaku_archive_lag_seconds",
-                    "Age of the oldest ended live not yet archived",
+                Gauge::new(
+                    "danmaku_archiver_lag_seconds",
+                    "Age of the oldest stored message not yet archived, beyond archive.settle_ms",
                 )
                 .unwrap(),
             ),
-            archive_pending_lives: reg(
+            archiver_lag_messages: reg(
                 &registry,
                 IntGauge::new(
-                    "danmaku_archive_pending_lives",
-                    "Ended lives not yet archived",
+                    "danmaku_archiver_lag_messages",
+                    "Records of the stored log the archivers have not archived",
                 )
                 .unwrap(),
             ),
@@ -93,7 +105,7 @@ impl ArchiveMetrics {
                 &registry,
                 IntCounter::new(
                     "danmaku_archive_rows_total",
-                    "Messages copied to the archive",
+                    "Messages written to the archive",
                 )
                 .unwrap(),
             ),
@@ -104,7 +116,7 @@ impl ArchiveMetrics {
             archive_errors: reg(
                 &registry,
                 IntCounterVec::new(
-                    Opts::new("danmaku_archive_errors_total", "Archive copy errors"),
+                    Opts::new("danmaku_archive_errors_total", "Archiver errors"),
                     &["op"],
                 )
                 .unwrap(),

@@ -1,12 +1,13 @@
-//! Archive port (docs/architecture.md, "Ports"): lives and the messages of ended lives, for
-//! replay. Engines: SQLite (embedded default) and MySQL/MariaDB, both behind
+//! Archive port (docs/architecture.md, "Ports"): lives (cluster state: any
+//! node starts or ends one here) and their messages, for replay. Engines:
+//! SQLite (embedded default) and MySQL/MariaDB, both behind
 //! [`sql::SqlArchive`] (sqlx `Any` driver, runtime queries, migrations under
 //! `migrations/<engine>` embedded at build time and applied at start).
 //!
-//! The copy from the live store is the archiver role (`crate::archiver`); it is idempotent: rows are keyed
-//! by (live, seq) and inserted with "insert or ignore", and each batch moves
-//! the live's `archived_through_seq` in the same transaction. A retracted
-//! message keeps its row, marked (`mark_retracted`); replay reads omit it.
+//! The archiver role (`crate::archiver`) writes a live's messages while it
+//! is on, idempotently: rows are keyed by (live, seq) and inserted with
+//! "insert or ignore". A retracted message keeps its row, marked
+//! (`mark_retracted`); replay reads omit it.
 
 pub mod metrics;
 pub mod sql;
@@ -35,9 +36,10 @@ pub struct Live {
     pub room: String,
     pub started_at: u64,
     pub ended_at: Option<u64>,
-    /// Highest live-store seq the copy has gone through.
+    /// Highest live-store seq archived so far.
     pub archived_through_seq: u64,
-    /// When the copy completed (unix ms); `None` while pending.
+    /// When everything acknowledged before the end was archived (unix ms);
+    /// `None` while on or ending.
     pub archived_at: Option<u64>,
 }
 
@@ -89,8 +91,24 @@ pub trait Archive: Send + Sync + 'static {
     /// Ended lives whose copy is not complete, oldest end first.
     async fn pending(&self, limit: usize) -> Result<Vec<Live>, ArchiveError>;
 
+    /// The lives of `rooms` that are open or ended at or after `since` (unix
+    /// ms): those a batch of messages with `ts >= since` may belong to.
+    async fn lives_since(&self, rooms: &[String], since: u64) -> Result<Vec<Live>, ArchiveError>;
+
+    /// Notes copy `part` of a live's end marker (of `parts` copies); once
+    /// every copy is noted and the live has ended, marks it archived at
+    /// `at`. Answers whether it is archived. Noting a copy again changes
+    /// nothing.
+    async fn note_end_marker(
+        &self,
+        live_id: &str,
+        part: u32,
+        parts: u32,
+        at: u64,
+    ) -> Result<bool, ArchiveError>;
+
     /// Stores a batch (rows already present are left alone) and moves the
-    /// live's `archived_through_seq` to `through_seq`, in one transaction.
+    /// live's `archived_through_seq` up to `through_seq`, in one transaction.
     async fn append(
         &self,
         live_id: &str,
@@ -101,8 +119,8 @@ pub trait Archive: Send + Sync + 'static {
     /// Marks the copy complete.
     async fn finish(&self, live_id: &str, archived_at: u64) -> Result<(), ArchiveError>;
 
-    /// Messages with `from_ms <= offset_ms < to_ms`, by (offset_ms, seq);
-    /// retracted ones left out.
+    /// Messages with `from_ms <= offset_ms < to_ms`, by seq (the order
+    /// viewers saw live); retracted ones left out.
     async fn read_window(
         &self,
         live_id: &str,

@@ -280,6 +280,80 @@ impl Archive for SqlArchive {
             .map_err(unavailable)
     }
 
+    async fn lives_since(&self, rooms: &[String], since: u64) -> Result<Vec<Live>, ArchiveError> {
+        let mut out = Vec::new();
+        for chunk in rooms.chunks(500) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let q = format!(
+                "SELECT {LIVE_COLUMNS} FROM lives WHERE room IN ({marks}) \
+                 AND (ended_at IS NULL OR ended_at >= ?)"
+            );
+            let mut query = sqlx::query(&q);
+            for room in chunk {
+                query = query.bind(room.as_str());
+            }
+            let rows = query
+                .bind(int(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            for row in &rows {
+                out.push(live_from(row).map_err(unavailable)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn note_end_marker(
+        &self,
+        live_id: &str,
+        part: u32,
+        parts: u32,
+        at: u64,
+    ) -> Result<bool, ArchiveError> {
+        let verb = match self.engine {
+            Engine::MySql => "INSERT IGNORE INTO",
+            Engine::Sqlite => "INSERT OR IGNORE INTO",
+        };
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query(&format!(
+            "{verb} live_end_marks (live_id, part) VALUES (?, ?)"
+        ))
+        .bind(live_id)
+        .bind(i64::from(part))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        // Archived once every copy is here (copies of a marker from an
+        // ingest bus of more partitions count only up to `parts`).
+        sqlx::query(
+            "UPDATE lives SET archived_at = ? WHERE id = ? AND archived_at IS NULL \
+             AND ended_at IS NOT NULL \
+             AND (SELECT COUNT(*) FROM live_end_marks WHERE live_id = ? AND part < ?) >= ?",
+        )
+        .bind(int(at))
+        .bind(live_id)
+        .bind(live_id)
+        .bind(i64::from(parts))
+        .bind(i64::from(parts))
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        let row = sqlx::query("SELECT archived_at FROM lives WHERE id = ?")
+            .bind(live_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(match row {
+            Some(r) => r
+                .try_get::<Option<i64>, _>(0)
+                .map_err(unavailable)?
+                .is_some(),
+            None => false,
+        })
+    }
+
     async fn append(
         &self,
         live_id: &str,
@@ -345,7 +419,7 @@ impl Archive for SqlArchive {
         let rows = sqlx::query(
             "SELECT seq, offset_ms, ts, body FROM live_messages \
              WHERE live_id = ? AND offset_ms >= ? AND offset_ms < ? AND retracted = 0 \
-             ORDER BY offset_ms, seq",
+             ORDER BY seq",
         )
         .bind(live_id)
         .bind(int(from_ms))

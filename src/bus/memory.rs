@@ -1,5 +1,6 @@
 //! Embedded bus: bounded in-process partitions with Kafka-like keying.
-//! Deliveries stay pending until committed; one consumer group.
+//! Deliveries stay pending until committed; one consumer group. Also the
+//! embedded stored log (a second instance; see `crate::bus`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,8 +11,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use super::{Bus, BusConsumer, BusError, BusRecord, Delivery};
-use crate::message::Message;
+use super::{Bus, BusConsumer, BusError, BusRecord, Delivery, LiveEnd, Payload};
 
 pub struct MemoryBus {
     inner: Arc<Inner>,
@@ -29,7 +29,7 @@ struct Inner {
 struct Partition {
     next_offset: u64,
     /// Not yet handed to the consumer.
-    queue: VecDeque<(u64, Message)>,
+    queue: VecDeque<(u64, Payload)>,
 }
 
 impl MemoryBus {
@@ -47,9 +47,9 @@ impl MemoryBus {
     }
 }
 
-#[async_trait]
-impl Bus for MemoryBus {
-    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+impl MemoryBus {
+    /// Appends `(partition, payload)`s, all or none (full → none).
+    fn push(&self, records: Vec<(u32, Payload)>) -> Result<(), BusError> {
         let n = records.len() as u64;
         let before = self.inner.pending.fetch_add(n, Ordering::AcqRel);
         if before + n > self.inner.capacity {
@@ -57,15 +57,36 @@ impl Bus for MemoryBus {
             return Err(BusError::Full(before));
         }
         let count = self.inner.partitions.len() as u32;
-        for record in records {
-            let p = record.partition_of(count) as usize;
-            let mut part = self.inner.partitions[p].lock();
+        for (p, payload) in records {
+            let mut part = self.inner.partitions[(p % count) as usize].lock();
             let offset = part.next_offset;
             part.next_offset += 1;
-            part.queue.push_back((offset, record.message));
+            part.queue.push_back((offset, payload));
         }
         self.inner.notify.notify_one();
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for MemoryBus {
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+        let count = self.inner.partitions.len() as u32;
+        self.push(
+            records
+                .into_iter()
+                .map(|r| (r.partition_of(count), Payload::Message(r.message)))
+                .collect(),
+        )
+    }
+
+    async fn publish_markers(&self, markers: Vec<(u32, LiveEnd)>) -> Result<(), BusError> {
+        self.push(
+            markers
+                .into_iter()
+                .map(|(p, m)| (p, Payload::LiveEnd(m)))
+                .collect(),
+        )
     }
 
     async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError> {
@@ -105,13 +126,13 @@ impl MemoryConsumer {
             let p = (self.next_partition + i) % parts.len();
             let mut part = parts[p].lock();
             while out.len() < max {
-                let Some((offset, message)) = part.queue.pop_front() else {
+                let Some((offset, payload)) = part.queue.pop_front() else {
                     break;
                 };
                 out.push(Delivery {
                     partition: p as u32,
                     offset,
-                    message,
+                    payload,
                 });
             }
         }
@@ -148,7 +169,7 @@ impl BusConsumer for MemoryConsumer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{new_message_id, Kind, Priority, UserRef};
+    use crate::message::{new_message_id, Kind, Message, Priority, UserRef};
 
     fn rec(room: &str, text: &str) -> BusRecord {
         BusRecord::keyed_by_room_kind(Message {
@@ -177,11 +198,42 @@ mod tests {
         assert_eq!(bus.pending(), 10);
         let mut c = bus.consumer().await.unwrap();
         let got = c.poll(100, Duration::from_millis(10)).await.unwrap();
-        let texts: Vec<_> = got.iter().map(|d| d.message.text.clone()).collect();
+        let texts: Vec<_> = got
+            .iter()
+            .map(|d| d.message().unwrap().text.clone())
+            .collect();
         assert_eq!(texts, (0..10).map(|i| i.to_string()).collect::<Vec<_>>());
         assert_eq!(bus.pending(), 10);
         c.commit(&got).await.unwrap();
         assert_eq!(bus.pending(), 0);
+    }
+
+    #[tokio::test]
+    async fn markers_follow_what_their_partition_held() {
+        let bus = MemoryBus::new(2, 100);
+        let m = rec("a", "1");
+        let p = m.partition_of(2);
+        bus.publish(vec![m]).await.unwrap();
+        let end = |partition| LiveEnd {
+            live: "l".into(),
+            room: "a".into(),
+            ended_at: 1,
+            partition,
+            partitions: 2,
+        };
+        bus.publish_markers(vec![(0, end(0)), (1, end(1))])
+            .await
+            .unwrap();
+        assert_eq!(bus.pending(), 3, "markers count until committed");
+        let mut c = bus.consumer().await.unwrap();
+        let got = c.poll(10, Duration::from_millis(10)).await.unwrap();
+        let on_p: Vec<bool> = got
+            .iter()
+            .filter(|d| d.partition == p)
+            .map(|d| d.message().is_some())
+            .collect();
+        assert_eq!(on_p, vec![true, false], "message, then the marker");
+        assert_eq!(got.len(), 3);
     }
 
     #[tokio::test]

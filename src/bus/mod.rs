@@ -1,5 +1,12 @@
 //! Bus port (docs/architecture.md, "Gears"): partitioned, keyed like Kafka. Fronts publish,
 //! processors consume and commit only after the store write succeeded.
+//!
+//! The same port carries the *stored* log (docs/replay.md, "Archiver"): the
+//! processor publishes every message it stored (with its seq) to a second bus
+//! (Kafka: the stored topic; embedded: a second in-process bus), which the
+//! archiver consumes as its own group. Besides messages, both carry live-end
+//! markers ([`LiveEnd`]), which travel the path of the messages so that the
+//! archiver knows when everything acknowledged before a live's end is archived.
 
 pub mod kafka;
 pub mod memory;
@@ -7,6 +14,8 @@ pub mod memory;
 use std::time::Duration;
 
 use async_trait::async_trait;
+
+use serde::{Deserialize, Serialize};
 
 use crate::message::Message;
 
@@ -47,12 +56,46 @@ impl BusRecord {
     }
 }
 
-/// A consumed message and where it came from (for commits).
+/// The end of a live, as a marker on every partition of the ingest bus: a
+/// front publishes one copy per partition after the live ended, so each copy
+/// comes after every message acknowledged (published) before the end on its
+/// partition. The processor forwards each copy to the stored log after the
+/// messages before it; the archiver marks the live archived once it has seen
+/// all `partitions` copies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveEnd {
+    pub live: String,
+    pub room: String,
+    pub ended_at: u64,
+    /// The ingest partition this copy travelled.
+    pub partition: u32,
+    /// How many copies there are (the ingest bus's partitions at the end).
+    pub partitions: u32,
+}
+
+/// What a record on the bus holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Message(Message),
+    LiveEnd(LiveEnd),
+}
+
+/// A consumed record and where it came from (for commits).
 #[derive(Clone, Debug)]
 pub struct Delivery {
     pub partition: u32,
     pub offset: u64,
-    pub message: Message,
+    pub payload: Payload,
+}
+
+impl Delivery {
+    /// The message, unless this is a marker.
+    pub fn message(&self) -> Option<&Message> {
+        match &self.payload {
+            Payload::Message(m) => Some(m),
+            Payload::LiveEnd(_) => None,
+        }
+    }
 }
 
 #[async_trait]
@@ -61,10 +104,15 @@ pub trait Bus: Send + Sync + 'static {
     /// none may be acknowledged to clients).
     async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError>;
 
-    /// Joins the processors' consumer group.
+    /// Resolves once the bus durably accepted each marker on its partition
+    /// (`(partition, marker)`; the partition is taken modulo the bus's).
+    async fn publish_markers(&self, markers: Vec<(u32, LiveEnd)>) -> Result<(), BusError>;
+
+    /// Joins the consumer group of this bus (the processors' for the
+    /// ingest bus, the archivers' for the stored log).
     async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError>;
 
-    /// Messages accepted but not yet committed by processors (lag).
+    /// Records accepted but not yet committed by the group (lag).
     fn pending(&self) -> u64;
 
     /// Number of partitions of the topic.

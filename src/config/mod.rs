@@ -189,6 +189,42 @@ pub struct BusConfig {
     /// duplicate or reorder a partition. Off only for brokers without it.
     #[serde(default = "default_idempotence")]
     pub idempotence: bool,
+    /// Kafka topic of the stored log (processor → archiver, docs/replay.md);
+    /// empty: derived from `topic` ([`BusConfig::stored`]).
+    #[serde(default)]
+    pub stored_topic: String,
+    /// Kafka consumer group of the archivers on the stored log; empty:
+    /// derived from `group_id`.
+    #[serde(default)]
+    pub archiver_group_id: String,
+}
+
+impl BusConfig {
+    /// The stored log's bus: the same brokers and partition count, its own
+    /// topic and consumer group. Unless set, `danmaku-ingest` →
+    /// `danmaku-stored` and `danmaku-processor` → `danmaku-archiver` (any
+    /// other name gets `-stored` / `-archiver` appended), so that a test's
+    /// own topic gets its own stored topic too.
+    pub fn stored(&self) -> BusConfig {
+        fn derive(name: &str, tail: &str, with: &str) -> String {
+            match name.strip_suffix(tail) {
+                Some(head) => format!("{head}{with}"),
+                None => format!("{name}-{with}"),
+            }
+        }
+        let mut c = self.clone();
+        c.topic = if self.stored_topic.trim().is_empty() {
+            derive(&self.topic, "ingest", "stored")
+        } else {
+            self.stored_topic.trim().to_string()
+        };
+        c.group_id = if self.archiver_group_id.trim().is_empty() {
+            derive(&self.group_id, "processor", "archiver")
+        } else {
+            self.archiver_group_id.trim().to_string()
+        };
+        c
+    }
 }
 
 fn default_topic() -> String {
@@ -334,18 +370,23 @@ pub struct PollConfig {
 pub struct ArchiveConfig {
     /// `sqlite::memory:`, `sqlite://path?mode=rwc` or `mysql://…` (`DANMAKU_ARCHIVE_URL`).
     pub url: String,
-    /// `serve` runs the archiver role (copies ended lives) too.
+    /// `serve` runs the archiver role (archives lives from the stored log) too.
     pub copier: bool,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
-    /// Messages read from the live store (and written) per batch.
+    /// Records taken from the stored log per poll (and rows per archive
+    /// transaction at most).
     pub batch_size: usize,
-    /// Pause between batches (throttle; 0 = none).
+    /// Pause after a full batch (throttle; 0 = none).
     pub batch_pause_ms: u64,
-    /// How often the archiver looks for ended lives.
+    /// Longest wait for the stored log in one poll.
     pub poll_interval_ms: u64,
-    /// A live is copied this long after its end (messages still on the bus).
+    /// A message is archived no sooner than this after its `ts`: a live
+    /// started or ended at a time `t` (on any node, its row written a moment
+    /// later) is known to the archiver by `t + settle_ms`.
     pub settle_ms: u64,
+    /// `live/end` answers 200 once the live is archived, or 202 after this.
+    pub end_wait_ms: u64,
     /// Replay reads are served in aligned windows of this many ms.
     pub replay_window_ms: u64,
     /// Longest `to_ms - from_ms` of one replay request.

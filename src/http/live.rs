@@ -10,7 +10,7 @@ use super::guard::require_admin;
 use super::routes::Routes;
 use super::state::ArchiveState;
 use crate::error::ApiError;
-use crate::replay::LiveStart;
+use crate::replay::{LiveEnding, LiveStart};
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -45,15 +45,27 @@ async fn live_start(
     }
 }
 
-/// `POST /v1/admin/rooms/{room}/live/end`: ends the live; the archiver copies it.
+/// `POST /v1/admin/rooms/{room}/live/end`: ends the live; 200 once
+/// everything acknowledged before the end is archived, or 202
+/// `{"status":"ending"}` after `archive.end_wait_ms` (ending again is allowed
+/// until it is archived).
 async fn live_end(
     State(s): State<ArchiveState>,
     RoomPath(room): RoomPath,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require_admin(&s.config.auth.admin_token, &headers)?;
-    match s.replay.end_live(&room, &s.archive_wake).await? {
-        Some(live) => Ok(Json(serde_json::json!({"live": live.view()}))),
+    match s.replay.end_live(&room, &*s.bus).await? {
+        Some(LiveEnding::Archived(live)) => Ok((
+            StatusCode::OK,
+            Json(serde_json::json!({"status": "archived", "live": live.view()})),
+        )
+            .into_response()),
+        Some(LiveEnding::Ending(live)) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"status": "ending", "live": live.view()})),
+        )
+            .into_response()),
         None => Err(ApiError::new(
             StatusCode::CONFLICT,
             "no_live",

@@ -86,7 +86,19 @@ async fn readyz(State(s): State<AppState>) -> Response {
     if let Some(up) = replay_redis {
         checks["replay_redis"] = up.into();
     }
-    let body = serde_json::json!({"status": status, "checks": checks});
+    let mut body = serde_json::json!({"status": status, "checks": checks});
+    let archive_metrics = &s.replay.metrics;
+    if archive_metrics
+        .archiver_running
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // How far behind the archiver is (docs/replay.md); informative: a
+        // node whose archiver lags still serves.
+        body["archiver"] = serde_json::json!({
+            "lag_seconds": archive_metrics.archiver_lag_seconds.get(),
+            "lag_messages": archive_metrics.archiver_lag_messages.get(),
+        });
+    }
     let code = if ready {
         StatusCode::OK
     } else {

@@ -48,8 +48,6 @@ pub struct AppInner {
     pub kicks: Arc<Kicks>,
     /// Replay reads (cache → replay Redis → archive) and the archive.
     pub replay: Arc<Replay>,
-    /// Wakes this node's archiver when a live ends here.
-    pub archive_wake: Arc<tokio::sync::Notify>,
     /// Cancelled first: stop taking new work (posts get 503).
     pub stopping: CancellationToken,
     /// Cancelled last: viewer sessions close with a reason.
@@ -149,7 +147,8 @@ impl FromRef<AppState> for ModerationState {
 pub struct ArchiveState {
     pub config: Arc<Config>,
     pub replay: Arc<Replay>,
-    pub archive_wake: Arc<tokio::sync::Notify>,
+    /// Carries live-end markers.
+    pub bus: Arc<dyn Bus>,
 }
 
 impl FromRef<AppState> for ArchiveState {
@@ -157,7 +156,7 @@ impl FromRef<AppState> for ArchiveState {
         ArchiveState {
             config: s.config.clone(),
             replay: s.replay.clone(),
-            archive_wake: s.archive_wake.clone(),
+            bus: s.bus.clone(),
         }
     }
 }

@@ -63,6 +63,12 @@ impl Bus for FlakyBus {
         }
         Ok(())
     }
+    async fn publish_markers(
+        &self,
+        markers: Vec<(u32, crate::bus::LiveEnd)>,
+    ) -> Result<(), BusError> {
+        self.inner.publish_markers(markers).await
+    }
     async fn consumer(&self) -> Result<Box<dyn crate::bus::BusConsumer>, BusError> {
         self.inner.consumer().await
     }
@@ -362,7 +368,8 @@ async fn vip_levels_map_to_high_by_room_then_config() {
             .await
             .unwrap();
         assert_eq!(
-            got[0].message.priority, want,
+            got[0].message().unwrap().priority,
+            want,
             "case {i}: {room} {:?}",
             v.vip
         );

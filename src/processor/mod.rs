@@ -1,6 +1,11 @@
 //! Processor role: consumes the bus, writes the live store, commits only after
 //! the write succeeded (so a crash redelivers; the store's id dedup makes the
 //! redelivery harmless).
+//!
+//! With a stored log (`crate::bus`, for the archiver), each batch's stored
+//! messages (with their seqs; a redelivered duplicate with the seq it was
+//! stored under) are published there before the commit, then the batch's
+//! live-end markers, so each marker follows the messages before it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod gear;
 
-use crate::bus::{Bus, BusConsumer, Delivery};
+use crate::bus::{Bus, BusConsumer, BusRecord, Delivery, LiveEnd, Payload};
 use crate::config::GearConfig;
 use crate::gears;
 use crate::message::{now_ms, Kind, Message};
@@ -22,6 +27,9 @@ pub use gear::{Gear, Gearbox};
 pub struct Processor {
     pub bus: Arc<dyn Bus>,
     pub store: Arc<dyn LiveStore>,
+    /// Where stored messages and live-end markers go for the archiver;
+    /// `None` when no archiver follows (embedded, without one in-process).
+    pub stored: Option<Arc<dyn Bus>>,
     pub metrics: Arc<Metrics>,
     pub batch_max: usize,
     pub gears: GearConfig,
@@ -52,6 +60,9 @@ impl PauseGate {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A polled message and the bus partition it came from.
+type Placed<'a> = (u32, &'a Message);
 
 impl Processor {
     /// Runs until `shutdown`, then drains what the bus still holds.
@@ -100,7 +111,10 @@ impl Processor {
                 }
                 continue;
             }
-            self.store_batch(&batch, &mut gearbox).await;
+            let stored = self.store_batch(&batch, &mut gearbox).await;
+            if let Some(log) = &self.stored {
+                self.forward(log, stored, &batch).await;
+            }
             if let Err(e) = consumer.commit(&batch).await {
                 // Uncommitted deliveries come again; the store dedups them.
                 tracing::warn!(error = %e, "bus commit failed");
@@ -127,24 +141,28 @@ impl Processor {
     /// Writes a polled batch. Per (room, kind) the gear decides how: gears
     /// 1–2 one serial writer (per partition in gear 2), gears 3–4 parallel
     /// chunks. Different (room, kind)s are written concurrently. Returns once
-    /// every message is stored (each writer retries until the store takes it).
-    async fn store_batch(&self, batch: &[Delivery], gearbox: &mut Gearbox) {
+    /// every message is stored (each writer retries until the store takes
+    /// it), with the messages as stored (seq set).
+    async fn store_batch(&self, batch: &[Delivery], gearbox: &mut Gearbox) -> Vec<Message> {
         let now = now_ms();
         let at = Instant::now();
-        // (room, kind) → its deliveries, in bus order.
-        let mut groups: Vec<((&str, Kind), Vec<&Delivery>)> = Vec::new();
+        // (room, kind) → its deliveries, in bus order (markers aside).
+        let mut groups: Vec<((&str, Kind), Vec<Placed>)> = Vec::new();
         let mut index: HashMap<(&str, Kind), usize> = HashMap::new();
         for d in batch {
-            let key = (d.message.room.as_str(), d.message.kind);
+            let Payload::Message(m) = &d.payload else {
+                continue;
+            };
+            let key = (m.room.as_str(), m.kind);
             let i = *index.entry(key).or_insert_with(|| {
                 groups.push((key, Vec::new()));
                 groups.len() - 1
             });
-            groups[i].1.push(d);
+            groups[i].1.push((d.partition, m));
         }
         let mut writers: Vec<(&str, Vec<Message>)> = Vec::new();
         for ((room, kind), deliveries) in &groups {
-            let oldest = deliveries.iter().map(|d| d.message.ts).min().unwrap_or(now);
+            let oldest = deliveries.iter().map(|(_, m)| m.ts).min().unwrap_or(now);
             let shift = gearbox.observe(room, *kind, now.saturating_sub(oldest), at);
             if let Some(shift) = &shift {
                 self.on_shift(room, *kind, shift);
@@ -157,15 +175,15 @@ impl Processor {
             let mut lanes: Vec<Vec<Message>> = Vec::new();
             if gears::spreads_partitions(gear) {
                 let mut by_partition: HashMap<u32, usize> = HashMap::new();
-                for d in deliveries {
-                    let i = *by_partition.entry(d.partition).or_insert_with(|| {
+                for (partition, m) in deliveries {
+                    let i = *by_partition.entry(*partition).or_insert_with(|| {
                         lanes.push(Vec::new());
                         lanes.len() - 1
                     });
-                    lanes[i].push(d.message.clone());
+                    lanes[i].push((*m).clone());
                 }
             } else {
-                lanes.push(deliveries.iter().map(|d| d.message.clone()).collect());
+                lanes.push(deliveries.iter().map(|(_, m)| (*m).clone()).collect());
             }
             for lane in lanes {
                 if gears::writes_in_parallel(gear) && lane.len() > 1 {
@@ -178,17 +196,69 @@ impl Processor {
                 }
             }
         }
-        futures_util::future::join_all(
+        let stored: Vec<Message> = futures_util::future::join_all(
             writers
                 .into_iter()
                 .map(|(room, messages)| self.append_with_retry(room, messages)),
         )
-        .await;
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         let mut updated: Vec<String> = groups.iter().map(|((r, _), _)| r.to_string()).collect();
         updated.dedup();
         // Best effort: fronts poll anyway, a lost notice only adds latency.
         if let Err(e) = self.store.notify_updated(&updated).await {
             tracing::debug!(error = %e, "room-updated notice failed");
+        }
+        stored
+    }
+
+    /// Publishes a batch's stored messages to the stored log (keyed by room,
+    /// so a room's messages share a partition), then its live-end markers,
+    /// each on its room's partition: after the messages before it. Retries
+    /// until the log takes them, even while shutting down (the batch is not
+    /// committed before, and the archiver needs every acknowledged message).
+    async fn forward(&self, log: &Arc<dyn Bus>, stored: Vec<Message>, batch: &[Delivery]) {
+        let markers: Vec<(u32, LiveEnd)> = batch
+            .iter()
+            .filter_map(|d| match &d.payload {
+                Payload::LiveEnd(m) => Some((
+                    crate::bus::partition_for(&m.room, log.partitions()),
+                    m.clone(),
+                )),
+                Payload::Message(_) => None,
+            })
+            .collect();
+        let records: Vec<BusRecord> = stored
+            .into_iter()
+            .map(|message| BusRecord {
+                key: message.room.clone(),
+                partition: None,
+                message,
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(50);
+        let mut records = Some(records).filter(|r| !r.is_empty());
+        let mut markers = Some(markers).filter(|m| !m.is_empty());
+        while records.is_some() || markers.is_some() {
+            let result = match (&records, &markers) {
+                (Some(r), _) => log.publish(r.clone()).await.map(|()| records = None),
+                (None, Some(m)) => log
+                    .publish_markers(m.clone())
+                    .await
+                    .map(|()| markers = None),
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = result {
+                self.metrics
+                    .store_errors
+                    .with_label_values(&["stored_log"])
+                    .inc();
+                tracing::warn!(error = %e, "publishing to the stored log failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
         }
     }
 
@@ -220,8 +290,9 @@ impl Processor {
     }
 
     /// Retries until the store takes the batch, even while shutting down:
-    /// these messages were acknowledged to their senders.
-    async fn append_with_retry(&self, room: &str, messages: Vec<Message>) {
+    /// these messages were acknowledged to their senders. Returns them with
+    /// the seqs they are stored under.
+    async fn append_with_retry(&self, room: &str, messages: Vec<Message>) -> Vec<Message> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let timer = self.metrics.store_append_seconds.start_timer();
@@ -230,19 +301,24 @@ impl Processor {
             match result {
                 Ok(outcomes) => {
                     let now = now_ms();
-                    for (outcome, m) in outcomes.iter().zip(&messages) {
+                    let mut stored = messages;
+                    for (outcome, m) in outcomes.iter().zip(stored.iter_mut()) {
                         match outcome {
-                            AppendOutcome::Stored { .. } => {
+                            AppendOutcome::Stored { seq } => {
+                                m.seq = *seq;
                                 self.metrics.stored.inc();
                                 self.metrics
                                     .process_delay_seconds
                                     .with_label_values(&[m.kind.as_str()])
                                     .observe(now.saturating_sub(m.ts) as f64 / 1000.0);
                             }
-                            AppendOutcome::Duplicate { .. } => self.metrics.store_duplicates.inc(),
+                            AppendOutcome::Duplicate { seq } => {
+                                m.seq = *seq;
+                                self.metrics.store_duplicates.inc();
+                            }
                         }
                     }
-                    return;
+                    return stored;
                 }
                 Err(e) => {
                     self.metrics

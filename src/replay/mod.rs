@@ -22,9 +22,9 @@ use crate::config::ArchiveConfig;
 use crate::error::ApiError;
 use redis::ReplayRedis;
 
-pub use live::LiveStart;
+pub use live::{LiveEnding, LiveStart};
 
-/// One cached window: messages by (offset_ms, seq).
+/// One cached window: messages by seq.
 pub type Window = Arc<Vec<ArchivedMessage>>;
 
 pub struct Replay {
@@ -220,7 +220,7 @@ impl Replay {
     /// The body of `GET /v1/rooms/{room}/replay`: `{"room","live","from_ms",
     /// "to_ms","messages":[...]}` with the archived messages of `live` (by
     /// default the room's latest archived one) with `from_ms <= offset_ms <
-    /// to_ms`, by (offset_ms, seq); the window defaults to
+    /// to_ms`, by window and by seq within each; the window defaults to
     /// `[from_ms, from_ms + replay_window_ms)`.
     pub async fn read(
         &self,

@@ -100,7 +100,8 @@ impl ReplayRedis {
                 json,
             });
         }
-        out.sort_by_key(|m| (m.offset_ms, m.seq));
+        // A window is in seq order, as the archive reads it.
+        out.sort_by_key(|m| m.seq);
         Ok(Some(out))
     }
 

@@ -13,9 +13,20 @@ use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::setup::unavailable;
-use super::{Shared, COMMIT_TIMEOUT};
-use crate::bus::{BusConsumer, BusError, Delivery};
+use super::{MarkerRecord, Shared, COMMIT_TIMEOUT};
+use crate::bus::{BusConsumer, BusError, Delivery, Payload};
 use crate::message::Message;
+
+/// A record's payload: a message, or a marker (`{"live_end": …}`).
+fn decode(bytes: &[u8]) -> Result<Payload, String> {
+    match serde_json::from_slice::<Message>(bytes) {
+        Ok(m) => Ok(Payload::Message(m)),
+        Err(e) => match serde_json::from_slice::<MarkerRecord>(bytes) {
+            Ok(r) => Ok(Payload::LiveEnd(r.live_end)),
+            Err(_) => Err(e.to_string()),
+        },
+    }
+}
 
 pub(super) struct KafkaConsumer {
     pub(super) consumer: Arc<StreamConsumer>,
@@ -116,16 +127,16 @@ impl BusConsumer for KafkaConsumer {
             let decoded = message
                 .payload()
                 .ok_or_else(|| "empty payload".to_string())
-                .and_then(|p| serde_json::from_slice::<Message>(p).map_err(|e| e.to_string()));
+                .and_then(decode);
             let part = self.parts.entry(partition).or_default();
             part.last_seen = offset;
             match decoded {
-                Ok(message) => {
+                Ok(payload) => {
                     part.in_flight.insert(offset);
                     out.push(Delivery {
                         partition: partition as u32,
                         offset: offset as u64,
-                        message,
+                        payload,
                     });
                 }
                 Err(e) => {

@@ -40,7 +40,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 mod consumer;
 mod setup;
 
-use super::{Bus, BusConsumer, BusError, BusRecord};
+use super::{Bus, BusConsumer, BusError, BusRecord, LiveEnd};
 use crate::config::BusConfig;
 use consumer::KafkaConsumer;
 use setup::*;
@@ -273,9 +273,24 @@ impl KafkaBus {
     }
 }
 
-#[async_trait]
-impl Bus for KafkaBus {
-    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+/// How a marker is written on Kafka: `{"live_end": {...}}`, which no
+/// message decodes as (a message has an `id`).
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct MarkerRecord {
+    pub live_end: LiveEnd,
+}
+
+/// One encoded record to send.
+struct Outgoing {
+    key: String,
+    partition: u32,
+    ts: u64,
+    payload: Vec<u8>,
+}
+
+impl KafkaBus {
+    /// Sends `records` and resolves once Kafka acknowledged every one.
+    async fn send_all(&self, records: Vec<Outgoing>) -> Result<(), BusError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -285,14 +300,11 @@ impl Bus for KafkaBus {
         // delivery report: the client is acknowledged only after all of them.
         let mut deliveries = Vec::with_capacity(records.len());
         for record in &records {
-            let payload = serde_json::to_vec(&record.message)
-                .map_err(|e| BusError::Unavailable(format!("encoding a message: {e}")))?;
-            let partition = record.partition_of(self.partitions) as i32;
             let kafka_record = FutureRecord::to(&self.config.topic)
                 .key(record.key.as_str())
-                .payload(&payload)
-                .partition(partition)
-                .timestamp(i64::try_from(record.message.ts).unwrap_or(i64::MAX));
+                .payload(&record.payload)
+                .partition(record.partition as i32)
+                .timestamp(i64::try_from(record.ts).unwrap_or(i64::MAX));
             match producer.send_result(kafka_record) {
                 Ok(delivery) => deliveries.push(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -340,6 +352,38 @@ impl Bus for KafkaBus {
         // Count them right away so shedding sees them before the next refresh.
         self.shared.pending.fetch_add(n, Ordering::AcqRel);
         Ok(())
+    }
+}
+
+#[async_trait]
+impl Bus for KafkaBus {
+    async fn publish(&self, records: Vec<BusRecord>) -> Result<(), BusError> {
+        let mut out = Vec::with_capacity(records.len());
+        for record in records {
+            let payload = serde_json::to_vec(&record.message)
+                .map_err(|e| BusError::Unavailable(format!("encoding a message: {e}")))?;
+            out.push(Outgoing {
+                partition: record.partition_of(self.partitions),
+                ts: record.message.ts,
+                key: record.key,
+                payload,
+            });
+        }
+        self.send_all(out).await
+    }
+
+    async fn publish_markers(&self, markers: Vec<(u32, LiveEnd)>) -> Result<(), BusError> {
+        let mut out = Vec::with_capacity(markers.len());
+        for (partition, live_end) in markers {
+            out.push(Outgoing {
+                key: live_end.room.clone(),
+                partition: partition % self.partitions.max(1),
+                ts: live_end.ended_at,
+                payload: serde_json::to_vec(&MarkerRecord { live_end })
+                    .map_err(|e| BusError::Unavailable(format!("encoding a marker: {e}")))?,
+            });
+        }
+        self.send_all(out).await
     }
 
     async fn consumer(&self) -> Result<Box<dyn BusConsumer>, BusError> {
