@@ -401,7 +401,7 @@ mod tests {
             let keep = ration_by_second(&r, &items, |m| *m);
             for second in 0..5 {
                 let of = |p: Priority| items.iter().zip(&keep)
-                    .filter(|(m, _)| m.0 == second && m.1 == p);
+                    .filter(move |(m, _)| m.0 == second && m.1 == p);
                 prop_assert!(of(Priority::Whitelist).all(|(_, k)| *k));
                 let high_kept = of(Priority::High).filter(|(_, k)| **k).count();
                 let low_kept = of(Priority::Low).filter(|(_, k)| **k).count();
