@@ -212,7 +212,11 @@ async fn redis_calls(url: &str, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn admin_delete(ts: &TestServer, path: &str, token: Option<&str>) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+async fn admin_delete(
+    ts: &TestServer,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
     let mut req = ts.http.delete(ts.url(path));
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -238,7 +242,10 @@ async fn first_reads_share_one_load(b: &Backend) {
     let cache_reads = metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await;
     let coalesced = metric(&ts, "danmaku_replay_coalesced_total").await;
     let redis_before = match &b.replay_redis {
-        Some(url) => Some((redis_calls(url, "sismember").await, redis_calls(url, "zadd").await)),
+        Some(url) => Some((
+            redis_calls(url, "sismember").await,
+            redis_calls(url, "zadd").await,
+        )),
         None => None,
     };
     let path = replay_path(&room, &live.id, 0, WINDOW_MS);
@@ -273,10 +280,21 @@ async fn first_reads_share_one_load(b: &Backend) {
     let shared = metric(&ts, "danmaku_replay_coalesced_total").await - coalesced
         + metric(&ts, "danmaku_replay_reads_total{tier=\"cache\"}").await
         - cache_reads;
-    assert_eq!(shared, 199.0, "the other 199 shared the load or hit the cache");
+    assert_eq!(
+        shared, 199.0,
+        "the other 199 shared the load or hit the cache"
+    );
     if let (Some(url), Some((sismember, zadd))) = (&b.replay_redis, redis_before) {
-        assert_eq!(redis_calls(url, "sismember").await - sismember, 1, "one replay Redis read");
-        assert_eq!(redis_calls(url, "zadd").await - zadd, 1, "one replay Redis fill");
+        assert_eq!(
+            redis_calls(url, "sismember").await - sismember,
+            1,
+            "one replay Redis read"
+        );
+        assert_eq!(
+            redis_calls(url, "zadd").await - zadd,
+            1,
+            "one replay Redis fill"
+        );
     }
     ts.shutdown().await;
 }
@@ -308,7 +326,12 @@ async fn hot_replays_are_prefetched(b: &Backend) {
     let archive = archive_of(&ts).await;
     let (live, ids) = seed(&*archive, &room, &steady(5, 50), 1000).await;
     let viewers = |n: usize, window: u64| {
-        let path = replay_path(&room, &live.id, window * WINDOW_MS, (window + 1) * WINDOW_MS);
+        let path = replay_path(
+            &room,
+            &live.id,
+            window * WINDOW_MS,
+            (window + 1) * WINDOW_MS,
+        );
         let reads: Vec<_> = (0..n)
             .map(|_| {
                 let (http, url) = (ts.http.clone(), ts.url(&path));
@@ -410,7 +433,12 @@ async fn flooded_windows_are_rationed(b: &Backend) {
         .send()
         .await
         .unwrap();
-    assert_eq!(res.status(), StatusCode::OK, "{}", res.text().await.unwrap());
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{}",
+        res.text().await.unwrap()
+    );
     // Second 0: 100 low, 10 high, 3 whitelist, interleaved; second 1: 2 high,
     // 50 low; second 2: 5 low (quiet).
     let mut at = Vec::new();
@@ -437,7 +465,11 @@ async fn flooded_windows_are_rationed(b: &Backend) {
     let (live, _) = seed(&*archive, &room, &at, 1000).await;
     let in_second = |s: u64, p: Priority| at.iter().filter(|m| m.0 / 1000 == s && m.1 == p).count();
     assert_eq!(
-        [in_second(0, Priority::Whitelist), in_second(0, Priority::High), in_second(0, Priority::Low)],
+        [
+            in_second(0, Priority::Whitelist),
+            in_second(0, Priority::High),
+            in_second(0, Priority::Low)
+        ],
         [3, 10, 100],
         "the flood as meant"
     );
@@ -452,9 +484,17 @@ async fn flooded_windows_are_rationed(b: &Backend) {
             m["offset_ms"].as_u64().unwrap() / 1000,
             m["priority"].as_str().unwrap().to_string(),
         );
-        per_second.entry(key).or_default().push(m["seq"].as_u64().unwrap());
+        per_second
+            .entry(key)
+            .or_default()
+            .push(m["seq"].as_u64().unwrap());
     }
-    let kept = |s: u64, p: &str| per_second.get(&(s, p.to_string())).cloned().unwrap_or_default();
+    let kept = |s: u64, p: &str| {
+        per_second
+            .get(&(s, p.to_string()))
+            .cloned()
+            .unwrap_or_default()
+    };
     // Budget 10 (high 3, low 7): second 0 keeps 3 whitelist, 3 high, 7 low.
     assert_eq!(kept(0, "whitelist").len(), 3);
     assert_eq!(kept(0, "high").len(), 3);
@@ -465,7 +505,10 @@ async fn flooded_windows_are_rationed(b: &Backend) {
     // A quiet second is whole.
     assert_eq!(kept(2, "low").len(), 5);
     for s in 0..3 {
-        assert!(kept(s, "high").len() + kept(s, "low").len() <= 10, "second {s}");
+        assert!(
+            kept(s, "high").len() + kept(s, "low").len() <= 10,
+            "second {s}"
+        );
     }
     // The first of each bucket are the ones kept (seq order).
     let first = |s: u64, p: Priority, n: usize| -> Vec<u64> {
@@ -540,7 +583,12 @@ async fn lives_are_deleted(b: &Backend) {
     );
     assert_error(
         "bad id",
-        &admin_delete(&ts, &format!("/v1/admin/lives/{}", "x".repeat(65)), Some(ADMIN)).await,
+        &admin_delete(
+            &ts,
+            &format!("/v1/admin/lives/{}", "x".repeat(65)),
+            Some(ADMIN),
+        )
+        .await,
         StatusCode::BAD_REQUEST,
         "bad_live",
     );
@@ -553,15 +601,26 @@ async fn lives_are_deleted(b: &Backend) {
     // An open live, and an ended one whose archive is still being written.
     let open_room = ts.room("delete-open");
     let open = format!("{open_room}-live");
-    archive.start_live(&open_room, &open, now_ms()).await.unwrap();
+    archive
+        .start_live(&open_room, &open, now_ms())
+        .await
+        .unwrap();
     let got = admin_delete(&ts, &format!("/v1/admin/lives/{open}"), Some(ADMIN)).await;
     assert_error("open", &got, StatusCode::CONFLICT, "live_open");
     assert_eq!(got.1["live"]["id"], open.as_str());
     archive.end_live(&open_room, now_ms()).await.unwrap();
     let got = admin_delete(&ts, &format!("/v1/admin/lives/{open}"), Some(ADMIN)).await;
-    assert_error("not archived", &got, StatusCode::CONFLICT, "live_not_archived");
+    assert_error(
+        "not archived",
+        &got,
+        StatusCode::CONFLICT,
+        "live_not_archived",
+    );
     assert!(got.2.contains_key("retry-after"));
-    assert!(archive.live(&open).await.unwrap().is_some(), "409 deletes nothing");
+    assert!(
+        archive.live(&open).await.unwrap().is_some(),
+        "409 deletes nothing"
+    );
 
     let (status, body, _) = admin_delete(&ts, &path, Some(ADMIN)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -575,9 +634,19 @@ async fn lives_are_deleted(b: &Backend) {
     );
     // Replay: 404, not the cached windows; the room lists no live.
     let got = ts.get(&replay_path(&room, &live.id, 0, 2000)).await;
-    assert_error("replay after delete", &got, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        "replay after delete",
+        &got,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let got = ts.get(&format!("/v1/rooms/{room}/replay")).await;
-    assert_error("latest after delete", &got, StatusCode::NOT_FOUND, "not_found");
+    assert_error(
+        "latest after delete",
+        &got,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let (_, lives, _) = ts.get(&format!("/v1/rooms/{room}/lives")).await;
     assert_eq!(lives["lives"], json!([]));
     if let Some(url) = &b.replay_redis {
@@ -700,12 +769,19 @@ async fn services_two_fronts_forget_retracted_and_deleted() {
             assert_eq!(message_ids(&body), ids);
         }
         assert!(
-            node.metric(&pair.http, "danmaku_replay_reads_total{tier=\"cache\"}").await >= 1.0
+            node.metric(&pair.http, "danmaku_replay_reads_total{tier=\"cache\"}")
+                .await
+                >= 1.0
         );
     }
     let victim = ids[7].clone();
     let (status, body) = pair
-        .admin(&pair.a, "DELETE", &format!("/v1/admin/rooms/{room}/messages/{victim}"), None)
+        .admin(
+            &pair.a,
+            "DELETE",
+            &format!("/v1/admin/rooms/{room}/messages/{victim}"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let want: Vec<String> = ids.iter().filter(|id| **id != victim).cloned().collect();
@@ -737,13 +813,20 @@ async fn services_two_fronts_forget_retracted_and_deleted() {
         .unwrap();
     assert!(!members.is_empty(), "refilled by the reads");
     assert!(
-        members.iter().all(|m| !m.contains(&format!("\"id\":\"{victim}\""))),
+        members
+            .iter()
+            .all(|m| !m.contains(&format!("\"id\":\"{victim}\""))),
         "the replay Redis still holds it"
     );
 
     // Deleted on front A: front B's cached windows and live go too.
     let (status, body) = pair
-        .admin(&pair.a, "DELETE", &format!("/v1/admin/lives/{}", live.id), None)
+        .admin(
+            &pair.a,
+            "DELETE",
+            &format!("/v1/admin/lives/{}", live.id),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["deleted"]["messages"], 40, "retracted rows too");
@@ -753,7 +836,10 @@ async fn services_two_fronts_forget_retracted_and_deleted() {
         if status == StatusCode::NOT_FOUND {
             break;
         }
-        assert!(Instant::now() < deadline, "front B still serves the deleted live");
+        assert!(
+            Instant::now() < deadline,
+            "front B still serves the deleted live"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -185,18 +185,13 @@ pub fn ration_by_second<T>(
             .iter()
             .position(|m| at(m).0 != second)
             .map_or(items.len(), |p| i + p);
-        let count = |p: Priority| {
-            items[i..end]
-                .iter()
-                .filter(|m| at(m).1 == p)
-                .count()
-        };
+        let count = |p: Priority| items[i..end].iter().filter(|m| at(m).1 == p).count();
         let budget = rules.budget_per_s as usize;
         let high_share = rules.high_budget() as usize;
         let high_wanted = count(Priority::High);
         let high_in_share = high_wanted.min(high_share);
-        let low_taken = count(Priority::Low)
-            .min(rules.low_budget() as usize + (high_share - high_in_share));
+        let low_taken =
+            count(Priority::Low).min(rules.low_budget() as usize + (high_share - high_in_share));
         let high_taken = high_wanted.min(budget.saturating_sub(low_taken));
         let (mut high_left, mut low_left) = (high_taken, low_taken);
         for (k, m) in keep[i..end].iter_mut().zip(&items[i..end]) {
@@ -308,9 +303,28 @@ mod tests {
         // Second 1: 1 high, 5 low → low takes the unused high share (3 low).
         // Second 2: 5 high, no low → high takes low's unused share (4 high).
         let items: Vec<(u64, Priority)> = [
-            (0, 2), (0, 0), (0, 1), (0, 2), (0, 1), (0, 0), (0, 2), (0, 1), (0, 2), (0, 2),
-            (0, 0), (1, 2), (1, 1), (1, 2), (1, 2), (1, 2), (1, 2), (2, 1), (2, 1), (2, 1),
-            (2, 1), (2, 1),
+            (0, 2),
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (0, 1),
+            (0, 0),
+            (0, 2),
+            (0, 1),
+            (0, 2),
+            (0, 2),
+            (0, 0),
+            (1, 2),
+            (1, 1),
+            (1, 2),
+            (1, 2),
+            (1, 2),
+            (1, 2),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
         ]
         .iter()
         .map(|&(s, k)| (s, p(k)))

@@ -12,9 +12,9 @@ use super::extract::{parse_json, RawBody, RoomPath};
 use super::guard::require_admin;
 use super::routes::Routes;
 use super::state::{AdminState, AppState};
+use crate::archive::Live;
 use crate::config::Config;
 use crate::control::Control;
-use crate::archive::Live;
 use crate::error::ApiError;
 use crate::replay::{archive_error, LiveDeletion, Replay};
 use crate::rooms::{patch_fields, RoomSettings, RoomSettingsPatch, RoomState};
@@ -167,14 +167,12 @@ async fn delete_live(
             "unknown_live",
             "no such live",
         )),
-        LiveDeletion::Open(live) => {
-            conflict(
-                "live_open",
-                "the live is still on; end it first",
-                &live,
-                false,
-            )
-        }
+        LiveDeletion::Open(live) => conflict(
+            "live_open",
+            "the live is still on; end it first",
+            &live,
+            false,
+        ),
         LiveDeletion::NotArchived(live) => conflict(
             "live_not_archived",
             "the live's archive is still being written; try again shortly",

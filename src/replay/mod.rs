@@ -289,7 +289,7 @@ impl Replay {
         let unchanged = || self.forgets.load(Ordering::Acquire) == generation;
         let (live, start) = (key.0.as_str(), key.1);
         let end = start.saturating_add(self.config.replay_window_ms);
-        let rows = match self.from_redis(live, start, end).await {
+        let rows = match self.read_redis(live, start, end).await {
             Some(rows) => rows,
             None => {
                 self.metrics.replay_archive_queries.inc();
@@ -331,7 +331,7 @@ impl Replay {
 
     /// The whole window from the replay Redis; `None` when it does not hold
     /// it (or fails: the archive answers then).
-    async fn from_redis(&self, live: &str, start: u64, end: u64) -> Option<Vec<ArchivedMessage>> {
+    async fn read_redis(&self, live: &str, start: u64, end: u64) -> Option<Vec<ArchivedMessage>> {
         match self.redis.as_ref()?.read(live, start, end).await {
             Ok(Some(rows)) => {
                 self.metrics

@@ -29,7 +29,7 @@ impl Replay {
             .get_with((live.id.clone(), start), Default::default)
             .fetch_add(1, Ordering::Relaxed)
             + 1;
-        if readers % threshold != 0 {
+        if !readers.is_multiple_of(threshold) {
             return;
         }
         let starts = windows_ahead(
@@ -72,6 +72,9 @@ mod tests {
         assert_eq!(windows_ahead(8000, 1000, 4, 10_000), [9000, 10_000]);
         assert_eq!(windows_ahead(10_000, 1000, 2, 10_000), Vec::<u64>::new());
         assert_eq!(windows_ahead(0, 1000, 0, 10_000), Vec::<u64>::new());
-        assert_eq!(windows_ahead(u64::MAX - 5, 1000, 2, u64::MAX), Vec::<u64>::new());
+        assert_eq!(
+            windows_ahead(u64::MAX - 5, 1000, 2, u64::MAX),
+            Vec::<u64>::new()
+        );
     }
 }

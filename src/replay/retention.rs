@@ -23,7 +23,10 @@ const SWEEP_BATCH: usize = 100;
 /// What deleting one live found.
 #[derive(Debug)]
 pub enum LiveDeletion {
-    Deleted { live: Live, messages: u64 },
+    Deleted {
+        live: Live,
+        messages: u64,
+    },
     /// No such live.
     Unknown,
     /// The live is still on: end it first.
