@@ -2,6 +2,7 @@
 //! windows (read through `crate::replay`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -15,6 +16,7 @@ use super::routes::Routes;
 use super::state::{AppState, ArchiveState};
 use crate::archive::Live;
 use crate::config::Config;
+use crate::control::Control;
 use crate::error::ApiError;
 use crate::replay::{archive_error, Replay};
 use crate::rooms::RoomDirectory;
@@ -50,6 +52,7 @@ struct ReplayState {
     config: Arc<Config>,
     replay: Arc<Replay>,
     rooms: Arc<RoomDirectory>,
+    control: Arc<Control>,
 }
 
 impl FromRef<AppState> for ReplayState {
@@ -58,9 +61,13 @@ impl FromRef<AppState> for ReplayState {
             config: s.config.clone(),
             replay: s.replay.clone(),
             rooms: s.rooms.clone(),
+            control: s.control.clone(),
         }
     }
 }
+
+/// How long a replay read waits for its room's settings to load.
+const ROOM_LOAD_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,15 +93,21 @@ async fn replay(
     ApiQuery(q): ApiQuery<ReplayQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The room's settings, loaded if this node has not yet (once; kept
+    // current by the control plane's notices): every front rations by the
+    // same rules. Unreachable: the defaults, as the live does meanwhile
+    // (replay keeps answering while the control plane is away).
+    match tokio::time::timeout(ROOM_LOAD_WAIT, s.control.room(&room)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(room, error = %e, "replay: room settings not loaded; defaults")
+        }
+        Err(_) => tracing::debug!(room, "replay: room settings slow to load; defaults"),
+    }
+    let rules = s.rooms.rules(&room, 0);
     let body = s
         .replay
-        .read(
-            &room,
-            q.live.as_deref(),
-            q.from_ms,
-            q.to_ms,
-            &s.rooms.rules(&room, 0),
-        )
+        .read(&room, q.live.as_deref(), q.from_ms, q.to_ms, &rules)
         .await?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
     let cache_control = HeaderValue::from_str(&s.config.archive.replay_cache_control)
