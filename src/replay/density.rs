@@ -35,8 +35,8 @@ pub(super) fn ration(
     rules: &RationRules,
     rows: Vec<ArchivedMessage>,
 ) -> (Vec<ArchivedMessage>, u64) {
-    // No second can be over budget: nothing to parse.
-    if rows.len() <= rules.budget_per_s as usize {
+    // No second over budget (the common case): nothing to parse.
+    if busiest_second(&rows) <= rules.budget_per_s as usize {
         return (rows, 0);
     }
     let at: Vec<(u64, Priority)> = rows
@@ -52,6 +52,14 @@ pub(super) fn ration(
         .collect();
     let shed = (before - kept.len()) as u64;
     (kept, shed)
+}
+
+/// Messages in the fullest second of offset (`rows` by offset).
+fn busiest_second(rows: &[ArchivedMessage]) -> usize {
+    rows.chunk_by(|a, b| a.offset_ms / 1000 == b.offset_ms / 1000)
+        .map(<[_]>::len)
+        .max()
+        .unwrap_or(0)
 }
 
 /// A stored message's priority (from its JSON; the archive keeps no column
@@ -103,6 +111,19 @@ mod tests {
         assert_eq!(shed, 8);
         // Deterministic: the same input, the same selection.
         assert_eq!(ration(&rules, rows).0, kept);
+    }
+
+    #[test]
+    fn a_window_with_no_second_over_budget_is_whole() {
+        let rules = RationRules {
+            budget_per_s: 2,
+            high_share: 0.5,
+            max_lag_ms: 5000,
+        };
+        // 6 low over 3 seconds, 2 a second: at the budget, nothing shed.
+        let rows: Vec<_> = (0..6).map(|i| row(i + 1, i * 500, "low")).collect();
+        assert_eq!(busiest_second(&rows), 2);
+        assert_eq!(ration(&rules, rows.clone()), (rows, 0));
     }
 
     #[test]
