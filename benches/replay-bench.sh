@@ -36,6 +36,7 @@ start() { # port, extra env...
 seed() { # the archived live, straight into MariaDB (after the first server migrated it)
   local t0=$(( $(date +%s) * 1000 - 3600000 ))
   mariadb --no-defaults -uroot -h127.0.0.1 -P"$MYSQL_PORT" --protocol=tcp danmaku_test <<SQL
+SET SESSION max_recursive_iterations = 100000;
 INSERT INTO lives (id, room, started_at, ended_at, archived_through_seq, archived_at)
   VALUES ('$LIVE', '$ROOM', $t0, $t0 + 600001, 10000, $t0 + 600002);
 INSERT INTO live_messages (live_id, seq, offset_ms, ts, body, msg_id)
@@ -63,7 +64,7 @@ bench() { # label port
   curl -s -o /dev/null "http://127.0.0.1:$2/v1/rooms/$ROOM/replay?live=$LIVE&from_ms=0&to_ms=1"
   local t0 t1 ok bytes
   t0=$(date +%s.%N)
-  curl -s -Z --parallel-max 16 -K "$DIR/urls.$2" -w '%{http_code} %{size_download}\n' > "$DIR/out.$2"
+  curl -s --no-progress-meter -Z --parallel-max 16 -K "$DIR/urls.$2" -w '%{http_code} %{size_download}\n' > "$DIR/out.$2"
   t1=$(date +%s.%N)
   ok=$(grep -c '^200 ' "$DIR/out.$2" || true); bytes=$(awk '{s+=$2} END {print s}' "$DIR/out.$2")
   echo "$1: $N requests ($ok x 200, $((bytes / N)) B each) in $(echo "$t1 - $t0" | bc) s = $(echo "$N / ($t1 - $t0)" | bc) req/s"
