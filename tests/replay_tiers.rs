@@ -357,8 +357,10 @@ async fn hot_replays_are_prefetched(b: &Backend) {
 
     // 81 more (100 within a window's length): windows 1 and 2 (at most 2
     // ahead) are loaded before the viewers reach window 1.
-    let reached_at = Instant::now() + Duration::from_millis(WINDOW_MS);
     viewers(81, 0).await;
+    // At 1x playback, the viewers reach window 1 one window length after
+    // they read window 0.
+    let reached_at = Instant::now() + Duration::from_millis(WINDOW_MS);
     loop {
         if metric(&ts, "danmaku_replay_prefetched_total").await >= 2.0 {
             break;
