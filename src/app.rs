@@ -161,6 +161,14 @@ impl Server {
             ));
             control.start(stopping.clone()).await;
         }
+        // Archive retention, and deleted lives' replay caches (fronts).
+        if role != Role::Processor {
+            tokio::spawn(replay.clone().follow(
+                control.clone(),
+                role.runs_front().then(|| control.subscribe()),
+                stopping.clone(),
+            ));
+        }
         let state = AppState(Arc::new(AppInner {
             auth: Arc::new(Authenticator::new(&config.auth)),
             ingest: Arc::new(

@@ -308,6 +308,8 @@ async fn replay_server_with(
         // be none) while they are counted.
         c.fanout.presence_interval_ms = 600_000;
         c.store.control_catch_up_ms = 600_000;
+        // 10 000 messages in ~2 s: no per-viewer rationing (density) here.
+        c.ration.budget_tiers = vec![(0, 1_000_000)];
         adjust(c);
     })
     .await
@@ -393,6 +395,10 @@ async fn mysql_archive_replay_uses_its_tiers() {
         (max / 2, max / 2 + 700),
         (max - 10, max + 5000),
     ];
+    // A first replay read loads the room's settings (control plane, once).
+    let _ = ts
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"))
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = redis_calls(&redis_url).await;
     let before_by = redis_calls_by_command(&redis_url).await;
@@ -446,6 +452,9 @@ async fn mysql_archive_replay_uses_its_tiers() {
     // A second front (cold cache) gets the windows from the replay Redis.
     let ts2 = replay_server(&redis_url, &proxied, &mysql_url).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // its start-up connections
+    let _ = ts2
+        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"))
+        .await;
     let before_by = redis_calls_by_command(&redis_url).await;
     let (status, body, _) = ts2
         .get(&format!(

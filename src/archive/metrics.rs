@@ -30,6 +30,18 @@ pub struct ArchiveMetrics {
     /// Archiver failures by step (list: which lives; write: rows; finish:
     /// end markers).
     pub archive_errors: IntCounterVec,
+    /// Replay window reads that waited for another read's load of the same
+    /// window (single flight) instead of loading it themselves.
+    pub replay_coalesced: IntCounter,
+    /// Windows a front loaded ahead of a hot replay's viewers.
+    pub replay_prefetched: IntCounter,
+    /// Window reads served from the front cache by a prefetched window.
+    pub replay_prefetch_hits: IntCounter,
+    /// Messages a window leaves out by density control (per-viewer budget).
+    pub replay_rationed: IntCounter,
+    /// Lives deleted (retention sweep or the admin route), and their messages.
+    pub archive_deleted_lives: IntCounter,
+    pub archive_deleted_messages: IntCounter,
 }
 
 impl Default for ArchiveMetrics {
@@ -118,6 +130,54 @@ impl ArchiveMetrics {
                 IntCounterVec::new(
                     Opts::new("danmaku_archive_errors_total", "Archiver errors"),
                     &["op"],
+                )
+                .unwrap(),
+            ),
+            replay_coalesced: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_coalesced_total",
+                    "Replay window reads that shared another read's load",
+                )
+                .unwrap(),
+            ),
+            replay_prefetched: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_prefetched_total",
+                    "Replay windows loaded ahead of a hot replay's viewers",
+                )
+                .unwrap(),
+            ),
+            replay_prefetch_hits: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_prefetch_hits_total",
+                    "Replay window reads served by a prefetched window",
+                )
+                .unwrap(),
+            ),
+            replay_rationed: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_replay_rationed_total",
+                    "Messages left out of replay windows by density control",
+                )
+                .unwrap(),
+            ),
+            archive_deleted_lives: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_archive_deleted_lives_total",
+                    "Lives deleted from the archive (retention or admin)",
+                )
+                .unwrap(),
+            ),
+            archive_deleted_messages: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_archive_deleted_messages_total",
+                    "Messages deleted from the archive with their lives",
                 )
                 .unwrap(),
             ),

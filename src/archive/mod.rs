@@ -137,6 +137,16 @@ pub trait Archive: Send + Sync + 'static {
     async fn count(&self, live_id: &str) -> Result<u64, ArchiveError>;
 
     async fn ping(&self) -> Result<(), ArchiveError>;
+
+    /// Ended lives with `ended_at < before` (unix ms), oldest end first:
+    /// what retention (`archive.retain_days`) deletes.
+    async fn ended_before(&self, before: u64, limit: usize) -> Result<Vec<Live>, ArchiveError>;
+
+    /// Deletes a live and its messages (retracted ones too), messages first
+    /// and in bounded chunks, the live's row last: an interrupted delete
+    /// leaves the live listed, and deleting again finishes it. Answers the
+    /// number of messages deleted.
+    async fn delete_live(&self, live_id: &str) -> Result<u64, ArchiveError>;
 }
 
 /// Connects the configured engine and applies its migrations.

@@ -513,6 +513,54 @@ impl Archive for SqlArchive {
             .map(|_| ())
             .map_err(unavailable)
     }
+
+    async fn ended_before(&self, before: u64, limit: usize) -> Result<Vec<Live>, ArchiveError> {
+        let q = format!(
+            "SELECT {LIVE_COLUMNS} FROM lives WHERE ended_at IS NOT NULL AND ended_at < ? \
+             ORDER BY ended_at LIMIT ?"
+        );
+        let rows = sqlx::query(&q)
+            .bind(int(before))
+            .bind(int(limit as u64))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(live_from)
+            .collect::<Result<_, _>>()
+            .map_err(unavailable)
+    }
+
+    async fn delete_live(&self, live_id: &str) -> Result<u64, ArchiveError> {
+        // Bounded chunks: a two-hour live of a big room is millions of rows,
+        // too many for one transaction (lock time, undo log).
+        let chunk = match self.engine {
+            Engine::MySql => "DELETE FROM live_messages WHERE live_id = ? LIMIT 5000",
+            Engine::Sqlite => {
+                "DELETE FROM live_messages WHERE rowid IN \
+                 (SELECT rowid FROM live_messages WHERE live_id = ? LIMIT 5000)"
+            }
+        };
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(chunk)
+                .bind(live_id)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+            deleted += done;
+            if done == 0 {
+                break;
+            }
+        }
+        sqlx::query("DELETE FROM lives WHERE id = ?")
+            .bind(live_id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(deleted)
+    }
 }
 
 #[cfg(test)]

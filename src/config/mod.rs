@@ -397,6 +397,17 @@ pub struct ArchiveConfig {
     pub replay_redis_ttl_s: u64,
     /// `Cache-Control` of replay responses.
     pub replay_cache_control: String,
+    /// A replay window read by this many requests on a front within one
+    /// window's length is hot: the front loads the next window(s) into its
+    /// cache ahead of the viewers (0 = no prefetch).
+    pub prefetch_viewers: u32,
+    /// Most windows loaded ahead (one more per `prefetch_viewers` readers).
+    pub prefetch_max_windows: u32,
+    /// Lives ended more than this many days ago are deleted with their
+    /// messages (0 = kept forever).
+    pub retain_days: u64,
+    /// How often a node sweeps for expired lives (only when `retain_days` > 0).
+    pub retain_sweep_ms: u64,
 }
 
 impl Config {
@@ -560,6 +571,9 @@ impl Config {
         }
         if archive.replay_max_span_ms < archive.replay_window_ms {
             bail!("archive.replay_max_span_ms must be at least archive.replay_window_ms");
+        }
+        if archive.retain_days > 0 && archive.retain_sweep_ms == 0 {
+            bail!("archive.retain_sweep_ms must be at least 1 when archive.retain_days is set");
         }
         if axum::http::HeaderValue::from_str(&archive.replay_cache_control).is_err() {
             bail!("archive.replay_cache_control is not a valid header value");

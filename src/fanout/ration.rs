@@ -164,6 +164,55 @@ pub fn ration_catch_up(rules: &RationRules, messages: Vec<StoredMessage>) -> Vec
     out
 }
 
+/// Stateless rationing of an archived stretch (a replay window), per second
+/// of `at(item).0` (offset): whitelist all, using no budget; high up to its
+/// share; low up to its share plus what high left of its share (the live's
+/// rollover); then high over its share takes what low left (in the live it
+/// would have waited for a later share; replay shows it at its own offset).
+/// So per second high + low stay within the budget, low is shed first.
+/// Returns which items to keep (a pure function of the rules and the
+/// priorities: every front keeps the same ones).
+pub fn ration_by_second<T>(
+    rules: &RationRules,
+    items: &[T],
+    at: impl Fn(&T) -> (u64, Priority),
+) -> Vec<bool> {
+    let mut keep = vec![false; items.len()];
+    let mut i = 0;
+    while i < items.len() {
+        let second = at(&items[i]).0;
+        let end = items[i..]
+            .iter()
+            .position(|m| at(m).0 != second)
+            .map_or(items.len(), |p| i + p);
+        let count = |p: Priority| items[i..end].iter().filter(|m| at(m).1 == p).count();
+        let budget = rules.budget_per_s as usize;
+        let high_share = rules.high_budget() as usize;
+        let high_wanted = count(Priority::High);
+        let high_in_share = high_wanted.min(high_share);
+        let low_taken =
+            count(Priority::Low).min(rules.low_budget() as usize + (high_share - high_in_share));
+        let high_taken = high_wanted.min(budget.saturating_sub(low_taken));
+        let (mut high_left, mut low_left) = (high_taken, low_taken);
+        for (k, m) in keep[i..end].iter_mut().zip(&items[i..end]) {
+            let left = match at(m).1 {
+                Priority::Whitelist => {
+                    *k = true;
+                    continue;
+                }
+                Priority::High => &mut high_left,
+                Priority::Low => &mut low_left,
+            };
+            if *left > 0 {
+                *left -= 1;
+                *k = true;
+            }
+        }
+        i = end;
+    }
+    keep
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +294,65 @@ mod tests {
         assert_eq!(out.len(), 5);
     }
 
+    #[test]
+    fn replay_seconds_keep_whitelist_then_high_then_low() {
+        let r = rules(4, 0.5); // high 2, low 2
+        let p = |k: u8| [Priority::Whitelist, Priority::High, Priority::Low][k as usize];
+        // Second 0: 3 whitelist, 3 high, 5 low → all whitelist, 2 high + 2 low
+        // in their shares, and nothing left for the third high.
+        // Second 1: 1 high, 5 low → low takes the unused high share (3 low).
+        // Second 2: 5 high, no low → high takes low's unused share (4 high).
+        let items: Vec<(u64, Priority)> = [
+            (0, 2),
+            (0, 0),
+            (0, 1),
+            (0, 2),
+            (0, 1),
+            (0, 0),
+            (0, 2),
+            (0, 1),
+            (0, 2),
+            (0, 2),
+            (0, 0),
+            (1, 2),
+            (1, 1),
+            (1, 2),
+            (1, 2),
+            (1, 2),
+            (1, 2),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+        ]
+        .iter()
+        .map(|&(s, k)| (s, p(k)))
+        .collect();
+        let keep = ration_by_second(&r, &items, |m| *m);
+        let kept = |second: u64, prio: Priority| {
+            items
+                .iter()
+                .zip(&keep)
+                .filter(|(m, k)| **k && m.0 == second && m.1 == prio)
+                .count()
+        };
+        assert_eq!(
+            [Priority::Whitelist, Priority::High, Priority::Low].map(|p| kept(0, p)),
+            [3, 2, 2]
+        );
+        assert_eq!([kept(1, Priority::High), kept(1, Priority::Low)], [1, 3]);
+        assert_eq!(kept(2, Priority::High), 4);
+        // The first ones of each bucket are kept (in order).
+        let low0: Vec<bool> = items
+            .iter()
+            .zip(&keep)
+            .filter(|(m, _)| m.0 == 0 && m.1 == Priority::Low)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(low0, [true, true, false, false, false]);
+    }
+
     proptest! {
         /// Over any stream of ticks: whitelist always delivered at once; high
         /// never dropped unless expired; per window, high ≤ its share and
@@ -288,6 +396,38 @@ mod tests {
             }
             let waiting = rat.high_backlog.len() as u64;
             prop_assert_eq!(high_in, high_out + high_expired + waiting);
+        }
+
+        /// Replay rationing: per second whitelist all kept, high + low within
+        /// the budget, low kept only when every high of its second is, and
+        /// no budget left unused while something was shed.
+        #[test]
+        fn replay_rationing_rules_hold(
+            budget in 0u32..40,
+            share in 0.0f64..=1.0,
+            items in proptest::collection::vec((0u64..5, 0u8..3), 0..200),
+        ) {
+            let r = RationRules { budget_per_s: budget, high_share: share, max_lag_ms: 5000 };
+            let mut items: Vec<(u64, Priority)> = items.into_iter()
+                .map(|(s, k)| (s, [Priority::Whitelist, Priority::High, Priority::Low][k as usize]))
+                .collect();
+            items.sort_by_key(|m| m.0);
+            let keep = ration_by_second(&r, &items, |m| *m);
+            for second in 0..5 {
+                let of = |p: Priority| items.iter().zip(&keep)
+                    .filter(move |(m, _)| m.0 == second && m.1 == p);
+                prop_assert!(of(Priority::Whitelist).all(|(_, k)| *k));
+                let high_kept = of(Priority::High).filter(|(_, k)| **k).count();
+                let low_kept = of(Priority::Low).filter(|(_, k)| **k).count();
+                let shed = of(Priority::High).chain(of(Priority::Low)).filter(|(_, k)| !**k).count();
+                prop_assert!(high_kept + low_kept <= budget as usize);
+                if low_kept > 0 {
+                    prop_assert!(high_kept >= of(Priority::High).count().min(r.high_budget() as usize));
+                }
+                if shed > 0 {
+                    prop_assert_eq!(high_kept + low_kept, budget as usize);
+                }
+            }
         }
     }
 }

@@ -1,14 +1,22 @@
-//! Room settings (admin bearer token). Off — 404 — unless a token is set.
+//! Room settings and archived lives' deletion (admin bearer token). Off —
+//! 404 — unless a token is set.
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::extract::{parse_json, RawBody, RoomPath};
 use super::guard::require_admin;
 use super::routes::Routes;
-use super::state::AdminState;
+use super::state::{AdminState, AppState};
+use crate::archive::Live;
+use crate::config::Config;
+use crate::control::Control;
 use crate::error::ApiError;
+use crate::replay::{archive_error, LiveDeletion, Replay};
 use crate::rooms::{patch_fields, RoomSettings, RoomSettingsPatch, RoomState};
 use crate::store::control::Notice;
 
@@ -18,6 +26,7 @@ pub(super) fn routes() -> Routes {
         .get(settings, get_settings)
         .put(settings, patch_settings)
         .patch(settings, patch_settings)
+        .delete("/v1/admin/lives/{live_id}", delete_live)
 }
 
 #[derive(serde::Serialize)]
@@ -96,4 +105,79 @@ async fn patch_settings(
     let state = s.control.room(&room).await.map_err(unavailable)?;
     tracing::info!(room, by = "operator", set = ?change.set.iter().map(|(k, _)| k).collect::<Vec<_>>(), cleared = ?change.clear, "room settings updated");
     Ok(Json(view(&s, room, &state)))
+}
+
+/// Deleting lives: the archive, and the control plane to tell every node.
+#[derive(Clone)]
+struct LivesAdminState {
+    config: Arc<Config>,
+    replay: Arc<Replay>,
+    control: Arc<Control>,
+}
+
+impl FromRef<AppState> for LivesAdminState {
+    fn from_ref(s: &AppState) -> LivesAdminState {
+        LivesAdminState {
+            config: s.config.clone(),
+            replay: s.replay.clone(),
+            control: s.control.clone(),
+        }
+    }
+}
+
+/// `DELETE /v1/admin/lives/{live_id}`: deletes an ended, archived live's
+/// messages and the live, and its replay caches on every node. 200 `{"live",
+/// "deleted": {"messages"}}`; 404 `unknown_live`; 409 `live_open` (end it
+/// first) or `live_not_archived` (its archive is still being written), with
+/// the live.
+async fn delete_live(
+    State(s): State<LivesAdminState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&s.config.auth.admin_token, &headers)?;
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::bad_request(
+            "bad_live",
+            "a live id is 1-64 visible ASCII characters",
+        ));
+    }
+    let conflict = |code, message: &str, live: &Live, retry: bool| {
+        let e = ApiError::new(StatusCode::CONFLICT, code, message);
+        let mut body = e.body();
+        body["live"] = live.view();
+        let mut res = (StatusCode::CONFLICT, Json(body)).into_response();
+        if retry {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        }
+        Ok(res)
+    };
+    match s.replay.delete_live(&id).await.map_err(archive_error)? {
+        LiveDeletion::Deleted { live, messages } => {
+            crate::replay::announce(&s.control, &live).await;
+            Ok(Json(serde_json::json!({
+                "live": live.view(),
+                "deleted": {"messages": messages},
+            }))
+            .into_response())
+        }
+        LiveDeletion::Unknown => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_live",
+            "no such live",
+        )),
+        LiveDeletion::Open(live) => conflict(
+            "live_open",
+            "the live is still on; end it first",
+            &live,
+            false,
+        ),
+        LiveDeletion::NotArchived(live) => conflict(
+            "live_not_archived",
+            "the live's archive is still being written; try again shortly",
+            &live,
+            true,
+        ),
+    }
 }

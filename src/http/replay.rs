@@ -1,7 +1,10 @@
 //! Viewers' reads of archived lives: the list of a room's lives and replay
 //! windows (read through `crate::replay`).
 
-use axum::extract::State;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,10 +13,13 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{if_none_match, ApiQuery, RoomPath};
 use super::routes::Routes;
-use super::state::ArchiveState;
+use super::state::{AppState, ArchiveState};
 use crate::archive::Live;
+use crate::config::Config;
+use crate::control::Control;
 use crate::error::ApiError;
-use crate::replay::archive_error;
+use crate::replay::{archive_error, Replay};
+use crate::rooms::RoomDirectory;
 
 pub(super) fn routes() -> Routes {
     Routes::new()
@@ -40,6 +46,29 @@ async fn lives(
         .into_response())
 }
 
+/// Replay reads: the archive side, and the room's rules for density.
+#[derive(Clone)]
+struct ReplayState {
+    config: Arc<Config>,
+    replay: Arc<Replay>,
+    rooms: Arc<RoomDirectory>,
+    control: Arc<Control>,
+}
+
+impl FromRef<AppState> for ReplayState {
+    fn from_ref(s: &AppState) -> ReplayState {
+        ReplayState {
+            config: s.config.clone(),
+            replay: s.replay.clone(),
+            rooms: s.rooms.clone(),
+            control: s.control.clone(),
+        }
+    }
+}
+
+/// How long a replay read waits for its room's settings to load.
+const ROOM_LOAD_WAIT: Duration = Duration::from_millis(200);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReplayQuery {
@@ -55,15 +84,30 @@ struct ReplayQuery {
 /// messages with `A <= offset_ms < B`, by (offset_ms, seq). Default live: the
 /// room's latest archived one; default window: `[0, replay_window_ms)` from A.
 /// The body never changes once archived: strong ETag, 304 on `If-None-Match`.
+/// Density: each viewer gets what the room's per-viewer budget allows (the
+/// room's `budget_per_s` if set, else the live's budget for the smallest
+/// rooms, `ration.budget_tiers`): the same on every front, whoever watches.
 async fn replay(
-    State(s): State<ArchiveState>,
+    State(s): State<ReplayState>,
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<ReplayQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // The room's settings, loaded if this node has not yet (once; kept
+    // current by the control plane's notices): every front rations by the
+    // same rules. Unreachable: the defaults, as the live does meanwhile
+    // (replay keeps answering while the control plane is away).
+    match tokio::time::timeout(ROOM_LOAD_WAIT, s.control.room(&room)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(room, error = %e, "replay: room settings not loaded; defaults")
+        }
+        Err(_) => tracing::debug!(room, "replay: room settings slow to load; defaults"),
+    }
+    let rules = s.rooms.rules(&room, 0);
     let body = s
         .replay
-        .read(&room, q.live.as_deref(), q.from_ms, q.to_ms)
+        .read(&room, q.live.as_deref(), q.from_ms, q.to_ms, &rules)
         .await?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
     let cache_control = HeaderValue::from_str(&s.config.archive.replay_cache_control)

@@ -21,6 +21,8 @@ pub enum Notice {
     Ban { room: String, user: String },
     /// Messages were retracted: tell the room's viewers, drop them from caches.
     Retract { room: String, ids: Vec<String> },
+    /// A live of `room` was deleted from the archive: drop its replay caches.
+    LiveDeleted { room: String, live: String },
     /// A kind this node does not know (sent by a newer node).
     #[serde(other)]
     Unknown,
@@ -32,7 +34,8 @@ impl Notice {
             Notice::Settings { room }
             | Notice::Mutes { room }
             | Notice::Ban { room, .. }
-            | Notice::Retract { room, .. } => Some(room),
+            | Notice::Retract { room, .. }
+            | Notice::LiveDeleted { room, .. } => Some(room),
             Notice::Unknown => None,
         }
     }
@@ -43,6 +46,7 @@ impl Notice {
             Notice::Mutes { .. } => "mutes",
             Notice::Ban { .. } => "ban",
             Notice::Retract { .. } => "retract",
+            Notice::LiveDeleted { .. } => "live_deleted",
             Notice::Unknown => "unknown",
         }
     }
