@@ -191,6 +191,9 @@ async fn embedded_live_longer_than_the_store_keeps_is_replayed_whole() {
         c.auth.admin_token = ADMIN.into();
         c.store.max_per_bucket = 50;
         c.store.max_age_s = 5;
+        // Replay rations a flood like the live did (tests/replay_tiers.rs);
+        // this test counts every archived message, so nothing is rationed.
+        c.ration.budget_tiers = vec![(0, 1_000_000)];
         c.archive.settle_ms = 100;
         c.archive.batch_size = 200;
         c.archive.replay_window_ms = 60_000;
@@ -326,6 +329,8 @@ async fn two_fronts_start_on_one_end_on_the_other() {
         &[
             ("DANMAKU_ARCHIVE_URL", archive.as_str()),
             ("DANMAKU_ARCHIVE__SETTLE_MS", "100"),
+            // Replays whole, unrationed: the test counts every message.
+            ("DANMAKU_RATION__BUDGET_TIERS", "0:1000000"),
             ("DANMAKU_INGEST__USER_RATE_PER_S", "100000"),
             ("DANMAKU_INGEST__USER_BURST", "100000"),
         ],
@@ -422,6 +427,8 @@ impl Cluster {
             ("DANMAKU_ADMIN_TOKEN", ADMIN),
             // The live store keeps 50 a bucket and 5 s: far less than a live.
             ("DANMAKU_STORE__MAX_PER_BUCKET", "50"),
+            // Replays whole, unrationed: the test counts every message.
+            ("DANMAKU_RATION__BUDGET_TIERS", "0:1000000"),
             ("DANMAKU_STORE__MAX_AGE_S", "5"),
             ("DANMAKU_ARCHIVE__COPIER", "false"),
             ("DANMAKU_ARCHIVE__SETTLE_MS", "500"),
