@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
+use super::deflate::{deflate_text_frame, WsDeflate, WsEncoding};
 use crate::message::{Priority, StoredMessage};
 
 pub struct Frame {
@@ -57,6 +58,11 @@ pub struct Encoded {
     /// The whole WebSocket text frame (header and payload): server frames
     /// are unmasked, so these bytes suit every viewer.
     pub ws_frame: Bytes,
+    /// The same frame compressed (permessage-deflate, RSV1), made when a
+    /// viewer that negotiated it first needs it, so only rooms with such
+    /// viewers pay, once per frame; `None` inside: sent plain (too small,
+    /// or compressing saved nothing). See [`Encoded::ws_frame_for`].
+    ws_deflated: OnceLock<Option<Bytes>>,
 }
 
 impl Encoded {
@@ -85,10 +91,30 @@ impl Encoded {
         let json = ws_frame.slice(header..);
         Encoded {
             ws_frame,
+            ws_deflated: OnceLock::new(),
             count,
             ws_text: Utf8Bytes::try_from(json.clone()).expect("JSON is UTF-8"),
             json,
             sse: Bytes::from(sse),
+        }
+    }
+}
+
+impl Encoded {
+    /// The whole WebSocket frame for a viewer: compressed if it negotiated
+    /// permessage-deflate (`deflate`) and the frame is worth compressing.
+    /// `deflate` is the process's one setting, so the first caller's choice
+    /// holds for every viewer.
+    pub fn ws_frame_for(&self, deflate: Option<WsDeflate>) -> (&Bytes, WsEncoding) {
+        let Some(cfg) = deflate else {
+            return (&self.ws_frame, WsEncoding::Plain);
+        };
+        match self
+            .ws_deflated
+            .get_or_init(|| deflate_text_frame(&self.json, cfg))
+        {
+            Some(bytes) => (bytes, WsEncoding::Deflate),
+            None => (&self.ws_frame, WsEncoding::Plain),
         }
     }
 }
@@ -199,7 +225,13 @@ pub fn with_retracted(mut batch: Vec<u8>, ids: &[String]) -> Vec<u8> {
 
 /// The header of an unmasked, final WebSocket text frame of `len` bytes.
 pub fn ws_text_header(out: &mut Vec<u8>, len: usize) {
-    out.push(0x81);
+    ws_header(out, 0x81, len);
+}
+
+/// The header of an unmasked WebSocket frame of `len` bytes whose first
+/// byte (FIN, RSV bits, opcode) is `first`.
+pub fn ws_header(out: &mut Vec<u8>, first: u8, len: usize) {
+    out.push(first);
     match len {
         n if n < 126 => out.push(n as u8),
         n if n <= u16::MAX as usize => {
