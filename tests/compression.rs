@@ -265,6 +265,31 @@ fn text(i: usize) -> String {
 }
 
 async fn post_many(t: &TestServer, room: &str, token: &str, from: usize, n: usize) {
+    post_texts(t, room, token, from, n, text).await
+}
+
+/// Text that hardly compresses: fills a stalled viewer's socket as fast as
+/// plain frames do.
+fn noise(i: usize) -> String {
+    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (0..190)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[(x % 62) as usize])
+        })
+        .collect()
+}
+
+async fn post_texts(
+    t: &TestServer,
+    room: &str,
+    token: &str,
+    from: usize,
+    n: usize,
+    text: fn(usize) -> String,
+) {
     for i in from..from + n {
         let (s, body, _) = t.post_danmaku(room, token, &format!("m{i}"), &text(i)).await;
         assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
@@ -402,7 +427,7 @@ async fn a_stalled_compressing_viewer_is_handed_back_and_taken_over_again() {
     while t.metric(detach).await < 1.0 {
         assert!(total < 60_000, "no backlog detach after {total} messages");
         let posters: Vec<_> = (0..8)
-            .map(|p| post_many(&t, &room, &token, total + p * 250, 250))
+            .map(|p| post_texts(&t, &room, &token, total + p * 250, 250, noise))
             .collect();
         futures_util::future::join_all(posters).await;
         total += 8 * 250;
