@@ -417,4 +417,48 @@ mod tests {
         input.extend([FIN | RSV1 | OP_TEXT, 1, b'z']);
         assert_eq!(run(&input, 4), (input.clone(), false));
     }
+
+    proptest::proptest! {
+        /// Any byte stream comes out the same however it is cut into reads.
+        #[test]
+        fn the_output_does_not_depend_on_how_reads_cut_the_input(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            chunk in 1usize..40,
+        ) {
+            let whole = run(&input, input.len().max(1));
+            proptest::prop_assert_eq!(run(&input, chunk), whole);
+        }
+
+        /// Messages compressed or not, fragmented anyhow, come out as
+        /// tungstenite expects them: one plain masked frame per compressed
+        /// message, plain frames untouched.
+        #[test]
+        fn compressed_messages_round_trip(
+            messages in proptest::collection::vec(
+                (proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::bool::ANY, 1usize..4),
+                1..6,
+            ),
+            chunk in 1usize..64,
+        ) {
+            let mut input = Vec::new();
+            let mut want = Vec::new();
+            for (text, compress, pieces) in &messages {
+                if *compress {
+                    let z = deflate(text);
+                    let size = z.len().div_ceil(*pieces).max(1);
+                    let parts: Vec<&[u8]> = if z.is_empty() { vec![&z[..]] } else { z.chunks(size).collect() };
+                    for (i, part) in parts.iter().enumerate() {
+                        let fin = if i + 1 == parts.len() { FIN } else { 0 };
+                        let first = if i == 0 { RSV1 | OP_BINARY } else { OP_CONTINUATION };
+                        input.extend(frame(fin | first, part));
+                    }
+                    want.extend(plain(FIN | OP_BINARY, text));
+                } else {
+                    input.extend(frame(FIN | OP_BINARY, text));
+                    want.extend(frame(FIN | OP_BINARY, text));
+                }
+            }
+            proptest::prop_assert_eq!(run(&input, chunk), (want, false));
+        }
+    }
 }
