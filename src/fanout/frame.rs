@@ -344,6 +344,33 @@ mod tests {
     }
 
     #[test]
+    fn the_compressed_frame_is_made_once_and_shared() {
+        let m = |seq: u64| StoredMessage {
+            seq,
+            priority: Priority::High,
+            ts: 1,
+            id: seq.to_string(),
+            json: Bytes::from(format!(r#"{{"seq":{seq},"text":"主播太强了 gg wp"}}"#)),
+        };
+        let messages: Vec<StoredMessage> = (1..=20).map(m).collect();
+        let f = Frame::encode("r1", Arc::from("e1"), 0, 20, &messages);
+        let cfg = WsDeflate {
+            min_bytes: 256,
+            level: 6,
+        };
+        assert_eq!(f.full.ws_frame_for(None), (&f.full.ws_frame, WsEncoding::Plain));
+        let (a, encoding) = f.full.ws_frame_for(Some(cfg));
+        assert_eq!(encoding, WsEncoding::Deflate);
+        assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
+        assert!(a.len() * 3 < f.full.ws_frame.len(), "{} vs {}", a.len(), f.full.ws_frame.len());
+        let (b, _) = f.full.ws_frame_for(Some(cfg));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same shared bytes");
+        let small = Frame::encode("r1", Arc::from("e1"), 0, 1, &messages[..1]);
+        let (bytes, encoding) = small.full.ws_frame_for(Some(cfg));
+        assert_eq!((bytes, encoding), (&small.full.ws_frame, WsEncoding::Plain), "under min_bytes");
+    }
+
+    #[test]
     fn a_retract_frame_in_every_framing() {
         let ids = vec!["a1".to_string(), "b\"2".to_string()];
         let f = Frame::retract("r1", Arc::from("e1"), 7, &ids);
