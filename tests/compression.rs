@@ -57,7 +57,9 @@ impl RawWs {
             socket.set_recv_buffer_size(size).unwrap();
         }
         let mut tcp = socket.connect(addr).await.unwrap();
-        let ext = offer.map_or(String::new(), |o| format!("Sec-WebSocket-Extensions: {o}\r\n"));
+        let ext = offer.map_or(String::new(), |o| {
+            format!("Sec-WebSocket-Extensions: {o}\r\n")
+        });
         let req = format!(
             "GET /v1/rooms/{room}/ws{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -277,7 +279,10 @@ fn noise(i: usize) -> String {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            char::from(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"[(x % 62) as usize])
+            char::from(
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                    [(x % 62) as usize],
+            )
         })
         .collect()
 }
@@ -291,13 +296,18 @@ async fn post_texts(
     text: fn(usize) -> String,
 ) {
     for i in from..from + n {
-        let (s, body, _) = t.post_danmaku(room, token, &format!("m{i}"), &text(i)).await;
+        let (s, body, _) = t
+            .post_danmaku(room, token, &format!("m{i}"), &text(i))
+            .await;
         assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
     }
 }
 
 fn seq_list(messages: &[Value]) -> Vec<u64> {
-    messages.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+    messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +339,10 @@ async fn offering_clients_get_compressed_frames_and_the_others_plain_ones() {
         Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover")
     );
     assert_eq!(plain.extensions, None, "no offer, no extension");
-    assert_eq!(narrow.extensions, None, "a window under 15 bits is declined");
+    assert_eq!(
+        narrow.extensions, None,
+        "a window under 15 bits is declined"
+    );
     assert_eq!(
         window_15.extensions.as_deref(),
         Some(
@@ -353,7 +366,11 @@ async fn offering_clients_get_compressed_frames_and_the_others_plain_ones() {
     }
     assert!(browser.compressed > 0, "the browser got compressed frames");
     assert!(window_15.compressed > 0);
-    assert_eq!((plain.compressed, narrow.compressed), (0, 0), "no RSV1 without the extension");
+    assert_eq!(
+        (plain.compressed, narrow.compressed),
+        (0, 0),
+        "no RSV1 without the extension"
+    );
     assert!(
         browser.wire_bytes * 2 < plain.wire_bytes,
         "compressed {} bytes vs plain {}",
@@ -363,8 +380,13 @@ async fn offering_clients_get_compressed_frames_and_the_others_plain_ones() {
     let deflated = t
         .wait_metric(r#"danmaku_ws_bytes_total{encoding="deflate"}"#, 1.0, WAIT)
         .await;
-    let plain_bytes = t.metric(r#"danmaku_ws_bytes_total{encoding="plain"}"#).await;
-    assert!(deflated > 0.0 && plain_bytes > deflated, "{deflated} / {plain_bytes}");
+    let plain_bytes = t
+        .metric(r#"danmaku_ws_bytes_total{encoding="plain"}"#)
+        .await;
+    assert!(
+        deflated > 0.0 && plain_bytes > deflated,
+        "{deflated} / {plain_bytes}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +421,11 @@ async fn compressed_frames_from_the_viewers_task_too() {
         assert_eq!(seq_list(&got), (from..from + 20).collect::<Vec<u64>>());
     }
     assert!(v.compressed > 0, "compressed frames from the task");
-    assert_eq!(t.metric(r#"danmaku_direct_writes_total{result="written"}"#).await, 0.0);
+    assert_eq!(
+        t.metric(r#"danmaku_direct_writes_total{result="written"}"#)
+            .await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,8 +448,12 @@ async fn a_stalled_compressing_viewer_is_handed_back_and_taken_over_again() {
     post_many(&t, &room, &token, 0, 20).await;
     let first = stalled.collect(20, WAIT).await;
     assert_eq!(seq_list(&first), (1..=20).collect::<Vec<u64>>());
-    t.wait_metric(r#"danmaku_direct_writes_total{result="written"}"#, 1.0, WAIT)
-        .await;
+    t.wait_metric(
+        r#"danmaku_direct_writes_total{result="written"}"#,
+        1.0,
+        WAIT,
+    )
+    .await;
 
     // It reads nothing until the hub hands it back (backlog full).
     let mut total = 20;
@@ -433,7 +463,9 @@ async fn a_stalled_compressing_viewer_is_handed_back_and_taken_over_again() {
             let m = t.metrics().await;
             let lines: Vec<&str> = m
                 .lines()
-                .filter(|l| l.contains("direct_") || l.contains("slow_consumer") || l.contains("ws_bytes"))
+                .filter(|l| {
+                    l.contains("direct_") || l.contains("slow_consumer") || l.contains("ws_bytes")
+                })
                 .collect();
             panic!("no backlog detach after {total} messages: {lines:#?}");
         }
@@ -454,7 +486,9 @@ async fn a_stalled_compressing_viewer_is_handed_back_and_taken_over_again() {
 
     // In step again: the hub takes it over and writes compressed frames.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = t.metric(r#"danmaku_direct_writes_total{result="written"}"#).await;
+    let before = t
+        .metric(r#"danmaku_direct_writes_total{result="written"}"#)
+        .await;
     let compressed_before = stalled.compressed;
     post_many(&t, &room, &token, total, 40).await;
     let tail = stalled.collect(40, WAIT).await;
@@ -464,7 +498,11 @@ async fn a_stalled_compressing_viewer_is_handed_back_and_taken_over_again() {
     );
     assert!(stalled.compressed > compressed_before);
     let after = t
-        .wait_metric(r#"danmaku_direct_writes_total{result="written"}"#, before + 1.0, WAIT)
+        .wait_metric(
+            r#"danmaku_direct_writes_total{result="written"}"#,
+            before + 1.0,
+            WAIT,
+        )
         .await;
     assert!(after > before, "the hub writes to it again");
 }
@@ -504,7 +542,10 @@ async fn a_compressed_send_is_acked_and_stored() {
     };
     assert_eq!(pong["type"], "pong");
     let stored = t.wait_stored(&room, 2).await;
-    assert_eq!(texts(&stored), vec!["压缩的弹幕 compressed 1", "压缩的弹幕 compressed 2"]);
+    assert_eq!(
+        texts(&stored),
+        vec!["压缩的弹幕 compressed 1", "压缩的弹幕 compressed 2"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

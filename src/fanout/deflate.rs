@@ -121,7 +121,10 @@ mod tests {
         assert_eq!(frame[0], 0xC1, "FIN, RSV1, text");
         let (hdr, len) = match frame[1] {
             126 => (4, u16::from_be_bytes([frame[2], frame[3]]) as usize),
-            127 => (10, u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize),
+            127 => (
+                10,
+                u64::from_be_bytes(frame[2..10].try_into().unwrap()) as usize,
+            ),
             n => (2, n as usize),
         };
         assert_eq!(frame.len(), hdr + len);

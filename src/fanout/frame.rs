@@ -358,16 +358,28 @@ mod tests {
             min_bytes: 256,
             level: 6,
         };
-        assert_eq!(f.full.ws_frame_for(None), (&f.full.ws_frame, WsEncoding::Plain));
+        assert_eq!(
+            f.full.ws_frame_for(None),
+            (&f.full.ws_frame, WsEncoding::Plain)
+        );
         let (a, encoding) = f.full.ws_frame_for(Some(cfg));
         assert_eq!(encoding, WsEncoding::Deflate);
         assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
-        assert!(a.len() * 3 < f.full.ws_frame.len(), "{} vs {}", a.len(), f.full.ws_frame.len());
+        assert!(
+            a.len() * 3 < f.full.ws_frame.len(),
+            "{} vs {}",
+            a.len(),
+            f.full.ws_frame.len()
+        );
         let (b, _) = f.full.ws_frame_for(Some(cfg));
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same shared bytes");
         let small = Frame::encode("r1", Arc::from("e1"), 0, 1, &messages[..1]);
         let (bytes, encoding) = small.full.ws_frame_for(Some(cfg));
-        assert_eq!((bytes, encoding), (&small.full.ws_frame, WsEncoding::Plain), "under min_bytes");
+        assert_eq!(
+            (bytes, encoding),
+            (&small.full.ws_frame, WsEncoding::Plain),
+            "under min_bytes"
+        );
     }
 
     #[test]

@@ -16,12 +16,12 @@ use serde::Deserialize;
 use super::{ConnGuard, Viewers};
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
+use crate::fanout::deflate::{WsDeflate, WsEncoding};
 use crate::fanout::direct::socket::SharedSocket;
 use crate::fanout::direct::task_side::{
     backlog_waiting, flush, follow_attach, next_event, request_direct, send_in_order, switch,
     DirectSlot, Event, Outgoing, Sent, Source,
 };
-use crate::fanout::deflate::{WsDeflate, WsEncoding};
 use crate::fanout::direct::DirectViewer;
 use crate::fanout::feed::{FeedEvent, ViewerFeed};
 use crate::ingest::DanmakuRequest;

@@ -10,7 +10,8 @@
 //! parameter it does not know or a value out of the grammar.
 
 /// The answer to an accepted offer.
-pub const ACCEPT: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+pub const ACCEPT: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 /// The answer to an accepted offer that named `server_max_window_bits=15`
 /// (§7.1.2.1: the server must then answer with the parameter).
 pub const ACCEPT_WINDOW_15: &str = "permessage-deflate; server_no_context_takeover; \
@@ -19,7 +20,9 @@ pub const ACCEPT_WINDOW_15: &str = "permessage-deflate; server_no_context_takeov
 /// The `Sec-WebSocket-Extensions` answer for the header values `offers`
 /// (each a comma-separated list of offers, in the client's preference);
 /// `None`: no permessage-deflate offer the server can accept.
-pub fn accept_permessage_deflate<'a>(offers: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+pub fn accept_permessage_deflate<'a>(
+    offers: impl IntoIterator<Item = &'a str>,
+) -> Option<&'static str> {
     offers
         .into_iter()
         .flat_map(|value| value.split(','))
@@ -78,8 +81,7 @@ fn unquote(v: &str) -> Option<&str> {
 
 /// A window-bits value: 8 to 15, digits only, no leading zero.
 fn window_bits(v: &str) -> Option<u8> {
-    if v.is_empty() || v.len() > 2 || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit())
-    {
+    if v.is_empty() || v.len() > 2 || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let n: u8 = v.parse().ok()?;
@@ -96,9 +98,15 @@ mod tests {
 
     #[test]
     fn browsers_and_plain_offers_are_accepted() {
-        assert_eq!(answer("permessage-deflate; client_max_window_bits"), Some(ACCEPT));
+        assert_eq!(
+            answer("permessage-deflate; client_max_window_bits"),
+            Some(ACCEPT)
+        );
         assert_eq!(answer("permessage-deflate"), Some(ACCEPT));
-        assert_eq!(answer("Permessage-Deflate ;Client_Max_Window_Bits=10"), Some(ACCEPT));
+        assert_eq!(
+            answer("Permessage-Deflate ;Client_Max_Window_Bits=10"),
+            Some(ACCEPT)
+        );
         assert_eq!(
             answer("permessage-deflate; server_no_context_takeover; client_no_context_takeover"),
             Some(ACCEPT)
@@ -111,12 +119,24 @@ mod tests {
 
     #[test]
     fn offers_the_server_cannot_keep_are_declined() {
-        assert_eq!(answer("permessage-deflate; server_max_window_bits=10"), None);
+        assert_eq!(
+            answer("permessage-deflate; server_max_window_bits=10"),
+            None
+        );
         assert_eq!(answer("permessage-deflate; server_max_window_bits"), None);
-        assert_eq!(answer("permessage-deflate; client_max_window_bits=16"), None);
-        assert_eq!(answer("permessage-deflate; client_max_window_bits=09"), None);
+        assert_eq!(
+            answer("permessage-deflate; client_max_window_bits=16"),
+            None
+        );
+        assert_eq!(
+            answer("permessage-deflate; client_max_window_bits=09"),
+            None
+        );
         assert_eq!(answer("permessage-deflate; x_unknown"), None);
-        assert_eq!(answer("permessage-deflate; server_no_context_takeover=1"), None);
+        assert_eq!(
+            answer("permessage-deflate; server_no_context_takeover=1"),
+            None
+        );
         assert_eq!(
             answer("permessage-deflate; client_max_window_bits; client_max_window_bits"),
             None

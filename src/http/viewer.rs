@@ -17,8 +17,8 @@ use super::routes::Routes;
 use crate::error::ApiError;
 use crate::fanout::deflate::WsDeflate;
 use crate::fanout::feed::ViewerFeed;
-use crate::front::ws_extensions::accept_permessage_deflate;
 use crate::front::poll::PollQuery;
+use crate::front::ws_extensions::accept_permessage_deflate;
 use crate::front::{poll, sse, ws, StreamQuery, Viewers};
 
 pub(super) fn routes() -> Routes {
@@ -81,7 +81,9 @@ async fn ws_handler(
         });
     if let Some(answer) = extension {
         let answer = HeaderValue::from_static(answer);
-        response.headers_mut().insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_EXTENSIONS, answer);
     }
     Ok(response)
 }

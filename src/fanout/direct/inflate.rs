@@ -136,7 +136,12 @@ impl ClientInflate {
                     let take = (*left).min(input.len() as u64) as usize;
                     *left -= take as u64;
                     let payload = &mut self.message.as_mut().expect("collecting").1;
-                    payload.extend(input[..take].iter().enumerate().map(|(i, b)| b ^ mask[(*at + i) & 3]));
+                    payload.extend(
+                        input[..take]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| b ^ mask[(*at + i) & 3]),
+                    );
                     *at = (*at + take) & 3;
                     input = &input[take..];
                     if *left == 0 {
@@ -158,7 +163,9 @@ impl ClientInflate {
         let masked = b1 & 0x80 != 0;
         let len = payload_len(&self.head);
         let mask: [u8; 4] = if masked {
-            self.head[self.head.len() - 4..].try_into().expect("4 bytes")
+            self.head[self.head.len() - 4..]
+                .try_into()
+                .expect("4 bytes")
         } else {
             [0; 4]
         };
@@ -283,7 +290,11 @@ fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
         }
         let (in_before, out_before) = (d.total_in(), d.total_out());
         let status = d
-            .decompress_vec(&input[in_before as usize..], &mut out, FlushDecompress::Sync)
+            .decompress_vec(
+                &input[in_before as usize..],
+                &mut out,
+                FlushDecompress::Sync,
+            )
             .map_err(|_| Refusal::Protocol)?;
         if out.len() > limit {
             return Err(Refusal::TooBig);
@@ -292,7 +303,10 @@ fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, Refusal> {
         let moved = d.total_in() != in_before || d.total_out() != out_before;
         // Done at the stream's end, or with every byte in and room left over
         // (nothing more to come out); stuck without progress: truncated.
-        if status == Status::StreamEnd || (all_in && out.len() < out.capacity()) || !moved && out.len() < out.capacity() {
+        if status == Status::StreamEnd
+            || (all_in && out.len() < out.capacity())
+            || !moved && out.len() < out.capacity()
+        {
             return Ok(out);
         }
     }
@@ -363,7 +377,11 @@ mod tests {
         want.extend(frame(FIN | 0x9, b"p"));
         want.extend(plain(FIN | OP_TEXT, &big));
         for chunk in [1, 2, 3, 7, 64, 4096] {
-            assert_eq!(run(&input, chunk), (want.clone(), false), "chunks of {chunk}");
+            assert_eq!(
+                run(&input, chunk),
+                (want.clone(), false),
+                "chunks of {chunk}"
+            );
         }
     }
 
@@ -377,7 +395,10 @@ mod tests {
         masked_header(&mut want, FIN | OP_TEXT, LIMIT as u64 + 1);
         assert_eq!(out, want);
         // Exactly the limit still passes.
-        let (out, refused) = run(&frame(FIN | RSV1 | OP_TEXT, &deflate(&vec![b'a'; LIMIT])), 100);
+        let (out, refused) = run(
+            &frame(FIN | RSV1 | OP_TEXT, &deflate(&vec![b'a'; LIMIT])),
+            100,
+        );
         assert!(!refused);
         assert_eq!(payload_len(&out), LIMIT as u64);
     }
