@@ -316,6 +316,13 @@ pub struct FanoutConfig {
     /// Bytes a WebSocket may queue for a slow reader; past it the hub stops
     /// writing to it and the viewer's own task takes over (lite frames, cut).
     pub push_backlog_bytes: usize,
+    /// WebSocket viewers that offer permessage-deflate (RFC 7692) get it:
+    /// each frame is compressed once per room and the bytes shared.
+    pub ws_compression: bool,
+    /// Frames whose JSON is shorter go out uncompressed.
+    pub ws_compression_min_bytes: usize,
+    /// zlib level, 1 (fastest) to 9 (smallest).
+    pub ws_compression_level: u32,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -473,6 +480,9 @@ impl Config {
         }
         if self.fanout.tick_ms == 0 || self.fanout.tick_ms > 10_000 {
             bail!("fanout.tick_ms must be within 1..=10000");
+        }
+        if !(1..=9).contains(&self.fanout.ws_compression_level) {
+            bail!("fanout.ws_compression_level must be within 1..=9");
         }
         if !(0.0..=1.0).contains(&self.ration.high_share) {
             bail!("ration.high_share must be within 0..=1");

@@ -251,6 +251,9 @@ fn account_direct(m: &Metrics, stats: &DirectStats) {
         }
     }
     m.frames_sent.inc_by(stats.written + stats.queued);
+    for (counter, n) in m.ws_bytes.iter().zip(stats.bytes) {
+        counter.inc_by(n);
+    }
     m.delivered
         .with_label_values(&["stream"])
         .inc_by(stats.messages);

@@ -3,11 +3,12 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
+use super::deflate::{deflate_text_frame, WsDeflate, WsEncoding};
 use crate::message::{Priority, StoredMessage};
 
 pub struct Frame {
@@ -57,6 +58,11 @@ pub struct Encoded {
     /// The whole WebSocket text frame (header and payload): server frames
     /// are unmasked, so these bytes suit every viewer.
     pub ws_frame: Bytes,
+    /// The same frame compressed (permessage-deflate, RSV1), made when a
+    /// viewer that negotiated it first needs it, so only rooms with such
+    /// viewers pay, once per frame; `None` inside: sent plain (too small,
+    /// or compressing saved nothing). See [`Encoded::ws_frame_for`].
+    ws_deflated: OnceLock<Option<Bytes>>,
 }
 
 impl Encoded {
@@ -85,10 +91,30 @@ impl Encoded {
         let json = ws_frame.slice(header..);
         Encoded {
             ws_frame,
+            ws_deflated: OnceLock::new(),
             count,
             ws_text: Utf8Bytes::try_from(json.clone()).expect("JSON is UTF-8"),
             json,
             sse: Bytes::from(sse),
+        }
+    }
+}
+
+impl Encoded {
+    /// The whole WebSocket frame for a viewer: compressed if it negotiated
+    /// permessage-deflate (`deflate`) and the frame is worth compressing.
+    /// `deflate` is the process's one setting, so the first caller's choice
+    /// holds for every viewer.
+    pub fn ws_frame_for(&self, deflate: Option<WsDeflate>) -> (&Bytes, WsEncoding) {
+        let Some(cfg) = deflate else {
+            return (&self.ws_frame, WsEncoding::Plain);
+        };
+        match self
+            .ws_deflated
+            .get_or_init(|| deflate_text_frame(&self.json, cfg))
+        {
+            Some(bytes) => (bytes, WsEncoding::Deflate),
+            None => (&self.ws_frame, WsEncoding::Plain),
         }
     }
 }
@@ -199,7 +225,13 @@ pub fn with_retracted(mut batch: Vec<u8>, ids: &[String]) -> Vec<u8> {
 
 /// The header of an unmasked, final WebSocket text frame of `len` bytes.
 pub fn ws_text_header(out: &mut Vec<u8>, len: usize) {
-    out.push(0x81);
+    ws_header(out, 0x81, len);
+}
+
+/// The header of an unmasked WebSocket frame of `len` bytes whose first
+/// byte (FIN, RSV bits, opcode) is `first`.
+pub fn ws_header(out: &mut Vec<u8>, first: u8, len: usize) {
+    out.push(first);
     match len {
         n if n < 126 => out.push(n as u8),
         n if n <= u16::MAX as usize => {
@@ -309,6 +341,45 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
         assert_eq!(v["reset"], true);
         assert_eq!(v["messages"].as_array().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn the_compressed_frame_is_made_once_and_shared() {
+        let m = |seq: u64| StoredMessage {
+            seq,
+            priority: Priority::High,
+            ts: 1,
+            id: seq.to_string(),
+            json: Bytes::from(format!(r#"{{"seq":{seq},"text":"主播太强了 gg wp"}}"#)),
+        };
+        let messages: Vec<StoredMessage> = (1..=20).map(m).collect();
+        let f = Frame::encode("r1", Arc::from("e1"), 0, 20, &messages);
+        let cfg = WsDeflate {
+            min_bytes: 256,
+            level: 6,
+        };
+        assert_eq!(
+            f.full.ws_frame_for(None),
+            (&f.full.ws_frame, WsEncoding::Plain)
+        );
+        let (a, encoding) = f.full.ws_frame_for(Some(cfg));
+        assert_eq!(encoding, WsEncoding::Deflate);
+        assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
+        assert!(
+            a.len() * 3 < f.full.ws_frame.len(),
+            "{} vs {}",
+            a.len(),
+            f.full.ws_frame.len()
+        );
+        let (b, _) = f.full.ws_frame_for(Some(cfg));
+        assert_eq!(a.as_ptr(), b.as_ptr(), "the same shared bytes");
+        let small = Frame::encode("r1", Arc::from("e1"), 0, 1, &messages[..1]);
+        let (bytes, encoding) = small.full.ws_frame_for(Some(cfg));
+        assert_eq!(
+            (bytes, encoding),
+            (&small.full.ws_frame, WsEncoding::Plain),
+            "under min_bytes"
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@
 mod broadcast;
 pub mod cache;
 pub mod combo;
+pub mod deflate;
 pub mod direct;
 pub mod feed;
 pub mod frame;

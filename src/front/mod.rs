@@ -7,6 +7,7 @@ pub mod kicks;
 pub mod poll;
 pub mod sse;
 pub mod ws;
+pub mod ws_extensions;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use super::{ConnGuard, Viewers};
 use crate::auth::ViewerClaims;
 use crate::error::ApiError;
+use crate::fanout::deflate::{WsDeflate, WsEncoding};
 use crate::fanout::direct::socket::SharedSocket;
 use crate::fanout::direct::task_side::{
     backlog_waiting, flush, follow_attach, next_event, request_direct, send_in_order, switch,
@@ -41,12 +42,15 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 
 /// Runs a viewer's session on a socket the HTTP layer upgraded
 /// (`crate::http::viewer`): `raw` is the connection for the hub's direct
-/// writes (`None`: direct writes off), `feed` and `hello` what
-/// `ViewerFeed::open` gave, `viewer` the token's claims if one was given.
+/// writes and for pre-encoded frames (`None`: direct writes off and no
+/// compression), `deflate` whether the viewer negotiated permessage-deflate
+/// (then `raw` is set), `feed` and `hello` what `ViewerFeed::open` gave,
+/// `viewer` the token's claims if one was given.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     socket: WebSocket,
     raw: Option<Arc<SharedSocket>>,
+    deflate: Option<WsDeflate>,
     s: Viewers,
     room: String,
     viewer: Option<ViewerClaims>,
@@ -60,7 +64,7 @@ pub async fn run(
         viewer,
         ip,
     }
-    .run(socket, raw, feed, hello)
+    .run(socket, raw, deflate, feed, hello)
     .await
 }
 
@@ -116,6 +120,7 @@ impl Session {
         mut self,
         socket: WebSocket,
         raw: Option<Arc<SharedSocket>>,
+        deflate: Option<WsDeflate>,
         feed: ViewerFeed,
         hello: String,
     ) {
@@ -129,7 +134,8 @@ impl Session {
         // Pushes are enabled before anything is written on the upgraded
         // socket, so every stack write from here on is taken whole. What the
         // viewer has been sent so far: nothing after the hello.
-        let direct = raw.map(|raw| DirectSlot::open(raw, &feed));
+        let may_attach = self.s.config.fanout.direct_writes;
+        let direct = raw.map(|raw| DirectSlot::open(raw, &feed, deflate, may_attach));
         if !socket.send(Message::Text(hello.into())).await {
             return;
         }
@@ -382,6 +388,10 @@ async fn send_frame(
 ) -> bool {
     let sent = match viewer {
         None => {
+            if let Outgoing::Frame { frame, lite, .. } = &out {
+                let len = frame.encoded(*lite).ws_frame.len();
+                WsEncoding::Plain.count(&socket.metrics, len);
+            }
             if socket.send(Message::Text(out.text())).await {
                 Sent::Yes
             } else {

@@ -239,7 +239,7 @@ impl Acceptor {
         let _ = stream.set_nodelay(true);
         let socket = SharedSocket::new(stream, self.limits.push_backlog_bytes);
         let io = TokioIo::new(CountedStream {
-            io: StackIo(socket.clone()),
+            io: StackIo::new(socket.clone()),
             _slots: ConnectionSlots::new(node_slot, ip_slot, self.metrics.clone()),
         });
         let app = self.app.clone();

@@ -5,7 +5,8 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::SEC_WEBSOCKET_EXTENSIONS;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 
@@ -14,8 +15,10 @@ use super::extract::{header_str, ApiQuery, ClientIp, RoomPath};
 use super::listener::ClientSocket;
 use super::routes::Routes;
 use crate::error::ApiError;
+use crate::fanout::deflate::WsDeflate;
 use crate::fanout::feed::ViewerFeed;
 use crate::front::poll::PollQuery;
+use crate::front::ws_extensions::accept_permessage_deflate;
 use crate::front::{poll, sse, ws, StreamQuery, Viewers};
 
 pub(super) fn routes() -> Routes {
@@ -48,18 +51,41 @@ async fn ws_handler(
     };
     let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
     let hello = serde_json::to_string(&hello).expect("hello serialises");
-    let raw = client
-        .map(|Extension(ClientSocket(raw))| raw)
-        .filter(|_| s.config.fanout.direct_writes);
-    Ok(upgrade
+    let raw = client.map(|Extension(ClientSocket(raw))| raw);
+    // permessage-deflate needs the raw socket: compressed frames are
+    // pre-encoded bytes, and compressed client messages are inflated in its
+    // read path before tungstenite sees them.
+    let extension = raw
+        .as_ref()
+        .filter(|_| s.config.fanout.ws_compression)
+        .and_then(|_| {
+            let offers = headers.get_all(SEC_WEBSOCKET_EXTENSIONS).iter();
+            accept_permessage_deflate(offers.filter_map(|v| v.to_str().ok()))
+        });
+    let deflate = extension.map(|_| WsDeflate {
+        min_bytes: s.config.fanout.ws_compression_min_bytes,
+        level: s.config.fanout.ws_compression_level,
+    });
+    let raw = raw.filter(|_| s.config.fanout.direct_writes || deflate.is_some());
+    if let (Some(raw), Some(_)) = (&raw, deflate) {
+        raw.inflate_client_messages(ws::MAX_READ_MESSAGE);
+    }
+    let mut response = upgrade
         // Small read buffer: tungstenite zero-fills it before every read (BENCHMARKS F1).
         .read_buffer_size(512)
         .max_message_size(ws::MAX_READ_MESSAGE)
         .max_frame_size(ws::MAX_READ_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot; // held for the life of the connection
-            ws::run(socket, raw, s, room, viewer, ip, feed, hello).await
-        }))
+            ws::run(socket, raw, deflate, s, room, viewer, ip, feed, hello).await
+        });
+    if let Some(answer) = extension {
+        let answer = HeaderValue::from_static(answer);
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_EXTENSIONS, answer);
+    }
+    Ok(response)
 }
 
 async fn poll_handler(

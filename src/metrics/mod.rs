@@ -21,6 +21,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `encoding` label of `danmaku_ws_bytes_total`, in the order of
+/// `fanout::deflate::WsEncoding`.
+pub const WS_ENCODINGS: [&str; 2] = ["plain", "deflate"];
+
 /// Series a bounded top-N metric holds at most (`danmaku_top_room_online`).
 pub const TOP_ROOMS: usize = 10;
 
@@ -105,6 +109,12 @@ pub struct Metrics {
     pub control_catchups: IntCounterVec,
     /// Moderation actions (mute, unmute, ban, retract) on this node.
     pub moderation_actions: IntCounterVec,
+    /// Bytes of batch and retract frames written to WebSocket viewers, by
+    /// encoding (`danmaku_ws_bytes_total{encoding="plain"|"deflate"}`),
+    /// indexed as [`WS_ENCODINGS`] (`fanout::deflate::WsEncoding`): wire bytes per delivered message are this
+    /// over `danmaku_delivered_total{transport="stream"}` for WebSocket-only
+    /// rooms.
+    pub ws_bytes: [IntCounter; 2],
 }
 
 impl Metrics {
@@ -450,6 +460,20 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            ws_bytes: {
+                let by_encoding = reg(
+                    &registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "danmaku_ws_bytes_total",
+                            "Bytes of frames written to WebSocket viewers, by encoding",
+                        ),
+                        &["encoding"],
+                    )
+                    .unwrap(),
+                );
+                WS_ENCODINGS.map(|e| by_encoding.with_label_values(&[e]))
+            },
             registry,
         }
     }

@@ -79,6 +79,10 @@ pub struct Common {
     /// Initial read buffer per connection (bytes; grows to fit a frame).
     #[arg(long, default_value_t = 8192)]
     pub read_buf: usize,
+    /// WebSocket viewers offer permessage-deflate (as browsers do) and
+    /// inflate compressed frames; bytes/s and bytes/delivery are wire bytes.
+    #[arg(long)]
+    pub compress: bool,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -123,6 +127,10 @@ pub struct LoadArgs {
     /// Extra characters of text per message (the stamp is ~25).
     #[arg(long, default_value_t = 0)]
     pub text_pad: usize,
+    /// Text after the stamp: a realistic mixed Chinese/English danmaku line
+    /// from a fixed corpus (publisher.rs `CORPUS`) instead of `x` padding.
+    #[arg(long)]
+    pub realistic_text: bool,
     /// Measured window (after warm-up).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub duration: Duration,

@@ -22,6 +22,7 @@
 #![recursion_limit = "256"]
 
 mod cli;
+mod inflate;
 mod net;
 mod procfs;
 mod publisher;

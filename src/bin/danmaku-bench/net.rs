@@ -126,6 +126,8 @@ fn parse_head(d: &[u8], etag: Option<&mut Vec<u8>>) -> io::Result<Option<(Head, 
 pub struct WsFrame {
     pub opcode: u8,
     pub fin: bool,
+    /// Compressed (permessage-deflate; on a message's first frame).
+    pub rsv1: bool,
     pub hdr: usize,
     pub len: usize,
 }
@@ -317,12 +319,19 @@ impl Conn {
     }
 
     /// Sends a WebSocket upgrade for `path` and waits for `101`.
-    pub async fn ws_handshake(&mut self, host: &str, path: &str) -> io::Result<()> {
+    /// The upgrade; `compress`: offer permessage-deflate as browsers do
+    /// (the server may decline; RSV1 on a frame tells).
+    pub async fn ws_handshake(&mut self, host: &str, path: &str, compress: bool) -> io::Result<()> {
         use base64::Engine;
         let key = base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 16]>());
+        let offer = if compress {
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         self.write_all(req.as_bytes()).await?;
         let head = self.read_head().await?;
@@ -390,6 +399,7 @@ fn parse_ws_header(d: &[u8]) -> Option<WsFrame> {
         return None;
     }
     let fin = d[0] & 0x80 != 0;
+    let rsv1 = d[0] & 0x40 != 0;
     let opcode = d[0] & 0x0f;
     let masked = d[1] & 0x80 != 0;
     let (len, mut hdr) = match d[1] & 0x7f {
@@ -415,6 +425,7 @@ fn parse_ws_header(d: &[u8]) -> Option<WsFrame> {
     Some(WsFrame {
         opcode,
         fin,
+        rsv1,
         hdr,
         len,
     })

@@ -26,6 +26,31 @@ pub enum PublishKind {
     System,
 }
 
+/// Danmaku lines as a live room sees them: short, Chinese and English
+/// mixed, emoji, repeats (`--realistic-text`; BENCHMARKS.md "Wire bytes").
+pub const CORPUS: &[&str] = &[
+    "主播太强了！！！",
+    "666666",
+    "哈哈哈哈哈哈哈哈",
+    "gg wp, what a play",
+    "前方高能预警",
+    "这波操作我给满分 👍",
+    "first time here, love the stream",
+    "awsl 太可爱了",
+    "弹幕护体",
+    "LOL that timing 😂",
+    "主播今天几点下播？",
+    "来了来了",
+    "clip it! clip it!",
+    "这是什么神仙操作",
+    "谢谢老板的火箭 🚀",
+    "is this ranked?",
+    "打call打call",
+    "名场面 +1",
+    "好家伙 unbelievable",
+    "下次一定",
+];
+
 pub struct PubConfig {
     pub kind: PublishKind,
     /// Seconds between two sends of one publisher.
@@ -34,6 +59,8 @@ pub struct PubConfig {
     pub gift_secret: String,
     /// Extra text characters after the stamp (message size).
     pub text_pad: usize,
+    /// A line of [`CORPUS`] after the stamp.
+    pub realistic_text: bool,
     /// Distinguishes runs (client_msg_id / Idempotency-Key are never reused).
     pub run_id: String,
 }
@@ -103,6 +130,10 @@ fn request(cfg: &PubConfig, host: &str, token: &str, p: usize, n: u64) -> Vec<u8
         std::str::from_utf8(STAMP).unwrap(),
         now_us()
     );
+    if cfg.realistic_text {
+        text.push(' ');
+        text.push_str(CORPUS[(n as usize * 7 + p) % CORPUS.len()]);
+    }
     text.extend(std::iter::repeat_n('x', cfg.text_pad));
     let id = format!("b{}-{p}-{n}", cfg.run_id);
     match cfg.kind {

@@ -20,6 +20,7 @@ const MEDIAN_FIELDS: &[&str] = &[
     "/messages_per_frame",
     "/frames_per_s",
     "/bytes_per_s",
+    "/bytes_per_delivery",
     "/server_cpu_util",
     "/tool_cpu_util",
     "/poll_responses_per_s",
@@ -246,10 +247,11 @@ pub fn print_load(r: &serde_json::Value) {
         si(f(&r["expected_deliveries"]) / f(&r["window_seconds"]))
     );
     println!(
-        "frames/s         {} ({:.1} messages/frame)   bytes/s {:.1} MB/s",
+        "frames/s         {} ({:.1} messages/frame)   bytes/s {:.1} MB/s ({:.1} bytes/delivery)",
         si(f(&r["frames_per_s"])),
         f(&r["messages_per_frame"]),
-        f(&r["bytes_per_s"]) / 1e6
+        f(&r["bytes_per_s"]) / 1e6,
+        f(&r["bytes_per_delivery"])
     );
     if !r["poll_responses_per_s"].is_null() {
         println!(

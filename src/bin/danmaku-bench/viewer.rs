@@ -48,6 +48,8 @@ pub struct Ctx {
     pub stop_viewers: CancellationToken,
     /// Initial read buffer per connection.
     pub read_buf: usize,
+    /// WebSocket viewers negotiate permessage-deflate.
+    pub compress: bool,
 }
 
 /// One viewer's outcome.
@@ -110,7 +112,7 @@ fn on_json(
 
 async fn open_ws(ctx: &Ctx, i: usize, room: &str) -> std::io::Result<Conn> {
     let mut conn = Conn::connect(&ctx.target, i, ctx.read_buf).await?;
-    conn.ws_handshake(&ctx.target.host, &room_path(room, "ws"))
+    conn.ws_handshake(&ctx.target.host, &room_path(room, "ws"), ctx.compress)
         .await?;
     Ok(conn)
 }
@@ -181,6 +183,8 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
     tokio::pin!(cancelled);
     let mut seqs = Vec::with_capacity(64);
     let mut fragments: Vec<u8> = Vec::new();
+    // The message being reassembled was compressed (RSV1 on its first frame).
+    let mut compressed = false;
     let mut counted = conn.bytes_read;
     loop {
         let f = tokio::select! {
@@ -198,14 +202,26 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
         let payload_at = f.hdr..f.hdr + f.len;
         let mut keep_going = true;
         match f.opcode {
-            OP_TEXT | OP_BINARY if f.fin => {
+            OP_TEXT | OP_BINARY if f.fin && !f.rsv1 => {
                 let json = &conn.data()[payload_at];
                 keep_going = on_json(&ctx, &mut r, json, &mut seqs, sample, true);
             }
             OP_TEXT | OP_BINARY | OP_CONT => {
+                if f.opcode != OP_CONT {
+                    compressed = f.rsv1;
+                }
                 fragments.extend_from_slice(&conn.data()[payload_at]);
                 if f.fin {
-                    let json = std::mem::take(&mut fragments);
+                    let mut json = std::mem::take(&mut fragments);
+                    if compressed {
+                        match crate::inflate::message(&json) {
+                            Ok(plain) => json = plain,
+                            Err(e) => {
+                                r.ended = Some(format!("inflate: {e}"));
+                                break;
+                            }
+                        }
+                    }
                     keep_going = on_json(&ctx, &mut r, &json, &mut seqs, sample, true);
                 }
             }

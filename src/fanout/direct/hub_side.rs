@@ -42,13 +42,16 @@ impl DirectViewer {
         let outcome = if *frame.epoch != *st.epoch || frame.from != st.cursor {
             Err(Detach::OutOfStep)
         } else {
-            match self.socket.push(&frame.full.ws_frame) {
+            let (bytes, encoding) = frame.full.ws_frame_for(self.deflate);
+            match self.socket.push(bytes) {
                 Push::Written => {
                     stats.written += 1;
+                    stats.count_bytes(encoding, bytes.len());
                     Ok(())
                 }
                 Push::Queued => {
                     stats.queued += 1;
+                    stats.count_bytes(encoding, bytes.len());
                     Ok(())
                 }
                 Push::Full => Err(Detach::Backlog),

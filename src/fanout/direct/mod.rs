@@ -33,7 +33,10 @@
 //!   `frame_no` (the hub wrote or skipped them).
 //!
 //! Both writers share one [`socket::SharedSocket`], whose backlog keeps
-//! their bytes in order and never splits a frame.
+//! their bytes in order and never splits a frame. A viewer that negotiated
+//! permessage-deflate is sent each frame's shared compressed bytes by
+//! whichever writer writes (`Encoded::ws_frame_for`), and its compressed
+//! messages are inflated in the socket's read path ([`inflate`]).
 //!
 //! Layout: [`socket`] the shared client socket; `viewer` the per-viewer
 //! state both sides lock; `hub_side` the hub's list and its fan-out;
@@ -41,6 +44,7 @@
 //! sources, sending in order with the hub).
 
 mod hub_side;
+pub mod inflate;
 pub mod socket;
 pub mod task_side;
 mod viewer;

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -18,6 +18,8 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use super::inflate::ClientInflate;
 
 pub struct SharedSocket {
     stream: TcpStream,
@@ -30,6 +32,9 @@ pub struct SharedSocket {
     /// Woken when a push leaves bytes in the backlog: the connection's task
     /// flushes them (see [`SharedSocket::flush_backlog`]).
     pub backlog_waiting: Notify,
+    /// Set (to a message's byte limit) once the connection negotiated
+    /// permessage-deflate: the stack's reads go through a [`ClientInflate`].
+    inflate_limit: AtomicUsize,
 }
 
 /// What became of a pushed frame.
@@ -54,7 +59,16 @@ impl SharedSocket {
             pushes: AtomicBool::new(false),
             backlog_written: AtomicU64::new(0),
             backlog_waiting: Notify::new(),
+            inflate_limit: AtomicUsize::new(0),
         })
+    }
+
+    /// The connection negotiated permessage-deflate: from the next read on,
+    /// compressed client messages reach the stack inflated (at most `limit`
+    /// bytes each). Called before the upgrade's answer is written, so the
+    /// first byte read after it is a frame's first.
+    pub fn inflate_client_messages(&self, limit: usize) {
+        self.inflate_limit.store(limit.max(1), Ordering::Release);
     }
 
     /// Bytes written out of the backlog so far.
@@ -199,7 +213,49 @@ fn append_from(backlog: &mut Vec<u8>, bufs: &[io::IoSlice<'_>], mut skip: usize)
 }
 
 /// The connection stack's handle on a [`SharedSocket`].
-pub struct StackIo(pub Arc<SharedSocket>);
+pub struct StackIo {
+    socket: Arc<SharedSocket>,
+    /// The read path's rewriting of compressed client messages, made at the
+    /// first read after [`SharedSocket::inflate_client_messages`].
+    inflate: Option<Box<ClientInflate>>,
+}
+
+impl StackIo {
+    pub fn new(socket: Arc<SharedSocket>) -> Self {
+        StackIo {
+            socket,
+            inflate: None,
+        }
+    }
+
+    /// A read through the [`ClientInflate`]: what it has ready, else what
+    /// the socket gives, rewritten.
+    fn poll_read_inflated(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let inflate = self.inflate.as_mut().expect("inflating");
+        loop {
+            let ready = inflate.pending();
+            if !ready.is_empty() || buf.remaining() == 0 {
+                let n = ready.len().min(buf.remaining());
+                buf.put_slice(&ready[..n]);
+                inflate.consume(n);
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.socket.stream.poll_read_ready(cx))?;
+            // Client messages are small and rare: a stack buffer will do.
+            let mut raw = [0u8; 2048];
+            match self.socket.stream.try_read(&mut raw) {
+                Ok(0) => return Poll::Ready(Ok(())),
+                Ok(n) => inflate.feed(&raw[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
 
 impl AsyncRead for StackIo {
     fn poll_read(
@@ -207,8 +263,18 @@ impl AsyncRead for StackIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.inflate.is_none() {
+            let limit = this.socket.inflate_limit.load(Ordering::Acquire);
+            if limit > 0 {
+                this.inflate = Some(Box::new(ClientInflate::new(limit)));
+            }
+        }
+        if this.inflate.is_some() {
+            return this.poll_read_inflated(cx, buf);
+        }
         loop {
-            ready!(self.0.stream.poll_read_ready(cx))?;
+            ready!(this.socket.stream.poll_read_ready(cx))?;
             // SAFETY: as tokio's own TcpStream does: read(2) only writes into
             // the buffer, and only the `n` bytes it wrote are marked filled.
             // (Zero-filling hyper's whole read buffer on every read is what
@@ -216,7 +282,7 @@ impl AsyncRead for StackIo {
             let unfilled = unsafe {
                 &mut *(buf.unfilled_mut() as *mut [std::mem::MaybeUninit<u8>] as *mut [u8])
             };
-            match self.0.stream.try_read(unfilled) {
+            match this.socket.stream.try_read(unfilled) {
                 Ok(n) => {
                     // SAFETY: the kernel initialised these `n` bytes.
                     unsafe { buf.assume_init(n) };
@@ -236,7 +302,7 @@ impl AsyncWrite for StackIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write_parts(cx, &[io::IoSlice::new(buf)])
+        self.socket.poll_write_parts(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -244,7 +310,7 @@ impl AsyncWrite for StackIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.0.poll_write_parts(cx, bufs)
+        self.socket.poll_write_parts(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -252,14 +318,14 @@ impl AsyncWrite for StackIo {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.0.poll_flush_backlog(cx)
+        self.socket.poll_flush_backlog(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.0.poll_flush_backlog(cx))?;
+        ready!(self.socket.poll_flush_backlog(cx))?;
         use std::os::fd::AsRawFd;
         // SAFETY: shutdown(2) on a descriptor this socket owns.
-        if unsafe { libc::shutdown(self.0.stream.as_raw_fd(), libc::SHUT_WR) } != 0 {
+        if unsafe { libc::shutdown(self.socket.stream.as_raw_fd(), libc::SHUT_WR) } != 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::NotConnected {
                 return Poll::Ready(Err(e));
@@ -288,7 +354,7 @@ mod tests {
     async fn pushes_and_stack_writes_arrive_whole_and_in_order() {
         let (socket, mut client) = pair(1 << 20).await;
         socket.enable_pushes();
-        let mut stack = StackIo(socket.clone());
+        let mut stack = StackIo::new(socket.clone());
         // Fill the kernel's buffers so later writes queue in the backlog.
         let big = vec![b'a'; 4 << 20];
         let mut pushed = 0usize;

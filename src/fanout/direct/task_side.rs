@@ -12,6 +12,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::socket::{Push, SharedSocket};
 use super::viewer::{Detach, DirectViewer};
+use crate::fanout::deflate::{WsDeflate, WsEncoding};
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 use crate::fanout::frame::ws_text_frame;
 use crate::fanout::{Frame, Hub, HubRegistry, StreamGuard};
@@ -45,17 +46,29 @@ pub enum Sent {
 pub struct DirectSlot {
     pub viewer: Arc<DirectViewer>,
     hub: Option<Arc<Hub>>,
+    /// The hub may take the viewer over (`fanout.direct_writes`); without,
+    /// the slot only keeps the task's own writes in order on the socket (a
+    /// compressing viewer's frames are pre-encoded bytes, which tungstenite
+    /// cannot send).
+    may_attach: bool,
 }
 
 impl DirectSlot {
     /// A slot for a viewer that has been sent nothing after its hello yet.
     /// Enables pushes on `raw`: call it before anything is written on the
     /// upgraded socket, so every stack write from then on is taken whole.
-    pub fn open(raw: Arc<SharedSocket>, feed: &ViewerFeed) -> Self {
+    pub fn open(
+        raw: Arc<SharedSocket>,
+        feed: &ViewerFeed,
+        deflate: Option<WsDeflate>,
+        may_attach: bool,
+    ) -> Self {
         raw.enable_pushes();
         DirectSlot {
+            may_attach,
             viewer: Arc::new(DirectViewer::new(
                 raw,
+                deflate,
                 feed.epoch().clone(),
                 feed.cursor_before_pending(),
                 feed.frame_no(),
@@ -127,15 +140,18 @@ impl Outgoing<'_> {
         }
     }
 
-    /// As the bytes of a whole WebSocket frame (the path the hub shares).
-    fn ws_frame(&self) -> Cow<'_, [u8]> {
+    /// As the bytes of a whole WebSocket frame (the path the hub shares),
+    /// compressed if the viewer negotiated it (a hello never is: it is
+    /// small, and RSV1 is per message).
+    fn ws_frame(&self, deflate: Option<WsDeflate>) -> (Cow<'_, [u8]>, WsEncoding) {
         match self {
             Outgoing::Frame { frame, lite, .. } => {
-                Cow::Borrowed(&frame.encoded(*lite).ws_frame[..])
+                let (bytes, encoding) = frame.encoded(*lite).ws_frame_for(deflate);
+                (Cow::Borrowed(&bytes[..]), encoding)
             }
             Outgoing::Hello(h) => {
                 let text = serde_json::to_vec(h).expect("hello serialises");
-                Cow::Owned(ws_text_frame(&text))
+                (Cow::Owned(ws_text_frame(&text)), WsEncoding::Plain)
             }
         }
     }
@@ -155,7 +171,7 @@ pub fn follow_attach(source: &mut Source, viewer: &DirectViewer) {
 /// Asks the hub to write to the viewer itself, once it is in step.
 pub fn request_direct(slot: &mut DirectSlot, source: &Source) {
     let Source::Feed(feed) = source else { return };
-    if !feed.in_step() || slot.viewer.socket.backlog_len() > 0 {
+    if !slot.may_attach || !feed.in_step() || slot.viewer.socket.backlog_len() > 0 {
         return;
     }
     if slot
@@ -271,7 +287,7 @@ pub async fn send_in_order(
     // viewer's cursor once it has these bytes.
     let frame_no = out.frame_no();
     let cursor_after = out.cursor_after(feed);
-    let bytes = out.ws_frame();
+    let (bytes, encoding) = out.ws_frame(viewer.deflate);
     loop {
         {
             let mut st = viewer.lock();
@@ -290,6 +306,9 @@ pub async fn send_in_order(
             }
             match viewer.socket.push(&bytes) {
                 Push::Written | Push::Queued => {
+                    if matches!(out, Outgoing::Frame { .. }) {
+                        encoding.count(metrics, bytes.len());
+                    }
                     st.cursor = cursor_after;
                     st.epoch = feed.epoch().clone();
                     st.frame_no = feed.frame_no();

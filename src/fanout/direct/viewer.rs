@@ -8,9 +8,13 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::socket::SharedSocket;
+use crate::fanout::deflate::{WsDeflate, WsEncoding};
 
 pub struct DirectViewer {
     pub socket: Arc<SharedSocket>,
+    /// The viewer negotiated permessage-deflate: both writers send it each
+    /// frame's shared compressed bytes (`Encoded::ws_frame_for`).
+    pub deflate: Option<WsDeflate>,
     pub(super) state: Mutex<DirectState>,
     pub(super) attached: AtomicBool,
     /// Woken when the hub attaches or detaches this viewer.
@@ -71,12 +75,27 @@ pub struct DirectStats {
     pub queued: u64,
     pub messages: u64,
     pub detached: [u64; 3],
+    /// Bytes written (or queued) by encoding, in the order of `WsEncoding::ALL`.
+    pub bytes: [u64; 2],
+}
+
+impl DirectStats {
+    pub fn count_bytes(&mut self, encoding: WsEncoding, n: usize) {
+        self.bytes[encoding as usize] += n as u64;
+    }
 }
 
 impl DirectViewer {
-    pub fn new(socket: Arc<SharedSocket>, epoch: Arc<str>, cursor: u64, frame_no: u64) -> Self {
+    pub fn new(
+        socket: Arc<SharedSocket>,
+        deflate: Option<WsDeflate>,
+        epoch: Arc<str>,
+        cursor: u64,
+        frame_no: u64,
+    ) -> Self {
         DirectViewer {
             socket,
+            deflate,
             state: Mutex::new(DirectState {
                 epoch,
                 cursor,

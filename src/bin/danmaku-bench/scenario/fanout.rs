@@ -225,6 +225,8 @@ pub async fn run_load(
         "frames_per_s": frames / secs,
         "messages_per_frame": (frames > 0.0).then(|| deliveries / frames),
         "bytes_per_s": bytes / secs,
+        "bytes_per_delivery": (deliveries > 0.0).then(|| bytes / deliveries),
+        "compress": ctx.compress,
         "poll_responses_per_s": (spec.transport == Transport::Poll).then(|| responses / secs),
         "server_cpu_seconds": server_cpu.map(|c| c.0),
         "server_cpu_user_seconds": server_cpu.map(|c| c.1),

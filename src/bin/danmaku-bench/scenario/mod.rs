@@ -149,6 +149,7 @@ pub fn new_ctx(common: &Common, target: Target, latency_every: usize) -> Arc<Ctx
         connect_timeout: common.connect_timeout,
         stop_viewers: CancellationToken::new(),
         read_buf: common.read_buf,
+        compress: common.compress,
     })
 }
 
@@ -207,6 +208,7 @@ impl Publishers {
                 rooms: rooms.to_vec(),
                 gift_secret: load.gift_secret.clone(),
                 text_pad: load.text_pad,
+                realistic_text: load.realistic_text,
                 run_id: run_id.to_string(),
             });
             for (p, token) in tokens.into_iter().enumerate() {
