@@ -58,9 +58,9 @@ stop_pipeline() {
 if [ "$what" = ingest ] || [ "$what" = all ]; then
   start_pipeline benches/fanout.toml
   for rate in ${RATES:-1000 2000 4000 8000}; do
-    echo "== ingest at $rate msg/s (1 viewer, 16 publishers, ${DURATION:-60s})"
+    echo "== ingest at $rate msg/s (1 viewer, ${PUBLISHERS:-16} publishers, ${DURATION:-60s})"
     "$T/danmaku-bench" \
-      fanout --url "http://127.0.0.1:$front_port" --server-pid "$front_pid" --quiet --room "ingest-$rate" --viewers 1 --publishers 16 --rate "$rate" \
+      fanout --url "http://127.0.0.1:$front_port" --server-pid "$front_pid" --quiet --room "ingest-$rate" --viewers 1 --publishers "${PUBLISHERS:-16}" --rate "$rate" \
       --duration "${DURATION:-60s}" --warmup 2s --drain 5s || true
   done
   stop_pipeline

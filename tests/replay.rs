@@ -397,7 +397,9 @@ async fn mysql_archive_replay_uses_its_tiers() {
     ];
     // A first replay read loads the room's settings (control plane, once).
     let _ = ts
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"
+        ))
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = redis_calls(&redis_url).await;
@@ -453,7 +455,9 @@ async fn mysql_archive_replay_uses_its_tiers() {
     let ts2 = replay_server(&redis_url, &proxied, &mysql_url).await;
     tokio::time::sleep(Duration::from_millis(500)).await; // its start-up connections
     let _ = ts2
-        .get(&format!("/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"))
+        .get(&format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms=0&to_ms=1"
+        ))
         .await;
     let before_by = redis_calls_by_command(&redis_url).await;
     let (status, body, _) = ts2
