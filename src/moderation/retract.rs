@@ -5,8 +5,9 @@
 //! 1. takes it out of the live store (`LiveStore::retract`): every later read
 //!    by cursor, catch-up and small-room snapshot omits it;
 //! 2. keeps it in the archive, marked (audit): a message retracted while the
-//!    live is on is archived now (the archiver, copying from the live store,
-//!    will not see it), and replay reads omit marked rows;
+//!    live is on is archived now, marked (the archiver's later insert of
+//!    the same row from the stored log is ignored), and replay reads omit
+//!    marked rows;
 //! 3. publishes the cluster's `retract` notice.
 //!
 //! Every node — this one included, through the same notice, so each applies
