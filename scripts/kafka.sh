@@ -161,7 +161,9 @@ logger.request.level = warn
 EOF
   if [ ! -f "$dir/data/meta.properties" ]; then
     local cluster_id
-    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')"
+    # base64 of 16 random bytes without '+' and '/' (nor the base64url '-'
+    # and '_'): an id starting with '-' reads as an option to the tool.
+    cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' 'AB' | tr -d '=')"
     "$java" -Xmx256m -cp "$cache/libs/*" \
       -Dlog4j2.configurationFile="$dir/log4j2.properties" \
       kafka.tools.StorageTool format --cluster-id "$cluster_id" \
