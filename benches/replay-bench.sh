@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 start() { # port, extra env...
   local port=$1; shift
-  env DANMAKU_LISTEN=127.0.0.1:$port DANMAKU_ARCHIVE_URL=$MYSQL DANMAKU_ARCHIVE__COPIER=false \
+  env DANMAKU_LISTEN=127.0.0.1:$port DANMAKU_ARCHIVE_URL=$MYSQL DANMAKU_ARCHIVE__RUN_ARCHIVER=false \
       DANMAKU_LOG=warn "$@" "$BIN" serve >"$DIR/$port.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return; sleep 0.1; done

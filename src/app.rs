@@ -62,7 +62,7 @@ impl Role {
 
     fn runs_archiver(self, config: &Config) -> bool {
         match self {
-            Role::Serve => config.archive.copier,
+            Role::Serve => config.archive.run_archiver,
             Role::Archiver => true,
             _ => false,
         }

@@ -29,7 +29,7 @@ enum Command {
     Front,
     /// Bus → store processor role only (needs a shared bus and store).
     Processor,
-    /// Live → archive copier role only (needs a shared store and archive).
+    /// The archiver role only: stored log → archive (needs a shared store and archive).
     Archiver,
     /// Validate the config (file + environment, as `serve` loads it) and print
     /// it as TOML, secrets redacted; exit 2 naming the bad key. Connects to nothing.

@@ -223,26 +223,13 @@ async fn embedded_live_is_archived_and_replayed() {
 // ---- services: live Redis, replay Redis, MariaDB --------------------------
 
 fn services() -> Option<(String, String, String)> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    match (
-        get("DANMAKU_TEST_REDIS_URL"),
-        get("DANMAKU_TEST_REPLAY_REDIS_URL"),
-        get("DANMAKU_TEST_MYSQL_URL"),
-    ) {
-        (Some(r), Some(rr), Some(m)) => Some((r, rr, m)),
-        _ => {
-            assert!(
-                std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL / \
-                 DANMAKU_TEST_REPLAY_REDIS_URL / DANMAKU_TEST_MYSQL_URL are not set"
-            );
-            eprintln!(
-                "skipping: set DANMAKU_TEST_REDIS_URL, DANMAKU_TEST_REPLAY_REDIS_URL and \
-                 DANMAKU_TEST_MYSQL_URL"
-            );
-            None
-        }
-    }
+    let urls = common::procs::service_urls(&[
+        "DANMAKU_TEST_REDIS_URL",
+        "DANMAKU_TEST_REPLAY_REDIS_URL",
+        "DANMAKU_TEST_MYSQL_URL",
+    ])?;
+    let [live, replay, mysql] = <[String; 3]>::try_from(urls).ok()?;
+    Some((live, replay, mysql))
 }
 
 fn host_port(url: &str) -> String {
@@ -300,7 +287,7 @@ async fn replay_server_with(
         c.store.replay_redis_url = replay_redis;
         c.store.max_per_bucket = 20_000;
         c.archive.url = mysql;
-        c.archive.copier = false; // the test writes the archive itself
+        c.archive.run_archiver = false; // the test writes the archive itself
         c.archive.replay_window_ms = 500;
         // Presence exchanges and the control plane's catch-up check are
         // this front's only periodic live-Redis traffic; far apart, so that

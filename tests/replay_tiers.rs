@@ -50,31 +50,18 @@ fn embedded() -> Backend {
 }
 
 fn services() -> Option<Backend> {
-    let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-    match (
-        get("DANMAKU_TEST_REDIS_URL"),
-        get("DANMAKU_TEST_REPLAY_REDIS_URL"),
-        get("DANMAKU_TEST_MYSQL_URL"),
-    ) {
-        (Some(live), Some(replay), Some(mysql)) => Some(Backend {
-            archive_url: mysql,
-            live_redis: Some(live),
-            replay_redis: Some(replay),
-            _dir: None,
-        }),
-        _ => {
-            assert!(
-                std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL / \
-                 DANMAKU_TEST_REPLAY_REDIS_URL / DANMAKU_TEST_MYSQL_URL are not set"
-            );
-            eprintln!(
-                "skipping: set DANMAKU_TEST_REDIS_URL, DANMAKU_TEST_REPLAY_REDIS_URL and \
-                 DANMAKU_TEST_MYSQL_URL"
-            );
-            None
-        }
-    }
+    let urls = common::procs::service_urls(&[
+        "DANMAKU_TEST_REDIS_URL",
+        "DANMAKU_TEST_REPLAY_REDIS_URL",
+        "DANMAKU_TEST_MYSQL_URL",
+    ])?;
+    let [live, replay, mysql] = <[String; 3]>::try_from(urls).ok()?;
+    Some(Backend {
+        archive_url: mysql,
+        live_redis: Some(live),
+        replay_redis: Some(replay),
+        _dir: None,
+    })
 }
 
 /// A front on `b` (no archiver: the tests write the archive themselves).
@@ -90,7 +77,7 @@ async fn front(
     TestServer::start_with(move |c| {
         c.auth.admin_token = ADMIN.into();
         c.archive.url = url;
-        c.archive.copier = false;
+        c.archive.run_archiver = false;
         c.archive.replay_window_ms = WINDOW_MS;
         if let Some(live) = live {
             c.store.engine = danmaku::config::StoreEngine::Redis;
@@ -742,7 +729,7 @@ async fn services_two_fronts_forget_retracted_and_deleted() {
         &[
             ("DANMAKU_ARCHIVE_URL", b.archive_url.as_str()),
             ("DANMAKU_STORE__REPLAY_REDIS_URL", replay_redis.as_str()),
-            ("DANMAKU_ARCHIVE__COPIER", "false"),
+            ("DANMAKU_ARCHIVE__RUN_ARCHIVER", "false"),
             ("DANMAKU_ARCHIVE__REPLAY_WINDOW_MS", "1000"),
         ],
     )

@@ -9,8 +9,9 @@ use serde::Deserialize;
 pub struct ArchiveConfig {
     /// `sqlite::memory:`, `sqlite://path?mode=rwc` or `mysql://…` (`DANMAKU_ARCHIVE_URL`).
     pub url: String,
-    /// `serve` runs the archiver role (archives lives from the stored log) too.
-    pub copier: bool,
+    /// `serve` runs the archiver role (archives lives from the stored log) too
+    /// (was `copier`; the old name is still read).
+    pub run_archiver: bool,
     pub max_connections: u32,
     pub acquire_timeout_ms: u64,
     /// Records taken from the stored log per poll (and rows per archive

@@ -13,10 +13,30 @@ const FIXED_ENV: &[(&str, &str)] = &[
     ("DANMAKU_REDIS_URL", "store.redis_url"),
     ("DANMAKU_REPLAY_REDIS_URL", "store.replay_redis_url"),
     ("DANMAKU_ARCHIVE_URL", "archive.url"),
+    // The old name of `archive.run_archiver` (see `RENAMED_KEYS`).
+    ("DANMAKU_ARCHIVE__COPIER", "archive.run_archiver"),
     ("DANMAKU_KAFKA_BROKERS", "bus.kafka_brokers"),
     ("DANMAKU_TICK_MS", "fanout.tick_ms"),
     ("DANMAKU_LOG_FORMAT", "log.format"),
 ];
+
+/// Keys renamed since a release, as (section, old, new): a config file that
+/// still uses the old name keeps working (the value moves to the new key).
+const RENAMED_KEYS: &[(&str, &str, &str)] = &[
+    // It runs the whole archiver role now, not a copier of ended lives.
+    ("archive", "copier", "run_archiver"),
+];
+
+/// Moves values under old key names (`RENAMED_KEYS`) to their new names.
+pub(super) fn rename_legacy_keys(over: &mut toml::Table) {
+    for (section, old, new) in RENAMED_KEYS {
+        if let Some(toml::Value::Table(sec)) = over.get_mut(*section) {
+            if let Some(value) = sec.remove(*old) {
+                sec.entry(new.to_string()).or_insert(value);
+            }
+        }
+    }
+}
 
 pub(super) fn merge(base: &mut toml::Table, over: toml::Table) {
     for (key, value) in over {

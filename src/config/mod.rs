@@ -17,7 +17,7 @@ pub mod show;
 pub use archive::ArchiveConfig;
 pub use cidr::{any_contains, BadCidr, Cidr};
 pub use engine::{BusEngine, StoreEngine};
-use env::{apply_env, merge};
+use env::{apply_env, merge, rename_legacy_keys};
 
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
@@ -395,9 +395,10 @@ impl Config {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
-            let over: toml::Table = text
+            let mut over: toml::Table = text
                 .parse()
                 .with_context(|| format!("parsing config {}", path.display()))?;
+            rename_legacy_keys(&mut over);
             show::check_shape(&table, &over)
                 .with_context(|| format!("config {}", path.display()))?;
             for (section, value) in &over {

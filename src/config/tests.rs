@@ -399,3 +399,19 @@ fn log_format_is_text_or_json() {
     let e = Config::load(None, env(&[("DANMAKU_LOG__FORMAT", "yaml")])).unwrap_err();
     assert!(format!("{e:#}").contains("log.format"), "{e:#}");
 }
+
+#[test]
+fn the_old_name_of_run_archiver_still_works() {
+    assert!(Config::embedded().archive.run_archiver);
+    let file = temp_config("legacy-copier", "[archive]\ncopier = false\n");
+    assert!(
+        !Config::load(Some(&file), env(&[]))
+            .unwrap()
+            .archive
+            .run_archiver
+    );
+    let c = Config::load(None, env(&[("DANMAKU_ARCHIVE__COPIER", "false")])).unwrap();
+    assert!(!c.archive.run_archiver);
+    let c = Config::load(None, env(&[("DANMAKU_ARCHIVE__RUN_ARCHIVER", "false")])).unwrap();
+    assert!(!c.archive.run_archiver);
+}
