@@ -29,25 +29,6 @@ use danmaku::config::Config;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-fn env_of(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-/// The named services' URLs, or `None` (skip) — a failure with
-/// `DANMAKU_REQUIRE_SERVICES=1`.
-fn services(names: &[&str]) -> Option<Vec<String>> {
-    let found: Vec<Option<String>> = names.iter().map(|n| env_of(n)).collect();
-    if found.iter().all(Option::is_some) {
-        return Some(found.into_iter().flatten().collect());
-    }
-    assert!(
-        std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() != Ok("1"),
-        "DANMAKU_REQUIRE_SERVICES=1 but one of {names:?} is not set"
-    );
-    eprintln!("skipping: set {names:?}");
-    None
-}
-
 /// What a replay of a whole live must be: every posted text once, in seq order.
 fn assert_whole(body: &Value, texts: &BTreeSet<String>) {
     let messages = body["messages"].as_array().expect("messages");
@@ -149,6 +130,23 @@ async fn admin(http: &reqwest::Client, base: &str, path: &str) -> (StatusCode, V
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// `POST /v1/admin/rooms/{room}/live/{action}` (`start` or `end`).
+async fn post_live(
+    http: &reqwest::Client,
+    base: &str,
+    room: &str,
+    action: &str,
+) -> (StatusCode, Value) {
+    admin(http, base, &format!("/v1/admin/rooms/{room}/live/{action}")).await
+}
+
+/// Starts a live (201) and returns its id.
+async fn start_live(http: &reqwest::Client, base: &str, room: &str) -> String {
+    let (status, body) = post_live(http, base, room, "start").await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["live"]["id"].as_str().unwrap().to_string()
+}
+
 async fn replay(http: &reqwest::Client, base: &str, room: &str, live: &str) -> Value {
     let res = http
         .get(format!(
@@ -166,7 +164,7 @@ async fn replay(http: &reqwest::Client, base: &str, room: &str, live: &str) -> V
 async fn end_archived(http: &reqwest::Client, base: &str, room: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let (status, body) = admin(http, base, &format!("/v1/admin/rooms/{room}/live/end")).await;
+        let (status, body) = post_live(http, base, room, "end").await;
         match status {
             StatusCode::OK => {
                 assert_eq!(body["status"], "archived", "{body}");
@@ -206,14 +204,7 @@ async fn embedded_live_longer_than_the_store_keeps_is_replayed_whole() {
     ts.wait_stored(&room, 1).await;
     tokio::time::sleep(Duration::from_millis(5)).await;
 
-    let (status, body) = admin(
-        &ts.http,
-        &ts.base,
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let live = start_live(&ts.http, &ts.base, &room).await;
     let texts = post_spread(
         &ts.http,
         &ts.base,
@@ -229,12 +220,7 @@ async fn embedded_live_longer_than_the_store_keeps_is_replayed_whole() {
 
     // 200 at once: the markers followed the last messages.
     let t = Instant::now();
-    let (status, body) = admin(
-        &ts.http,
-        &ts.base,
-        &format!("/v1/admin/rooms/{room}/live/end"),
-    )
-    .await;
+    let (status, body) = post_live(&ts.http, &ts.base, &room, "end").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "archived", "{body}");
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
@@ -242,12 +228,7 @@ async fn embedded_live_longer_than_the_store_keeps_is_replayed_whole() {
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_whole(&replay(&ts.http, &ts.base, &room, &live).await, &texts);
     // Ending again: nothing to end.
-    let (status, _) = admin(
-        &ts.http,
-        &ts.base,
-        &format!("/v1/admin/rooms/{room}/live/end"),
-    )
-    .await;
+    let (status, _) = post_live(&ts.http, &ts.base, &room, "end").await;
     assert_eq!(status, StatusCode::CONFLICT);
     wait_caught_up(&ts.http, &ts.base).await;
     ts.shutdown().await;
@@ -265,14 +246,7 @@ async fn embedded_end_answers_202_while_the_archiver_is_behind_then_200() {
     .await;
     let room = ts.room("ending");
     let token = ts.token("u1", "alice");
-    let (status, body) = admin(
-        &ts.http,
-        &ts.base,
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let live = start_live(&ts.http, &ts.base, &room).await;
     let texts = post_spread(
         &ts.http,
         &ts.base,
@@ -284,12 +258,7 @@ async fn embedded_end_answers_202_while_the_archiver_is_behind_then_200() {
     )
     .await;
     let t = Instant::now();
-    let (status, body) = admin(
-        &ts.http,
-        &ts.base,
-        &format!("/v1/admin/rooms/{room}/live/end"),
-    )
-    .await;
+    let (status, body) = post_live(&ts.http, &ts.base, &room, "end").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "ending");
     assert_eq!(body["live"]["id"], live.as_str());
@@ -319,7 +288,7 @@ async fn embedded_end_answers_202_while_the_archiver_is_behind_then_200() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_fronts_start_on_one_end_on_the_other() {
-    let Some(urls) = services(&["DANMAKU_TEST_REDIS_URL"]) else {
+    let Some(urls) = common::procs::service_urls(&["DANMAKU_TEST_REDIS_URL"]) else {
         return;
     };
     let scratch = ScratchDir::new("live-ab");
@@ -337,21 +306,9 @@ async fn two_fronts_start_on_one_end_on_the_other() {
     )
     .await;
     let room = common::pair::unique("ab");
-    let (status, body) = admin(
-        &p.http,
-        &p.a.base(),
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let live = start_live(&p.http, &p.a.base(), &room).await;
     // B sees A's live: a second start there is refused with it.
-    let (status, body) = admin(
-        &p.http,
-        &p.b.base(),
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
+    let (status, body) = post_live(&p.http, &p.b.base(), &room, "start").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["live"]["id"], live.as_str());
 
@@ -380,24 +337,14 @@ async fn two_fronts_start_on_one_end_on_the_other() {
     );
     // Each node's own (embedded) pipeline archives its own posts; B's end
     // markers travel only B's, and settle as long as A's last posts do.
-    let (status, body) = admin(
-        &p.http,
-        &p.b.base(),
-        &format!("/v1/admin/rooms/{room}/live/end"),
-    )
-    .await;
+    let (status, body) = post_live(&p.http, &p.b.base(), &room, "end").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["live"]["id"], live.as_str());
     assert_eq!(body["status"], "archived");
     for node in [&p.a, &p.b] {
         assert_whole(&replay(&p.http, &node.base(), &room, &live).await, &texts);
     }
-    let (status, _) = admin(
-        &p.http,
-        &p.a.base(),
-        &format!("/v1/admin/rooms/{room}/live/end"),
-    )
-    .await;
+    let (status, _) = post_live(&p.http, &p.a.base(), &room, "end").await;
     assert_eq!(
         status,
         StatusCode::CONFLICT,
@@ -430,7 +377,7 @@ impl Cluster {
             // Replays whole, unrationed: the test counts every message.
             ("DANMAKU_RATION__BUDGET_TIERS", "0:1000000"),
             ("DANMAKU_STORE__MAX_AGE_S", "5"),
-            ("DANMAKU_ARCHIVE__COPIER", "false"),
+            ("DANMAKU_ARCHIVE__RUN_ARCHIVER", "false"),
             ("DANMAKU_ARCHIVE__SETTLE_MS", "500"),
             // Small batches with a pause: a catch-up lasts long enough to be seen.
             ("DANMAKU_ARCHIVE__BATCH_SIZE", "100"),
@@ -511,7 +458,7 @@ async fn wait_caught_up(http: &reqwest::Client, base: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_replay_whole_lives_beyond_retention_and_across_a_killed_archiver() {
-    let Some(urls) = services(&[
+    let Some(urls) = common::procs::service_urls(&[
         "DANMAKU_TEST_REDIS_URL",
         "DANMAKU_TEST_KAFKA_BROKERS",
         "DANMAKU_TEST_MYSQL_URL",
@@ -529,14 +476,7 @@ async fn processes_replay_whole_lives_beyond_retention_and_across_a_killed_archi
 
     // 1. A live of 5 000 messages over 16 s; the store keeps 5 s of it.
     let room = common::pair::unique("long");
-    let (status, body) = admin(
-        &c.http,
-        &base,
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let live = start_live(&c.http, &base, &room).await;
     let texts = post_spread(&c.http, &base, &room, &c.token, "p", n, over).await;
     let t = Instant::now();
     end_archived(&c.http, &base, &room).await;
@@ -547,14 +487,7 @@ async fn processes_replay_whole_lives_beyond_retention_and_across_a_killed_archi
     // the store keeps) during the live, then restarted; its lag rises, then
     // falls back to 0.
     let room = common::pair::unique("outage");
-    let (status, body) = admin(
-        &c.http,
-        &base,
-        &format!("/v1/admin/rooms/{room}/live/start"),
-    )
-    .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let live = body["live"]["id"].as_str().unwrap().to_string();
+    let live = start_live(&c.http, &base, &room).await;
     let posting = {
         let (http, base, room, token) =
             (c.http.clone(), base.clone(), room.clone(), c.token.clone());

@@ -23,19 +23,10 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 fn services() -> Option<(String, String)> {
-    let redis = std::env::var("DANMAKU_TEST_REDIS_URL").ok();
-    let kafka = std::env::var("DANMAKU_TEST_KAFKA_BROKERS").ok();
-    match (redis, kafka) {
-        (Some(r), Some(k)) if !r.is_empty() && !k.is_empty() => Some((r, k)),
-        _ => {
-            assert!(
-                std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL / DANMAKU_TEST_KAFKA_BROKERS are not set"
-            );
-            eprintln!("skipping: set DANMAKU_TEST_REDIS_URL and DANMAKU_TEST_KAFKA_BROKERS");
-            None
-        }
-    }
+    let urls =
+        common::procs::service_urls(&["DANMAKU_TEST_REDIS_URL", "DANMAKU_TEST_KAFKA_BROKERS"])?;
+    let [redis, kafka] = <[String; 2]>::try_from(urls).ok()?;
+    Some((redis, kafka))
 }
 
 /// A cluster: its own topic, consumer group, key namespace per test.

@@ -69,21 +69,10 @@ async fn a_room_behind_sheds_its_own_low_only() {
 /// Redis and Kafka of the test run (scripts/test.sh sets both), as
 /// tests/cluster.rs takes them.
 fn services() -> Option<(String, String)> {
-    let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
-    match (
-        var("DANMAKU_TEST_REDIS_URL"),
-        var("DANMAKU_TEST_KAFKA_BROKERS"),
-    ) {
-        (Some(r), Some(k)) => Some((r, k)),
-        _ => {
-            assert!(
-                !common::procs::services_required(),
-                "DANMAKU_REQUIRE_SERVICES=1 but DANMAKU_TEST_REDIS_URL / DANMAKU_TEST_KAFKA_BROKERS are not set"
-            );
-            eprintln!("skipping: set DANMAKU_TEST_REDIS_URL and DANMAKU_TEST_KAFKA_BROKERS");
-            None
-        }
-    }
+    let urls =
+        common::procs::service_urls(&["DANMAKU_TEST_REDIS_URL", "DANMAKU_TEST_KAFKA_BROKERS"])?;
+    let [redis, kafka] = <[String; 2]>::try_from(urls).ok()?;
+    Some((redis, kafka))
 }
 
 /// A room name whose danmaku key lands on `partition` of a 2-partition topic.

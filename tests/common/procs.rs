@@ -27,6 +27,25 @@ pub fn services_required() -> bool {
     std::env::var("DANMAKU_REQUIRE_SERVICES").as_deref() == Ok("1")
 }
 
+/// The URLs in the named environment variables (`DANMAKU_TEST_REDIS_URL`,
+/// …), in order; or `None` (the test skips, saying why) when one is unset or
+/// empty — a failure with `DANMAKU_REQUIRE_SERVICES=1`.
+pub fn service_urls(names: &[&str]) -> Option<Vec<String>> {
+    let found: Vec<Option<String>> = names
+        .iter()
+        .map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+        .collect();
+    if found.iter().all(Option::is_some) {
+        return Some(found.into_iter().flatten().collect());
+    }
+    assert!(
+        !services_required(),
+        "DANMAKU_REQUIRE_SERVICES=1 but one of {names:?} is not set (scripts/test.sh sets them)"
+    );
+    eprintln!("skipping: set {names:?}");
+    None
+}
+
 /// Whether `program` runs (`program --version` or similar exits at all).
 pub fn have_program(program: &str) -> bool {
     Command::new(program)
