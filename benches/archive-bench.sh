@@ -16,6 +16,11 @@
 # (or the broker's jars cached by scripts/kafka.sh fetch) and a release build:
 #   cargo build --release --bin danmaku --bin danmaku-bench
 # Usage: benches/archive-bench.sh [lag|write|all]
+# Env:   RATE (5000), DURATION (30s), PORT_BASE (18600), LOAD=posts (viewer
+#        danmaku from danmaku-bench, one request each) or LOAD=batch (the gift
+#        backend's signed events:batch, 100 events per request:
+#        benches/batch-load.py), for when one request per message is more than
+#        the machine can carry beside the broker and MariaDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -46,7 +51,7 @@ scripts/mariadb-test.sh start "$mysql_port" "$work/mariadb"
 export DANMAKU_STORE__ENGINE=redis DANMAKU_REDIS_URL="redis://127.0.0.1:$redis_port"
 export DANMAKU_BUS__ENGINE=kafka DANMAKU_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export DANMAKU_ARCHIVE_URL="mysql://root@127.0.0.1:$mysql_port/danmaku_test"
-export DANMAKU_ARCHIVE__COPIER=false DANMAKU_ADMIN_TOKEN=$admin DANMAKU_LOG=warn
+export DANMAKU_ARCHIVE__RUN_ARCHIVER=false DANMAKU_ADMIN_TOKEN=$admin DANMAKU_LOG=warn
 # The end does not wait: the bench measures the archiver, not the answer.
 export DANMAKU_ARCHIVE__END_WAIT_MS=0
 
@@ -74,7 +79,11 @@ live() { # start|end ROOM → the live id (start)
   curl -sf -X POST -H "authorization: Bearer $admin" \
     "http://127.0.0.1:$front_port/v1/admin/rooms/$2/live/$1" | sed -n 's/.*"id":"\([0-9a-f]*\)".*/\1/p'
 }
-load() { # ROOM
+load() { # ROOM (LOAD=batch: signed system events via events:batch, 100 per request)
+  if [ "${LOAD:-posts}" = batch ]; then
+    python3 benches/batch-load.py "http://127.0.0.1:$front_port" "$1" "$rate" "${duration%s}"
+    return
+  fi
   "$T/danmaku-bench" fanout --url "http://127.0.0.1:$front_port" --server-pid "$front_pid" --quiet \
     --room "$1" --viewers 1 --publishers 16 --rate "$rate" --duration "$duration" --warmup 1s --drain 3s
 }
@@ -121,5 +130,12 @@ if [ "$what" = write ] || [ "$what" = all ]; then
   done
   awk -v a="$t0" -v b="$t1" -v n="$last" -v n0="$n0" 'BEGIN {printf "archived %d rows in %.2f s: %.0f rows/s\n", n, b - a, (n - n0) / (b - a)}'
   echo "rows in MariaDB: $(sql "SELECT COUNT(*) FROM live_messages WHERE live_id = '$id'"); live archived at: $(sql "SELECT archived_at FROM lives WHERE id = '$id'")"
+  # Size on disk (InnoDB data + indexes, after fresh statistics) per 1 M rows.
+  sql "ANALYZE TABLE live_messages" >/dev/null
+  sql "SELECT table_rows, data_length + index_length FROM information_schema.tables
+       WHERE table_schema = DATABASE() AND table_name = 'live_messages'" |
+    awk '{printf "archive size: %.1f MB for %d rows (InnoDB estimate) = %.0f MB per 1 M messages\n", $2 / 1e6, $1, $2 / $1}'
+  sql "SELECT AVG(LENGTH(body)) FROM live_messages WHERE live_id = '$id'" 2>/dev/null |
+    awk '{printf "average stored message: %.0f bytes of JSON\n", $1}' || true
   stop_all
 fi
