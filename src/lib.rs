@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod fanout;
+pub mod flight;
 pub mod front;
 pub mod gears;
 pub mod http;

@@ -16,6 +16,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::flight::Flights;
 use crate::metrics::Metrics;
 use crate::rooms::{RoomDirectory, RoomSettings, RoomState};
 use crate::store::control::{Changes, ControlPlane, Notice, VersionedNotice};
@@ -34,6 +35,9 @@ pub struct Control {
     /// Every applied notice, for the roles that act on it (a hub sends a
     /// retract frame, closes a banned user's sockets).
     forward: broadcast::Sender<Arc<Notice>>,
+    /// First loads of a room in flight: a room's first N readers (viewers
+    /// joining, replay reads) make one control-plane read, not N.
+    loading: Flights<String, Result<Arc<RoomState>, String>>,
 }
 
 impl Control {
@@ -49,6 +53,7 @@ impl Control {
             metrics,
             catch_up,
             forward: broadcast::channel(FORWARD_CAPACITY).0,
+            loading: Flights::new(),
         })
     }
 
@@ -77,10 +82,17 @@ impl Control {
 
     /// The room's state: cached, or loaded now (one command).
     pub async fn room(&self, room: &str) -> Result<Arc<RoomState>, StoreError> {
-        match self.rooms.cached(room) {
-            Some(state) => Ok(state),
-            None => self.reload(room).await,
+        if let Some(state) = self.rooms.cached(room) {
+            return Ok(state);
         }
+        let load = || async {
+            let loaded = self.reload(room).await;
+            loaded.map_err(|e| match e {
+                StoreError::Unavailable(why) => why,
+            })
+        };
+        let (loaded, _) = self.loading.run(room.to_string(), load).await;
+        loaded.map_err(StoreError::Unavailable)
     }
 
     /// Reads the room's state from the cluster and caches it.

@@ -14,6 +14,8 @@ struct Counting {
     /// Notices the engine does not deliver (a lost subscription).
     drop_notices: std::sync::atomic::AtomicBool,
     silent: broadcast::Sender<Arc<VersionedNotice>>,
+    /// How long a room load takes (a remote control plane).
+    load_pause: Duration,
 }
 
 impl Default for Counting {
@@ -23,6 +25,7 @@ impl Default for Counting {
             loads: AtomicUsize::new(0),
             drop_notices: Default::default(),
             silent: broadcast::channel(1).0,
+            load_pause: Duration::ZERO,
         }
     }
 }
@@ -31,6 +34,7 @@ impl Default for Counting {
 impl ControlPlane for Counting {
     async fn load_room(&self, room: &str) -> Result<RoomControl, StoreError> {
         self.loads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.load_pause).await;
         self.inner.load_room(room).await
     }
     async fn change_settings(&self, room: &str, c: &SettingsChange) -> Result<(), StoreError> {
@@ -169,5 +173,30 @@ async fn retractions_and_bans_reach_the_roles() {
         .unwrap()
         .unwrap();
     assert_eq!(*got, ban);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_rooms_concurrent_first_readers_share_one_load() {
+    let plane = Arc::new(Counting {
+        load_pause: Duration::from_millis(50),
+        ..Counting::default()
+    });
+    plane.change_settings("hot", &budget(9)).await.unwrap();
+    let (control, stop) = node(plane.clone()).await;
+    let before = plane.loads.load(Ordering::SeqCst);
+    let readers = (0..100).map(|_| control.room("hot"));
+    let states = futures_util::future::join_all(readers).await;
+    assert_eq!(
+        plane.loads.load(Ordering::SeqCst) - before,
+        1,
+        "one load for 100 readers"
+    );
+    for state in states {
+        assert_eq!(state.unwrap().settings.budget_per_s, Some(9));
+    }
+    // Cached now: no load at all.
+    control.room("hot").await.unwrap();
+    assert_eq!(plane.loads.load(Ordering::SeqCst) - before, 1);
     stop.cancel();
 }

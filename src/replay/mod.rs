@@ -12,7 +12,6 @@
 //! replay many viewers watch are loaded ahead of them (`prefetch`).
 
 mod density;
-mod flight;
 mod live;
 mod prefetch;
 mod redis;
@@ -28,9 +27,9 @@ use crate::archive::metrics::ArchiveMetrics;
 use crate::archive::{Archive, ArchiveError, ArchivedMessage, Live};
 use crate::config::ArchiveConfig;
 use crate::error::ApiError;
+use crate::flight::Flights;
 use crate::rooms::RationRules;
 use density::Density;
-use flight::Flights;
 use redis::ReplayRedis;
 
 pub use live::{LiveEnding, LiveStart};

@@ -1,6 +1,6 @@
-//! Single flight: concurrent loads of one key share one load (a window's
-//! first readers make one replay-Redis read and at most one archive query,
-//! not one each).
+//! Single flight: concurrent loads of one key share one load (a replay
+//! window's first readers make one replay-Redis read and at most one archive
+//! query, a room's first viewers one control-plane load — not one each).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -9,17 +9,23 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::OnceCell;
 
-pub(super) struct Flights<K, V> {
+pub struct Flights<K, V> {
     /// Loads in progress; an entry is removed once its load is done (its
     /// result is in the caches by then, or was an error worth retrying).
     running: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
 }
 
-impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
-    pub(super) fn new() -> Self {
+impl<K: Hash + Eq + Clone, V: Clone> Default for Flights<K, V> {
+    fn default() -> Self {
         Flights {
             running: Mutex::new(HashMap::new()),
         }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// Runs `load` for `key`, unless a load of `key` is running: then waits
@@ -27,7 +33,7 @@ impl<K: Hash + Eq + Clone, V: Clone> Flights<K, V> {
     /// make one query, not N in turn). `true` with the result when this call
     /// waited for another's load. If the loading caller goes away (its
     /// request dropped), a waiter takes over (`OnceCell` semantics).
-    pub(super) async fn run<F, Fut>(&self, key: K, load: F) -> (V, bool)
+    pub async fn run<F, Fut>(&self, key: K, load: F) -> (V, bool)
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = V>,
