@@ -48,12 +48,9 @@ fi
 command -v curl >/dev/null || apt_install curl
 
 WORK=$(mktemp -d)
-SERVER_PID=
+. scripts/lib/server.sh
 cleanup() {
-  if [ -n "$SERVER_PID" ]; then
-    kill "$SERVER_PID" 2>/dev/null || true
-    wait "$SERVER_PID" 2>/dev/null || true
-  fi
+  danmaku_stop
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -119,20 +116,13 @@ promtool check rules "$WORK/dashboard_queries.yml" >/dev/null ||
 echo "dashboard: every query parses"
 
 # --- 4: metric names against a running server ---------------------------------
-[ -x "$BIN" ] || fail "no server binary at $BIN: build it (cargo build) or set DANMAKU_BIN"
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(danmaku_free_port)
 URL=http://127.0.0.1:$PORT
 echo "== metric names: $BIN on 127.0.0.1:$PORT (embedded engines)"
-# A clean environment: no DANMAKU_* of the caller's may select Redis or Kafka.
-env -i PATH="$PATH" HOME="$HOME" DANMAKU_LOG=warn "$BIN" serve --listen "127.0.0.1:$PORT" \
-  >"$WORK/server.log" 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 100); do
-  curl -fs "$URL/healthz" >/dev/null 2>&1 && break
-  kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; fail "the server exited"; }
-  sleep 0.1
-done
-curl -fs "$URL/healthz" >/dev/null || fail "the server did not answer /healthz within 10 s"
+# The embedded defaults: no DANMAKU_* of the caller's may select Redis or Kafka.
+danmaku_start "$BIN" "$PORT" "$WORK/server.log" DANMAKU_LOG=warn ||
+  fail "the server did not start"
+curl -fs "$URL/healthz" >/dev/null || fail "the server did not answer /healthz"
 
 # Traffic so that series exist: a viewer token; a WebSocket, an SSE stream and
 # a long-poll held open; danmaku (one retried, one refused); a signed gift; a

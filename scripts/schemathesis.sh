@@ -24,15 +24,12 @@ port="${DANMAKU_SCHEMATHESIS_PORT:-16390}"
 examples="${DANMAKU_SCHEMATHESIS_EXAMPLES:-50}"
 base="http://127.0.0.1:$port"
 work="$(mktemp -d /tmp/danmaku-schemathesis.XXXXXX)"
-server_pid=""
 
 log() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
+. scripts/lib/server.sh
 cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  danmaku_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -57,25 +54,13 @@ log "starting danmaku serve on $base"
 # The development JWT secret stays (POST /v1/demo/token works only with it).
 # Fuzzing posts many messages from one user and address, and holds polls:
 # generous rate limits and a short poll hold keep every case fast.
-DANMAKU_LISTEN="127.0.0.1:$port" \
+danmaku_start "$CARGO_TARGET_DIR/debug/danmaku" "$port" "$work/server.log" \
+  DANMAKU_ADMIN_TOKEN="$DANMAKU_ADMIN_TOKEN" DANMAKU_GIFT_SECRETS="$DANMAKU_GIFT_SECRETS" \
   DANMAKU_INGEST__USER_RATE_PER_S=100000 DANMAKU_INGEST__USER_BURST=100000 \
   DANMAKU_INGEST__IP_RATE_PER_S=100000 DANMAKU_INGEST__IP_BURST=100000 \
   DANMAKU_POLL__MAX_WAIT_MS=200 DANMAKU_POLL__DEFAULT_WAIT_MS=100 \
   DANMAKU_ARCHIVE__SETTLE_MS=0 DANMAKU_ARCHIVE__POLL_INTERVAL_MS=100 \
-  DANMAKU_LOG="${DANMAKU_LOG:-warn}" \
-  "$CARGO_TARGET_DIR/debug/danmaku" serve >"$work/server.log" 2>&1 &
-server_pid=$!
-up=""
-for _ in $(seq 1 200); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && { up=1; break; }
-  kill -0 "$server_pid" 2>/dev/null || break
-  sleep 0.1
-done
-if [ -z "$up" ]; then
-  echo "danmaku serve did not open $base" >&2
-  cat "$work/server.log" >&2
-  exit 1
-fi
+  DANMAKU_LOG="${DANMAKU_LOG:-warn}"
 
 DANMAKU_VIEWER_TOKEN="$(curl -sf -X POST "$base/v1/demo/token" -d '{"name":"fuzz"}' |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
@@ -203,7 +188,7 @@ status=0
   --phases examples,coverage,fuzzing \
   "${seed_args[@]}" "$@") || status=$?
 
-if ! kill -0 "$server_pid" 2>/dev/null; then
+if ! kill -0 "$danmaku_server_pid" 2>/dev/null; then
   echo "danmaku serve died during the run" >&2
   status=1
 fi

@@ -27,50 +27,21 @@ echo "== compiling dist/, and a user's code against its type declarations"
 npx tsc -p tsconfig.json
 npx tsc -p tsconfig.consumer.json
 
-port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-work="$(mktemp -d /tmp/danmaku-js-client.XXXXXX)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+. ../../scripts/lib/server.sh
+trap danmaku_stop EXIT
+port="$(danmaku_free_port)"
 admin_token="js-client-test-admin-$(date +%s)-$$"
-: > "$work/config.toml"
 echo "== starting $bin on 127.0.0.1:$port (log: $out/server.log)"
-(
-  # The embedded defaults (memory store and bus, development secrets: demo
-  # tokens), none of the caller's DANMAKU_* settings, plus what the tests need.
-  for v in $(compgen -e | grep '^DANMAKU_' || true); do unset "$v"; done
-  export DANMAKU_ADMIN_TOKEN="$admin_token"         # retractions
-  export DANMAKU_INGEST__BLOCKED_WORDS="forbiddenword" # a refusal with a code
-  # Every test posts from 127.0.0.1: the per-address limit would get in the way.
-  export DANMAKU_INGEST__IP_RATE_PER_S=10000 DANMAKU_INGEST__IP_BURST=10000
-  export DANMAKU_INGEST__USER_RATE_PER_S=1000 DANMAKU_INGEST__USER_BURST=1000
-  export DANMAKU_FANOUT__PING_S=1 # SSE keep-alive every second: the silence test can be short
-  cd "$work"
-  exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
-) >"$out/server.log" 2>&1 &
-server_pid=$!
-up=""
-for _ in $(seq 1 200); do
-  if ! kill -0 "$server_pid" 2>/dev/null; then break; fi
-  if node -e 'fetch(process.argv[1]).then(r=>process.exit(r.ok?0:1),()=>process.exit(1))' \
-    "http://127.0.0.1:$port/healthz" 2>/dev/null; then
-    up=1
-    break
-  fi
-  sleep 0.1
-done
-if [ -z "$up" ]; then
-  echo "the server did not start; log:" >&2
-  cat "$out/server.log" >&2
-  exit 1
-fi
+# The embedded defaults (memory store and bus, development secrets: demo
+# tokens), plus what the tests need:
+#   the admin token (retractions), a blocked word (a refusal with a code),
+#   generous per-address and per-user limits (every test posts from 127.0.0.1),
+#   SSE keep-alive every second (the silence test can be short).
+danmaku_start "$bin" "$port" "$out/server.log" \
+  DANMAKU_ADMIN_TOKEN="$admin_token" DANMAKU_INGEST__BLOCKED_WORDS=forbiddenword \
+  DANMAKU_INGEST__IP_RATE_PER_S=10000 DANMAKU_INGEST__IP_BURST=10000 \
+  DANMAKU_INGEST__USER_RATE_PER_S=1000 DANMAKU_INGEST__USER_BURST=1000 \
+  DANMAKU_FANOUT__PING_S=1
 
 # Node 20 has a global WebSocket only behind a flag (22 and later: always).
 flags=()

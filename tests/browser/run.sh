@@ -44,43 +44,17 @@ log "building the server"
 cargo build --locked --bin danmaku
 bin="$CARGO_TARGET_DIR/debug/danmaku"
 
-port="$(node -e 'const s=require("net").createServer();s.listen(0,"127.0.0.1",()=>{console.log(s.address().port);s.close()})')"
-work="$(mktemp -d /tmp/danmaku-browser.XXXXXX)"
-server_pid=""
-cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
+. scripts/lib/server.sh
+trap danmaku_stop EXIT
+port="$(danmaku_free_port)"
 admin_token="browser-test-admin-$(date +%s)-$$"
-# A fresh config: the embedded defaults (development secrets → demo tokens and
-# the dev gift secret the test signs with), none of the caller's DANMAKU_* env.
-: > "$work/config.toml"
+# The embedded defaults (development secrets → demo tokens and the dev gift
+# secret the test signs with), plus: admin routes on, for the retraction
+# steps; one post a second per user (default 2), so the rate-limit step gets
+# its refusal within a few sends even when a loaded machine slows the page.
 log "starting the server on 127.0.0.1:$port"
-(
-  for v in $(compgen -e | grep '^DANMAKU_' || true); do unset "$v"; done
-  # Admin routes on, for the retraction steps.
-  export DANMAKU_ADMIN_TOKEN="$admin_token"
-  # One post a second per user (default 2): the rate-limit step gets its
-  # refusal within a few sends even when a loaded machine slows the page.
-  export DANMAKU_INGEST__USER_RATE_PER_S=1
-  cd "$work"
-  exec "$bin" serve --config "$work/config.toml" --listen "127.0.0.1:$port"
-) >"$out/server.log" 2>&1 &
-server_pid=$!
-for _ in $(seq 1 100); do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  if ! kill -0 "$server_pid" 2>/dev/null; then
-    echo "the server exited; log:" >&2
-    cat "$out/server.log" >&2
-    exit 1
-  fi
-  sleep 0.1
-done
+danmaku_start "$bin" "$port" "$out/server.log" \
+  DANMAKU_ADMIN_TOKEN="$admin_token" DANMAKU_INGEST__USER_RATE_PER_S=1
 
 log "browser test (headless $("$chromium_bin" --version 2>/dev/null | head -1))"
 started=$(date +%s)
