@@ -3,6 +3,8 @@
 
 pub mod fanout;
 pub mod idle;
+pub mod mix;
+pub mod platform;
 pub mod poll;
 pub mod snapshot;
 
