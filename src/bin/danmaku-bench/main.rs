@@ -113,7 +113,7 @@ fn run_once(
         let mut pids = Vec::new();
         for (role, url) in &servers {
             let target = runtime.block_on(Target::parse(url, 1))?;
-            let s = spawn::start(
+            let s = match spawn::start(
                 path,
                 role,
                 &target.addr.to_string(),
@@ -121,10 +121,19 @@ fn run_once(
                 &common.server_env,
                 server_cpus,
                 run,
-            )?;
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    for (s, _) in spawned {
+                        spawn::stop(s, Duration::from_secs(2));
+                    }
+                    return Err(e);
+                }
+            };
             pids.push(s.pid());
             spawned.push((s, target));
         }
+        let mut failed = None;
         for ((s, target), (role, _)) in spawned.iter_mut().zip(&servers) {
             // The roles are ready once connected to the bus and the store.
             let path_ok = if *role == "serve" { "/healthz" } else { "/readyz" };
@@ -132,10 +141,8 @@ fn run_once(
                 runtime.block_on(scrape::wait_ok(target, path_ok, Duration::from_secs(30)));
             if !ready || !spawn::running(s) {
                 let log = std::fs::read_to_string(&s.log).unwrap_or_default();
-                for (s, _) in spawned {
-                    spawn::stop(s, Duration::from_secs(2));
-                }
-                bail!("the spawned {role} did not become ready:\n{log}");
+                failed = Some(format!("the spawned {role} did not become ready:\n{log}"));
+                break;
             }
             eprintln!(
                 "run {}/{}: spawned {} {role} (pid {}, CPUs {}, log {})",
@@ -146,6 +153,12 @@ fn run_once(
                 common.server_cpus,
                 s.log.display()
             );
+        }
+        if let Some(why) = failed {
+            for (s, _) in spawned {
+                spawn::stop(s, Duration::from_secs(2));
+            }
+            bail!(why);
         }
         match &mut command {
             Command::Platform(a) => {

@@ -361,11 +361,13 @@ pub fn print_platform(r: &serde_json::Value) {
     for (i, fr) in r["fronts"].as_array().unwrap_or(&empty).iter().enumerate() {
         let p = &fr["process"];
         println!(
-            "front {i}          {} viewers, {} deliveries/s, CPU {:.1}% of a core ({} deliveries per CPU-s), RSS {} MB (peak {} MB)",
+            "front {i}          {} viewers, {} deliveries/s in {} frames/s, CPU {:.1}% of a core ({} deliveries, {} frames per CPU-s), RSS {} MB (peak {} MB)",
             fr["connected"],
             si(f(&fr["deliveries_per_s"])),
+            si(f(&fr["frames_per_s"])),
             100.0 * f(&p["cpu_util"]),
             si(f(&fr["deliveries_per_cpu_s"])),
+            si(f(&fr["frames_per_cpu_s"])),
             p["rss_kb"].as_u64().unwrap_or(0) / 1024,
             p["rss_peak_kb"].as_u64().unwrap_or(0) / 1024
         );

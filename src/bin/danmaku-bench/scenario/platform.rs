@@ -350,15 +350,19 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
         .map(|f| {
             let sum = |g: fn(&Snapshot) -> u64| Class::ALL.iter().map(|&c| delta(f, c, g)).sum::<f64>();
             let deliveries = sum(|s| s.deliveries);
+            let frames = sum(|s| s.frames);
             let cpu = proc_figures(pa.fronts[f], pb.fronts[f], secs);
+            let per_cpu_s = |n: f64| cpu["cpu_seconds"].as_f64().filter(|&c| c > 0.0).map(|c| n / c);
             json!({
                 "url": urls[f],
                 "pid": front_pids[f],
                 "connected": fleet.sum(|front, _| front == f, |c| c.counters.connected.load(Relaxed)),
                 "deliveries_per_s": deliveries / secs,
+                "frames_per_s": frames / secs,
                 "bytes_per_s": sum(|s| s.bytes) / secs,
                 "accepted_per_s": sum(|s| s.accepted) / secs,
-                "deliveries_per_cpu_s": cpu["cpu_seconds"].as_f64().filter(|&c| c > 0.0).map(|c| deliveries / c),
+                "deliveries_per_cpu_s": per_cpu_s(deliveries),
+                "frames_per_cpu_s": per_cpu_s(frames),
                 "process": cpu,
                 "server_metrics_delta": metrics_delta(&metrics_before[f], &metrics_after[f]),
             })
@@ -407,6 +411,7 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
                 "rate_per_room": rates.per_room(c),
                 "accepted_per_s": accepted,
                 "deliveries_per_s": sum(|s| s.deliveries) / secs,
+                "frames_per_s": sum(|s| s.frames) / secs,
                 "expected_deliveries_per_s": accepted * plan.viewers_of(c) as f64 / rooms as f64,
                 "latency_ms": quantiles(&latency),
                 "lost": lost[c.index()],
