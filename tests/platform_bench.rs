@@ -45,7 +45,14 @@ fn platform_mix_on_two_fronts_loses_nothing() {
         // big (>= 20), medium (>= 8), small, quiet; 31 viewers per front.
         .args(["--viewers", "56", "--rooms", "5", "--quiet-rooms", "3"])
         .args(["--big-min", "20", "--medium-min", "8", "--top-share", "0.5"])
-        .args(["--rate-big", "10", "--rate-medium", "4", "--rate-small", "3"])
+        .args([
+            "--rate-big",
+            "10",
+            "--rate-medium",
+            "4",
+            "--rate-small",
+            "3",
+        ])
         .args(["--duration", "5s", "--warmup", "1s", "--drain", "3s"])
         .args(["--threads", "1", "--quiet", "--json"])
         .arg(&json_path)
@@ -78,7 +85,10 @@ fn platform_mix_on_two_fronts_loses_nothing() {
     assert_eq!(r["duplicates"], 0, "{why}");
     assert_eq!(r["dropped"], 0, "{why}");
     assert_eq!(r["publish"]["errors"], 0, "{why}");
-    assert!(r["publish"]["refused"].as_object().unwrap().is_empty(), "{why}");
+    assert!(
+        r["publish"]["refused"].as_object().unwrap().is_empty(),
+        "{why}"
+    );
     // Both fronts carried viewers and deliveries, and were measured.
     let fronts = r["fronts"].as_array().unwrap();
     assert_eq!(fronts.len(), 2);
@@ -88,7 +98,10 @@ fn platform_mix_on_two_fronts_loses_nothing() {
         assert!(f["process"]["rss_kb"].as_u64().unwrap() > 0, "{why}");
         assert!(f["process"]["cpu_seconds"].as_f64().is_some(), "{why}");
     }
-    assert!(r["processor"]["process"]["rss_kb"].as_u64().unwrap() > 0, "{why}");
+    assert!(
+        r["processor"]["process"]["rss_kb"].as_u64().unwrap() > 0,
+        "{why}"
+    );
     // Redis did work for the run (the live store's writes and reads).
     let redis_cmds = r["redis"]["commands_per_s"].as_f64().unwrap();
     assert!(redis_cmds > 0.0, "{why}");
@@ -103,7 +116,10 @@ fn platform_mix_on_two_fronts_loses_nothing() {
             (got - want).abs() <= 0.25 * want,
             "{class}: {got} deliveries/s, expected {want}: {why}"
         );
-        assert!(c["latency_ms"]["count"].as_u64().unwrap() > 0, "{class}: {why}");
+        assert!(
+            c["latency_ms"]["count"].as_u64().unwrap() > 0,
+            "{class}: {why}"
+        );
     }
     assert_eq!(r["classes"]["big"]["viewers"], 26);
     assert_eq!(r["classes"]["quiet"]["rooms"], 3);

@@ -136,9 +136,12 @@ fn run_once(
         let mut failed = None;
         for ((s, target), (role, _)) in spawned.iter_mut().zip(&servers) {
             // The roles are ready once connected to the bus and the store.
-            let path_ok = if *role == "serve" { "/healthz" } else { "/readyz" };
-            let ready =
-                runtime.block_on(scrape::wait_ok(target, path_ok, Duration::from_secs(30)));
+            let path_ok = if *role == "serve" {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
+            let ready = runtime.block_on(scrape::wait_ok(target, path_ok, Duration::from_secs(30)));
             if !ready || !spawn::running(s) {
                 let log = std::fs::read_to_string(&s.log).unwrap_or_default();
                 failed = Some(format!("the spawned {role} did not become ready:\n{log}"));

@@ -50,7 +50,12 @@ pub fn command_calls(info: &str) -> BTreeMap<String, u64> {
     info.lines()
         .filter_map(|l| {
             let (name, rest) = l.trim().strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
             (name != "info").then(|| (name.to_string(), calls))
         })
         .collect()

@@ -298,7 +298,10 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
             let mut prev = (Instant::now(), 0u64, 0u64);
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let d: u64 = ctxs.iter().map(|c| c.counters.deliveries.load(Relaxed)).sum();
+                let d: u64 = ctxs
+                    .iter()
+                    .map(|c| c.counters.deliveries.load(Relaxed))
+                    .sum();
                 let acc: u64 = ctxs.iter().map(|c| c.counters.accepted.load(Relaxed)).sum();
                 let dt = prev.0.elapsed().as_secs_f64();
                 eprintln!(
@@ -437,7 +440,12 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
     let accepted: f64 = (0..urls.len())
         .flat_map(|f| Class::ALL.map(|c| delta(f, c, |s| s.accepted)))
         .sum();
-    let mut publish = publish_report(load, fleet.ctx(0, Class::Big), &pub_results, accepted / secs);
+    let mut publish = publish_report(
+        load,
+        fleet.ctx(0, Class::Big),
+        &pub_results,
+        accepted / secs,
+    );
     publish["publishers"] = json!(n_pubs);
     publish["rate_target"] = json!(posting
         .iter()
