@@ -6,7 +6,9 @@
 # (INFO commandstats), deliveries/s, latency p99 per size class, losses.
 # Three runs on the same rooms, to show what Redis reads grow with:
 #   base    VIEWERS_LOW viewers in ROOMS rooms;
-#   viewers VIEWERS_HIGH viewers in the same rooms at the same rates;
+#   viewers VIEWERS_HIGH viewers in the same rooms at the same rates (the
+#           size-class bounds and the fronts' big_room_threshold scaled by
+#           VIEWERS_HIGH / VIEWERS_LOW, so every room keeps its class);
 #   quiet   VIEWERS_LOW viewers plus QUIET rooms of 2 viewers where nothing
 #           is posted.
 # Then a table of the three. The tool spawns the fronts and the processor
@@ -18,13 +20,14 @@
 # Usage: benches/platform-bench.sh [base|viewers|quiet|all]   (default all)
 # Env: VIEWERS_LOW (2000), VIEWERS_HIGH (6000), ROOMS (50), QUIET (300),
 #      TOP_SHARE (0.4), RATE_BIG (20), RATE_MEDIUM (2), RATE_SMALL (0.5) msg/s
-#      per room, BIG_MIN (100: also the fronts' big_room_threshold),
+#      per room, BIG_MIN (100: also the fronts' big_room_threshold; medium from 10),
 #      DURATION (20s), WARMUP (3s), REPEAT (1), PORT_BASE (18700),
-#      OUT (directory for the JSON reports; default a temporary one, removed).
+#      OUT (directory for the JSON reports; default a temporary one, removed),
+#      BIN_DIR (where danmaku and danmaku-bench are; default the release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
-T="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}/release"
+T="${BIN_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}/release}"
 base="${PORT_BASE:-18700}"
 redis_port=$base; kafka_port=$((base + 1)); kafka_controller_port=$((base + 2))
 proc_port=$((base + 3)); front1=$((base + 4)); front2=$((base + 5))
@@ -52,12 +55,13 @@ scripts/kafka.sh start "$kafka_port" "$work/kafka" "$kafka_controller_port"
 # The spawned fronts and processor inherit these (config via env DANMAKU_*).
 export DANMAKU_STORE__ENGINE=redis DANMAKU_REDIS_URL="redis://127.0.0.1:$redis_port"
 export DANMAKU_BUS__ENGINE=kafka DANMAKU_KAFKA_BROKERS="127.0.0.1:$kafka_port"
-export DANMAKU_FANOUT__BIG_ROOM_THRESHOLD="${BIG_MIN:-100}"
 export DANMAKU_LOG=warn
 
-# mix LABEL [extra danmaku-bench options]
+big_min="${BIG_MIN:-100}"; low="${VIEWERS_LOW:-2000}"; high="${VIEWERS_HIGH:-6000}"
+
+# mix LABEL SCALE [extra danmaku-bench options]: SCALE multiplies the class bounds.
 mix() {
-  local label=$1; shift
+  local label=$1 scale=$2; shift 2
   export DANMAKU_BUS__TOPIC="platform-$$-$label" DANMAKU_BUS__GROUP_ID="platform-$$-$label"
   redis-cli -p "$redis_port" flushall >/dev/null
   echo "== $label"
@@ -66,14 +70,15 @@ mix() {
     --front "http://127.0.0.1:$front1" --front "http://127.0.0.1:$front2" \
     --processor "http://127.0.0.1:$proc_port" --redis-url "redis://127.0.0.1:$redis_port" \
     --room "p$label" --rooms "${ROOMS:-50}" --top-share "${TOP_SHARE:-0.4}" \
-    --big-min "${BIG_MIN:-100}" --rate-big "${RATE_BIG:-20}" --rate-medium "${RATE_MEDIUM:-2}" \
+    --big-min $((big_min * scale)) --medium-min $((10 * scale)) \
+    --server-env "DANMAKU_FANOUT__BIG_ROOM_THRESHOLD=$((big_min * scale))" --rate-big "${RATE_BIG:-20}" --rate-medium "${RATE_MEDIUM:-2}" \
     --rate-small "${RATE_SMALL:-0.5}" --duration "${DURATION:-20s}" --warmup "${WARMUP:-3s}" \
     --repeat "${REPEAT:-1}" --latency-every 4 --quiet --json "$out/$label.json" "$@"
 }
 
-case "$what" in base|all) mix base --viewers "${VIEWERS_LOW:-2000}" ;; esac
-case "$what" in viewers|all) mix viewers --viewers "${VIEWERS_HIGH:-6000}" ;; esac
-case "$what" in quiet|all) mix quiet --viewers "${VIEWERS_LOW:-2000}" --quiet-rooms "${QUIET:-300}" ;; esac
+case "$what" in base|all) mix base 1 --viewers "$low" ;; esac
+case "$what" in viewers|all) mix viewers $((high / low)) --viewers "$high" ;; esac
+case "$what" in quiet|all) mix quiet 1 --viewers "$low" --quiet-rooms "${QUIET:-300}" ;; esac
 
 echo
 echo "== summary (per run; with REPEAT > 1, run 1 of each)"
