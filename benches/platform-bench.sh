@@ -92,7 +92,7 @@ for label in base viewers quiet; do
       ($r.redis.commands_per_s*10|round/10|tostring),
       (($r.redis.by_command_per_s.zrangebyscore // 0)*10|round/10|tostring),
       ([$r.fronts[].process.cpu_util*100|round|tostring]|join("+")),
-      ([($r.classes.big, $r.classes.medium, $r.classes.small)|.latency_ms.p99_ms|tostring]|join("/")),
+      ([($r.classes.big, $r.classes.medium, $r.classes.small)|.latency_ms.p99_ms|round|tostring]|join("/")),
       ($r.lost|tostring) ] | @tsv' "$f" |
     awk -F'\t' '{printf "%-8s %7s %6s %10s %9s %12s %14s %18s %22s %6s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10}'
 done
