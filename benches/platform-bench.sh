@@ -23,7 +23,9 @@
 #      per room, BIG_MIN (100: also the fronts' big_room_threshold; medium from 10),
 #      DURATION (20s), WARMUP (3s), REPEAT (1), PORT_BASE (18700),
 #      OUT (directory for the JSON reports; default a temporary one, removed),
-#      BIN_DIR (where danmaku and danmaku-bench are; default the release build).
+#      BIN_DIR (where danmaku and danmaku-bench are; default the release build),
+#      COMPRESS=1 (viewers offer permessage-deflate; bytes are wire bytes).
+# Text: the realistic mixed Chinese/English corpus (--realistic-text).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what="${1:-all}"
@@ -73,7 +75,8 @@ mix() {
     --big-min $((big_min * scale)) --medium-min $((10 * scale)) \
     --server-env "DANMAKU_FANOUT__BIG_ROOM_THRESHOLD=$((big_min * scale))" --rate-big "${RATE_BIG:-20}" --rate-medium "${RATE_MEDIUM:-2}" \
     --rate-small "${RATE_SMALL:-0.5}" --duration "${DURATION:-20s}" --warmup "${WARMUP:-3s}" \
-    --repeat "${REPEAT:-1}" --latency-every 4 --quiet --json "$out/$label.json" "$@"
+    --repeat "${REPEAT:-1}" --latency-every 4 --realistic-text ${COMPRESS:+--compress} \
+    --quiet --json "$out/$label.json" "$@"
 }
 
 case "$what" in base|all) mix base 1 --viewers "$low" ;; esac
@@ -82,7 +85,7 @@ case "$what" in quiet|all) mix quiet 1 --viewers "$low" --quiet-rooms "${QUIET:-
 
 echo
 echo "== summary (per run; with REPEAT > 1, run 1 of each)"
-printf '%-8s %7s %6s %10s %9s %12s %14s %18s %22s %6s\n' run viewers rooms "deliv/s" "pub/s" "redis cmd/s" "zrangebyscore/s" "front CPU %" "p99 ms big/med/small" lost
+printf '%-8s %7s %6s %10s %9s %12s %14s %18s %22s %9s %12s %6s\n' run viewers rooms "deliv/s" "pub/s" "redis cmd/s" "zrangebyscore/s" "front CPU %" "p99 ms big/med/small" "B/deliv" "frames/CPU-s" lost
 for label in base viewers quiet; do
   f="$out/$label.json"
   [ -f "$f" ] || continue
@@ -93,6 +96,8 @@ for label in base viewers quiet; do
       (($r.redis.by_command_per_s.zrangebyscore // 0)*10|round/10|tostring),
       ([$r.fronts[].process.cpu_util*100|round|tostring]|join("+")),
       ([($r.classes.big, $r.classes.medium, $r.classes.small)|.latency_ms.p99_ms|round|tostring]|join("/")),
+      (([$r.fronts[].bytes_per_s]|add) / ([$r.fronts[].deliveries_per_s]|add)|round|tostring),
+      (([$r.fronts[].frames_per_s]|add) / ([$r.fronts[].process.cpu_util]|add)|round|tostring),
       ($r.lost|tostring) ] | @tsv' "$f" |
-    awk -F'\t' '{printf "%-8s %7s %6s %10s %9s %12s %14s %18s %22s %6s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10}'
+    awk -F'\t' '{printf "%-8s %7s %6s %10s %9s %12s %14s %18s %22s %9s %12s %6s\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12}'
 done
