@@ -8,7 +8,6 @@
 //! (publisher stamp → viewer) and losses (every viewer of a room must get
 //! every seq, whichever front it is on).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,13 +17,13 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::mix::{self, Class, MixSpec, Rates};
-use super::{check_files, new_ctx, room_names, server_pid, spawn_viewer};
+use super::{check_files, ends, new_ctx, room_max, room_names, server_pid, spawn_viewer, Ends};
 use crate::cli::{PlatformArgs, MAX_RUN};
 use crate::net::Target;
 use crate::procfs::{self, ProcSample};
 use crate::publisher::{self, PubConfig, PubResult, PublishKind};
 use crate::redisinfo::{self, RedisInfo, RedisProbe};
-use crate::report::{loadavg, machine, print_platform, publish_report, quantiles, si, tally};
+use crate::report::{loadavg, machine, print_platform, publish_report, quantiles, si};
 use crate::scrape::{http_get, metrics, metrics_delta};
 use crate::stats::{Hist, Snapshot};
 use crate::viewer::{Ctx, PollMode, ViewerResult};
@@ -373,24 +372,15 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
         .collect();
 
     // Losses: per room, every viewer (on any front) must reach the room's last seq.
-    let mut room_max: HashMap<usize, u64> = HashMap::new();
-    for r in results.iter().filter(|r| r.connected) {
-        let m = room_max.entry(r.room).or_default();
-        *m = (*m).max(r.track.last);
-    }
+    let room_max = room_max(&results);
+    let Ends {
+        connect_errors,
+        ended,
+    } = ends(&results);
     let mut lost = [0u64; CLASSES];
     let mut dups = [0u64; CLASSES];
     let mut with_loss = [0u64; CLASSES];
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
-    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
-    for r in &results {
-        if let Some(e) = &r.connect_error {
-            tally(&mut connect_errors, e);
-            continue;
-        }
-        if let Some(e) = &r.ended {
-            tally(&mut ended, e);
-        }
+    for r in results.iter().filter(|r| r.connect_error.is_none()) {
         let k = plan.classes[r.room].index();
         let l = r.track.lost(room_max.get(&r.room).copied().unwrap_or(0));
         lost[k] += l;
