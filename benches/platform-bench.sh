@@ -6,9 +6,9 @@
 # (INFO commandstats), deliveries/s, latency p99 per size class, losses.
 # Three runs on the same rooms, to show what Redis reads grow with:
 #   base    VIEWERS_LOW viewers in ROOMS rooms;
-#   viewers VIEWERS_HIGH viewers in the same rooms at the same rates (the
-#           size-class bounds and the fronts' big_room_threshold scaled by
-#           VIEWERS_HIGH / VIEWERS_LOW, so every room keeps its class);
+#   viewers VIEWERS_HIGH viewers in the same rooms at the same rates (rooms
+#           classed as with VIEWERS_LOW; the fronts' big_room_threshold scaled
+#           by VIEWERS_HIGH / VIEWERS_LOW, so the same rooms are big);
 #   quiet   VIEWERS_LOW viewers plus QUIET rooms of 2 viewers where nothing
 #           is posted.
 # Then a table of the three. The tool spawns the fronts and the processor
@@ -61,7 +61,7 @@ export DANMAKU_LOG=warn
 
 big_min="${BIG_MIN:-100}"; low="${VIEWERS_LOW:-2000}"; high="${VIEWERS_HIGH:-6000}"
 
-# mix LABEL SCALE [extra danmaku-bench options]: SCALE multiplies the class bounds.
+# mix LABEL SCALE [extra danmaku-bench options]: SCALE multiplies big_room_threshold.
 mix() {
   local label=$1 scale=$2; shift 2
   export DANMAKU_BUS__TOPIC="platform-$$-$label" DANMAKU_BUS__GROUP_ID="platform-$$-$label"
@@ -72,7 +72,7 @@ mix() {
     --front "http://127.0.0.1:$front1" --front "http://127.0.0.1:$front2" \
     --processor "http://127.0.0.1:$proc_port" --redis-url "redis://127.0.0.1:$redis_port" \
     --room "p$label" --rooms "${ROOMS:-50}" --top-share "${TOP_SHARE:-0.4}" \
-    --big-min $((big_min * scale)) --medium-min $((10 * scale)) \
+    --big-min "$big_min" --classes-at "$low" \
     --server-env "DANMAKU_FANOUT__BIG_ROOM_THRESHOLD=$((big_min * scale))" --rate-big "${RATE_BIG:-20}" --rate-medium "${RATE_MEDIUM:-2}" \
     --rate-small "${RATE_SMALL:-0.5}" --duration "${DURATION:-20s}" --warmup "${WARMUP:-3s}" \
     --repeat "${REPEAT:-1}" --latency-every 4 --realistic-text ${COMPRESS:+--compress} \

@@ -246,6 +246,10 @@ pub struct PlatformArgs {
     /// Zipf exponent of the other rooms (viewers of rank r ∝ 1/r^s).
     #[arg(long, default_value_t = 1.0)]
     pub zipf_s: f64,
+    /// Class the rooms (so their rates) as they are with this many viewers
+    /// (default --viewers): more viewers in the same rooms at the same rates.
+    #[arg(long)]
+    pub classes_at: Option<usize>,
     /// Extra rooms with --quiet-viewers viewers each and nothing posted.
     #[arg(long, default_value_t = 0)]
     pub quiet_rooms: usize,

@@ -124,6 +124,9 @@ impl Plan {
 
 pub struct MixSpec {
     pub viewers: usize,
+    /// Class the rooms as they are with this many viewers (the same rooms
+    /// at the same rates when only the viewers grow); `None`: `viewers`.
+    pub classes_at: Option<usize>,
     pub rooms: usize,
     pub zipf_s: f64,
     pub top_share: f64,
@@ -138,7 +141,11 @@ pub fn plan(m: &MixSpec) -> anyhow::Result<Plan> {
         bail!("--quiet-viewers must be at least 1 with --quiet-rooms");
     }
     let mut viewers = zipf_viewers(m.viewers, m.rooms, m.zipf_s, m.top_share)?;
-    let mut classes: Vec<Class> = viewers
+    let classed = match m.classes_at {
+        Some(n) => zipf_viewers(n, m.rooms, m.zipf_s, m.top_share)?,
+        None => viewers.clone(),
+    };
+    let mut classes: Vec<Class> = classed
         .iter()
         .map(|&v| class_of(v, m.big_min, m.medium_min))
         .collect();
@@ -198,8 +205,9 @@ mod tests {
         ] {
             assert_eq!(class_of(v, 100, 10), want, "{v}");
         }
-        let p = plan(&MixSpec {
-            viewers: 103,
+        let spec = |viewers, classes_at| MixSpec {
+            viewers,
+            classes_at,
             rooms: 3,
             zipf_s: 1.0,
             top_share: 0.4,
@@ -207,11 +215,16 @@ mod tests {
             quiet_viewers: 2,
             big_min: 40,
             medium_min: 30,
-        })
-        .unwrap();
+        };
+        let p = plan(&spec(103, None)).unwrap();
         assert_eq!(p.viewers, vec![41, 37, 25, 2, 2]);
         use Class::*;
         assert_eq!(p.classes, vec![Big, Medium, Small, Quiet, Quiet]);
+        // Three times the viewers, classed as with 103: the same classes.
+        let p3 = plan(&spec(309, Some(103))).unwrap();
+        assert_eq!(p3.viewers, vec![123, 111, 75, 2, 2]);
+        assert_eq!(p3.classes, p.classes);
+        assert_eq!(plan(&spec(309, None)).unwrap().classes[2], Big);
         assert_eq!(p.rooms_of(Quiet), vec![3, 4]);
         assert_eq!(p.viewers_of(Quiet), 4);
         assert_eq!(Rates([5.0, 1.0, 0.1, 0.0]).per_room(Medium), 1.0);

@@ -145,6 +145,7 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
     }
     let plan = mix::plan(&MixSpec {
         viewers: a.viewers,
+        classes_at: a.classes_at,
         rooms: load.rooms,
         zipf_s: a.zipf_s,
         top_share: a.top_share,
@@ -456,6 +457,7 @@ pub async fn run(a: &PlatformArgs, threads: usize) -> anyhow::Result<Value> {
             "zipf_s": a.zipf_s,
             "big_min": a.big_min,
             "medium_min": a.medium_min,
+            "classes_at": a.classes_at,
             "top_room_viewers": plan.viewers[0],
         },
         "clients": total_viewers,
