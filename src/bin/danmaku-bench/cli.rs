@@ -33,6 +33,10 @@ pub enum Command {
     /// Keep-alive clients revalidating a room's snapshot with If-None-Match,
     /// as CDN edges do: 304s/s, 200s/s, request latency, server CPU and RSS.
     Snapshot(SnapshotArgs),
+    /// A platform's mix on several fronts sharing one Redis: a top room and a
+    /// Zipf tail, message rates by room size; per front CPU and RSS, Redis
+    /// commands/s, deliveries/s, latency by room-size class, losses.
+    Platform(PlatformArgs),
 }
 
 impl Command {
@@ -43,6 +47,7 @@ impl Command {
             Command::Idle(a) => &a.common,
             Command::Poll(a) => &a.common,
             Command::Snapshot(a) => &a.common,
+            Command::Platform(a) => &a.common,
         }
     }
 
@@ -52,6 +57,7 @@ impl Command {
             Command::Idle(a) => &mut a.common,
             Command::Poll(a) => &mut a.common,
             Command::Snapshot(a) => &mut a.common,
+            Command::Platform(a) => &mut a.common,
         }
     }
 }
@@ -93,8 +99,9 @@ pub struct Common {
     /// fresh server each time).
     #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// Start this server binary for each run (`PATH serve --listen <URL's address>`),
-    /// pinned to --server-cpus, and stop it afterwards.
+    /// Start this server binary for each run (`PATH serve --listen <URL's address>`;
+    /// `platform`: `PATH processor` on --processor and `PATH front` on each
+    /// --front), pinned to --server-cpus, and stop it afterwards.
     #[arg(long)]
     pub spawn: Option<PathBuf>,
     /// CPUs for the spawned server (e.g. "0").
@@ -203,6 +210,104 @@ pub struct SnapshotArgs {
     /// Revalidating clients (keep-alive connections, one request in flight each).
     #[arg(long, default_value_t = 1000)]
     pub clients: usize,
+}
+
+#[derive(Args, Clone, Debug)]
+// Publishers follow the mix: one per front per size class that posts, at the
+// class's rate (--rate-big, --rate-medium, --rate-small).
+#[command(
+    mut_arg("room", |a| a.default_value("plat")),
+    mut_arg("rooms", |a| a.default_value("50").help("Rooms of the Zipf mix (quiet rooms come on top)")),
+    mut_arg("publishers", |a| a.hide(true)),
+    mut_arg("rate", |a| a.hide(true))
+)]
+pub struct PlatformArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Front base URLs (repeatable or comma-separated; default --url): viewers
+    /// and publishers are spread over them round-robin, as a load balancer does.
+    #[arg(long = "front", value_delimiter = ',')]
+    pub fronts: Vec<String>,
+    /// The processor's base URL: started there with --spawn; its CPU and RSS are reported.
+    #[arg(long)]
+    pub processor: Option<String>,
+    /// Redis of the live store: commands/s by command (INFO commandstats) and
+    /// its CPU over the measured window.
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Viewer connections of the Zipf rooms (over all fronts).
+    #[arg(long, default_value_t = 2000)]
+    pub viewers: usize,
+    /// Share of the viewers in the top room (0 = plain Zipf over all rooms).
+    #[arg(long, default_value_t = 0.4)]
+    pub top_share: f64,
+    /// Zipf exponent of the other rooms (viewers of rank r ∝ 1/r^s).
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// Class the rooms (so their rates) as they are with this many viewers
+    /// (default --viewers): more viewers in the same rooms at the same rates.
+    #[arg(long)]
+    pub classes_at: Option<usize>,
+    /// Extra rooms with --quiet-viewers viewers each and nothing posted.
+    #[arg(long, default_value_t = 0)]
+    pub quiet_rooms: usize,
+    #[arg(long, default_value_t = 2)]
+    pub quiet_viewers: usize,
+    /// Rooms with at least this many viewers are big (match the server's
+    /// fanout.big_room_threshold to see its big-room reads).
+    #[arg(long, default_value_t = 100)]
+    pub big_min: usize,
+    /// Rooms with at least this many viewers (and below --big-min) are medium; the rest small.
+    #[arg(long, default_value_t = 10)]
+    pub medium_min: usize,
+    /// Messages per second into each big room.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate_big: f64,
+    /// Messages per second into each medium room.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate_medium: f64,
+    /// Messages per second into each small room.
+    #[arg(long, default_value_t = 0.5)]
+    pub rate_small: f64,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// Long-poll hold (transport poll).
+    #[arg(long, default_value_t = 30_000)]
+    pub wait_ms: u64,
+    /// Pids of the fronts (in --front order) and of the processor, set by --spawn
+    /// (otherwise found by the port they listen on).
+    #[arg(skip)]
+    pub front_pids: Vec<u32>,
+    #[arg(skip)]
+    pub processor_pid: Option<u32>,
+}
+
+impl PlatformArgs {
+    /// The fronts' URLs: --front, else --url.
+    pub fn front_urls(&self) -> Vec<String> {
+        if self.fronts.is_empty() {
+            vec![self.common.url.clone()]
+        } else {
+            self.fronts.clone()
+        }
+    }
+}
+
+impl Command {
+    /// The processes `--spawn` starts for a run, in start order: (role, URL).
+    pub fn servers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Command::Platform(a) => a
+                .processor
+                .iter()
+                .map(|u| ("processor", u.clone()))
+                .chain(a.front_urls().into_iter().map(|u| ("front", u)))
+                .collect(),
+            other => vec![("serve", other.common().url.clone())],
+        }
+    }
 }
 
 #[derive(Args, Clone, Debug)]

@@ -9,6 +9,9 @@
 //! - `poll`: M long-poll clients on a room: answers per second.
 //! - `snapshot`: M keep-alive clients revalidating a room's snapshot with
 //!   `If-None-Match`, as CDN edges do: 304s per second.
+//! - `platform`: a platform's mix (a top room, a Zipf tail, quiet rooms) on
+//!   several fronts and one Redis: per front CPU and RSS, Redis commands/s,
+//!   deliveries/s, latency by room-size class, losses.
 //!
 //! Every run is bounded in time and connection count. See BENCHMARKS.md.
 //!
@@ -17,7 +20,7 @@
 //! (HTTP/1.1 and WebSocket on raw sockets), `stats` (counters, histograms,
 //! seq tracking), `sampler` (per-second series, measured window), `procfs`
 //! (server CPU and RSS), `scrape` (`/healthz`, `/metrics`), `spawn`
-//! (`--spawn`), `report` (JSON figures, medians, printed text).
+//! (`--spawn`), `redisinfo` (Redis INFO), `report` (JSON figures, medians, printed text).
 
 #![recursion_limit = "256"]
 
@@ -26,6 +29,7 @@ mod inflate;
 mod net;
 mod procfs;
 mod publisher;
+mod redisinfo;
 mod report;
 mod sampler;
 mod scenario;
@@ -102,35 +106,71 @@ fn run_once(
     threads: usize,
 ) -> anyhow::Result<serde_json::Value> {
     let common: &Common = command.common();
-    let mut spawned = None;
+    let mut spawned = Vec::new();
     let mut command = command.clone();
     if let Some(path) = &common.spawn {
-        let target = runtime.block_on(Target::parse(&common.url, 1))?;
-        let mut s = spawn::start(
-            path,
-            &target.addr.to_string(),
-            common.server_config.as_deref(),
-            &common.server_env,
-            server_cpus,
-            run,
-        )?;
-        let ready = runtime.block_on(scrape::wait_healthy(&target, Duration::from_secs(15)));
-        if !ready || !spawn::running(&mut s) {
-            let log = std::fs::read_to_string(&s.log).unwrap_or_default();
-            spawn::stop(s, Duration::from_secs(2));
-            bail!("the spawned server did not become healthy:\n{log}");
+        let servers = command.servers();
+        let mut pids = Vec::new();
+        for (role, url) in &servers {
+            let target = runtime.block_on(Target::parse(url, 1))?;
+            let s = match spawn::start(
+                path,
+                role,
+                &target.addr.to_string(),
+                common.server_config.as_deref(),
+                &common.server_env,
+                server_cpus,
+                run,
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    for (s, _) in spawned {
+                        spawn::stop(s, Duration::from_secs(2));
+                    }
+                    return Err(e);
+                }
+            };
+            pids.push(s.pid());
+            spawned.push((s, target));
         }
-        eprintln!(
-            "run {}/{}: spawned {} (pid {}, CPUs {}, log {})",
-            run + 1,
-            common.repeat,
-            path.display(),
-            s.pid(),
-            common.server_cpus,
-            s.log.display()
-        );
-        command.common_mut().server_pid = Some(s.pid());
-        spawned = Some(s);
+        let mut failed = None;
+        for ((s, target), (role, _)) in spawned.iter_mut().zip(&servers) {
+            // The roles are ready once connected to the bus and the store.
+            let path_ok = if *role == "serve" {
+                "/healthz"
+            } else {
+                "/readyz"
+            };
+            let ready = runtime.block_on(scrape::wait_ok(target, path_ok, Duration::from_secs(30)));
+            if !ready || !spawn::running(s) {
+                let log = std::fs::read_to_string(&s.log).unwrap_or_default();
+                failed = Some(format!("the spawned {role} did not become ready:\n{log}"));
+                break;
+            }
+            eprintln!(
+                "run {}/{}: spawned {} {role} (pid {}, CPUs {}, log {})",
+                run + 1,
+                common.repeat,
+                path.display(),
+                s.pid(),
+                common.server_cpus,
+                s.log.display()
+            );
+        }
+        if let Some(why) = failed {
+            for (s, _) in spawned {
+                spawn::stop(s, Duration::from_secs(2));
+            }
+            bail!(why);
+        }
+        match &mut command {
+            Command::Platform(a) => {
+                let fronts = usize::from(a.processor.is_some());
+                a.processor_pid = a.processor.as_ref().map(|_| pids[0]);
+                a.front_pids = pids[fronts..].to_vec();
+            }
+            other => other.common_mut().server_pid = Some(pids[0]),
+        }
     } else if common.repeat > 1 {
         eprintln!("run {}/{}", run + 1, common.repeat);
     }
@@ -140,9 +180,11 @@ fn run_once(
             Command::Poll(a) => scenario::poll::run(&a, threads).await,
             Command::Snapshot(a) => scenario::snapshot::run(&a, threads).await,
             Command::Idle(a) => scenario::idle::run(&a, threads).await,
+            Command::Platform(a) => scenario::platform::run(&a, threads).await,
         }
     });
-    if let Some(s) = spawned {
+    // Fronts first: the processor still drains what they handed to the bus.
+    for (s, _) in spawned.into_iter().rev() {
         spawn::stop(s, Duration::from_secs(10));
     }
     report

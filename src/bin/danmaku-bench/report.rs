@@ -51,6 +51,11 @@ const MEDIAN_FIELDS: &[&str] = &[
     "/server_rss_kb_per_connection",
     "/server_rss_kb_per_connection_after_hold",
     "/server_cpu_util_during_hold",
+    "/redis/commands_per_s",
+    "/redis/cpu_util",
+    "/classes/big/latency_ms/p99_ms",
+    "/classes/medium/latency_ms/p99_ms",
+    "/classes/small/latency_ms/p99_ms",
 ];
 
 pub fn medians(reports: &[serde_json::Value]) -> serde_json::Value {
@@ -329,6 +334,84 @@ pub fn print_snapshot(r: &serde_json::Value) {
     }
     println!("ended early      {} {}", r["dropped"], r["ended_early"]);
     println!("server metrics   {}", r["server_metrics_delta"]);
+}
+
+pub fn print_platform(r: &serde_json::Value) {
+    println!("== platform ({}) ==", r["transport"].as_str().unwrap_or(""));
+    println!("command          {}", r["command"].as_str().unwrap_or(""));
+    println!(
+        "viewers          {} connected / {} (connect errors: {}) in {:.1} s; {} rooms (top room {} viewers)",
+        r["connected"],
+        r["clients"],
+        r["connect_errors"],
+        f(&r["connect_seconds"]),
+        r["mix"]["rooms"],
+        r["mix"]["top_room_viewers"]
+    );
+    println!(
+        "window           {:.1} s; published {:.1}/s accepted (target {:.1}), refused {}, errors {}",
+        f(&r["window_seconds"]),
+        f(&r["publish"]["accepted_per_s"]),
+        f(&r["publish"]["rate_target"]),
+        r["publish"]["refused"],
+        r["publish"]["errors"]
+    );
+    println!("deliveries/s     {}", si(f(&r["deliveries_per_s"])));
+    let empty = Vec::new();
+    for (i, fr) in r["fronts"].as_array().unwrap_or(&empty).iter().enumerate() {
+        let p = &fr["process"];
+        println!(
+            "front {i}          {} viewers, {} deliveries/s in {} frames/s, CPU {:.1}% of a core ({} deliveries, {} frames per CPU-s), RSS {} MB (peak {} MB)",
+            fr["connected"],
+            si(f(&fr["deliveries_per_s"])),
+            si(f(&fr["frames_per_s"])),
+            100.0 * f(&p["cpu_util"]),
+            si(f(&fr["deliveries_per_cpu_s"])),
+            si(f(&fr["frames_per_cpu_s"])),
+            p["rss_kb"].as_u64().unwrap_or(0) / 1024,
+            p["rss_peak_kb"].as_u64().unwrap_or(0) / 1024
+        );
+    }
+    let p = &r["processor"]["process"];
+    if !p.is_null() {
+        println!(
+            "processor        CPU {:.1}% of a core, RSS {} MB",
+            100.0 * f(&p["cpu_util"]),
+            p["rss_kb"].as_u64().unwrap_or(0) / 1024
+        );
+    }
+    if !r["redis"].is_null() {
+        println!(
+            "redis            {:.1} commands/s, CPU {:.1}% of a core; by command {}",
+            f(&r["redis"]["commands_per_s"]),
+            100.0 * f(&r["redis"]["cpu_util"]),
+            r["redis"]["by_command_per_s"]
+        );
+    }
+    if let Some(classes) = r["classes"].as_object() {
+        for (name, c) in classes {
+            let l = &c["latency_ms"];
+            println!(
+                "{name:<7} rooms    {} rooms, {} viewers, {:.1} msg/s in, {} deliveries/s (expected {}); latency p50 {:.1} ms p99 {:.1} ms; {} lost, {} duplicates",
+                c["rooms"],
+                c["viewers"],
+                f(&c["accepted_per_s"]),
+                si(f(&c["deliveries_per_s"])),
+                si(f(&c["expected_deliveries_per_s"])),
+                f(&l["p50_ms"]),
+                f(&l["p99_ms"]),
+                c["lost"],
+                c["duplicates"]
+            );
+        }
+    }
+    println!(
+        "loss             {} lost ({} viewers); {} duplicates; ended early {} {}",
+        r["lost"], r["viewers_with_loss"], r["duplicates"], r["dropped"], r["ended_early"]
+    );
+    if r["publish"]["last_refusal"].is_string() {
+        println!("last refusal     {}", r["publish"]["last_refusal"]);
+    }
 }
 
 /// `connect_errors`: how many connections failed; `hold_s`: the measured hold.

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use crate::net::{Body, Conn, Target};
 
-pub async fn wait_healthy(target: &Target, bound: Duration) -> bool {
+/// Waits (up to `bound`) until `path` (`/healthz`, `/readyz`) answers 200.
+pub async fn wait_ok(target: &Target, path: &str, bound: Duration) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < bound {
-        if let Ok((200, _)) = http_get(target, "/healthz").await {
+        if let Ok((200, _)) = http_get(target, path).await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -38,10 +38,12 @@ pub fn parse_cpus(list: &str) -> anyhow::Result<Vec<usize>> {
     Ok(out)
 }
 
-/// Starts `path serve --listen <listen> [--config cfg]` with `env` (K=V),
-/// pinned to `cpus`; stderr/stdout go to a log file.
+/// Starts `path <role> --listen <listen> [--config cfg]` with `env` (K=V),
+/// pinned to `cpus`; stderr/stdout go to a log file. `role` is `serve`, or
+/// `front` / `processor` for the roles as separate processes.
 pub fn start(
     path: &Path,
+    role: &str,
     listen: &str,
     config: Option<&Path>,
     env: &[String],
@@ -49,12 +51,13 @@ pub fn start(
     run: usize,
 ) -> anyhow::Result<Spawned> {
     let log = std::env::temp_dir().join(format!(
-        "danmaku-bench-server-{}-{run}.log",
-        std::process::id()
+        "danmaku-bench-{role}-{}-{}-{run}.log",
+        std::process::id(),
+        listen.replace([':', '.', '[', ']'], "_")
     ));
     let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
     let mut cmd = Command::new(path);
-    cmd.arg("serve").arg("--listen").arg(listen);
+    cmd.arg(role).arg("--listen").arg(listen);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }

@@ -61,6 +61,13 @@ impl Hist {
         self.buckets[Self::index(v)].fetch_add(1, Relaxed);
     }
 
+    /// Adds `other`'s counts (one class's latency over several fronts).
+    pub fn add(&self, other: &Hist) {
+        for (a, b) in self.buckets.iter().zip(other.buckets.iter()) {
+            a.fetch_add(b.load(Relaxed), Relaxed);
+        }
+    }
+
     pub fn reset(&self) {
         for b in self.buckets.iter() {
             b.store(0, Relaxed);

@@ -4,7 +4,6 @@
 //! server's CPU and RSS. `poll` runs the same measurement with long-poll
 //! clients (`run_load`).
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,10 +12,12 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{await_connections, new_ctx, setup, spawn_viewer, Publishers, Setup};
+use super::{
+    await_connections, ends, new_ctx, room_max, setup, spawn_viewer, Ends, Publishers, Setup,
+};
 use crate::cli::{Common, FanoutArgs, LoadArgs};
 use crate::procfs;
-use crate::report::{machine, print_load, publish_report, quantiles, tally};
+use crate::report::{machine, print_load, publish_report, quantiles};
 use crate::sampler::{cpu_between, load_progress, measure, per_second, spawn_sampler};
 use crate::scrape::{metrics, metrics_delta};
 use crate::stats::Snapshot;
@@ -168,25 +169,16 @@ pub async fn run_load(
 
     // Losses: every viewer must have every seq from where it joined to its room's last.
     let check = spec.transport != Transport::Poll || spec.mode == PollMode::Follow;
-    let mut room_max: HashMap<usize, u64> = HashMap::new();
-    for r in results.iter().filter(|r| r.connected) {
-        let m = room_max.entry(r.room).or_default();
-        *m = (*m).max(r.track.last);
-    }
+    let room_max = room_max(&results);
+    let Ends {
+        connect_errors,
+        ended,
+    } = ends(&results);
     let (mut lost, mut dups, mut late, mut with_loss, mut with_dups, mut max_lost) =
         (0, 0, 0, 0, 0, 0);
-    let mut ended: BTreeMap<String, u64> = BTreeMap::new();
-    let mut connect_errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut resets = 0;
     let mut poll_errors = 0;
-    for r in &results {
-        if let Some(e) = &r.connect_error {
-            tally(&mut connect_errors, e);
-            continue;
-        }
-        if let Some(e) = &r.ended {
-            tally(&mut ended, e);
-        }
+    for r in results.iter().filter(|r| r.connect_error.is_none()) {
         resets += r.resets;
         poll_errors += r.poll_errors;
         if !check {

@@ -3,10 +3,12 @@
 
 pub mod fanout;
 pub mod idle;
+pub mod mix;
+pub mod platform;
 pub mod poll;
 pub mod snapshot;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use crate::cli::{Common, LoadArgs, MAX_CONNECTIONS, MAX_RUN};
 use crate::net::Target;
 use crate::procfs::{self, ProcSample};
 use crate::publisher::{self, PubConfig, PubResult, PublishKind};
-use crate::report::loadavg;
+use crate::report::{loadavg, tally};
 use crate::scrape::{http_get, metrics};
 use crate::stats::Hist;
 use crate::viewer::{self, Ctx, PollMode, Transport, ViewerResult};
@@ -234,4 +236,36 @@ impl Publishers {
         }
         results
     }
+}
+
+/// Each room's highest seq seen by any connected viewer: where every viewer
+/// of the room must get to (lost = what it did not get on the way).
+pub fn room_max(results: &[ViewerResult]) -> HashMap<usize, u64> {
+    let mut max: HashMap<usize, u64> = HashMap::new();
+    for r in results.iter().filter(|r| r.connected) {
+        let m = max.entry(r.room).or_default();
+        *m = (*m).max(r.track.last);
+    }
+    max
+}
+
+/// The viewers' connect errors and early ends, by reason.
+pub struct Ends {
+    pub connect_errors: BTreeMap<String, u64>,
+    pub ended: BTreeMap<String, u64>,
+}
+
+pub fn ends(results: &[ViewerResult]) -> Ends {
+    let mut e = Ends {
+        connect_errors: BTreeMap::new(),
+        ended: BTreeMap::new(),
+    };
+    for r in results {
+        if let Some(why) = &r.connect_error {
+            tally(&mut e.connect_errors, why);
+        } else if let Some(why) = &r.ended {
+            tally(&mut e.ended, why);
+        }
+    }
+    e
 }
