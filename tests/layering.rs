@@ -21,7 +21,7 @@ const LEVELS: &[&[&str]] = &[
     &["fanout", "presence", "gears", "control"],
     &["store", "bus", "archive"],
     &[
-        "config", "auth", "rooms", "message", "metrics", "error", "json", "text",
+        "config", "auth", "rooms", "message", "metrics", "error", "json", "text", "clock",
     ],
 ];
 
