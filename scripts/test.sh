@@ -105,6 +105,9 @@ DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test au
 log "the Java gift client against a real server (clients/java)"
 DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" clients/java/test.sh
 
+log "soak: 3 minutes of the mix on two fronts + a processor (scripts/soak.sh; 30 min: scripts/soak.sh 30)"
+DANMAKU_BIN_DIR="$CARGO_TARGET_DIR/debug" SOAK_PORT_BASE=$((base + 10)) scripts/soak.sh 3
+
 log "Prometheus rules and the Grafana dashboard against the metrics a server exports (deploy/)"
 DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" deploy/check.sh
 

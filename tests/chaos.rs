@@ -42,6 +42,9 @@ use std::time::{Duration, Instant};
 use common::fault::*;
 use common::now_ms;
 use common::procs::{self, Kafka, Node, OwnMariaDb};
+use danmaku::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
 
 /// One fault at a time (the test harness runs tests on parallel threads, each
 /// with its own runtime; an async mutex, as it is held across awaits, and one
