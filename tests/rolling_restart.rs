@@ -34,7 +34,7 @@ use common::procs::{self, Kafka};
 use common::{now_ms, WsEnd};
 
 /// How long a stopping front answers `/readyz` 503 before it stops.
-const DRAIN_MS: u64 = 1000;
+const DRAIN_MS: u64 = 2000;
 /// The spread of the viewers' reconnect waits.
 const SPREAD_MS: u64 = 1000;
 const FRONTS: usize = 3;
@@ -74,14 +74,15 @@ async fn rolling_restart_of_every_front_loses_and_repeats_nothing() {
         rig.fronts[k].sigterm();
         // Draining: out of the load balancer, yet still serving.
         while rig.fronts[k].is_ready(&rig.http).await {
-            assert!(
-                t.elapsed() < Duration::from_millis(DRAIN_MS),
-                "front {k}: /readyz still 200 {:?} after SIGTERM",
-                t.elapsed()
-            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         unready_in.push(t.elapsed());
+        assert_within(
+            "rolling_restart",
+            "/readyz 503 after SIGTERM",
+            t.elapsed(),
+            Duration::from_millis(DRAIN_MS / 2),
+        );
         let serving = rig
             .http
             .get(format!("http://127.0.0.1:{port}/healthz"))
