@@ -355,6 +355,12 @@ impl Server {
             Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
             Err(_) => tracing::warn!("connections still open after the grace period"),
         }
+        // Upgraded connections (WebSocket) left the HTTP server's tracking at
+        // the upgrade: wait for the sessions themselves to send their close,
+        // or exiting would cut them without one.
+        if !viewer_sessions_ended(&self.state.metrics, grace).await {
+            tracing::warn!("viewer sessions still open after the grace period");
+        }
         if let Some((_, internal)) = self.internal {
             // Scrapes and admin calls are short: a grace is plenty.
             let _ = tokio::time::timeout(grace, internal).await;
@@ -432,6 +438,25 @@ fn node_id(config: &Config) -> String {
     } else {
         config.server.node_id.clone()
     }
+}
+
+/// Waits (up to `within`) until no viewer session (WebSocket, SSE,
+/// long-poll) is open on this node; whether none is.
+async fn viewer_sessions_ended(metrics: &Metrics, within: Duration) -> bool {
+    let open = || {
+        ["ws", "sse", "poll"]
+            .iter()
+            .map(|t| metrics.connections.with_label_values(&[*t]).get())
+            .sum::<i64>()
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while open() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
 }
 
 /// Re-estimates the correction of this host's clock towards the store's

@@ -128,7 +128,7 @@ impl Rig {
     }
 
     pub async fn stored(&self, room: &str) -> Vec<Value> {
-        common::read_stream(&self.store().await, room).await
+        super::read_stream(&self.store().await, room).await
     }
 
     /// Waits until every node in `nodes` answers `/readyz` 200; how long it took.
@@ -159,7 +159,7 @@ impl Rig {
             .text()
             .await
             .unwrap();
-        common::metric_value(&text, sample).unwrap_or(0.0)
+        super::metric_value(&text, sample).unwrap_or(0.0)
     }
 
     pub async fn admin_post(&self, path: &str) -> (StatusCode, Value) {
