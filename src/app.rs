@@ -463,10 +463,11 @@ async fn viewer_sessions_ended(metrics: &Metrics, within: Duration) -> bool {
 /// (`crate::clock`) from a few readings; keeps the last estimate when the
 /// store does not answer quickly (or has no clock of its own).
 async fn sync_clock(store: &dyn LiveStore, metrics: &Metrics) {
-    /// A reading slower than this says little about the clock.
-    const MAX_RTT_MS: u64 = 100;
-    let mut samples = Vec::with_capacity(3);
-    for _ in 0..3 {
+    /// A reading slower than this (a busy host, a queued command) would
+    /// make the estimate worse than the last one: skipped.
+    const MAX_RTT_MS: u64 = 20;
+    let mut samples = Vec::with_capacity(5);
+    for _ in 0..5 {
         let sent_ms = crate::clock::host_ms();
         let reading = tokio::time::timeout(Duration::from_secs(1), store.clock_ms()).await;
         let received_ms = crate::clock::host_ms();

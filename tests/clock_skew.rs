@@ -34,7 +34,10 @@ const OFFSETS: [i64; 2] = [-2000, 2000];
 /// Gear thresholds above what a loaded test machine's hiccups add to the
 /// delay, below the 2 s a skewed clock would add (so without the correction
 /// the room would shift to gear 3).
-const UP_MS: &str = "1000,1500,3000";
+const UP_MS: &str = "1500,1900,3000";
+/// How far outside its request a message's `ts` may lie (the correction's
+/// error: half a round trip to Redis, at most 10 ms, on each side).
+const TS_SLACK_MS: i64 = 25;
 /// Load before the measured window (partition assignment, first reads).
 const WARM_UP: Duration = Duration::from_secs(5);
 
@@ -128,6 +131,26 @@ async fn fronts_two_seconds_apart_shift_no_gears_and_lose_nothing() {
     let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
     let logs = viewers.finish(stored.len()).await;
     let f = check("clock_skew", &ledger, &stored, &logs, &HashSet::new());
+    // Both fronts stamp by the one clock: each `ts` lies between the test
+    // sending the post and its answer (the test's clock is the host's true
+    // one), up to the correction's error.
+    let wall = ledger.acked_wall.lock().unwrap().clone();
+    let mut off_stamps = Vec::new();
+    let mut worst_ms = 0i64;
+    for m in &stored {
+        let ts = m["ts"].as_u64().expect("ts") as i64;
+        let Some(&(sent, answered)) = wall.get(text_of(m)) else {
+            continue;
+        };
+        let off = (sent as i64 - ts).max(ts - answered as i64).max(0);
+        worst_ms = worst_ms.max(off);
+        if off > TS_SLACK_MS {
+            off_stamps.push(format!(
+                "{} ts={ts} sent={sent} answered={answered}",
+                text_of(m)
+            ));
+        }
+    }
     let shifts = after.shifts - before.shifts;
     let ahead = after.ts_ahead - before.ts_ahead;
     let delays = after.delays - before.delays;
@@ -141,10 +164,18 @@ async fn fronts_two_seconds_apart_shift_no_gears_and_lose_nothing() {
             Duration::ZERO,
             &format!(
                 "offsets_ms={OFFSETS:?} window_s={:.0} gear_shifts={shifts} \
-                 delays_measured={delays} delay_within_1s={within} ts_ahead={ahead}",
-                window.as_secs_f64()
+                 delays_measured={delays} delay_within_1s={within} ts_ahead={ahead} \
+                 ts_outside_request_ms_max={worst_ms} ts_outside_request={}",
+                window.as_secs_f64(),
+                off_stamps.len()
             )
         )
+    );
+    assert!(
+        off_stamps.is_empty(),
+        "clock_skew: {} messages stamped outside their request (± {TS_SLACK_MS} ms), e.g. {:?}",
+        off_stamps.len(),
+        &off_stamps[..off_stamps.len().min(5)]
     );
     assert!(delays > 0.0, "the processor measured delays in the window");
     assert!(

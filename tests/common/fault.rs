@@ -182,6 +182,9 @@ pub struct Ledger {
     pub sent: AtomicUsize,
     /// text → (message id, when acknowledged)
     pub acked: Mutex<HashMap<String, (String, Instant)>>,
+    /// text → the test's wall clock (unix ms) when the acknowledged attempt
+    /// was sent and when its answer came: the server's `ts` lies between.
+    pub acked_wall: Mutex<HashMap<String, (u64, u64)>>,
     /// Never acknowledged (refused, failed, or 409 `in_progress`), by text.
     pub refused: Mutex<Vec<String>>,
     /// Answers of every attempt, by status (or `transport`).
@@ -286,6 +289,7 @@ pub async fn post_with_retry(
             let p = ports.lock().unwrap();
             p[(i + attempt) % p.len()]
         };
+        let sent_ms = now_ms();
         let res = http
             .post(format!("http://127.0.0.1:{port}/v1/rooms/{room}/danmaku"))
             .bearer_auth(&token)
@@ -314,6 +318,11 @@ pub async fn post_with_retry(
                     .unwrap()
                     .insert(text.clone(), (id, Instant::now()));
                 assert!(earlier.is_none(), "{text} acknowledged twice");
+                ledger
+                    .acked_wall
+                    .lock()
+                    .unwrap()
+                    .insert(text.clone(), (sent_ms, now_ms()));
                 return;
             }
             Some(StatusCode::CONFLICT) => break,
