@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use common::fault::*;
 use common::now_ms;
-use common::procs::{self, Kafka, Node, OwnMariaDb};
+use common::procs::{Kafka, Node, OwnMariaDb};
 use danmaku::config::Config;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -50,13 +50,6 @@ use serde_json::Value;
 /// with its own runtime; an async mutex, as it is held across awaits, and one
 /// that a failed test does not poison).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn programs(extra: &[&str]) -> Option<()> {
-    let mut all = vec!["redis-server"];
-    all.extend_from_slice(extra);
-    procs::require_programs(&all)?;
-    procs::require_kafka()
-}
 
 // ---- the faults ------------------------------------------------------------------
 

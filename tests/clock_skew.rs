@@ -26,7 +26,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::fault::*;
-use common::procs::{self, Kafka, Node};
+use common::procs::{Kafka, Node};
 use common::{metric_sum, metric_value, now_ms};
 
 /// The fronts' clock offsets (ms).
@@ -59,7 +59,7 @@ struct ProcessorFigures {
 }
 
 async fn processor_figures(rig: &Rig, p: &Node) -> ProcessorFigures {
-    let text = metrics(rig, p).await;
+    let text = rig.metrics(p).await;
     let v = |s: &str| metric_value(&text, s).unwrap_or(0.0);
     ProcessorFigures {
         shifts: metric_sum(&text, "danmaku_gear_shifts_total"),
@@ -69,25 +69,9 @@ async fn processor_figures(rig: &Rig, p: &Node) -> ProcessorFigures {
     }
 }
 
-async fn metrics(rig: &Rig, node: &Node) -> String {
-    rig.http
-        .get(format!("{}/metrics", node.base()))
-        .send()
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fronts_two_seconds_apart_shift_no_gears_and_lose_nothing() {
-    let Some(()) = procs::require_programs(&["redis-server"]) else {
-        return;
-    };
-    let Some(()) = procs::require_kafka() else {
-        return;
-    };
+    let Some(()) = programs(&[]) else { return };
     let kafka = tokio::task::block_in_place(Kafka::start);
     let mut rig = Rig::start_with(
         "skew",

@@ -30,7 +30,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::fault::*;
-use common::procs::{self, Kafka};
+use common::procs::Kafka;
 use common::{now_ms, WsEnd};
 
 /// How long a stopping front answers `/readyz` 503 before it stops.
@@ -42,12 +42,7 @@ const VIEWERS_PER_FRONT: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_restart_of_every_front_loses_and_repeats_nothing() {
-    let Some(()) = procs::require_programs(&["redis-server"]) else {
-        return;
-    };
-    let Some(()) = procs::require_kafka() else {
-        return;
-    };
+    let Some(()) = programs(&[]) else { return };
     let kafka = tokio::task::block_in_place(Kafka::start);
     let mut rig = Rig::start_with(
         "rolling",

@@ -29,6 +29,15 @@ pub const PUBLISHER: &str = "chaos-publisher";
 pub const ADMIN: &str = "chaos-admin-token";
 pub const VIEWERS_PER_FRONT: usize = 2;
 
+/// `Some(())` when redis-server, `extra` and the broker's jars are there;
+/// otherwise skips (or, with `DANMAKU_REQUIRE_SERVICES=1`, fails).
+pub fn programs(extra: &[&str]) -> Option<()> {
+    let mut all = vec!["redis-server"];
+    all.extend_from_slice(extra);
+    super::procs::require_programs(&all)?;
+    super::procs::require_kafka()
+}
+
 // ---- the cluster -------------------------------------------------------------
 
 /// Redis and Kafka of the test's own, fronts and processors against them.
@@ -150,16 +159,19 @@ impl Rig {
 
     /// A sample of a node's `/metrics` (0 if absent).
     pub async fn metric(&self, node: &Node, sample: &str) -> f64 {
-        let text = self
-            .http
+        super::metric_value(&self.metrics(node).await, sample).unwrap_or(0.0)
+    }
+
+    /// A node's whole `/metrics` text.
+    pub async fn metrics(&self, node: &Node) -> String {
+        self.http
             .get(format!("{}/metrics", node.base()))
             .send()
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .unwrap();
-        super::metric_value(&text, sample).unwrap_or(0.0)
+            .unwrap()
     }
 
     pub async fn admin_post(&self, path: &str) -> (StatusCode, Value) {
