@@ -82,15 +82,11 @@ pub struct ServerConfig {
     pub node_id: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_ms: u64,
-    /// On shutdown, `/readyz` answers 503 this long before the node stops
-    /// taking work, so load balancers drain it first (rolling restarts).
+    /// On shutdown, `/readyz` answers 503 this long before work stops.
     pub drain_ms: u64,
-    /// Viewers closed by a shutdown are told to wait a random delay up to
-    /// this before resuming elsewhere (`retry_after_ms` in the close), so a
-    /// restarted node's viewers do not all land on the others at once.
+    /// Shutdown closes tell each viewer a random wait up to this (ms).
     pub reconnect_spread_ms: u64,
-    /// Tests only: pretend this host's clock is off by this much (ms), to
-    /// test clock skew between nodes (`crate::clock`).
+    /// Tests only: this host's clock is off by this much (ms; `crate::clock`).
     pub clock_offset_ms: i64,
     /// Deadline for a request head, and for a keep-alive connection's next one.
     pub header_read_timeout_ms: u64,
