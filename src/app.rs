@@ -92,11 +92,14 @@ impl Server {
     /// Starts one role (or all of them with `Role::Serve`).
     pub async fn start_role(config: Config, role: Role) -> anyhow::Result<Server> {
         let metrics = Arc::new(Metrics::new());
+        crate::clock::set_test_offset_ms(config.server.clock_offset_ms);
         let Stores {
             live: store,
             memory: memory_store,
             control: plane,
         } = Stores::connect(&config).await?;
+        // Agree with the store's clock before stamping anything.
+        sync_clock(&*store, &metrics).await;
         let archive_metrics = Arc::new(ArchiveMetrics::new());
         // The processor role neither serves replay nor copies: it gets an
         // empty in-memory archive rather than a connection to the real one.
@@ -127,6 +130,7 @@ impl Server {
             _ => Arc::new(MemoryBus::new(config.bus.partitions, config.bus.capacity)),
         };
         let stopping = CancellationToken::new();
+        let draining = CancellationToken::new();
         let closing = CancellationToken::new();
         let rooms = Arc::new(RoomDirectory::new(config.ration.clone()));
         let control = Control::new(
@@ -199,6 +203,7 @@ impl Server {
                 "viewer connections",
             )),
             replay,
+            draining,
             stopping: stopping.clone(),
             closing,
             config: Arc::new(config),
@@ -316,10 +321,17 @@ impl Server {
         self.memory_store.as_ref()
     }
 
-    /// Stop taking work, drain the bus into the store, flush hubs, then close
-    /// viewer sessions with a reason and wait for them (bounded).
+    /// Answer `/readyz` 503 for `server.drain_ms` (load balancers drain the
+    /// node), stop taking work, drain the bus into the store, flush hubs,
+    /// then close viewer sessions with a reason and wait for them (bounded).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let grace = Duration::from_millis(self.state.config.server.shutdown_grace_ms);
+        let drain = Duration::from_millis(self.state.config.server.drain_ms);
+        self.state.draining.cancel();
+        if !drain.is_zero() {
+            tracing::info!(drain_ms = drain.as_millis() as u64, "draining: /readyz 503");
+            tokio::time::sleep(drain).await;
+        }
         tracing::info!("shutting down: no new work");
         self.state.stopping.cancel();
         if let Some(processor) = self.processor {
@@ -342,6 +354,12 @@ impl Server {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "http task failed"),
             Err(_) => tracing::warn!("connections still open after the grace period"),
+        }
+        // Upgraded connections (WebSocket) left the HTTP server's tracking at
+        // the upgrade: wait for the sessions themselves to send their close,
+        // or exiting would cut them without one.
+        if !viewer_sessions_ended(&self.state.metrics, grace).await {
+            tracing::warn!("viewer sessions still open after the grace period");
         }
         if let Some((_, internal)) = self.internal {
             // Scrapes and admin calls are short: a grace is plenty.
@@ -422,11 +440,60 @@ fn node_id(config: &Config) -> String {
     }
 }
 
-/// Periodic sweeps: idle rate-limit state, store retention, gauges.
+/// Waits (up to `within`) until no viewer session (WebSocket, SSE,
+/// long-poll) is open on this node; whether none is.
+async fn viewer_sessions_ended(metrics: &Metrics, within: Duration) -> bool {
+    let open = || {
+        ["ws", "sse", "poll"]
+            .iter()
+            .map(|t| metrics.connections.with_label_values(&[*t]).get())
+            .sum::<i64>()
+    };
+    let deadline = tokio::time::Instant::now() + within;
+    while open() > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Re-estimates the correction of this host's clock towards the store's
+/// (`crate::clock`) from a few readings; keeps the last estimate when the
+/// store does not answer quickly (or has no clock of its own).
+async fn sync_clock(store: &dyn LiveStore, metrics: &Metrics) {
+    /// A reading slower than this (a busy host, a queued command) would
+    /// make the estimate worse than the last one: skipped.
+    const MAX_RTT_MS: u64 = 20;
+    let mut samples = Vec::with_capacity(5);
+    for _ in 0..5 {
+        let sent_ms = crate::clock::host_ms();
+        let reading = tokio::time::timeout(Duration::from_secs(1), store.clock_ms()).await;
+        let received_ms = crate::clock::host_ms();
+        match reading {
+            Ok(Ok(Some(store_ms))) => samples.push(crate::clock::ClockSample {
+                sent_ms,
+                store_ms,
+                received_ms,
+            }),
+            Ok(Ok(None)) => return,
+            _ => {}
+        }
+    }
+    if let Some(correction) = crate::clock::estimate_correction(&samples, MAX_RTT_MS) {
+        crate::clock::set_correction_ms(correction);
+        metrics.clock_correction_ms.set(correction);
+    }
+}
+
+/// Periodic sweeps: idle rate-limit state, store retention, gauges, the
+/// clock's correction.
 async fn housekeeping(state: AppState, memory_store: Option<Arc<MemoryStore>>) {
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         every.tick().await;
+        sync_clock(&*state.store, &state.metrics).await;
         state.ingest.sweep();
         if let Some(store) = &memory_store {
             store.sweep();

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod archiver;
 pub mod auth;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;

@@ -139,12 +139,9 @@ pub fn valid_room(room: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Unix ms by the process's clock, corrected towards the store's
+/// ([`crate::clock`]): what `ts` is stamped with and delays are measured by.
+pub use crate::clock::now_ms;
 
 pub fn new_message_id() -> String {
     uuid::Uuid::now_v7().simple().to_string()

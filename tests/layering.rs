@@ -22,6 +22,7 @@ const LEVELS: &[&[&str]] = &[
     &["store", "bus", "archive"],
     &[
         "config", "auth", "rooms", "message", "metrics", "error", "json", "text", "flight",
+        "clock",
     ],
 ];
 

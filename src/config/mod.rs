@@ -82,6 +82,12 @@ pub struct ServerConfig {
     pub node_id: String,
     pub max_body_bytes: usize,
     pub shutdown_grace_ms: u64,
+    /// On shutdown, `/readyz` answers 503 this long before work stops.
+    pub drain_ms: u64,
+    /// Shutdown closes tell each viewer a random wait up to this (ms).
+    pub reconnect_spread_ms: u64,
+    /// Tests only: this host's clock is off by this much (ms; `crate::clock`).
+    pub clock_offset_ms: i64,
     /// Deadline for a request head, and for a keep-alive connection's next one.
     pub header_read_timeout_ms: u64,
     /// Deadline for a whole request body once its head has arrived.

@@ -125,6 +125,22 @@ impl Drop for IpSlot {
     }
 }
 
+/// The close reason of a server shutdown, with the delay this viewer should
+/// wait before resuming elsewhere: uniform in `[0, spread_ms]`, so a
+/// restarted node's viewers spread their return over the other nodes
+/// (docs/protocol.md, §4 and §7).
+pub fn shutdown_reason(spread_ms: u64) -> (String, u64) {
+    let after = if spread_ms == 0 {
+        0
+    } else {
+        rand::random::<u64>() % (spread_ms + 1)
+    };
+    (
+        format!("server shutting down; retry_after_ms={after}"),
+        after,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,7 @@ pub async fn open(
         feed,
         hello: Some(hello),
         closing: s.closing.clone(),
+        reconnect_spread_ms: s.config.server.reconnect_spread_ms,
         ping: tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(s.config.fanout.ping_s.max(1)),
             Duration::from_secs(s.config.fanout.ping_s.max(1)),
@@ -54,6 +55,7 @@ struct SseState {
     feed: ViewerFeed,
     hello: Option<Hello>,
     closing: CancellationToken,
+    reconnect_spread_ms: u64,
     ping: tokio::time::Interval,
     done: bool,
     /// At shutdown: queued frames, then the close event.
@@ -81,7 +83,8 @@ impl SseState {
                     self.feed.count_sent(&f.frame, false, f.from_ring);
                 }
                 self.draining.extend(frames.iter().map(|f| f.frame.full.sse.clone()));
-                let close = self.close_event("server shutting down");
+                let (reason, after) = super::shutdown_reason(self.reconnect_spread_ms);
+                let close = self.close_event(&reason, Some(after));
                 self.draining.push_back(close);
                 self.draining.pop_front()
             }
@@ -91,16 +94,24 @@ impl SseState {
                     frame.encoded(lite).sse.clone()
                 }
                 FeedEvent::Hello(hello) => hello_event(&hello),
-                FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID"),
+                FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID", None),
             }),
             _ = self.ping.tick() => Some(Bytes::from_static(b": ping\n\n")),
         }
     }
 
-    fn close_event(&mut self, reason: &str) -> Bytes {
+    /// The `close` event; with `retry_after_ms`, also in the SSE `retry`
+    /// field, so an `EventSource` waits that long before it reconnects.
+    fn close_event(&mut self, reason: &str, retry_after_ms: Option<u64>) -> Bytes {
         self.done = true;
-        let data = serde_json::json!({"type": "close", "reason": reason});
-        Bytes::from(format!("event: close\ndata: {data}\n\n"))
+        let mut data = serde_json::json!({"type": "close", "reason": reason});
+        match retry_after_ms {
+            Some(ms) => {
+                data["retry_after_ms"] = ms.into();
+                Bytes::from(format!("retry: {ms}\nevent: close\ndata: {data}\n\n"))
+            }
+            None => Bytes::from(format!("event: close\ndata: {data}\n\n")),
+        }
     }
 }
 

@@ -227,7 +227,8 @@ impl Session {
                 return;
             }
         }
-        link.close(CLOSE_GOING_AWAY, "server shutting down").await;
+        let (reason, _) = super::shutdown_reason(self.s.config.server.reconnect_spread_ms);
+        link.close(CLOSE_GOING_AWAY, reason).await;
     }
 
     /// Sends what the feed produced, or follows the hub's attach or detach.
@@ -454,13 +455,13 @@ impl TimedSocket {
 impl Link {
     /// Sends a close frame; the hub stops writing to the viewer first, so
     /// nothing follows the close on the wire.
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    async fn close(&mut self, code: u16, reason: impl Into<Utf8Bytes>) {
         if let Some(slot) = &self.direct {
             slot.release();
         }
         let frame = CloseFrame {
             code,
-            reason: Utf8Bytes::from_static(reason),
+            reason: reason.into(),
         };
         self.socket.send(Message::Close(Some(frame))).await;
     }

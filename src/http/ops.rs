@@ -64,7 +64,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let t = Duration::from_secs(1);
     let store = matches!(tokio::time::timeout(t, s.store.ping()).await, Ok(Ok(())));
     let bus = matches!(tokio::time::timeout(t, s.bus.ping()).await, Ok(Ok(())));
-    let stopping = s.stopping.is_cancelled();
+    // Draining: still serving, but the load balancer should send no more.
+    let stopping = s.draining.is_cancelled() || s.stopping.is_cancelled();
     // The archive and the replay Redis serve replay and archiving only: a
     // node without them still serves live rooms, so it stays in the load
     // balancer ("degraded", 200) rather than out of it.

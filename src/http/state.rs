@@ -48,6 +48,10 @@ pub struct AppInner {
     pub kicks: Arc<Kicks>,
     /// Replay reads (cache → replay Redis → archive) and the archive.
     pub replay: Arc<Replay>,
+    /// Cancelled on a shutdown signal, `server.drain_ms` before `stopping`:
+    /// `/readyz` answers 503 so load balancers stop sending new viewers
+    /// while this node still serves everyone.
+    pub draining: CancellationToken,
     /// Cancelled first: stop taking new work (posts get 503).
     pub stopping: CancellationToken,
     /// Cancelled last: viewer sessions close with a reason.

@@ -71,6 +71,12 @@ pub struct Metrics {
     /// Every (room, kind) above gear 1 and its gear; `gear` shows the top.
     geared: parking_lot::Mutex<std::collections::BTreeMap<(String, &'static str), i64>>,
     pub gear_shifts: IntCounterVec,
+    /// Added to this host's clock to agree with the store's (store − host,
+    /// ms; `crate::clock`): the clock skew this node sees.
+    pub clock_correction_ms: IntGauge,
+    /// Messages a processor found stamped after its own now (clock skew
+    /// left over); their delay counts as 0.
+    pub clock_ts_ahead: IntCounter,
     /// Live-store range reads by who asked (hub, poll, catch_up, snapshot).
     pub store_reads: IntCounterVec,
     /// Gift combos of two or more events sent to viewers.
@@ -344,6 +350,22 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("danmaku_gear_shifts_total", "Gear shifts by direction"),
                     &["direction"],
+                )
+                .unwrap(),
+            ),
+            clock_correction_ms: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_clock_correction_ms",
+                    "Correction added to this host's clock to agree with the store's (ms)",
+                )
+                .unwrap(),
+            ),
+            clock_ts_ahead: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_clock_ts_ahead_total",
+                    "Messages stamped ahead of the processor's clock (delay counted as 0)",
                 )
                 .unwrap(),
             ),

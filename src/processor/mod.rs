@@ -307,6 +307,11 @@ impl Processor {
                             AppendOutcome::Stored { seq } => {
                                 m.seq = *seq;
                                 self.metrics.stored.inc();
+                                if m.ts > now {
+                                    // Skew the clock correction left over:
+                                    // the delay counts as 0, never negative.
+                                    self.metrics.clock_ts_ahead.inc();
+                                }
                                 self.metrics
                                     .process_delay_seconds
                                     .with_label_values(&[m.kind.as_str()])

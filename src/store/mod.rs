@@ -121,6 +121,13 @@ pub trait LiveStore: Send + Sync + 'static {
     /// Cheap liveness check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The store's own clock (unix ms), the one clock every node can read,
+    /// which [`crate::clock`] corrects this process's clock towards; `None`
+    /// when the store is this process (embedded: its clock is ours).
+    async fn clock_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     /// Presence (`docs/architecture.md`, "Presence"): publishes this node's viewer count per room
     /// (kept `ttl`, so a dead node's counts expire) and returns the
     /// cluster-wide count of each room in `local` (sum over live nodes), in

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod fault;
 pub mod pair;
 pub mod procs;
 pub mod proxy;

@@ -210,6 +210,35 @@ impl Node {
         kill_child(&mut self.child);
     }
 
+    /// SIGTERM: the graceful shutdown (drain, close viewers, stop).
+    pub fn sigterm(&self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "TERM");
+        }
+    }
+
+    /// The process id (for /proc samples).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits (up to `within`) for the process to exit by itself; its exit
+    /// status, or `None` if it is still running.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Some(status);
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The same role again (after a kill), on a new port.
     pub fn restart(&mut self) {
         self.sigkill();

@@ -157,6 +157,15 @@ impl LiveStore for RedisStore {
         }
     }
 
+    async fn clock_ms(&self) -> Result<Option<u64>, StoreError> {
+        // TIME answers [unix seconds, microseconds within the second].
+        let (secs, micros): (u64, u64) = ::redis::cmd("TIME")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(Some(secs * 1000 + micros / 1000))
+    }
+
     async fn exchange_presence(
         &self,
         node: &str,
