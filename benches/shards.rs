@@ -72,7 +72,8 @@ async fn open_room() -> Room {
     let mut viewers = Vec::with_capacity(MAX_VIEWERS);
     let mut clients = Vec::with_capacity(MAX_VIEWERS);
     for _ in 0..MAX_VIEWERS {
-        let (accepted, client) = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
+        let (accepted, client) =
+            tokio::join!(listener.accept(), tokio::net::TcpStream::connect(addr));
         let client = client.unwrap().into_std().unwrap();
         client.set_nonblocking(true).unwrap();
         clients.push(client);

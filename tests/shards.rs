@@ -39,11 +39,32 @@ async fn readers(
         .map(|mut v| {
             assert_eq!(v.hello["cursor"], 0, "empty room: {}", v.hello);
             tokio::spawn(async move {
-                let got = v.collect_ids(MESSAGES, Duration::from_secs(90)).await;
+                let got = v.collect_ids(MESSAGES, Duration::from_secs(150)).await;
                 (got, v.ended.clone())
             })
         })
         .collect()
+}
+
+/// Posts message `i` for each of `0..MESSAGES` with `post`, several at
+/// once (the store gives them their seqs); the ids acknowledged.
+async fn post_all<F, Fut>(post: F) -> Vec<String>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = (StatusCode, serde_json::Value)>,
+{
+    futures_util::stream::iter(0..MESSAGES)
+        .map(|i| {
+            let answer = post(i);
+            async move {
+                let (s, body) = answer.await;
+                assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
+                body["id"].as_str().unwrap().to_string()
+            }
+        })
+        .buffer_unordered(USERS)
+        .collect()
+        .await
 }
 
 /// Every reader got exactly the `posted` ids, once each, in seq order 1..=N.
@@ -104,14 +125,19 @@ async fn a_sharded_room_delivers_every_message_once_in_order() {
     let tokens: Vec<String> = (0..USERS)
         .map(|u| ts.token(&format!("user-{u}"), &format!("User {u}")))
         .collect();
-    let mut posted = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
+    let (ts, room, tokens) = (&ts, room.as_str(), &tokens);
+    let posted = post_all(|i| async move {
         let (s, body, _) = ts
-            .post_danmaku(&room, &tokens[i % USERS], &format!("c{i}"), &format!("m {i}"))
+            .post_danmaku(
+                room,
+                &tokens[i % USERS],
+                &format!("c{i}"),
+                &format!("m {i}"),
+            )
             .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
-        posted.push(body["id"].as_str().unwrap().to_string());
-    }
+        (s, body)
+    })
+    .await;
     assert_all_got_all(readers, &posted).await;
 
     // The hub counts its writes once every shard is done.
@@ -171,16 +197,19 @@ async fn sharded_rooms_on_two_fronts_deliver_every_message_once_in_order() {
     let ws = |port: u16| format!("ws://127.0.0.1:{port}/v1/rooms/{room}/ws");
     let mut all = readers(&ws(p.a.port), PER_FRONT).await;
     all.extend(readers(&ws(p.b.port), PER_FRONT).await);
-    let mut posted = Vec::with_capacity(MESSAGES);
-    for i in 0..MESSAGES {
+    let (p, room) = (&p, room.as_str());
+    let posted = post_all(|i| async move {
         // Posted on both fronts by turns.
         let front = if i % 2 == 0 { &p.a } else { &p.b };
-        let (s, body) = p
-            .post(front, &room, &format!("user-{}", i % USERS), &format!("c{i}"))
-            .await;
-        assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
-        posted.push(body["id"].as_str().unwrap().to_string());
-    }
+        p.post(
+            front,
+            room,
+            &format!("user-{}", i % USERS),
+            &format!("c{i}"),
+        )
+        .await
+    })
+    .await;
     assert_all_got_all(all, &posted).await;
     for front in [&p.a, &p.b] {
         let all = front

@@ -12,10 +12,10 @@
 //! frame. Small rooms keep one shard, written by the hub task itself
 //! (`shard_count`): a task wake-up per frame costs more than a few writes.
 
+use prometheus::Histogram;
 use std::ops::Range;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use prometheus::Histogram;
 
 use super::hub_side::fan_out;
 use super::viewer::{DirectStats, DirectViewer};
@@ -45,8 +45,7 @@ impl ShardPlan {
     /// current-thread one), so a front on one core keeps one shard.
     pub fn from_config(config: &FanoutConfig) -> ShardPlan {
         let max_shards = match config.viewer_shards {
-            0 => tokio::runtime::Handle::try_current()
-                .map_or(1, |h| h.metrics().num_workers()),
+            0 => tokio::runtime::Handle::try_current().map_or(1, |h| h.metrics().num_workers()),
             n => n,
         };
         ShardPlan {
