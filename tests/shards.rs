@@ -23,12 +23,13 @@ const SHARDS: usize = 4;
 /// Connections opened at once.
 const CONNECT_CONCURRENCY: usize = 50;
 
+/// A viewer reading on its own task: the (seq, id) pairs it got, and how
+/// its connection ended if it did.
+type Reader = tokio::task::JoinHandle<(Vec<(u64, String)>, Option<WsEnd>)>;
+
 /// Opens `n` viewers on `url` (all at cursor 0) and starts each reading
 /// `MESSAGES` messages on its own task.
-async fn readers(
-    url: &str,
-    n: usize,
-) -> Vec<tokio::task::JoinHandle<(Vec<(u64, String)>, Option<WsEnd>)>> {
+async fn readers(url: &str, n: usize) -> Vec<Reader> {
     let viewers: Vec<WsViewer> = futures_util::stream::iter(0..n)
         .map(|_| async move { WsViewer::connect(url).await })
         .buffer_unordered(CONNECT_CONCURRENCY)
@@ -68,10 +69,7 @@ where
 }
 
 /// Every reader got exactly the `posted` ids, once each, in seq order 1..=N.
-async fn assert_all_got_all(
-    readers: Vec<tokio::task::JoinHandle<(Vec<(u64, String)>, Option<WsEnd>)>>,
-    posted: &[String],
-) {
+async fn assert_all_got_all(readers: Vec<Reader>, posted: &[String]) {
     let posted: HashSet<&String> = posted.iter().collect();
     assert_eq!(posted.len(), MESSAGES, "distinct ids");
     let expected: Vec<u64> = (1..=MESSAGES as u64).collect();
