@@ -319,6 +319,14 @@ pub struct FanoutConfig {
     /// Hubs write each frame to in-step WebSocket viewers themselves, one
     /// non-blocking write per viewer (no per-viewer task woken per frame).
     pub direct_writes: bool,
+    /// A room's directly written viewers are split into at most this many
+    /// shards, each written by its own task (so one giant room uses every
+    /// core); 0 = auto: the runtime's worker threads.
+    pub viewer_shards: usize,
+    /// Fewest viewers a shard is given: a room with fewer than twice this
+    /// many direct viewers is written by its hub task alone (a task wake-up
+    /// per frame costs more than writing that few; BENCHMARKS.md, "Viewer shards").
+    pub shard_min_viewers: usize,
     /// Bytes a WebSocket may queue for a slow reader; past it the hub stops
     /// writing to it and the viewer's own task takes over (lite frames, cut).
     pub push_backlog_bytes: usize,

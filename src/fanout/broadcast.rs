@@ -7,14 +7,16 @@
 //! 3. **publish**: under the position lock the frame joins the local cache and
 //!    the broadcast ring, and in-step viewers join the direct writes.
 //!
-//! Then the hub writes the frame to its direct viewers itself. Every viewer
-//! gets the same shared bytes: nothing is allocated or encoded per viewer.
+//! Then the hub writes the frame to its direct viewers itself, split over
+//! the worker threads in a big room (`direct::shards`). Every viewer gets
+//! the same shared bytes: nothing is allocated or encoded per viewer.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::combo::ComboStats;
-use super::direct::{self, Detach, DirectStats, DirectViewer};
+use super::direct::shards::{fan_out_sharded, Members};
+use super::direct::{Detach, DirectStats};
 use super::ration::{Rationer, Selection};
 use super::tick::HubContext;
 use super::{Frame, Hub};
@@ -32,7 +34,7 @@ struct Selected {
 /// A frame just published, and the viewers the hub writes it to itself.
 struct Broadcast {
     frame: Arc<Frame>,
-    direct: Option<Arc<[Arc<DirectViewer>]>>,
+    direct: Option<Members>,
 }
 
 impl Hub {
@@ -53,7 +55,7 @@ impl Hub {
         else {
             return;
         };
-        let stats = self.write_direct(&frame, &members).await;
+        let stats = self.write_direct(ctx, &frame, &members).await;
         account_direct(ctx.metrics, &stats);
     }
 
@@ -155,7 +157,7 @@ impl Hub {
         // A batch read before the retraction may have refilled the cache.
         ctx.retractions.advance_mark(&self.room);
         if let Some(members) = direct {
-            let stats = self.write_direct(&frame, &members).await;
+            let stats = self.write_direct(ctx, &frame, &members).await;
             account_direct(ctx.metrics, &stats);
         }
     }
@@ -183,7 +185,7 @@ impl Hub {
         }
         let ring = self.tx.receiver_count().saturating_sub(joined);
         frame.receivers.store(
-            ring + direct.as_ref().map_or(0, |d| d.len()),
+            ring + direct.as_ref().map_or(0, |d| d.viewers.len()),
             Ordering::Relaxed,
         );
         // Ring receivers count what they send themselves (`ViewerFeed::
@@ -195,10 +197,27 @@ impl Hub {
         Broadcast { frame, direct }
     }
 
-    /// Writes `frame` to the viewers the hub writes to itself.
-    async fn write_direct(&self, frame: &Frame, members: &[Arc<DirectViewer>]) -> DirectStats {
+    /// Writes `frame` to the viewers the hub writes to itself, in as many
+    /// shards as the room's size calls for; done when every shard is.
+    async fn write_direct(
+        &self,
+        ctx: &HubContext<'_>,
+        frame: &Arc<Frame>,
+        members: &Members,
+    ) -> DirectStats {
         let gone = self.direct.lock().gone_counter();
-        let stats = direct::fan_out(frame, members, &gone).await;
+        let shards = ctx.shards.shards_for(members.viewers.len());
+        ctx.metrics.direct_frame_shards.observe(shards as f64);
+        let stats = fan_out_sharded(
+            frame,
+            members,
+            &gone,
+            shards,
+            &ctx.metrics.direct_shard_write_seconds,
+        )
+        .await;
+        // Every shard is done: the next read decision (`fanout_behind`)
+        // sees all of their writes.
         frame
             .taken
             .fetch_add((stats.written + stats.queued) as usize, Ordering::Relaxed);

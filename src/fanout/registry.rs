@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::direct::shards::ShardPlan;
 use super::ration::Rationer;
 use super::read_policy::{should_read, ReadCheck, ReadDecision};
 use super::retractions::Retractions;
@@ -48,6 +49,8 @@ pub struct HubRegistry {
     metrics: Arc<Metrics>,
     rooms: Arc<RoomDirectory>,
     config: FanoutConfig,
+    /// `fanout.viewer_shards` resolved on the node's runtime.
+    shards: ShardPlan,
     lite_after: Duration,
     presence: Exchange,
     retractions: Retractions,
@@ -66,7 +69,10 @@ impl HubRegistry {
         node_id: String,
     ) -> Arc<Self> {
         let presence = Exchange::new(store.clone(), metrics.clone(), node_id, &config);
+        let shards = ShardPlan::from_config(&config);
+        metrics.direct_viewer_shards.set(shards.max_shards as i64);
         Arc::new(HubRegistry {
+            shards,
             hubs: DashMap::new(),
             store,
             metrics,
@@ -112,6 +118,7 @@ impl HubRegistry {
             cache_messages: self.config.cache_messages,
             combo_window_ms: self.config.combo_window_ms,
             final_tick: false,
+            shards: self.shards,
         }
     }
 

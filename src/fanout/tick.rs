@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::direct::shards::ShardPlan;
 use super::ration::Rationer;
 use super::read_policy::ReadDecision;
 use super::retractions::Retractions;
@@ -25,6 +26,8 @@ pub(super) struct HubContext<'a> {
     pub combo_window_ms: u64,
     /// The hub's last tick (shutdown): nothing may stay held.
     pub final_tick: bool,
+    /// How the hub splits its direct writes over worker threads.
+    pub shards: ShardPlan,
 }
 
 impl Hub {

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub direct_writes: IntCounterVec,
     /// Viewers handed back from the hub's writes to their own task, by why.
     pub direct_detached: IntCounterVec,
+    /// Most shards one room's direct writes split into (`fanout.viewer_shards`
+    /// resolved); shards each frame was written in; one shard's write time.
+    pub direct_viewer_shards: IntGauge,
+    pub direct_frame_shards: Histogram,
+    pub direct_shard_write_seconds: Histogram,
     /// Rationing per tick: delivered by bucket, dropped by bucket and reason.
     pub ration_delivered: IntCounterVec,
     pub ration_dropped: IntCounterVec,
@@ -224,7 +229,7 @@ impl Metrics {
                 &registry,
                 Histogram::with_opts(
                     HistogramOpts::new("danmaku_hub_tick_seconds", "Hub tick duration")
-                        .buckets(buckets_fast),
+                        .buckets(buckets_fast.clone()),
                 )
                 .unwrap(),
             ),
@@ -434,6 +439,36 @@ impl Metrics {
                         "Viewers handed back from hub writes to their own task",
                     ),
                     &["reason"],
+                )
+                .unwrap(),
+            ),
+            direct_viewer_shards: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_direct_viewer_shards",
+                    "Most shards a room's direct writes are split into on this node",
+                )
+                .unwrap(),
+            ),
+            direct_frame_shards: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "danmaku_direct_frame_shards",
+                        "Shards a frame's direct writes were split into",
+                    )
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+                )
+                .unwrap(),
+            ),
+            direct_shard_write_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "danmaku_direct_shard_write_seconds",
+                        "Time one shard took to write a frame to its viewers",
+                    )
+                    .buckets(buckets_fast),
                 )
                 .unwrap(),
             ),

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::shards::Members;
 use super::socket::Push;
 use super::viewer::{Detach, DirectStats, DirectViewer};
 use crate::fanout::feed::late_only;
@@ -81,8 +82,8 @@ impl DirectViewer {
 pub struct DirectList {
     members: Vec<Arc<DirectViewer>>,
     requests: Vec<Arc<DirectViewer>>,
-    /// `members` as of the last change, shared with the fan-out loop.
-    snapshot: Option<Arc<[Arc<DirectViewer>]>>,
+    /// `members` as of the last change, shared with the fan-out (and its shards).
+    snapshot: Option<Members>,
     /// Set by a detach: members to drop on the next pass.
     gone: Arc<AtomicUsize>,
 }
@@ -102,7 +103,7 @@ impl DirectList {
         epoch: &str,
         next_from: u64,
         last_no: u64,
-    ) -> (Option<Arc<[Arc<DirectViewer>]>>, usize) {
+    ) -> (Option<Members>, usize) {
         self.prune();
         let mut joined = 0;
         let members = &mut self.members;
@@ -137,7 +138,10 @@ impl DirectList {
     }
 
     fn refresh_snapshot(&mut self) {
-        self.snapshot = (!self.members.is_empty()).then(|| self.members.clone().into());
+        self.snapshot = (!self.members.is_empty()).then(|| Members {
+            viewers: self.members.clone().into(),
+            deflate: self.members.iter().find_map(|m| m.deflate),
+        });
     }
 
     /// Counts a detach done outside the fan-out (the task took its viewer back).

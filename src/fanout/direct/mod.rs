@@ -38,13 +38,20 @@
 //! whichever writer writes (`Encoded::ws_frame_for`), and its compressed
 //! messages are inflated in the socket's read path ([`inflate`]).
 //!
+//! A big room's hub writes a frame through several tasks at once
+//! ([`shards`]): each viewer is in one shard for the frame, and the hub
+//! waits for every shard before its next frame, so "the hub" above means
+//! the hub and its shards, and nothing else changes.
+//!
 //! Layout: [`socket`] the shared client socket; `viewer` the per-viewer
 //! state both sides lock; `hub_side` the hub's list and its fan-out;
+//! [`shards`] that fan-out split over the worker threads;
 //! [`task_side`] the viewer task's half (its source, the switch between
 //! sources, sending in order with the hub).
 
 mod hub_side;
 pub mod inflate;
+pub mod shards;
 pub mod socket;
 pub mod task_side;
 mod viewer;

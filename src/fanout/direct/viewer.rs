@@ -83,6 +83,19 @@ impl DirectStats {
     pub fn count_bytes(&mut self, encoding: WsEncoding, n: usize) {
         self.bytes[encoding as usize] += n as u64;
     }
+
+    /// Adds another shard's figures for the same frame.
+    pub fn add(&mut self, other: &DirectStats) {
+        self.written += other.written;
+        self.queued += other.queued;
+        self.messages += other.messages;
+        for (a, b) in self.detached.iter_mut().zip(other.detached) {
+            *a += b;
+        }
+        for (a, b) in self.bytes.iter_mut().zip(other.bytes) {
+            *a += b;
+        }
+    }
 }
 
 impl DirectViewer {
