@@ -44,9 +44,12 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 fn varies_on_encoding(h: &HeaderMap) -> bool {
-    h.get_all("vary")
-        .iter()
-        .any(|v| v.to_str().unwrap().to_ascii_lowercase().contains("accept-encoding"))
+    h.get_all("vary").iter().any(|v| {
+        v.to_str()
+            .unwrap()
+            .to_ascii_lowercase()
+            .contains("accept-encoding")
+    })
 }
 
 async fn post_texts(t: &TestServer, room: &str, n: usize) {
@@ -74,32 +77,62 @@ async fn a_snapshot_is_gzipped_once_for_every_client_that_accepts_it() {
 
     let (s, plain_h, plain) = get(&t, &path, &[]).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(header(&plain_h, "content-encoding"), None, "no Accept-Encoding: plain");
+    assert_eq!(
+        header(&plain_h, "content-encoding"),
+        None,
+        "no Accept-Encoding: plain"
+    );
     assert!(varies_on_encoding(&plain_h), "{plain_h:?}");
     let tag = header(&plain_h, "etag").unwrap().to_string();
-    assert!(plain.len() >= 1024, "over snapshot.gzip_min_bytes: {}", plain.len());
+    assert!(
+        plain.len() >= 1024,
+        "over snapshot.gzip_min_bytes: {}",
+        plain.len()
+    );
     let v: Value = serde_json::from_slice(&plain).unwrap();
     assert_eq!(v["buckets"]["low"].as_array().unwrap().len(), 20);
 
     let (compressed, shared) = (t.metric(COMPRESSED).await, t.metric(SHARED).await);
     let gz_tag = format!("{}-gz\"", tag.trim_end_matches('"'));
     let mut first = None;
-    for accept in ["gzip", "gzip, deflate, br", "br;q=1.0, gzip;q=0.8", "*", "gzip"] {
+    for accept in [
+        "gzip",
+        "gzip, deflate, br",
+        "br;q=1.0, gzip;q=0.8",
+        "*",
+        "gzip",
+    ] {
         let (s, h, body) = get(&t, &path, &[("accept-encoding", accept)]).await;
         assert_eq!(s, StatusCode::OK, "{accept}");
         assert_eq!(header(&h, "content-encoding"), Some("gzip"), "{accept}");
         assert_eq!(header(&h, "content-type"), Some("application/json"));
         assert!(varies_on_encoding(&h), "{h:?}");
-        assert_eq!(header(&h, "etag"), Some(gz_tag.as_str()), "its own strong ETag");
-        assert!(body.len() * 2 < plain.len(), "{} vs {}", body.len(), plain.len());
-        assert_eq!(gunzip(&body), plain, "decoded: the plain body byte for byte");
+        assert_eq!(
+            header(&h, "etag"),
+            Some(gz_tag.as_str()),
+            "its own strong ETag"
+        );
+        assert!(
+            body.len() * 2 < plain.len(),
+            "{} vs {}",
+            body.len(),
+            plain.len()
+        );
+        assert_eq!(
+            gunzip(&body),
+            plain,
+            "decoded: the plain body byte for byte"
+        );
         match &first {
             None => first = Some(body),
             Some(f) => assert_eq!(f, &body, "the same bytes"),
         }
     }
     assert_eq!(
-        (t.metric(COMPRESSED).await - compressed, t.metric(SHARED).await - shared),
+        (
+            t.metric(COMPRESSED).await - compressed,
+            t.metric(SHARED).await - shared
+        ),
         (1.0, 4.0),
         "five requests, one compression"
     );
@@ -166,7 +199,11 @@ async fn small_snapshots_and_a_switched_off_gzip_go_plain() {
     let (s, h, body) = get(&off, &path, &[("accept-encoding", "gzip")]).await;
     assert_eq!(s, StatusCode::OK);
     assert!(body.len() >= 1024);
-    assert_eq!(header(&h, "content-encoding"), None, "snapshot.gzip = false");
+    assert_eq!(
+        header(&h, "content-encoding"),
+        None,
+        "snapshot.gzip = false"
+    );
     assert!(!varies_on_encoding(&h), "{h:?}");
     serde_json::from_slice::<Value>(&body).expect("plain JSON");
     off.shutdown().await;
@@ -222,7 +259,10 @@ async fn a_big_rooms_poll_answer_is_gzipped_once_per_frame() {
         assert_eq!(gunzip(&body), plain, "decoded: the plain answer");
     }
     assert_eq!(
-        (t.metric(COMPRESSED).await - compressed, t.metric(SHARED).await - shared),
+        (
+            t.metric(COMPRESSED).await - compressed,
+            t.metric(SHARED).await - shared
+        ),
         (1.0, 4.0),
         "five polls, one compression"
     );

@@ -21,8 +21,12 @@ use serde_json::Value;
 const ROUND_MS: &str = "200";
 const SETTLE: Duration = Duration::from_secs(10);
 
-fn ws_url(node: &Node, room: &str) -> String {
-    format!("{}/v1/rooms/{room}/ws", node.base().replace("http", "ws"))
+/// A WebSocket viewer of `room` on `node` that returns `online` frames.
+async fn ws_on(node: &Node, room: &str) -> WsViewer {
+    let url = format!("{}/v1/rooms/{room}/ws", node.base().replace("http", "ws"));
+    let mut ws = WsViewer::connect(&url).await;
+    ws.keep_online = true;
+    ws
 }
 
 /// Reads `ws` until an `online` frame says `want`; returns every online
@@ -81,7 +85,9 @@ async fn sse_on(pair: &Pair, node: &Node, room: &str) -> SseReader {
         .await
         .expect("SSE request");
     assert_eq!(res.status(), reqwest::StatusCode::OK);
-    SseReader::new(res)
+    let mut sse = SseReader::new(res);
+    sse.keep_online = true;
+    sse
 }
 
 async fn poll_now(pair: &Pair, node: &Node, room: &str) -> Value {
@@ -114,7 +120,7 @@ async fn two_fronts_see_each_others_viewers(extra: &[(&str, &str)]) {
     let room = unique("online");
 
     // One WebSocket viewer on A, one SSE viewer on B: both see 2.
-    let mut on_a = WsViewer::connect(&ws_url(&pair.a, &room)).await;
+    let mut on_a = ws_on(&pair.a, &room).await;
     let mut sse_b = sse_on(&pair, &pair.b, &room).await;
     ws_until_online(&mut on_a, 2).await;
     sse_until_online(&mut sse_b, 2).await;
@@ -122,7 +128,7 @@ async fn two_fronts_see_each_others_viewers(extra: &[(&str, &str)]) {
     // Three more join on B: A's viewer sees the total reach 5, B's too.
     let mut joined = Vec::new();
     for _ in 0..3 {
-        joined.push(WsViewer::connect(&ws_url(&pair.b, &room)).await);
+        joined.push(ws_on(&pair.b, &room).await);
     }
     let seen = ws_until_online(&mut on_a, 5).await;
     assert!(

@@ -13,7 +13,7 @@ use common::procs::services_required;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::io::BufRead;
 
 const MESSAGES: usize = 40;
 
@@ -57,27 +57,33 @@ async fn python_websockets_inflates_the_servers_compressed_frames() {
     })
     .await;
     let room = t.room("python-deflate");
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/ws_deflate_client.py");
-    let mut child = tokio::process::Command::new(&python)
-        .arg(script)
-        .arg(format!("{}/v1/rooms/{room}/ws", t.ws_base))
-        .arg(MESSAGES.to_string())
-        .arg("20")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python runs");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut line = || async {
-        let l = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("the Python client answers in time")
-            .expect("read its output")
-            .expect("a line from the Python client");
-        serde_json::from_str::<Value>(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
-    };
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/ws_deflate_client.py"
+    );
+    let mut child = Python(
+        std::process::Command::new(&python)
+            .arg(script)
+            .arg(format!("{}/v1/rooms/{room}/ws", t.ws_base))
+            .arg(MESSAGES.to_string())
+            .arg("20")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python runs"),
+    );
+    // Its output lines, read on a thread of their own.
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
 
-    let opened = line().await;
+    let opened = line(&mut rx).await;
     assert_eq!(opened["hello"]["type"], "hello", "{opened}");
     assert_eq!(
         opened["extensions"],
@@ -100,15 +106,21 @@ async fn python_websockets_inflates_the_servers_compressed_frames() {
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "post {i}: {body}");
     }
-    let got = line().await;
+    let got = line(&mut rx).await;
     let messages = got["messages"].as_array().expect("messages");
-    let seqs: Vec<u64> = messages.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = messages
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(
         seqs,
         (1..=MESSAGES as u64).collect::<Vec<_>>(),
         "every message once, in order"
     );
-    let texts: Vec<&str> = messages.iter().map(|m| m["text"].as_str().unwrap()).collect();
+    let texts: Vec<&str> = messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
     let want: Vec<String> = (0..MESSAGES).map(text).collect();
     assert_eq!(texts, want, "the texts, inflated intact");
     let compressed = got["compressed_frames"].as_u64().unwrap();
@@ -125,5 +137,24 @@ async fn python_websockets_inflates_the_servers_compressed_frames() {
         deflated > deflated_before,
         "the server sent compressed bytes: {deflated_before} -> {deflated}"
     );
-    assert!(child.wait().await.expect("python exits").success());
+    assert!(child.0.wait().expect("python exits").success());
+}
+
+/// The Python client's next output line, as JSON.
+async fn line(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Value {
+    let l = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the Python client answers in time")
+        .expect("a line from the Python client");
+    serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"))
+}
+
+/// The Python client, killed if the test fails before it exits.
+struct Python(std::process::Child);
+
+impl Drop for Python {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

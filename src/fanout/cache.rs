@@ -253,11 +253,17 @@ mod tests {
         assert_eq!(newest.encode("r1", false), frame.full.json);
         let shared = SharedAnswer::new(frame, 7);
         let v: serde_json::Value = serde_json::from_slice(&shared.json).unwrap();
-        assert_eq!((v["cursor"].as_u64(), v["online"].as_u64()), (Some(5), Some(7)));
+        assert_eq!(
+            (v["cursor"].as_u64(), v["online"].as_u64()),
+            (Some(5), Some(7))
+        );
         assert_eq!(shared.count(), 1);
         assert!(shared.is_for(frame, 7));
         assert!(!shared.is_for(frame, 8), "another count");
         let copy = Arc::new(frame.without("r1", &[]));
-        assert!(!shared.is_for(&copy, 7), "another frame with the same cursors");
+        assert!(
+            !shared.is_for(&copy, 7),
+            "another frame with the same cursors"
+        );
     }
 }

@@ -461,7 +461,10 @@ mod tests {
             serde_json::json!({"type": "online", "room": "r1", "online": 1234})
         );
         let sse = std::str::from_utf8(&f.full.sse).unwrap();
-        assert!(sse.starts_with("event: online\ndata: {"), "no id line: {sse}");
+        assert!(
+            sse.starts_with("event: online\ndata: {"),
+            "no id line: {sse}"
+        );
         assert!(sse.ends_with("}\n\n"));
         assert_eq!(f.full.ws_frame[0], 0x81);
         assert!(f.full.ws_frame.ends_with(&f.full.json));

@@ -134,8 +134,7 @@ mod tests {
         let b = once.get(&body, 100, &metrics).expect("shared");
         assert_eq!(a.as_ptr(), b.as_ptr(), "the same bytes");
         let mut plain = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&a[..]), &mut plain)
-            .unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&a[..]), &mut plain).unwrap();
         assert_eq!(plain, body);
         let count = |o: &str| metrics.http_gzip.with_label_values(&[o]).get();
         assert_eq!((count("compressed"), count("shared")), (1, 1));
