@@ -71,17 +71,7 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery, gzip: bool) -> Result<Re
             || s.closing.is_cancelled()
             || s.hubs.retraction_mark(room) != mark;
         let answer = if hub.is_big() {
-            let retracted = s.hubs.recent_retractions(room);
-            from_cache(
-                s,
-                &hub,
-                room,
-                q.epoch.as_deref(),
-                cursor,
-                expired,
-                &retracted,
-                gzip,
-            )
+            from_cache(s, &hub, room, q.epoch.as_deref(), cursor, expired, gzip)
         } else {
             let a = read_through(s, &hub, room, q.epoch.as_deref(), cursor, reset, expired).await?;
             if let Answer::Restart = a {
@@ -175,9 +165,9 @@ fn from_cache(
     epoch: Option<&str>,
     cursor: u64,
     expired: bool,
-    retracted: &[String],
     gzip: bool,
 ) -> Answer {
+    let retracted = s.hubs.recent_retractions(room);
     let limit = s.config.fanout.big_poll_max_messages;
     let read = hub.cached_frames_after(cursor, limit);
     let reset = epoch.is_some_and(|e| !e.is_empty() && e != &*read.epoch);
@@ -206,7 +196,7 @@ fn from_cache(
     }
     let result = if read.gap { "gap" } else { "hit" };
     s.metrics.cache_reads.with_label_values(&[result]).inc();
-    let body = with_retracted(read.encode(room, false), retracted);
+    let body = with_retracted(read.encode(room, false), &retracted);
     let body = with_online(body, hub.cluster_online());
     Answer::Respond(Body::from(body), count, false)
 }

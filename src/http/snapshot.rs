@@ -158,7 +158,7 @@ async fn handler(
                             (previous, false)
                         }
                         (Ok(Computed::New(snap)), _) => {
-                            let snap = Arc::new(snap);
+                            let snap: Arc<Snapshot> = Arc::from(snap);
                             *slot.current.lock() = Some((snap.clone(), Instant::now()));
                             (snap, false)
                         }
@@ -237,7 +237,7 @@ fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap)
 enum Computed {
     /// The room is as the previous snapshot saw it: keep its bytes.
     Unchanged,
-    New(Snapshot),
+    New(Box<Snapshot>),
 }
 
 async fn compute(
@@ -280,7 +280,8 @@ async fn compute(
         };
         messages.sort_by_key(|m| m.seq);
         builds.with_label_values(&["cache"]).inc();
-        return Ok(Computed::New(build(room, state, &messages, cfg.per_bucket)));
+        let snap = build(room, state, &messages, cfg.per_bucket);
+        return Ok(Computed::New(Box::new(snap)));
     }
 
     let head = s.store.head(room).await.map_err(store_down)?;
@@ -309,12 +310,12 @@ async fn compute(
         retractions,
     };
     builds.with_label_values(&["store"]).inc();
-    Ok(Computed::New(build(
+    Ok(Computed::New(Box::new(build(
         room,
         state,
         &read.messages,
         cfg.per_bucket,
-    )))
+    ))))
 }
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
