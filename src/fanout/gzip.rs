@@ -139,8 +139,14 @@ mod tests {
         let count = |o: &str| metrics.http_gzip.with_label_values(&[o]).get();
         assert_eq!((count("compressed"), count("shared")), (1, 1));
         assert!(GzipOnce::default().get(b"{}", 100, &metrics).is_none());
-        let noise: Vec<u8> = (0..400u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..400)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
             .collect();
         assert!(GzipOnce::default().get(&noise, 100, &metrics).is_none());
         assert_eq!(count("not_smaller"), 1);
