@@ -170,19 +170,7 @@ impl Frame {
             "ids": ids,
         }))
         .expect("a JSON value serialises");
-        Frame {
-            kind: FrameKind::Retract,
-            full: Encoded::framed(json, "retract", None, 0),
-            lite: None,
-            messages: Arc::from([]),
-            encoded_at: std::time::Instant::now(),
-            receivers: AtomicUsize::new(0),
-            taken: AtomicUsize::new(0),
-            no: 0,
-            epoch,
-            from: cursor,
-            to: cursor,
-        }
+        Frame::announcement(FrameKind::Retract, "retract", json, epoch, cursor)
     }
 
     /// `{"type":"online","room","online"}` at the hub's `cursor` (see
@@ -194,9 +182,21 @@ impl Frame {
             "online": online,
         }))
         .expect("a JSON value serialises");
+        Frame::announcement(FrameKind::Online, "online", json, epoch, cursor)
+    }
+
+    /// An announcement (see [`Frame::is_announcement`]): `json` at the hub's
+    /// `cursor`, the SSE event `event` without an `id:`.
+    fn announcement(
+        kind: FrameKind,
+        event: &str,
+        json: Vec<u8>,
+        epoch: Arc<str>,
+        cursor: u64,
+    ) -> Frame {
         Frame {
-            kind: FrameKind::Online,
-            full: Encoded::framed(json, "online", None, 0),
+            kind,
+            full: Encoded::framed(json, event, None, 0),
             lite: None,
             messages: Arc::from([]),
             encoded_at: std::time::Instant::now(),
