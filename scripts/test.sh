@@ -48,6 +48,8 @@ command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# The Python WebSocket client of tests/python_websockets.rs (Debian's python3).
+/usr/bin/python3 -c "import websockets" 2>/dev/null || need_apt+=(python3-websockets)
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_apt+=(chromium); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing ${need_apt[*]}"

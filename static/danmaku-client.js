@@ -140,7 +140,8 @@ var longPoll = (ctx, cb) => {
         return;
       if (first) {
         first = false;
-        cb.hello({ type: "hello", room: body.room, epoch: body.epoch, cursor: body.cursor, online: null, reset: !!body.reset });
+        const online = typeof body.online === "number" ? body.online : null;
+        cb.hello({ type: "hello", room: body.room, epoch: body.epoch, cursor: body.cursor, online, reset: !!body.reset });
         body = { ...body, reset: false };
       }
       cb.batch(body);
@@ -187,7 +188,10 @@ var serverSentEvents = (ctx, cb) => {
       cb.batch(m);
     else if (event === "retract")
       cb.retract(Array.isArray(m.ids) ? m.ids : []);
-    else if (event === "close")
+    else if (event === "online") {
+      if (typeof m.online === "number")
+        cb.online(m.online);
+    } else if (event === "close")
       fail(`closed: ${m.reason ?? "by the server"}`);
   };
   (async () => {
@@ -301,7 +305,10 @@ var websocket = (ctx, cb) => {
       cb.batch(m);
     else if (m.type === "retract")
       cb.retract(Array.isArray(m.ids) ? m.ids : []);
-    else
+    else if (m.type === "online") {
+      if (typeof m.online === "number")
+        cb.online(m.online);
+    } else
       cb.reply(m);
   };
   ws.onclose = (ev) => {
@@ -545,6 +552,7 @@ var DanmakuClient = class extends Emitter {
       hello: mine((h) => this.onHello(kind, h)),
       batch: mine((b) => this.onBatch(b)),
       retract: mine((ids) => this.onRetract(ids)),
+      online: mine((count) => this.emit("online", count)),
       reply: mine((m) => this.onReply(m)),
       down: mine((reason) => this.onDown(kind, reason))
     });
@@ -698,6 +706,7 @@ var DanmakuClient = class extends Emitter {
       },
       batch: ignore,
       retract: ignore,
+      online: ignore,
       reply: ignore,
       down: () => {
         if (settled)
@@ -708,12 +717,15 @@ var DanmakuClient = class extends Emitter {
       }
     });
   }
-  /** Only hellos carry the online figure (long-poll's none): the snapshot keeps it current. */
+  /** The server pushes the online figure (`online` frames, poll answers'
+   *  field) when its hello carries one; an older server's hello alone does:
+   *  then the snapshot keeps it current. */
   refreshOnline(now) {
     if (this.onlineTimer)
       clearInterval(this.onlineTimer);
+    this.onlineTimer = null;
     const every = this.options.onlineRefreshMs ?? 1e4;
-    if (!every)
+    if (!every || !now)
       return;
     const gen = this.gen;
     const read = async () => {

@@ -376,6 +376,10 @@ pub struct SnapshotConfig {
     /// A snapshot that cannot be computed within this answers 503 (or the
     /// previous snapshot, if there is one).
     pub compute_timeout_ms: u64,
+    /// Gzip the body once per snapshot for clients that accept it.
+    pub gzip: bool,
+    /// Bodies smaller than this go plain.
+    pub gzip_min_bytes: usize,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -384,6 +388,10 @@ pub struct PollConfig {
     pub max_wait_ms: u64,
     pub default_wait_ms: u64,
     pub max_messages: usize,
+    /// Gzip big rooms' cache answers once for the clients that accept it.
+    pub gzip: bool,
+    /// Answers smaller than this go plain.
+    pub gzip_min_bytes: usize,
 }
 
 impl Config {

@@ -162,8 +162,26 @@ impl Hub {
         }
     }
 
+    /// Publishes the announcement (see `Frame::is_announcement`) that `make`
+    /// builds at the hub's position, then writes it to the direct viewers.
+    pub(super) async fn announce(
+        &self,
+        ctx: &HubContext<'_>,
+        make: impl FnOnce(&super::hub::Position) -> Frame,
+    ) {
+        let Broadcast { frame, direct } = {
+            let pos = self.position.lock();
+            let frame = make(&pos);
+            self.publish_locked(ctx, pos, frame)
+        };
+        if let Some(members) = direct {
+            let stats = self.write_direct(&frame, &members).await;
+            account_direct(ctx.metrics, &stats);
+        }
+    }
+
     /// Publishes `frame` at `pos` (the position lock held until the ring has
-    /// it). A retract frame moves no cursor and stays out of the cache.
+    /// it). An announcement moves no cursor and stays out of the cache.
     fn publish_locked(
         &self,
         ctx: &HubContext<'_>,
@@ -180,7 +198,7 @@ impl Hub {
         pos.last_frame_no = frame.no;
         let frame = Arc::new(frame);
         pos.sent_cursor = frame.to;
-        if !frame.is_retract() {
+        if !frame.is_announcement() {
             pos.keep_recent(frame.clone(), ctx.cache_messages);
         }
         let ring = self.tx.receiver_count().saturating_sub(joined);

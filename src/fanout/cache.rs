@@ -7,8 +7,43 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::frame::{encode_batch, Frame};
+use bytes::Bytes;
+
+use super::frame::{encode_batch, with_online, Frame};
+use super::gzip::GzipOnce;
 use crate::message::StoredMessage;
+
+/// A big room's long-poll answer that is exactly its newest frame, with the
+/// room's online count: encoded once per (frame, count) and shared by every
+/// poll that gets it, as is its gzip form (`Hub::newest_answer`).
+pub struct SharedAnswer {
+    frame: Arc<Frame>,
+    online: usize,
+    /// The batch JSON with `"online"`.
+    pub json: Bytes,
+    pub gzip: GzipOnce,
+}
+
+impl SharedAnswer {
+    pub fn new(frame: &Arc<Frame>, online: usize) -> SharedAnswer {
+        SharedAnswer {
+            json: Bytes::from(with_online(frame.full.json.to_vec(), online)),
+            frame: frame.clone(),
+            online,
+            gzip: GzipOnce::default(),
+        }
+    }
+
+    /// Whether this is the answer for `frame` (the very frame: a retraction
+    /// replaces a cached frame by a copy with the same cursors) and `online`.
+    pub fn is_for(&self, frame: &Arc<Frame>, online: usize) -> bool {
+        Arc::ptr_eq(&self.frame, frame) && self.online == online
+    }
+
+    pub fn count(&self) -> usize {
+        self.frame.full.count
+    }
+}
 
 /// Takes the messages `ids` names out of the cached frames (a retraction):
 /// each frame that held one is replaced by a copy without it, at the same
@@ -216,5 +251,19 @@ mod tests {
         let newest = read_after(&recent, 4, 100);
         let frame = newest.single().expect("newest frame");
         assert_eq!(newest.encode("r1", false), frame.full.json);
+        let shared = SharedAnswer::new(frame, 7);
+        let v: serde_json::Value = serde_json::from_slice(&shared.json).unwrap();
+        assert_eq!(
+            (v["cursor"].as_u64(), v["online"].as_u64()),
+            (Some(5), Some(7))
+        );
+        assert_eq!(shared.count(), 1);
+        assert!(shared.is_for(frame, 7));
+        assert!(!shared.is_for(frame, 8), "another count");
+        let copy = Arc::new(frame.without("r1", &[]));
+        assert!(
+            !shared.is_for(&copy, 7),
+            "another frame with the same cursors"
+        );
     }
 }

@@ -164,13 +164,15 @@ impl ViewerFeed {
     }
 
     fn hello(&self, reset: bool, gap: bool) -> Hello {
+        let online = self.hub.cluster_online();
+        self.hub.told_in_hello(online);
         Hello {
             kind: "hello",
             protocol: PROTOCOL_VERSION,
             room: self.room.clone(),
             epoch: self.epoch.to_string(),
             cursor: self.cursor_before_pending(),
-            online: self.hub.cluster_online(),
+            online,
             tick_ms: self.registry.config().tick_ms,
             reset,
             gap,
@@ -228,10 +230,11 @@ impl ViewerFeed {
     fn take_from_ring(&mut self, frame: Arc<Frame>, lite_after: Duration) -> Option<FeedEvent> {
         frame.taken.fetch_add(1, Ordering::Relaxed);
         self.frame_no = frame.no;
-        if frame.is_retract() {
-            // Whatever the viewer's position: it may hold the message (a
-            // viewer still catching up had it before), and ids are applied
-            // idempotently. It moves no cursor.
+        if frame.is_announcement() {
+            // Whatever the viewer's position: it may hold a retracted message
+            // (a viewer still catching up had it before), ids are applied
+            // idempotently, and an online count is the room's now. It moves
+            // no cursor.
             return Some(FeedEvent::Frame {
                 frame,
                 lite: false,
@@ -299,7 +302,7 @@ impl ViewerFeed {
             .into_iter()
             .collect();
         while let Ok(frame) = self.sub.frames.try_recv() {
-            if frame.is_retract() {
+            if frame.is_announcement() {
                 self.frame_no = frame.no;
                 out.push(ReadyFrame {
                     frame,

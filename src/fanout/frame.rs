@@ -44,6 +44,10 @@ pub enum FrameKind {
     /// It moves no cursor (`from == to`), is never cached, and reaches every
     /// viewer of the room wherever its cursor stands (`ViewerFeed`).
     Retract,
+    /// `{"type":"online","room","online"}`: the room's viewers over the
+    /// cluster changed. Like a retract frame it moves no cursor, is never
+    /// cached and reaches every viewer wherever its cursor stands.
+    Online,
 }
 
 /// One frame's bytes in each transport's framing.
@@ -166,9 +170,33 @@ impl Frame {
             "ids": ids,
         }))
         .expect("a JSON value serialises");
+        Frame::announcement(FrameKind::Retract, "retract", json, epoch, cursor)
+    }
+
+    /// `{"type":"online","room","online"}` at the hub's `cursor` (see
+    /// [`FrameKind::Online`]); encoded once per room and change.
+    pub fn online(room: &str, epoch: Arc<str>, cursor: u64, online: usize) -> Frame {
+        let json = serde_json::to_vec(&serde_json::json!({
+            "type": "online",
+            "room": room,
+            "online": online,
+        }))
+        .expect("a JSON value serialises");
+        Frame::announcement(FrameKind::Online, "online", json, epoch, cursor)
+    }
+
+    /// An announcement (see [`Frame::is_announcement`]): `json` at the hub's
+    /// `cursor`, the SSE event `event` without an `id:`.
+    fn announcement(
+        kind: FrameKind,
+        event: &str,
+        json: Vec<u8>,
+        epoch: Arc<str>,
+        cursor: u64,
+    ) -> Frame {
         Frame {
-            kind: FrameKind::Retract,
-            full: Encoded::framed(json, "retract", None, 0),
+            kind,
+            full: Encoded::framed(json, event, None, 0),
             lite: None,
             messages: Arc::from([]),
             encoded_at: std::time::Instant::now(),
@@ -183,6 +211,13 @@ impl Frame {
 
     pub fn is_retract(&self) -> bool {
         self.kind == FrameKind::Retract
+    }
+
+    /// A frame about the room rather than its stream (retract, online): it
+    /// moves no cursor, stays out of the cache and reaches every viewer
+    /// wherever its cursor stands.
+    pub fn is_announcement(&self) -> bool {
+        matches!(self.kind, FrameKind::Retract | FrameKind::Online)
     }
 
     /// The same batch without the messages `ids` names (a retraction in a
@@ -220,6 +255,17 @@ pub fn with_retracted(mut batch: Vec<u8>, ids: &[String]) -> Vec<u8> {
     batch.extend_from_slice(b",\"retracted\":");
     serde_json::to_writer(&mut batch, ids).expect("vec write");
     batch.push(b'}');
+    batch
+}
+
+/// A long-poll body (a batch object) with `"online": n` added: the room's
+/// viewers over the cluster, as last exchanged.
+pub fn with_online(mut batch: Vec<u8>, online: usize) -> Vec<u8> {
+    if batch.last() != Some(&b'}') {
+        return batch;
+    }
+    batch.pop();
+    write!(batch, ",\"online\":{online}}}").expect("vec write");
     batch
 }
 
@@ -401,6 +447,40 @@ mod tests {
         assert!(sse.ends_with("}\n\n"));
         assert_eq!(f.full.ws_frame[0], 0x81);
         assert!(f.full.ws_frame.ends_with(&f.full.json));
+    }
+
+    #[test]
+    fn an_online_frame_in_every_framing() {
+        let f = Frame::online("r1", Arc::from("e1"), 9, 1234);
+        assert!(f.is_announcement() && !f.is_retract());
+        assert_eq!((f.from, f.to, f.full.count), (9, 9, 0));
+        assert!(f.lite.is_none());
+        let v: serde_json::Value = serde_json::from_str(f.full.ws_text.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "online", "room": "r1", "online": 1234})
+        );
+        let sse = std::str::from_utf8(&f.full.sse).unwrap();
+        assert!(
+            sse.starts_with("event: online\ndata: {"),
+            "no id line: {sse}"
+        );
+        assert!(sse.ends_with("}\n\n"));
+        assert_eq!(f.full.ws_frame[0], 0x81);
+        assert!(f.full.ws_frame.ends_with(&f.full.json));
+        let retract = Frame::retract("r1", Arc::from("e1"), 9, &[]);
+        assert!(retract.is_announcement());
+        let batch = Frame::encode("r1", Arc::from("e1"), 0, 0, &[]);
+        assert!(!batch.is_announcement());
+    }
+
+    #[test]
+    fn poll_bodies_carry_the_online_count() {
+        let body = with_retracted(encode_batch("r", "e", 3, &[], false), &["x".to_string()]);
+        let v: serde_json::Value = serde_json::from_slice(&with_online(body, 42)).unwrap();
+        assert_eq!(v["online"], 42);
+        assert_eq!(v["retracted"], serde_json::json!(["x"]));
+        assert_eq!(v["cursor"], 3);
     }
 
     #[test]

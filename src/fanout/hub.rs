@@ -10,9 +10,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 
-use super::cache::{retract_cached, CachedFrames};
+use super::cache::{retract_cached, CachedFrames, SharedAnswer};
 use super::combo::Combiner;
 use super::direct::{DirectList, DirectViewer};
+use super::online::OnlineAnnounced;
 use super::Frame;
 use crate::message::StoredMessage;
 use crate::presence::{Counted, RoomPresence, Viewer};
@@ -37,6 +38,10 @@ pub struct Hub {
     /// Retracted ids the next tick announces (`retract_waiting`: any).
     pub(super) retract_pending: Mutex<Vec<String>>,
     pub(super) retract_waiting: AtomicBool,
+    /// The online count last announced to the viewers (only the hub task uses it).
+    pub(super) online_announced: Mutex<OnlineAnnounced>,
+    /// The long-poll answer that is the newest frame, shared (big rooms).
+    newest_answer: Mutex<Option<Arc<SharedAnswer>>>,
 }
 
 /// Where the room's stream stands for this hub. Only the hub task moves it.
@@ -182,6 +187,8 @@ impl Hub {
             direct: Mutex::new(DirectList::default()),
             retract_pending: Mutex::new(Vec::new()),
             retract_waiting: AtomicBool::new(false),
+            online_announced: Mutex::new(OnlineAnnounced::default()),
+            newest_answer: Mutex::new(None),
         }
     }
 
@@ -276,6 +283,22 @@ impl Hub {
             after,
             limit,
         )
+    }
+
+    /// The long-poll answer that is exactly `frame` (the newest cached one)
+    /// with the room's online count now: made once per (frame, count) and
+    /// shared with every poll that gets the same.
+    pub fn newest_answer(&self, frame: &Arc<Frame>) -> Arc<SharedAnswer> {
+        let online = self.cluster_online();
+        let mut newest = self.newest_answer.lock();
+        match &*newest {
+            Some(answer) if answer.is_for(frame, online) => answer.clone(),
+            _ => {
+                let answer = Arc::new(SharedAnswer::new(frame, online));
+                *newest = Some(answer.clone());
+                answer
+            }
+        }
     }
 
     /// `cached_frames_after` with the messages copied out, for callers that

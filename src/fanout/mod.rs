@@ -16,6 +16,8 @@
 //! - `feed`: one streaming viewer's view of the room (ring and catch-up);
 //! - `direct`: the viewers the hub writes to itself, and the hand-over;
 //! - `ration`, `combo`: what viewers get; `frame`, `cache`: the shared bytes;
+//!   `gzip`: HTTP answers' gzip form, made once and shared;
+//! - `online`: the room's online count announced to its viewers;
 //! - `retractions`: retracted messages (retract frames, long-poll's
 //!   `"retracted"`, the snapshot mark; `HubRegistry::retract`).
 
@@ -26,7 +28,9 @@ pub mod deflate;
 pub mod direct;
 pub mod feed;
 pub mod frame;
+pub mod gzip;
 mod hub;
+mod online;
 pub mod ration;
 mod read_policy;
 mod registry;

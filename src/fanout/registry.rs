@@ -117,6 +117,7 @@ impl HubRegistry {
             max_batch: self.config.max_batch_messages,
             cache_messages: self.config.cache_messages,
             combo_window_ms: self.config.combo_window_ms,
+            online_every_ms: self.config.presence_interval_ms,
             final_tick: false,
             shards: self.shards,
         }

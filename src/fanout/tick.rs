@@ -24,6 +24,8 @@ pub(super) struct HubContext<'a> {
     pub max_batch: usize,
     pub cache_messages: usize,
     pub combo_window_ms: u64,
+    /// At most one online-count announcement per this (`presence_interval_ms`).
+    pub online_every_ms: u64,
     /// The hub's last tick (shutdown): nothing may stay held.
     pub final_tick: bool,
     /// How the hub splits its direct writes over worker threads.
@@ -46,6 +48,7 @@ impl Hub {
         // Retractions first: the store already omits those messages, so no
         // batch of this tick can bring one back after the retract frame.
         self.send_retractions(ctx).await;
+        self.send_online(ctx).await;
         if decision == ReadDecision::Read {
             self.read_and_send(ctx, rationer).await;
         } else if rationer.has_undecided() || self.combos.lock().is_holding() {

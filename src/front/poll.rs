@@ -2,18 +2,25 @@
 //! cursor, else hold until the hub moves or `wait_ms` passes. An answer
 //! carries `"retracted": [ids]` while the room has recent retractions
 //! (`fanout::retractions`: the last minute's on this node), and a
-//! retraction answers a held poll.
+//! retraction answers a held poll. Every answer carries `"online": n`, the
+//! room's viewers over the cluster (as streams get `online` frames).
+//!
+//! A big room's answer that is exactly its newest frame is encoded once per
+//! (frame, online count) and shared by every poll that gets it (`Hub::
+//! newest_answer`), gzipped once for those that accept gzip (`poll.gzip`,
+//! at least `poll.gzip_min_bytes`). Other answers are made per request and
+//! go plain. Every answer says `Vary: Accept-Encoding` while `poll.gzip` is on.
 
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::{ConnGuard, Viewers};
 use crate::error::ApiError;
-use crate::fanout::frame::{encode_batch, with_retracted};
+use crate::fanout::frame::{encode_batch, with_online, with_retracted};
 use crate::fanout::ration::ration_catch_up;
 use crate::fanout::Hub;
 
@@ -34,8 +41,9 @@ pub struct PollQuery {
 }
 
 /// Answers one long-poll of `room` (the caller holds the viewer's
-/// per-address slot for as long as this runs).
-pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiError> {
+/// per-address slot for as long as this runs); `gzip`: the client accepts
+/// gzip and `poll.gzip` is on.
+pub async fn run(s: &Viewers, room: &str, q: PollQuery, gzip: bool) -> Result<Response, ApiError> {
     let cfg = &s.config.poll;
     let wait = Duration::from_millis(
         q.wait_ms
@@ -63,16 +71,7 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
             || s.closing.is_cancelled()
             || s.hubs.retraction_mark(room) != mark;
         let answer = if hub.is_big() {
-            let retracted = s.hubs.recent_retractions(room);
-            from_cache(
-                s,
-                &hub,
-                room,
-                q.epoch.as_deref(),
-                cursor,
-                expired,
-                &retracted,
-            )
+            from_cache(s, &hub, room, q.epoch.as_deref(), cursor, expired, gzip)
         } else {
             let a = read_through(s, &hub, room, q.epoch.as_deref(), cursor, reset, expired).await?;
             if let Answer::Restart = a {
@@ -83,12 +82,12 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
             }
             a
         };
-        if let Answer::Respond(body, count) = answer {
+        if let Answer::Respond(body, count, gzipped) = answer {
             s.metrics
                 .delivered
                 .with_label_values(&["poll"])
                 .inc_by(count as u64);
-            return Ok((
+            let mut res = (
                 [
                     (header::CONTENT_TYPE, "application/json"),
                     (header::CACHE_CONTROL, "no-store"),
@@ -96,7 +95,15 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
                 ],
                 body,
             )
-                .into_response());
+                .into_response();
+            let h = res.headers_mut();
+            if s.config.poll.gzip {
+                h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+            }
+            if gzipped {
+                h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            return Ok(res);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => {}
@@ -107,7 +114,8 @@ pub async fn run(s: &Viewers, room: &str, q: PollQuery) -> Result<Response, ApiE
 }
 
 enum Answer {
-    Respond(Body, usize),
+    /// The body, its messages, and whether it is gzipped.
+    Respond(Body, usize, bool),
     Wait,
     Restart,
 }
@@ -143,7 +151,8 @@ async fn read_through(
     let messages = ration_catch_up(&rules, read.messages);
     let body = encode_batch(room, &read.epoch, read.cursor.max(cursor), &messages, reset);
     let body = with_retracted(body, &s.hubs.recent_retractions(room));
-    Ok(Answer::Respond(Body::from(body), messages.len()))
+    let body = with_online(body, hub.cluster_online());
+    Ok(Answer::Respond(Body::from(body), messages.len(), false))
 }
 
 /// Big rooms answer from this node's cache of recent frames (narrow window,
@@ -156,21 +165,30 @@ fn from_cache(
     epoch: Option<&str>,
     cursor: u64,
     expired: bool,
-    retracted: &[String],
+    gzip: bool,
 ) -> Answer {
+    let retracted = s.hubs.recent_retractions(room);
     let limit = s.config.fanout.big_poll_max_messages;
     let read = hub.cached_frames_after(cursor, limit);
     let reset = epoch.is_some_and(|e| !e.is_empty() && e != &*read.epoch);
     if reset {
         // Everything cached belongs to the new stream.
         let read = hub.cached_frames_after(0, limit);
-        return Answer::Respond(Body::from(read.encode(room, true)), read.message_count());
+        let body = with_online(read.encode(room, true), hub.cluster_online());
+        return Answer::Respond(Body::from(body), read.message_count(), false);
     }
     if let Some(frame) = read.single().filter(|_| retracted.is_empty()) {
         s.metrics.cache_reads.with_label_values(&["hit"]).inc();
-        // Shares the frame's bytes: no copy, no encoding per request.
-        let body = Body::from(frame.full.json.clone());
-        return Answer::Respond(body, frame.full.count);
+        // Encoded (and gzipped) once for every poll that gets this frame.
+        let answer = hub.newest_answer(frame);
+        let min_bytes = s.config.poll.gzip_min_bytes;
+        let gzipped = gzip
+            .then(|| answer.gzip.get(&answer.json, min_bytes, &s.metrics))
+            .flatten();
+        return match gzipped {
+            Some(gz) => Answer::Respond(Body::from(gz.clone()), answer.count(), true),
+            None => Answer::Respond(Body::from(answer.json.clone()), answer.count(), false),
+        };
     }
     let count = read.message_count();
     if count == 0 && !expired {
@@ -178,6 +196,7 @@ fn from_cache(
     }
     let result = if read.gap { "gap" } else { "hit" };
     s.metrics.cache_reads.with_label_values(&[result]).inc();
-    let body = with_retracted(read.encode(room, false), retracted);
-    Answer::Respond(Body::from(body), count)
+    let body = with_retracted(read.encode(room, false), &retracted);
+    let body = with_online(body, hub.cluster_online());
+    Answer::Respond(Body::from(body), count, false)
 }

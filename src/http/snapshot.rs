@@ -18,6 +18,11 @@
 //!   times within one HTTP-date second; the ETag is the validator.
 //! - If a snapshot cannot be computed (store down, timeout), the previous one
 //!   is served if there is one, else 503.
+//! - Clients that accept gzip get `Content-Encoding: gzip` (`snapshot.gzip`,
+//!   bodies of at least `snapshot.gzip_min_bytes`): each snapshot is gzipped
+//!   once, by the first request that wants it, and every later one shares
+//!   the bytes. The gzip form has its own strong ETag (`"<tag>-gz"`); every
+//!   answer says `Vary: Accept-Encoding`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -35,6 +40,7 @@ use super::extract::{if_none_match, RoomPath};
 use super::routes::Routes;
 use super::state::SnapshotState;
 use crate::error::ApiError;
+use crate::fanout::gzip::{accepts_gzip, gzip_etag, GzipOnce};
 use crate::message::{now_ms, Priority, StoredMessage};
 
 pub(super) fn routes() -> Routes {
@@ -105,6 +111,10 @@ struct Snapshot {
     etag: HeaderValue,
     last_modified: HeaderValue,
     body: Bytes,
+    /// `body` gzipped, made by the first request that accepts gzip.
+    gzip: GzipOnce,
+    /// The gzip form's entity tag.
+    gzip_etag: HeaderValue,
 }
 
 async fn handler(
@@ -148,7 +158,7 @@ async fn handler(
                             (previous, false)
                         }
                         (Ok(Computed::New(snap)), _) => {
-                            let snap = Arc::new(snap);
+                            let snap: Arc<Snapshot> = Arc::from(snap);
                             *slot.current.lock() = Some((snap.clone(), Instant::now()));
                             (snap, false)
                         }
@@ -175,14 +185,29 @@ async fn handler(
 }
 
 fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> Response {
-    let cache_control = HeaderValue::from_str(&s.config.snapshot.cache_control)
+    let cfg = &s.config.snapshot;
+    let cache_control = HeaderValue::from_str(&cfg.cache_control)
         .unwrap_or(HeaderValue::from_static("public, max-age=1"));
-    let common = [
-        (header::CACHE_CONTROL, cache_control),
-        (header::ETAG, snap.etag.clone()),
-        (header::LAST_MODIFIED, snap.last_modified.clone()),
-    ];
-    let revalidated = if_none_match(request, snap.etag.to_str().unwrap_or_default());
+    let wants_gzip = cfg.gzip && accepts_gzip(request);
+    // A client that holds the gzip form revalidates it without a compression.
+    let held_gzip =
+        wants_gzip && if_none_match(request, snap.gzip_etag.to_str().unwrap_or_default());
+    let gzipped = match wants_gzip && !held_gzip {
+        true => snap.gzip.get(&snap.body, cfg.gzip_min_bytes, &s.metrics),
+        false => None,
+    };
+    let etag = match held_gzip || gzipped.is_some() {
+        true => &snap.gzip_etag,
+        false => &snap.etag,
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CACHE_CONTROL, cache_control);
+    headers.insert(header::ETAG, etag.clone());
+    headers.insert(header::LAST_MODIFIED, snap.last_modified.clone());
+    if cfg.gzip {
+        headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    }
+    let revalidated = held_gzip || if_none_match(request, etag.to_str().unwrap_or_default());
     let result = match (revalidated, stale) {
         (true, _) => "not_modified",
         (false, true) => "stale",
@@ -193,24 +218,26 @@ fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap)
         .with_label_values(&[result])
         .inc();
     if revalidated {
-        return (StatusCode::NOT_MODIFIED, common).into_response();
+        return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    (
-        StatusCode::OK,
-        common,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        snap.body.clone(),
-    )
-        .into_response()
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let body = match gzipped {
+        Some(gz) => {
+            headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            gz.clone()
+        }
+        None => snap.body.clone(),
+    };
+    (StatusCode::OK, headers, body).into_response()
 }
 
 enum Computed {
     /// The room is as the previous snapshot saw it: keep its bytes.
     Unchanged,
-    New(Snapshot),
+    New(Box<Snapshot>),
 }
 
 async fn compute(
@@ -253,7 +280,8 @@ async fn compute(
         };
         messages.sort_by_key(|m| m.seq);
         builds.with_label_values(&["cache"]).inc();
-        return Ok(Computed::New(build(room, state, &messages, cfg.per_bucket)));
+        let snap = build(room, state, &messages, cfg.per_bucket);
+        return Ok(Computed::New(Box::new(snap)));
     }
 
     let head = s.store.head(room).await.map_err(store_down)?;
@@ -282,12 +310,12 @@ async fn compute(
         retractions,
     };
     builds.with_label_values(&["store"]).inc();
-    Ok(Computed::New(build(
+    Ok(Computed::New(Box::new(build(
         room,
         state,
         &read.messages,
         cfg.per_bucket,
-    )))
+    ))))
 }
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
@@ -354,6 +382,8 @@ fn build(room: &str, state: RoomState, messages: &[StoredMessage], per_bucket: u
     etag.push('"');
     let modified = SystemTime::UNIX_EPOCH + Duration::from_millis(generated_at);
     Snapshot {
+        gzip: GzipOnce::default(),
+        gzip_etag: HeaderValue::from_str(&gzip_etag(&etag)).expect("hex is a header value"),
         etag: HeaderValue::from_str(&etag).expect("hex is a header value"),
         last_modified: HeaderValue::from_str(&httpdate::fmt_http_date(modified))
             .expect("an HTTP date is a header value"),

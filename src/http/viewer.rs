@@ -17,6 +17,7 @@ use super::routes::Routes;
 use crate::error::ApiError;
 use crate::fanout::deflate::WsDeflate;
 use crate::fanout::feed::ViewerFeed;
+use crate::fanout::gzip::accepts_gzip;
 use crate::front::poll::PollQuery;
 use crate::front::ws_extensions::accept_permessage_deflate;
 use crate::front::{poll, sse, ws, StreamQuery, Viewers};
@@ -93,9 +94,11 @@ async fn poll_handler(
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<PollQuery>,
     ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
 ) -> Result<Response, ApiError> {
     let _slot = s.viewer_slots.acquire(ip)?;
-    poll::run(&s, &room, q).await
+    let gzip = s.config.poll.gzip && accepts_gzip(&headers);
+    poll::run(&s, &room, q, gzip).await
 }
 
 async fn sse_handler(

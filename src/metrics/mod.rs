@@ -94,6 +94,10 @@ pub struct Metrics {
     /// Snapshot responses by result (ok, not_modified, stale = the previous
     /// snapshot served because a new one could not be computed).
     pub snapshot_responses: IntCounterVec,
+    /// HTTP answers sent gzipped by outcome: compressed (this answer made
+    /// the body's gzip form), shared (served one made before), not_smaller
+    /// (gzip saved nothing: sent plain). See `fanout::gzip`.
+    pub http_gzip: IntCounterVec,
     /// Big-room reads served by a front's local cache (hit, gap).
     pub cache_reads: IntCounterVec,
     /// Viewers over all fronts of the biggest big rooms with a hub on this
@@ -314,6 +318,17 @@ impl Metrics {
                         "Room snapshot responses by result",
                     ),
                     &["result"],
+                )
+                .unwrap(),
+            ),
+            http_gzip: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_http_gzip_total",
+                        "HTTP answers (snapshot, long-poll) wanting gzip, by outcome",
+                    ),
+                    &["outcome"],
                 )
                 .unwrap(),
             ),

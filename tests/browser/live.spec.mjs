@@ -80,6 +80,14 @@ async function postEvent(event) {
   return j.id;
 }
 
+/** One sample of the server's /metrics, e.g. `danmaku_ws_bytes_total{encoding="deflate"}` (absent: 0). */
+async function metric(sample) {
+  const r = await fetch(`${BASE}/metrics`);
+  assert.equal(r.status, 200, `metrics: ${r.status}`);
+  const line = (await r.text()).split("\n").find((l) => l.startsWith(`${sample} `));
+  return line ? Number(line.slice(sample.length + 1)) : 0;
+}
+
 /** Retracts a message as an operator (DELETE …/messages/{id}, admin token from run.sh). */
 async function retract(id) {
   const token = process.env.DANMAKU_TEST_ADMIN_TOKEN;
@@ -125,8 +133,17 @@ async function newPage(ctx, name) {
   const page = await ctx.newPage();
   page.on("pageerror", (e) => pageErrors.push(`${name}: ${e.message}`));
   page.setDefaultTimeout(10000);
-  // Records every transport state the page shows (#transport), to assert on the sequence.
+  // Records every transport state the page shows (#transport), to assert on
+  // the sequence, and every WebSocket the page opens (its negotiated extensions).
   await page.addInitScript(() => {
+    window.__sockets = [];
+    const Native = window.WebSocket;
+    window.WebSocket = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.__sockets.push(this);
+      }
+    };
     window.__transportLog = [];
     addEventListener("DOMContentLoaded", () => {
       const el = document.getElementById("transport");
@@ -248,6 +265,37 @@ try {
     const b = await overlayBox(page, scrollId), t2 = await overlayBox(page, topId);
     assert.ok(b.x < a.x - 10, `scroll comment moves left (${a.x} → ${b.x})`);
     assert.equal(t2.x, t1.x, "top comment stays put");
+  });
+
+  await step("the WebSocket negotiated permessage-deflate and the page shows what came compressed", async () => {
+    const open = await page.evaluate(() => window.__sockets.filter((s) => s.readyState === 1).map((s) => s.extensions));
+    assert.equal(open.length, 1, `one open WebSocket: ${JSON.stringify(open)}`);
+    assert.match(open[0], /^permessage-deflate/, "the browser's offer was taken");
+    const deflated = `danmaku_ws_bytes_total{encoding="deflate"}`;
+    const before = await metric(deflated);
+    // Each alone makes a frame over fanout.ws_compression_min_bytes (256 bytes).
+    const long = (i) => `compressed comment ${i}: ` + "主播太强了 gg wp 哈哈哈哈 ".repeat(6);
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await post(long(i)));
+    for (const id of ids) {
+      await page.waitForSelector(`#log li${sel(id)}`);
+      assert.equal(await logCount(page, id), 1, "each compressed message once in the chat");
+    }
+    assert.match(await page.textContent(`#log li${sel(ids[2])}`), /compressed comment 2: 主播太强了/);
+    const after = await metric(deflated);
+    assert.ok(after > before, `the server sent compressed frames (${before} → ${after} bytes)`);
+  });
+
+  await step("the online count follows a viewer joining and leaving", async () => {
+    const online = () => page.$eval("#online", (e) => Number(e.dataset.online));
+    // Settled first: the page itself, nobody else.
+    await page.waitForFunction(() => document.getElementById("online").dataset.online === "1", null, { timeout: 10000 });
+    await page.evaluate((url) => { window.__other = new WebSocket(url); }, `${BASE.replace(/^http/, "ws")}/v1/rooms/${ROOM}/ws`);
+    await page.waitForFunction(() => document.getElementById("online").dataset.online === "2", null, { timeout: 10000 });
+    assert.equal(await page.textContent("#online"), "2 online");
+    await page.evaluate(() => window.__other.close());
+    await page.waitForFunction(() => document.getElementById("online").dataset.online === "1", null, { timeout: 10000 });
+    assert.equal(await online(), 1);
   });
 
   await step("scrolling lanes never overlap", async () => {

@@ -417,10 +417,7 @@ impl TestServer {
             .unwrap_or("")
             .to_string();
         assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
-        SseReader {
-            res,
-            buf: Vec::new(),
-        }
+        SseReader::new(res)
     }
 }
 
@@ -603,6 +600,11 @@ pub struct WsViewer {
     pub seen: std::collections::HashSet<u64>,
     /// Keep a copy of every batch in `batches` (on by default).
     pub keep_batches: bool,
+    /// The room's online count from the latest `online` frame. Those frames
+    /// come whenever the count changes, so `next_json` takes them in here
+    /// instead of returning them, unless `keep_online` (tests/online_counts.rs).
+    pub online: Option<u64>,
+    pub keep_online: bool,
 }
 
 impl WsViewer {
@@ -656,6 +658,8 @@ impl WsViewer {
             ended: None,
             seen: Default::default(),
             keep_batches: true,
+            online: None,
+            keep_online: false,
         };
         let hello = v
             .next_json(WAIT)
@@ -668,7 +672,8 @@ impl WsViewer {
         Ok(v)
     }
 
-    /// The next JSON text message (pings/pongs skipped).
+    /// The next JSON text message (pings/pongs skipped, and `online` frames
+    /// unless `keep_online`).
     pub async fn next_json(&mut self, within: Duration) -> Result<Value, WsEnd> {
         if let Some(end) = &self.ended {
             return Err(end.clone());
@@ -681,8 +686,13 @@ impl WsViewer {
             };
             let end = match next {
                 Some(Ok(WsMessage::Text(t))) => {
-                    return Ok(serde_json::from_str(t.as_str())
-                        .unwrap_or_else(|e| panic!("server sent non-JSON text {t:?}: {e}")))
+                    let v: Value = serde_json::from_str(t.as_str())
+                        .unwrap_or_else(|e| panic!("server sent non-JSON text {t:?}: {e}"));
+                    if v["type"] == "online" && !self.keep_online {
+                        self.online = v["online"].as_u64();
+                        continue;
+                    }
+                    return Ok(v);
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
                     WsEnd::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
@@ -841,16 +851,31 @@ impl SseEvent {
 pub struct SseReader {
     res: reqwest::Response,
     buf: Vec<u8>,
+    /// Return `online` events too (skipped by default: they come whenever
+    /// the room's count changes; tests/online_counts.rs keeps them).
+    pub keep_online: bool,
 }
 
 impl SseReader {
-    /// The next event (comments such as `: ping` skipped); `None` on timeout
-    /// or end of stream.
+    /// Reads the events of `res` (an answered SSE request).
+    pub fn new(res: reqwest::Response) -> SseReader {
+        SseReader {
+            res,
+            buf: Vec::new(),
+            keep_online: false,
+        }
+    }
+
+    /// The next event (comments such as `: ping` skipped, and `online`
+    /// events unless `keep_online`); `None` on timeout or end of stream.
     pub async fn next_event(&mut self, within: Duration) -> Option<SseEvent> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             while let Some(block) = self.take_block() {
                 if let Some(ev) = parse_sse_block(&block) {
+                    if ev.event.as_deref() == Some("online") && !self.keep_online {
+                        continue;
+                    }
                     return Some(ev);
                 }
             }

@@ -283,6 +283,7 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
       hello: mine((h: Hello) => this.onHello(kind, h)),
       batch: mine((b: Batch) => this.onBatch(b)),
       retract: mine((ids: string[]) => this.onRetract(ids)),
+      online: mine((count: number) => this.emit("online", count)),
       reply: mine((m: Record<string, unknown>) => this.onReply(m)),
       down: mine((reason: string) => this.onDown(kind, reason)),
     });
@@ -417,6 +418,7 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
       },
       batch: ignore,
       retract: ignore,
+      online: ignore,
       reply: ignore,
       down: () => {
         if (settled) return;
@@ -427,11 +429,14 @@ export class DanmakuClient extends Emitter<DanmakuEvents> {
     });
   }
 
-  /** Only hellos carry the online figure (long-poll's none): the snapshot keeps it current. */
+  /** The server pushes the online figure (`online` frames, poll answers'
+   *  field) when its hello carries one; an older server's hello alone does:
+   *  then the snapshot keeps it current. */
   private refreshOnline(now: boolean): void {
     if (this.onlineTimer) clearInterval(this.onlineTimer);
+    this.onlineTimer = null;
     const every = this.options.onlineRefreshMs ?? 10000;
-    if (!every) return;
+    if (!every || !now) return;
     const gen = this.gen;
     const read = async () => {
       const snap = await this.fetchSnapshot();

@@ -61,6 +61,7 @@ export interface Batch {
   cursor: number;
   messages: Message[];
   reset?: boolean;
+  /** Long-poll only: viewers in the room (cluster-wide). */
   online?: number;
   /** Long-poll only: ids retracted lately (repeated for about a minute). */
   retracted?: string[];
@@ -132,7 +133,7 @@ export interface DanmakuClientOptions {
   silentAfterMs?: number;
   /** How long `send()` waits for the socket's ack before trying HTTP (default 5000). */
   ackTimeoutMs?: number;
-  /** Refresh the online count from the snapshot this often while the transport carries none (default 10000; 0: never). */
+  /** Refresh the online count from the snapshot this often when the server does not announce it (an older server; default 10000; 0: never). */
   onlineRefreshMs?: number;
 }
 
@@ -164,7 +165,7 @@ export interface DanmakuEvents {
   gap: [info: { cursor: number }];
   /** Each hello as received. */
   hello: [hello: Hello];
-  /** Viewers in the room (cluster-wide). */
+  /** Viewers in the room (cluster-wide): from the hello, then each change the server announces. */
   online: [count: number];
   /** The connection's transport and state. */
   state: [change: StateChange];

@@ -43,8 +43,9 @@ export const longPoll: Transport = (ctx, cb) => {
       if (first) {
         first = false;
         // The first answer stands for the hello: the room's epoch (a reset
-        // if ours was not it), no online figure.
-        cb.hello({ type: "hello", room: body.room, epoch: body.epoch, cursor: body.cursor, online: null, reset: !!body.reset });
+        // if ours was not it), and the online figure (none from older servers).
+        const online = typeof body.online === "number" ? body.online : null;
+        cb.hello({ type: "hello", room: body.room, epoch: body.epoch, cursor: body.cursor, online, reset: !!body.reset });
         body = { ...body, reset: false };
       }
       cb.batch(body);

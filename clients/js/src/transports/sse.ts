@@ -2,7 +2,7 @@
 // code in browsers and Node, no automatic reconnect to suppress (EventSource
 // retries on its own schedule with Last-Event-ID but without the epoch), an
 // HTTP refusal's status and error code are visible, and a custom fetch
-// works. Events: hello, batch, retract, close; `: ping` comments are skipped.
+// works. Events: hello, batch, retract, online, close; `: ping` comments are skipped.
 
 import { parseFrame, type Transport } from "./types.js";
 
@@ -21,6 +21,9 @@ export const serverSentEvents: Transport = (ctx, cb) => {
     if (event === "hello") cb.hello(m as any);
     else if (event === "batch") cb.batch(m as any);
     else if (event === "retract") cb.retract(Array.isArray(m.ids) ? m.ids : []);
+    else if (event === "online") {
+      if (typeof m.online === "number") cb.online(m.online);
+    }
     else if (event === "close") fail(`closed: ${m.reason ?? "by the server"}`);
   };
   (async () => {

@@ -7,6 +7,8 @@ export interface TransportCallbacks {
   hello(hello: Hello): void;
   batch(batch: Batch): void;
   retract(ids: string[]): void;
+  /** The room's viewer count over every front changed (`online` frame). */
+  online(count: number): void;
   /** WebSocket answers to the client's own frames: ack, error, auth_ok, pong. */
   reply(frame: Record<string, unknown>): void;
   /** The connection ended (not called after `close()`). */

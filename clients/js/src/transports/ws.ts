@@ -1,4 +1,4 @@
-// WebSocket: hello, then batch and retract frames; the client's own frames
+// WebSocket: hello, then batch, retract and online frames; the client's own frames
 // (send, auth, ping) are answered in order among them.
 
 import { parseFrame, type Transport } from "./types.js";
@@ -42,6 +42,9 @@ export const websocket: Transport = (ctx, cb) => {
     if (m.type === "hello") cb.hello(m as any);
     else if (m.type === "batch") cb.batch(m as any);
     else if (m.type === "retract") cb.retract(Array.isArray(m.ids) ? m.ids : []);
+    else if (m.type === "online") {
+      if (typeof m.online === "number") cb.online(m.online);
+    }
     else cb.reply(m);
   };
   ws.onclose = (ev) => {
