@@ -175,7 +175,7 @@ impl Hub {
             self.publish_locked(ctx, pos, frame)
         };
         if let Some(members) = direct {
-            let stats = self.write_direct(&frame, &members).await;
+            let stats = self.write_direct(ctx, &frame, &members).await;
             account_direct(ctx.metrics, &stats);
         }
     }
