@@ -170,7 +170,7 @@ impl Server {
             ));
         }
         let state = AppState(Arc::new(AppInner {
-            auth: Arc::new(Authenticator::new(&config.auth)),
+            auth: Arc::new(Authenticator::with_metrics(&config.auth, &metrics)),
             ingest: Arc::new(
                 Ingest::new(
                     config.ingest.clone(),

@@ -11,18 +11,29 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnGuard, IpSlot, Viewers};
+use crate::auth::ViewerClaims;
 use crate::error::ApiError;
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 
 /// Opens the event stream of `room` from `cursor` (the query's, or
-/// `Last-Event-ID`); `slot` is held for the life of the stream.
+/// `Last-Event-ID`); `slot` is held for the life of the stream. On a
+/// `private` room the stream ends with a `close` event when the viewer's
+/// token does (`exp` + leeway: reconnect with a fresh one); a room turned
+/// private under a viewer whose token does not name it ends within a ping.
 pub async fn open(
     s: &Viewers,
     room: &str,
     epoch: Option<&str>,
     cursor: Option<u64>,
+    viewer: Option<ViewerClaims>,
+    private: bool,
     slot: IpSlot,
 ) -> Result<Response, ApiError> {
+    let leeway = s.config.auth.jwt_leeway_s;
+    let until = viewer
+        .as_ref()
+        .filter(|_| private)
+        .map(|v| v.exp.saturating_add(leeway));
     let (feed, hello) = ViewerFeed::open(&s.hubs, room, epoch, cursor).await?;
     let state = SseState {
         feed,
@@ -33,6 +44,10 @@ pub async fn open(
             Duration::from_secs(s.config.fanout.ping_s.max(1)),
         ),
         done: false,
+        room: room.to_string(),
+        rooms: s.rooms.clone(),
+        viewer,
+        expiry: until.map(|until| Box::pin(tokio::time::sleep_until(super::until_instant(until)))),
         draining: Default::default(),
         _conn: ConnGuard::new(&s.metrics.connections, "sse"),
         _slot: slot,
@@ -56,6 +71,11 @@ struct SseState {
     closing: CancellationToken,
     ping: tokio::time::Interval,
     done: bool,
+    room: String,
+    rooms: std::sync::Arc<crate::rooms::RoomDirectory>,
+    viewer: Option<ViewerClaims>,
+    /// When the private room's token runs out.
+    expiry: super::Expiry,
     /// At shutdown: queued frames, then the close event.
     draining: std::collections::VecDeque<Bytes>,
     _conn: ConnGuard,
@@ -93,7 +113,14 @@ impl SseState {
                 FeedEvent::Hello(hello) => hello_event(&hello),
                 FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID"),
             }),
-            _ = self.ping.tick() => Some(Bytes::from_static(b": ping\n\n")),
+            _ = super::token_expiry(&mut self.expiry) => {
+                Some(self.close_event("token expired: reconnect with a renewed token"))
+            }
+            _ = self.ping.tick() => Some(if super::may_stay(&self.rooms, &self.room, self.viewer.as_ref()) {
+                Bytes::from_static(b": ping\n\n")
+            } else {
+                self.close_event("room is private")
+            }),
         }
     }
 

@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{if_none_match, RoomPath};
 use super::routes::Routes;
+use super::watch_gate::admit;
 use super::state::SnapshotState;
 use crate::error::ApiError;
 use crate::message::{now_ms, Priority, StoredMessage};
@@ -113,6 +114,12 @@ async fn handler(
     RoomPath(room): RoomPath,
     headers: HeaderMap,
 ) -> Response {
+    // A private room's snapshot is for its token holders alone: checked on
+    // every request, answered `private, no-store` (no CDN keeps it).
+    let private = match admit(&s.control, &s.auth, &room, None, &headers).await {
+        Ok(admitted) => admitted.private,
+        Err(e) => return e.into_response(),
+    };
     let cfg = &s.config.snapshot;
     let max_age = Duration::from_millis(cfg.max_age_ms);
     let slot = cache.rooms.get_with(room.clone(), Default::default);
@@ -171,12 +178,22 @@ async fn handler(
             }
         }
     };
-    respond(&s, &snapshot, stale, &headers)
+    respond(&s, &snapshot, stale, private, &headers)
 }
 
-fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> Response {
-    let cache_control = HeaderValue::from_str(&s.config.snapshot.cache_control)
-        .unwrap_or(HeaderValue::from_static("public, max-age=1"));
+fn respond(
+    s: &SnapshotState,
+    snap: &Snapshot,
+    stale: bool,
+    private: bool,
+    request: &HeaderMap,
+) -> Response {
+    let cache_control = if private {
+        HeaderValue::from_static("private, no-store")
+    } else {
+        HeaderValue::from_str(&s.config.snapshot.cache_control)
+            .unwrap_or(HeaderValue::from_static("public, max-age=1"))
+    };
     let common = [
         (header::CACHE_CONTROL, cache_control),
         (header::ETAG, snap.etag.clone()),
