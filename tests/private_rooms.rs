@@ -180,7 +180,12 @@ async fn get(http: &reqwest::Client, url: &str, token: Option<&str>) -> Answer {
 
 /// Every watch route of `room` on `base`, with `token` (or none): the HTTP
 /// ones with `Authorization: Bearer`, SSE and WebSocket with `?token=`.
-async fn watch_all(http: &reqwest::Client, base: &str, room: &str, token: Option<&str>) -> Vec<(&'static str, Answer)> {
+async fn watch_all(
+    http: &reqwest::Client,
+    base: &str,
+    room: &str,
+    token: Option<&str>,
+) -> Vec<(&'static str, Answer)> {
     let mut out = Vec::new();
     for (route, path) in [
         ("snapshot", format!("/v1/rooms/{room}/snapshot")),
@@ -191,7 +196,10 @@ async fn watch_all(http: &reqwest::Client, base: &str, room: &str, token: Option
         out.push((route, get(http, &format!("{base}{path}"), token).await));
     }
     let q = token.map(|t| format!("?token={t}")).unwrap_or_default();
-    out.push(("sse", get(http, &format!("{base}/v1/rooms/{room}/sse{q}"), None).await));
+    out.push((
+        "sse",
+        get(http, &format!("{base}/v1/rooms/{room}/sse{q}"), None).await,
+    ));
     let ws = format!("{}/v1/rooms/{room}/ws{q}", base.replace("http://", "ws://"));
     let answer = match tokio_tungstenite::connect_async(&ws).await {
         Ok(_) => Answer {
@@ -215,7 +223,14 @@ async fn watch_all(http: &reqwest::Client, base: &str, room: &str, token: Option
 }
 
 /// Every route refused with `status` and `code`.
-async fn assert_refused(http: &reqwest::Client, base: &str, room: &str, token: Option<&str>, status: u16, code: &str) {
+async fn assert_refused(
+    http: &reqwest::Client,
+    base: &str,
+    room: &str,
+    token: Option<&str>,
+    status: u16,
+    code: &str,
+) {
     for (route, a) in watch_all(http, base, room, token).await {
         assert_eq!(
             (a.status, a.code.as_deref()),
@@ -234,7 +249,11 @@ async fn assert_admitted(http: &reqwest::Client, base: &str, room: &str, token: 
             "{route} of {room} refused: {a:?}"
         );
         if matches!(route, "snapshot" | "replay") && a.status == 200 {
-            assert_eq!(a.cache_control.as_deref(), Some("private, no-store"), "{route}");
+            assert_eq!(
+                a.cache_control.as_deref(),
+                Some("private, no-store"),
+                "{route}"
+            );
         }
     }
 }
@@ -270,7 +289,8 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
     // Watchers on B before the room turns private: one without a token,
     // one whose token names the room.
     let hs_named = p.auth.issue_claims(&claims(&[&room], 600));
-    let mut anonymous = WsViewer::connect(&format!("{}/v1/rooms/{room}/ws", b.replace("http", "ws"))).await;
+    let mut anonymous =
+        WsViewer::connect(&format!("{}/v1/rooms/{room}/ws", b.replace("http", "ws"))).await;
     let mut named = WsViewer::connect(&format!(
         "{}/v1/rooms/{room}/ws?token={hs_named}",
         b.replace("http", "ws")
@@ -278,11 +298,16 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
     .await;
 
     let path = format!("/v1/admin/rooms/{room}/settings");
-    let (s, body) = p.admin(&p.a, "PATCH", &path, Some(json!({"private": true}))).await;
+    let (s, body) = p
+        .admin(&p.a, "PATCH", &path, Some(json!({"private": true})))
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["settings"]["private"], true, "{body}");
     let on_b = within(Duration::from_secs(3), || async {
-        get(http, &format!("{b}/v1/rooms/{room}/snapshot"), None).await.status == 401
+        get(http, &format!("{b}/v1/rooms/{room}/snapshot"), None)
+            .await
+            .status
+            == 401
     })
     .await;
     assert!(on_b, "the private setting reached node B");
@@ -297,9 +322,24 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
     assert!(matches!(&pong, Ok(v) if v["type"] == "pong"), "{pong:?}");
 
     // Refusals, the same on both fronts.
-    let other_room = sign(Algorithm::RS256, Some("rsa-1"), &rsa.signing, &claims(&["elsewhere"], 600));
-    let expired = sign(Algorithm::ES256, Some("ec-1"), &ec.signing, &claims(&[&room], -60));
-    let unknown_kid = sign(Algorithm::RS256, Some("rsa-9"), &rsa.signing, &claims(&[&room], 600));
+    let other_room = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &rsa.signing,
+        &claims(&["elsewhere"], 600),
+    );
+    let expired = sign(
+        Algorithm::ES256,
+        Some("ec-1"),
+        &ec.signing,
+        &claims(&[&room], -60),
+    );
+    let unknown_kid = sign(
+        Algorithm::RS256,
+        Some("rsa-9"),
+        &rsa.signing,
+        &claims(&[&room], 600),
+    );
     // Algorithm confusion: the RSA public key's PEM bytes as an HS256 secret
     // under the RSA kid; an ES256 token under the RSA kid; `alg: none`.
     let rsa_as_hmac = sign(
@@ -308,7 +348,12 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
         &EncodingKey::from_secret(rsa.public_pem.as_bytes()),
         &claims(&[&room], 600),
     );
-    let ec_under_rsa_kid = sign(Algorithm::ES256, Some("rsa-1"), &ec.signing, &claims(&[&room], 600));
+    let ec_under_rsa_kid = sign(
+        Algorithm::ES256,
+        Some("rsa-1"),
+        &ec.signing,
+        &claims(&[&room], 600),
+    );
     let none = alg_none(&claims(&[&room], 600));
     for base in [&a, &b] {
         assert_refused(http, base, &room, None, 401, "missing_token").await;
@@ -316,13 +361,31 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
         assert_refused(http, base, &room, Some(&expired), 401, "token_expired").await;
         assert_refused(http, base, &room, Some(&unknown_kid), 401, "unknown_key").await;
         assert_refused(http, base, &room, Some(&rsa_as_hmac), 401, "invalid_token").await;
-        assert_refused(http, base, &room, Some(&ec_under_rsa_kid), 401, "invalid_token").await;
+        assert_refused(
+            http,
+            base,
+            &room,
+            Some(&ec_under_rsa_kid),
+            401,
+            "invalid_token",
+        )
+        .await;
         assert_refused(http, base, &room, Some(&none), 401, "invalid_token").await;
     }
 
     // Admitted: RS256 and ES256 from the key file, HS256 with the secret.
-    let rs256 = sign(Algorithm::RS256, Some("rsa-1"), &rsa.signing, &claims(&[&room], 600));
-    let es256 = sign(Algorithm::ES256, Some("ec-1"), &ec.signing, &claims(&["x", &room], 600));
+    let rs256 = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &rsa.signing,
+        &claims(&[&room], 600),
+    );
+    let es256 = sign(
+        Algorithm::ES256,
+        Some("ec-1"),
+        &ec.signing,
+        &claims(&["x", &room], 600),
+    );
     for base in [&a, &b] {
         for token in [&rs256, &es256, &hs_named] {
             assert_admitted(http, base, &room, token).await;
@@ -332,10 +395,17 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
     // A private watcher is closed (1008) when its token runs out, unless
     // it renewed it with `auth`.
     let ws_b = b.replace("http", "ws");
-    let short = sign(Algorithm::RS256, Some("rsa-1"), &rsa.signing, &claims(&[&room], 2));
+    let short = sign(
+        Algorithm::RS256,
+        Some("rsa-1"),
+        &rsa.signing,
+        &claims(&[&room], 2),
+    );
     let mut lapsing = WsViewer::connect(&format!("{ws_b}/v1/rooms/{room}/ws?token={short}")).await;
     let mut renewing = WsViewer::connect(&format!("{ws_b}/v1/rooms/{room}/ws?token={short}")).await;
-    renewing.send_json(&json!({"type": "auth", "token": es256})).await;
+    renewing
+        .send_json(&json!({"type": "auth", "token": es256}))
+        .await;
     let ok = renewing.next_json(Duration::from_secs(3)).await;
     assert!(matches!(&ok, Ok(v) if v["type"] == "auth_ok"), "{ok:?}");
     match lapsing.until_closed(Duration::from_secs(8)).await.0 {
@@ -344,16 +414,26 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
     }
     renewing.send_json(&json!({"type": "ping"})).await;
     let pong = renewing.next_json(Duration::from_secs(3)).await;
-    assert!(matches!(&pong, Ok(v) if v["type"] == "pong"), "renewed socket stays: {pong:?}");
+    assert!(
+        matches!(&pong, Ok(v) if v["type"] == "pong"),
+        "renewed socket stays: {pong:?}"
+    );
     // A renewal naming other rooms is refused; the old token stays.
-    renewing.send_json(&json!({"type": "auth", "token": other_room})).await;
+    renewing
+        .send_json(&json!({"type": "auth", "token": other_room}))
+        .await;
     let refused = renewing.next_json(Duration::from_secs(3)).await.unwrap();
     assert_eq!(refused["error"]["code"], "room_forbidden", "{refused}");
 
     // Key rotation without a restart: rsa-1 goes, rsa-2 comes.
     let rsa2 = rsa_key(&dir.0, "rsa2");
     std::fs::write(&keys_path, pem_file(&[("rsa-2", &rsa2), ("ec-1", &ec)])).unwrap();
-    let rs256_new = sign(Algorithm::RS256, Some("rsa-2"), &rsa2.signing, &claims(&[&room], 600));
+    let rs256_new = sign(
+        Algorithm::RS256,
+        Some("rsa-2"),
+        &rsa2.signing,
+        &claims(&[&room], 600),
+    );
     for base in [&a, &b] {
         let snapshot = format!("{base}/v1/rooms/{room}/snapshot");
         let rotated = within(Duration::from_secs(6), || async {
@@ -362,23 +442,39 @@ async fn private_rooms_on_both_fronts_with_platform_tokens_and_key_rotation() {
         .await;
         assert!(rotated, "{base} took the new key without a restart");
         let old = get(http, &snapshot, Some(&rs256)).await;
-        assert_eq!((old.status, old.code.as_deref()), (401, Some("unknown_key")), "{old:?}");
+        assert_eq!(
+            (old.status, old.code.as_deref()),
+            (401, Some("unknown_key")),
+            "{old:?}"
+        );
     }
     // A broken rewrite keeps the keys in force, and is counted.
     std::fs::write(&keys_path, "kid: half\n-----BEGIN PUBLIC KEY-----\nAAAA").unwrap();
     let failed = within(Duration::from_secs(6), || async {
-        p.b.metric(http, "danmaku_viewer_key_reloads_total{result=\"failed\"}").await >= 1.0
+        p.b.metric(http, "danmaku_viewer_key_reloads_total{result=\"failed\"}")
+            .await
+            >= 1.0
     })
     .await;
     assert!(failed, "the failed read is counted");
-    let still = get(http, &format!("{b}/v1/rooms/{room}/snapshot"), Some(&rs256_new)).await;
+    let still = get(
+        http,
+        &format!("{b}/v1/rooms/{room}/snapshot"),
+        Some(&rs256_new),
+    )
+    .await;
     assert_eq!(still.status, 200, "previous keys stay: {still:?}");
 
     // Public again: open to all, the snapshot cacheable again.
-    let (s, _) = p.admin(&p.b, "PATCH", &path, Some(json!({"private": false}))).await;
+    let (s, _) = p
+        .admin(&p.b, "PATCH", &path, Some(json!({"private": false})))
+        .await;
     assert_eq!(s, StatusCode::OK);
     let public = within(Duration::from_secs(3), || async {
-        get(http, &format!("{a}/v1/rooms/{room}/snapshot"), None).await.status == 200
+        get(http, &format!("{a}/v1/rooms/{room}/snapshot"), None)
+            .await
+            .status
+            == 200
     })
     .await;
     assert!(public, "public again on node A");

@@ -78,7 +78,11 @@ mod tests {
         let other = Ok(claims(Some(&["r2"])));
         let no_claim = Ok(claims(None));
         let expired = Err(ExpiredToken);
-        let cases: &[(bool, Option<&Result<ViewerClaims, AuthFailure>>, Result<(), WatchRefusal>)] = &[
+        let cases: &[(
+            bool,
+            Option<&Result<ViewerClaims, AuthFailure>>,
+            Result<(), WatchRefusal>,
+        )] = &[
             (false, None, Ok(())),
             (false, Some(&expired), Ok(())),
             (false, Some(&other), Ok(())),

@@ -132,7 +132,9 @@ fn parse_pem(text: &str) -> Result<Vec<(String, BoundKey)>, String> {
                     .decode(body.as_bytes())
                     .map_err(|_| "a PEM block is not base64".to_string())?;
                 block = None;
-                let kid = kid.take().ok_or("each PEM key needs a `kid: <id>` line before it")?;
+                let kid = kid
+                    .take()
+                    .ok_or("each PEM key needs a `kid: <id>` line before it")?;
                 let key = pem_key(&label, &der).map_err(|e| format!("kid {kid:?}: {e}"))?;
                 out.push((kid, key));
             } else {
@@ -214,11 +216,17 @@ mod tests {
                 Err("only RSA and EC"),
             ),
             (
-                ec_jwk.replace(r#""kid":"e1","#, "").replace("{", r#"{"keys":[{"#) + "]}",
+                ec_jwk
+                    .replace(r#""kid":"e1","#, "")
+                    .replace("{", r#"{"keys":[{"#)
+                    + "]}",
                 Err("needs a kid"),
             ),
             (
-                format!(r#"{{"keys":[{}]}}"#, ec_jwk.replace(r#""kid""#, r#""alg":"ES384","kid""#)),
+                format!(
+                    r#"{{"keys":[{}]}}"#,
+                    ec_jwk.replace(r#""kid""#, r#""alg":"ES384","kid""#)
+                ),
                 Err("does not match"),
             ),
             ("{not json".into(), Err("not a JWKS")),

@@ -225,9 +225,9 @@ impl Authenticator {
         // header names another one fails here, whatever its signature.
         let validation = &self.validations[&alg];
         let data = decode::<ViewerClaims>(token, key, validation).map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
-                _ => AuthFailure::InvalidToken,
-            })?;
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
+            _ => AuthFailure::InvalidToken,
+        })?;
         let c = data.claims;
         let bad_char = |c: char| c.is_control() || crate::text::is_bidi_control(c);
         if c.sub.is_empty()

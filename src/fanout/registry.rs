@@ -285,7 +285,11 @@ impl HubRegistry {
 
     /// Stops `hub` if it has had no viewer since `idle_since` for `hub_idle_s`.
     fn stop_if_idle(&self, hub: &Arc<Hub>, idle_since: Instant) -> bool {
-        if !self.hubs.get(&hub.room).is_some_and(|h| Arc::ptr_eq(&h, hub)) {
+        if !self
+            .hubs
+            .get(&hub.room)
+            .is_some_and(|h| Arc::ptr_eq(&h, hub))
+        {
             return true; // evicted (`evict_unwatched`)
         }
         let idle_for = Duration::from_secs(self.config.hub_idle_s);

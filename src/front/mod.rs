@@ -76,13 +76,30 @@ pub fn until_instant(until_s: u64) -> tokio::time::Instant {
         + std::time::Duration::from_millis(until_s.saturating_mul(1000).saturating_sub(now_ms))
 }
 
-/// Whether a watcher may stay on `room` now: the room turned private
-/// while it watched, and its token does not name it (checked on the ping
-/// timer: a cached settings read, no store access).
-pub fn may_stay(rooms: &RoomDirectory, room: &str, viewer: Option<&crate::auth::ViewerClaims>) -> bool {
-    rooms
-        .cached(room)
-        .is_none_or(|state| !state.settings.private || viewer.is_some_and(|v| crate::auth::access::names_room(v, room)))
+/// What a watcher's ping timer finds about its room (a cached settings
+/// read, no store access): the room may have turned private, or public,
+/// while it watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Public now: the token's expiry does not matter.
+    Public,
+    /// Private now, and the token names the room: stay until it runs out.
+    Private,
+    /// Private now, and the watcher has no token naming the room: close.
+    Leave,
+}
+
+pub fn recheck(
+    rooms: &RoomDirectory,
+    room: &str,
+    viewer: Option<&crate::auth::ViewerClaims>,
+) -> Recheck {
+    let private = rooms.cached(room).is_some_and(|s| s.settings.private);
+    match (private, viewer) {
+        (false, _) => Recheck::Public,
+        (true, Some(v)) if crate::auth::access::names_room(v, room) => Recheck::Private,
+        (true, _) => Recheck::Leave,
+    }
 }
 
 /// Counts an open viewer connection while alive.

@@ -29,11 +29,12 @@ pub async fn open(
     private: bool,
     slot: IpSlot,
 ) -> Result<Response, ApiError> {
-    let leeway = s.config.auth.jwt_leeway_s;
-    let until = viewer
-        .as_ref()
-        .filter(|_| private)
-        .map(|v| v.exp.saturating_add(leeway));
+    let leeway_s = s.config.auth.jwt_leeway_s;
+    let expiry = if private {
+        expiry_of(viewer.as_ref(), leeway_s)
+    } else {
+        None
+    };
     let (feed, hello) = ViewerFeed::open(&s.hubs, room, epoch, cursor).await?;
     let state = SseState {
         feed,
@@ -47,7 +48,8 @@ pub async fn open(
         room: room.to_string(),
         rooms: s.rooms.clone(),
         viewer,
-        expiry: until.map(|until| Box::pin(tokio::time::sleep_until(super::until_instant(until)))),
+        expiry,
+        leeway_s,
         draining: Default::default(),
         _conn: ConnGuard::new(&s.metrics.connections, "sse"),
         _slot: slot,
@@ -74,6 +76,7 @@ struct SseState {
     room: String,
     rooms: std::sync::Arc<crate::rooms::RoomDirectory>,
     viewer: Option<ViewerClaims>,
+    leeway_s: u64,
     /// When the private room's token runs out.
     expiry: super::Expiry,
     /// At shutdown: queued frames, then the close event.
@@ -116,12 +119,22 @@ impl SseState {
             _ = super::token_expiry(&mut self.expiry) => {
                 Some(self.close_event("token expired: reconnect with a renewed token"))
             }
-            _ = self.ping.tick() => Some(if super::may_stay(&self.rooms, &self.room, self.viewer.as_ref()) {
-                Bytes::from_static(b": ping\n\n")
-            } else {
-                self.close_event("room is private")
-            }),
+            _ = self.ping.tick() => Some(self.on_ping()),
         }
+    }
+
+    /// A ping, or the end if the room turned private under a viewer whose
+    /// token does not name it; the token's expiry follows the room's setting.
+    fn on_ping(&mut self) -> Bytes {
+        match super::recheck(&self.rooms, &self.room, self.viewer.as_ref()) {
+            super::Recheck::Leave => return self.close_event("room is private"),
+            super::Recheck::Public => self.expiry = None,
+            super::Recheck::Private if self.expiry.is_none() => {
+                self.expiry = expiry_of(self.viewer.as_ref(), self.leeway_s);
+            }
+            super::Recheck::Private => {}
+        }
+        Bytes::from_static(b": ping\n\n")
     }
 
     fn close_event(&mut self, reason: &str) -> Bytes {
@@ -129,6 +142,14 @@ impl SseState {
         let data = serde_json::json!({"type": "close", "reason": reason});
         Bytes::from(format!("event: close\ndata: {data}\n\n"))
     }
+}
+
+/// When a private room's viewer's token runs out (`exp` + leeway).
+fn expiry_of(viewer: Option<&ViewerClaims>, leeway_s: u64) -> super::Expiry {
+    let until = viewer?.exp.saturating_add(leeway_s);
+    Some(Box::pin(tokio::time::sleep_until(super::until_instant(
+        until,
+    ))))
 }
 
 fn hello_event(hello: &Hello) -> Bytes {

@@ -218,14 +218,21 @@ impl Session {
                     link.close(CLOSE_POLICY, "token expired").await;
                     ControlFlow::Break(())
                 }
-                _ = ping.tick() => {
-                    if super::may_stay(&self.s.rooms, &self.room, self.viewer.as_ref()) {
-                        alive(link.socket.send(Message::Ping(Default::default())).await)
-                    } else {
+                _ = ping.tick() => match super::recheck(&self.s.rooms, &self.room, self.viewer.as_ref()) {
+                    super::Recheck::Leave => {
                         link.close(CLOSE_POLICY, "room is private").await;
                         ControlFlow::Break(())
                     }
-                }
+                    now => {
+                        // Turned private (or public) while watched: the token's expiry follows.
+                        let private = now == super::Recheck::Private;
+                        if private != self.private {
+                            self.private = private;
+                            self.renewed = true;
+                        }
+                        alive(link.socket.send(Message::Ping(Default::default())).await)
+                    }
+                },
             };
             if step.is_break() {
                 return;

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{if_none_match, ApiQuery, RoomPath};
 use super::routes::Routes;
-use super::watch_gate::admit;
 use super::state::{AppState, ArchiveState};
+use super::watch_gate::admit;
 use crate::archive::Live;
 use crate::auth::Authenticator;
 use crate::config::Config;

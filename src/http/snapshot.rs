@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 
 use super::extract::{if_none_match, RoomPath};
 use super::routes::Routes;
-use super::watch_gate::admit;
 use super::state::SnapshotState;
+use super::watch_gate::admit;
 use crate::error::ApiError;
 use crate::message::{now_ms, Priority, StoredMessage};
 
