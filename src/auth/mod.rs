@@ -279,6 +279,27 @@ impl Authenticator {
         encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 encodes")
     }
 
+    /// Looks at `auth.viewer_keys_file` every [`key_file::CHECK_EVERY`]
+    /// until `stop` (besides the look token checks take), so that a rotation
+    /// or a broken rewrite shows in the log and metrics even while no token
+    /// arrives. Returns at once without a key file.
+    pub async fn watch_key_file(
+        self: std::sync::Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(file) = &self.key_file else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(key_file::CHECK_EVERY) => {
+                    file.keys();
+                }
+            }
+        }
+    }
+
     /// Key file reads that succeeded and that failed (the metric's source);
     /// `(0, 0)` without a key file.
     pub fn key_file_counts(&self) -> (u64, u64) {
