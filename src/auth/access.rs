@@ -70,6 +70,13 @@ mod tests {
         }
     }
 
+    /// (private, the token's check, the answer)
+    type Case<'a> = (
+        bool,
+        Option<&'a Result<ViewerClaims, AuthFailure>>,
+        Result<(), WatchRefusal>,
+    );
+
     #[test]
     fn who_may_watch() {
         use AuthFailure::*;
@@ -78,11 +85,7 @@ mod tests {
         let other = Ok(claims(Some(&["r2"])));
         let no_claim = Ok(claims(None));
         let expired = Err(ExpiredToken);
-        let cases: &[(
-            bool,
-            Option<&Result<ViewerClaims, AuthFailure>>,
-            Result<(), WatchRefusal>,
-        )] = &[
+        let cases: &[Case] = &[
             (false, None, Ok(())),
             (false, Some(&expired), Ok(())),
             (false, Some(&other), Ok(())),
