@@ -333,6 +333,7 @@ fn ingest(c: &mut Criterion) {
         exp: u64::MAX,
         nbf: None,
         vip: None,
+        rooms: None,
     };
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut consumer = rt.block_on(bus.consumer()).expect("consumer");

@@ -173,8 +173,10 @@ impl Server {
                 stopping.clone(),
             ));
         }
+        let auth = Arc::new(Authenticator::with_metrics(&config.auth, &metrics));
+        tokio::spawn(auth.clone().watch_key_file(stopping.clone()));
         let state = AppState(Arc::new(AppInner {
-            auth: Arc::new(Authenticator::new(&config.auth)),
+            auth,
             ingest: Arc::new(
                 Ingest::new(
                     config.ingest.clone(),

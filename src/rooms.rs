@@ -54,6 +54,10 @@ pub struct RoomSettings {
     /// Extra blocked words for this room (case-insensitive), besides the global ones.
     #[serde(default)]
     pub blocked_words: Vec<String>,
+    /// Watching needs a viewer token whose `rooms` claim names the room
+    /// (`auth::access`); absent → public.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub private: bool,
     /// `blocked_words` folded for matching (`crate::text`), set with them.
     #[serde(skip)]
     pub blocked: BlockedWords,
@@ -78,6 +82,8 @@ pub struct RoomSettingsPatch {
     pub vip_high_level: Option<Option<u32>>,
     #[serde(default)]
     pub blocked_words: Option<Vec<String>>,
+    #[serde(default)]
+    pub private: Option<bool>,
 }
 
 mod double_option {

@@ -32,14 +32,19 @@ fuzz_target!(|data: &[u8]| {
         AuthFailure::InvalidToken
     };
     // A well-signed token with a past `exp` would be ExpiredToken, but a
-    // signature cannot be forged without the secret.
-    assert_eq!(got, Err(expected), "viewer token {bearer:?}");
+    // signature cannot be forged without the secret. A header naming a `kid`
+    // (not HS256) is UnknownKey: the harness has no key file.
+    let same = |got: Result<_, AuthFailure>, expected| {
+        got == Err(expected)
+            || (expected == AuthFailure::InvalidToken && got == Err(AuthFailure::UnknownKey))
+    };
+    assert!(same(got, expected), "viewer token {bearer:?}");
     let expected = if bearer.is_empty() {
         AuthFailure::MissingToken
     } else {
         AuthFailure::InvalidToken
     };
-    assert_eq!(auth.viewer_token(&bearer), Err(expected), "bare {bearer:?}");
+    assert!(same(auth.viewer_token(&bearer), expected), "bare {bearer:?}");
     assert_eq!(auth.viewer_from_header(None), Err(AuthFailure::MissingToken));
 
     const PATH: &str = "/v1/rooms/r1/events";

@@ -47,6 +47,7 @@ fuzz_target!(|input: Input| {
         exp: at(&input.exp, now),
         nbf: input.nbf.as_ref().map(|t| at(t, now)),
         vip: None,
+        rooms: None,
     };
     // Skip instants the clock could move across while this input runs.
     let near = |t: u64, edge: u64| t.abs_diff(edge) <= 5;

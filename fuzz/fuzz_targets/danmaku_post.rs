@@ -27,6 +27,7 @@ fuzz_target!(|data: &[u8]| {
         exp: 0,
         nbf: None,
         vip: None,
+        rooms: None,
     };
     let answer = match h.block_on(ingest.danmaku(ROOM, &viewer, IP, req.clone())) {
         Ok(a) => a,

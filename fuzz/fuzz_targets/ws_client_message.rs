@@ -49,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
                 exp: 0,
                 nbf: None,
                 vip: None,
+                rooms: None,
             };
             let req = DanmakuRequest {
                 client_msg_id,

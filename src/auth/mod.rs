@@ -1,15 +1,24 @@
-//! Authentication: viewer tokens (HS256 JWT, alg pinned) and the gift
-//! backend's HMAC-SHA256 request signatures (v2: bound to the method, path
-//! and Idempotency-Key; constant-time, rotation).
+//! Authentication: viewer tokens (HS256 with `auth.jwt_secret`, or RS/ES
+//! signed by the platform with a key of `auth.viewer_keys_file`, each key id
+//! bound to one algorithm), who may watch private rooms (`access`), and the
+//! gift backend's HMAC-SHA256 request signatures (v2: bound to the method,
+//! path and Idempotency-Key; constant-time, rotation).
 
 use hmac::{Hmac, Mac};
-use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use std::collections::HashMap;
+
+use jsonwebtoken::{
+    decode, decode_header, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 
+pub mod access;
+pub mod key_file;
+pub mod keys;
 pub mod moderator;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,6 +37,10 @@ pub struct ViewerClaims {
         deserialize_with = "present_level"
     )]
     pub vip: Option<u32>,
+    /// The private rooms the token may watch (`access::watch_access`);
+    /// absent: none. Public rooms need no naming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
 }
 
 /// A present `vip` must be an integer ≥ 0 (`null` included in what is
@@ -42,6 +55,9 @@ pub enum AuthFailure {
     MissingToken,
     InvalidToken,
     ExpiredToken,
+    /// A `kid` that names no key of `auth.viewer_keys_file` (rotated out, or
+    /// never there).
+    UnknownKey,
     MissingSignature,
     /// A `sha256=` signature while `auth.accept_legacy_signatures` is off.
     LegacySignatureOff,
@@ -56,6 +72,7 @@ impl AuthFailure {
             AuthFailure::MissingToken => "missing_token",
             AuthFailure::InvalidToken => "invalid_token",
             AuthFailure::ExpiredToken => "token_expired",
+            AuthFailure::UnknownKey => "unknown_key",
             AuthFailure::MissingSignature => "missing_signature",
             AuthFailure::LegacySignatureOff => "bad_signature",
             AuthFailure::BadTimestamp => "bad_timestamp",
@@ -71,6 +88,7 @@ impl AuthFailure {
             }
             AuthFailure::InvalidToken => "the viewer token is not valid",
             AuthFailure::ExpiredToken => "the viewer token has expired",
+            AuthFailure::UnknownKey => "the viewer token's kid names no current signing key",
             AuthFailure::MissingSignature => "X-Timestamp and X-Signature headers are required",
             AuthFailure::LegacySignatureOff => {
                 "legacy sha256= signatures are off: sign with X-Signature: v2=<hex HMAC-SHA256 of \
@@ -86,7 +104,10 @@ impl AuthFailure {
 pub struct Authenticator {
     decoding: DecodingKey,
     encoding: EncodingKey,
-    validation: Validation,
+    /// One validation per algorithm a token may use, each allowing only it.
+    validations: HashMap<Algorithm, Validation>,
+    /// The platform's public keys (`auth.viewer_keys_file`), if configured.
+    key_file: Option<key_file::KeyFile>,
     gift_secrets: Vec<Vec<u8>>,
     signature_window_s: u64,
     accept_legacy_signatures: bool,
@@ -94,7 +115,18 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    /// The server's authenticator: key file reads counted in `metrics`.
+    pub fn with_metrics(config: &AuthConfig, metrics: &crate::metrics::Metrics) -> Self {
+        Self::counted(config, metrics.viewer_key_reloads.clone())
+    }
+
     pub fn new(config: &AuthConfig) -> Self {
+        let opts = prometheus::Opts::new("viewer_key_reloads", "uncounted");
+        let uncounted = prometheus::IntCounterVec::new(opts, &["result"]).expect("valid metric");
+        Self::counted(config, uncounted)
+    }
+
+    fn counted(config: &AuthConfig, key_reloads: prometheus::IntCounterVec) -> Self {
         if config.accept_legacy_signatures {
             // Legacy signatures do not bind the room or the key: replayable.
             tracing::warn!(
@@ -103,16 +135,32 @@ impl Authenticator {
                  and turn it off"
             );
         }
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = vec![Algorithm::HS256];
-        validation.leeway = config.jwt_leeway_s;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let validations = [
+            Algorithm::HS256,
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::ES256,
+            Algorithm::ES384,
+        ]
+        .into_iter()
+        .map(|alg| {
+            let mut validation = Validation::new(alg);
+            validation.algorithms = vec![alg];
+            validation.leeway = config.jwt_leeway_s;
+            validation.validate_exp = true;
+            validation.validate_nbf = true;
+            validation.set_required_spec_claims(&["exp", "sub"]);
+            (alg, validation)
+        })
+        .collect();
+        let key_file = (!config.viewer_keys_file.is_empty())
+            .then(|| key_file::KeyFile::open(&config.viewer_keys_file, key_reloads));
         Authenticator {
             decoding: DecodingKey::from_secret(config.jwt_secret.as_bytes()),
             encoding: EncodingKey::from_secret(config.jwt_secret.as_bytes()),
-            validation,
+            validations,
+            key_file,
             gift_secrets: config
                 .gift_secrets
                 .iter()
@@ -146,10 +194,14 @@ impl Authenticator {
     }
 
     /// Checks a bare viewer token (the `?token=` query parameter of the
-    /// stream endpoints, the WebSocket `auth` message): an HS256 JWT whose
-    /// header has no `crit` (we understand no extension, RFC 7515 §4.1.11),
-    /// with `exp` (and `nbf`) within the clock skew and a `sub` and `name`
-    /// free of control and bidi characters.
+    /// stream endpoints, the WebSocket `auth` message): a JWT whose header
+    /// has no `crit` (we understand no extension, RFC 7515 §4.1.11), signed
+    /// either with a key of `auth.viewer_keys_file` named by its `kid`,
+    /// under that key's one algorithm, or HS256 with `auth.jwt_secret` (no
+    /// `kid`, or one the key file does not have); with `exp` (and `nbf`)
+    /// within the clock skew and a `sub` and `name` free of control and bidi
+    /// characters. A `kid` the key file lacks on a non-HS256 token is
+    /// `UnknownKey`.
     pub fn viewer_token(&self, token: &str) -> Result<ViewerClaims, AuthFailure> {
         if token.is_empty() {
             return Err(AuthFailure::MissingToken);
@@ -157,13 +209,25 @@ impl Authenticator {
         if Self::has_crit_header(token) {
             return Err(AuthFailure::InvalidToken);
         }
-        let data =
-            decode::<ViewerClaims>(token, &self.decoding, &self.validation).map_err(|e| match e
-                .kind()
-            {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
-                _ => AuthFailure::InvalidToken,
-            })?;
+        let header = decode_header(token).map_err(|_| AuthFailure::InvalidToken)?;
+        let keys = self.key_file.as_ref().map(key_file::KeyFile::keys);
+        let bound = header
+            .kid
+            .as_deref()
+            .and_then(|kid| keys.as_ref()?.get(kid));
+        let (key, alg) = match bound {
+            Some(bound) => (&bound.key, bound.algorithm),
+            None if header.alg == Algorithm::HS256 => (&self.decoding, Algorithm::HS256),
+            None if header.kid.is_some() => return Err(AuthFailure::UnknownKey),
+            None => return Err(AuthFailure::InvalidToken),
+        };
+        // The validation allows the key's algorithm alone: a token whose
+        // header names another one fails here, whatever its signature.
+        let validation = &self.validations[&alg];
+        let data = decode::<ViewerClaims>(token, key, validation).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthFailure::ExpiredToken,
+            _ => AuthFailure::InvalidToken,
+        })?;
         let c = data.claims;
         let bad_char = |c: char| c.is_control() || crate::text::is_bidi_control(c);
         if c.sub.is_empty()
@@ -205,8 +269,43 @@ impl Authenticator {
             exp: unix_now() + ttl_s,
             nbf: None,
             vip,
+            rooms: None,
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).expect("HS256 encodes")
+        self.issue_claims(&claims)
+    }
+
+    /// Signs any viewer claims with the HS256 secret (tests).
+    pub fn issue_claims(&self, claims: &ViewerClaims) -> String {
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 encodes")
+    }
+
+    /// Looks at `auth.viewer_keys_file` every [`key_file::CHECK_EVERY`]
+    /// until `stop` (besides the look token checks take), so that a rotation
+    /// or a broken rewrite shows in the log and metrics even while no token
+    /// arrives. Returns at once without a key file.
+    pub async fn watch_key_file(
+        self: std::sync::Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let Some(file) = &self.key_file else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(key_file::CHECK_EVERY) => {
+                    file.keys();
+                }
+            }
+        }
+    }
+
+    /// Key file reads that succeeded and that failed (the metric's source);
+    /// `(0, 0)` without a key file.
+    pub fn key_file_counts(&self) -> (u64, u64) {
+        self.key_file
+            .as_ref()
+            .map_or((0, 0), key_file::KeyFile::counts)
     }
 
     /// Verifies a gift backend's signed request (DESIGN §4): the timestamp

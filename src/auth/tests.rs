@@ -40,6 +40,7 @@ fn expired_and_alg_none_tokens_are_refused() {
         exp: unix_now() - 3600,
         nbf: None,
         vip: None,
+        rooms: None,
     };
     let t = encode(&Header::new(Algorithm::HS256), &claims, &a.encoding).unwrap();
     assert_eq!(a.viewer_token(&t).unwrap_err(), AuthFailure::ExpiredToken);
@@ -71,6 +72,7 @@ fn exp_and_nbf_hold_within_the_clock_skew_and_other_algs_are_refused() {
             exp,
             nbf,
             vip: None,
+            rooms: None,
         };
         encode(&Header::new(alg), &claims, &a.encoding).unwrap()
     };

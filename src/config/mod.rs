@@ -104,6 +104,9 @@ pub struct AuthConfig {
     pub jwt_secret: String,
     pub jwt_secret_file: String,
     pub jwt_leeway_s: u64,
+    /// The platform's public keys for RS/ES viewer tokens (a JWKS or PEM
+    /// file, `auth::keys`); empty: HS256 tokens only. Re-read when it changes.
+    pub viewer_keys_file: String,
     pub gift_secrets: Vec<String>,
     pub gift_secrets_file: String,
     pub signature_window_s: u64,
@@ -125,6 +128,7 @@ impl std::fmt::Debug for AuthConfig {
             )
             .field("admin_token", &"<redacted>")
             .field("jwt_leeway_s", &self.jwt_leeway_s)
+            .field("viewer_keys_file", &self.viewer_keys_file)
             .field("signature_window_s", &self.signature_window_s)
             .field("accept_legacy_signatures", &self.accept_legacy_signatures)
             .field("demo_tokens", &self.demo_tokens)

@@ -179,11 +179,14 @@ impl HubRegistry {
     }
 
     /// The room's hub, started at the store's head if it is not running.
+    /// At `max_rooms`, a hub no one watches (opened by a snapshot or an
+    /// unanswered poll, or whose viewers left) is stopped to make room: a
+    /// flood of requests on random room names cannot lock real viewers out.
     pub async fn hub(self: &Arc<Self>, room: &str) -> Result<Arc<Hub>, ApiError> {
         if let Some(h) = self.hubs.get(room) {
             return Ok(h.clone());
         }
-        if self.hubs.len() >= self.config.max_rooms {
+        if self.hubs.len() >= self.config.max_rooms && !self.evict_unwatched() {
             return Err(ApiError::unavailable(
                 "too_many_rooms",
                 "this node has reached its open-room limit",
@@ -210,6 +213,24 @@ impl HubRegistry {
         self.metrics.hubs.set(self.hubs.len() as i64);
         self.tasks.spawn(self.clone().run_hub(hub.clone()));
         Ok(hub)
+    }
+
+    /// Stops one hub without viewers on this node, if there is one.
+    fn evict_unwatched(&self) -> bool {
+        let idle = self
+            .hubs
+            .iter()
+            .find(|h| h.online() == 0)
+            .map(|h| h.value().clone());
+        let Some(hub) = idle.filter(|hub| hub.try_stop()) else {
+            return false;
+        };
+        self.hubs.remove_if(&hub.room, |_, h| Arc::ptr_eq(h, &hub));
+        self.metrics.hubs.set(self.hubs.len() as i64);
+        self.presence.forget(&hub.room);
+        self.metrics.hubs_evicted.inc();
+        tracing::debug!(room = %hub.room, "hub stopped (unwatched, at max_rooms)");
+        true
     }
 
     /// The hub's task: a tick every `tick_ms` until the hub has been idle for
@@ -272,6 +293,13 @@ impl HubRegistry {
 
     /// Stops `hub` if it has had no viewer since `idle_since` for `hub_idle_s`.
     fn stop_if_idle(&self, hub: &Arc<Hub>, idle_since: Instant) -> bool {
+        if !self
+            .hubs
+            .get(&hub.room)
+            .is_some_and(|h| Arc::ptr_eq(&h, hub))
+        {
+            return true; // evicted (`evict_unwatched`)
+        }
         let idle_for = Duration::from_secs(self.config.hub_idle_s);
         if idle_since.elapsed() < idle_for || !hub.try_stop() {
             return false;

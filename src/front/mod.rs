@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::control::Control;
 use crate::fanout::HubRegistry;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -33,6 +34,8 @@ pub struct Viewers {
     pub hubs: Arc<HubRegistry>,
     pub store: Arc<dyn LiveStore>,
     pub rooms: Arc<RoomDirectory>,
+    /// Room settings loaded before a watcher is let in (`private`).
+    pub control: Arc<Control>,
     pub metrics: Arc<Metrics>,
     /// Viewer connections per client address.
     pub viewer_slots: Arc<PerIpLimiter>,
@@ -50,8 +53,53 @@ pub struct Viewers {
 pub struct StreamQuery {
     pub cursor: Option<u64>,
     pub epoch: Option<String>,
-    /// Viewer token for sending over the WebSocket (browsers cannot set headers).
+    /// Viewer token: for sending over the WebSocket, and for watching a
+    /// private room (browsers cannot set headers on WebSocket / EventSource).
     pub token: Option<String>,
+}
+
+/// A private room's watcher: when its token runs out.
+pub type Expiry = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
+
+/// Resolves when the token's deadline passes; never without one.
+pub async fn token_expiry(expiry: &mut Expiry) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The monotonic instant of a unix time in seconds (now if past).
+pub fn until_instant(until_s: u64) -> tokio::time::Instant {
+    let now_ms = crate::message::now_ms();
+    tokio::time::Instant::now()
+        + std::time::Duration::from_millis(until_s.saturating_mul(1000).saturating_sub(now_ms))
+}
+
+/// What a watcher's ping timer finds about its room (a cached settings
+/// read, no store access): the room may have turned private, or public,
+/// while it watched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recheck {
+    /// Public now: the token's expiry does not matter.
+    Public,
+    /// Private now, and the token names the room: stay until it runs out.
+    Private,
+    /// Private now, and the watcher has no token naming the room: close.
+    Leave,
+}
+
+pub fn recheck(
+    rooms: &RoomDirectory,
+    room: &str,
+    viewer: Option<&crate::auth::ViewerClaims>,
+) -> Recheck {
+    let private = rooms.cached(room).is_some_and(|s| s.settings.private);
+    match (private, viewer) {
+        (false, _) => Recheck::Public,
+        (true, Some(v)) if crate::auth::access::names_room(v, room) => Recheck::Private,
+        (true, _) => Recheck::Leave,
+    }
 }
 
 /// Counts an open viewer connection while alive.

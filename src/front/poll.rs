@@ -38,6 +38,8 @@ pub struct PollQuery {
     pub cursor: Option<u64>,
     pub epoch: Option<String>,
     pub wait_ms: Option<u64>,
+    /// Viewer token (private rooms), as `Authorization: Bearer` may carry it.
+    pub token: Option<String>,
 }
 
 /// Answers one long-poll of `room` (the caller holds the viewer's

@@ -11,18 +11,30 @@ use futures_util::stream;
 use tokio_util::sync::CancellationToken;
 
 use super::{ConnGuard, IpSlot, Viewers};
+use crate::auth::ViewerClaims;
 use crate::error::ApiError;
 use crate::fanout::feed::{FeedEvent, Hello, ViewerFeed};
 
 /// Opens the event stream of `room` from `cursor` (the query's, or
-/// `Last-Event-ID`); `slot` is held for the life of the stream.
+/// `Last-Event-ID`); `slot` is held for the life of the stream. On a
+/// `private` room the stream ends with a `close` event when the viewer's
+/// token does (`exp` + leeway: reconnect with a fresh one); a room turned
+/// private under a viewer whose token does not name it ends within a ping.
 pub async fn open(
     s: &Viewers,
     room: &str,
     epoch: Option<&str>,
     cursor: Option<u64>,
+    viewer: Option<ViewerClaims>,
+    private: bool,
     slot: IpSlot,
 ) -> Result<Response, ApiError> {
+    let leeway_s = s.config.auth.jwt_leeway_s;
+    let expiry = if private {
+        expiry_of(viewer.as_ref(), leeway_s)
+    } else {
+        None
+    };
     let (feed, hello) = ViewerFeed::open(&s.hubs, room, epoch, cursor).await?;
     let state = SseState {
         feed,
@@ -34,6 +46,11 @@ pub async fn open(
             Duration::from_secs(s.config.fanout.ping_s.max(1)),
         ),
         done: false,
+        room: room.to_string(),
+        rooms: s.rooms.clone(),
+        viewer,
+        expiry,
+        leeway_s,
         draining: Default::default(),
         _conn: ConnGuard::new(&s.metrics.connections, "sse"),
         _slot: slot,
@@ -58,6 +75,12 @@ struct SseState {
     reconnect_spread_ms: u64,
     ping: tokio::time::Interval,
     done: bool,
+    room: String,
+    rooms: std::sync::Arc<crate::rooms::RoomDirectory>,
+    viewer: Option<ViewerClaims>,
+    leeway_s: u64,
+    /// When the private room's token runs out.
+    expiry: super::Expiry,
     /// At shutdown: queued frames, then the close event.
     draining: std::collections::VecDeque<Bytes>,
     _conn: ConnGuard,
@@ -96,8 +119,25 @@ impl SseState {
                 FeedEvent::Hello(hello) => hello_event(&hello),
                 FeedEvent::SlowConsumer => self.close_event("slow consumer: reconnect with Last-Event-ID", None),
             }),
-            _ = self.ping.tick() => Some(Bytes::from_static(b": ping\n\n")),
+            _ = super::token_expiry(&mut self.expiry) => {
+                Some(self.close_event("token expired: reconnect with a renewed token", None))
+            }
+            _ = self.ping.tick() => Some(self.on_ping()),
         }
+    }
+
+    /// A ping, or the end if the room turned private under a viewer whose
+    /// token does not name it; the token's expiry follows the room's setting.
+    fn on_ping(&mut self) -> Bytes {
+        match super::recheck(&self.rooms, &self.room, self.viewer.as_ref()) {
+            super::Recheck::Leave => return self.close_event("room is private", None),
+            super::Recheck::Public => self.expiry = None,
+            super::Recheck::Private if self.expiry.is_none() => {
+                self.expiry = expiry_of(self.viewer.as_ref(), self.leeway_s);
+            }
+            super::Recheck::Private => {}
+        }
+        Bytes::from_static(b": ping\n\n")
     }
 
     /// The `close` event; with `retry_after_ms`, also in the SSE `retry`
@@ -113,6 +153,14 @@ impl SseState {
             None => Bytes::from(format!("event: close\ndata: {data}\n\n")),
         }
     }
+}
+
+/// When a private room's viewer's token runs out (`exp` + leeway).
+fn expiry_of(viewer: Option<&ViewerClaims>, leeway_s: u64) -> super::Expiry {
+    let until = viewer?.exp.saturating_add(leeway_s);
+    Some(Box::pin(tokio::time::sleep_until(super::until_instant(
+        until,
+    ))))
 }
 
 fn hello_event(hello: &Hello) -> Bytes {

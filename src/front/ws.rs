@@ -45,27 +45,37 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// writes and for pre-encoded frames (`None`: direct writes off and no
 /// compression), `deflate` whether the viewer negotiated permessage-deflate
 /// (then `raw` is set), `feed` and `hello` what `ViewerFeed::open` gave,
-/// `viewer` the token's claims if one was given.
-#[allow(clippy::too_many_arguments)]
+/// `opened` who watches what.
 pub async fn run(
     socket: WebSocket,
     raw: Option<Arc<SharedSocket>>,
     deflate: Option<WsDeflate>,
     s: Viewers,
-    room: String,
-    viewer: Option<ViewerClaims>,
-    ip: IpAddr,
+    opened: Opened,
     feed: ViewerFeed,
     hello: String,
 ) {
     Session {
         s,
-        room,
-        viewer,
-        ip,
+        room: opened.room,
+        viewer: opened.viewer,
+        private: opened.private,
+        renewed: false,
+        ip: opened.ip,
     }
     .run(socket, raw, deflate, feed, hello)
     .await
+}
+
+/// The session's watcher, as the HTTP layer let it in.
+pub struct Opened {
+    pub room: String,
+    /// The token's claims if one was given.
+    pub viewer: Option<ViewerClaims>,
+    /// The room was private: the socket closes (1008) when the token runs
+    /// out, unless an `auth` message renewed it first.
+    pub private: bool,
+    pub ip: IpAddr,
 }
 
 /// A viewer's WebSocket text message: `{"type":"send","client_msg_id",
@@ -91,6 +101,9 @@ struct Session {
     s: Viewers,
     room: String,
     viewer: Option<ViewerClaims>,
+    private: bool,
+    /// An `auth` message replaced the token: the expiry moves.
+    renewed: bool,
     ip: IpAddr,
 }
 
@@ -163,7 +176,11 @@ impl Session {
         tokio::pin!(idle_deadline);
         let closing = self.s.closing.clone();
         let mut kicks = self.s.kicks.subscribe();
+        let mut expiry = self.expiry();
         loop {
+            if std::mem::take(&mut self.renewed) {
+                expiry = self.expiry();
+            }
             let viewer = link.direct.as_ref().map(|d| d.viewer.clone());
             let viewer = viewer.as_deref();
             let step = tokio::select! {
@@ -197,12 +214,38 @@ impl Session {
                     link.close(CLOSE_POLICY, "banned").await;
                     ControlFlow::Break(())
                 }
-                _ = ping.tick() => alive(link.socket.send(Message::Ping(Default::default())).await),
+                _ = super::token_expiry(&mut expiry) => {
+                    link.close(CLOSE_POLICY, "token expired").await;
+                    ControlFlow::Break(())
+                }
+                _ = ping.tick() => match super::recheck(&self.s.rooms, &self.room, self.viewer.as_ref()) {
+                    super::Recheck::Leave => {
+                        link.close(CLOSE_POLICY, "room is private").await;
+                        ControlFlow::Break(())
+                    }
+                    now => {
+                        // Turned private (or public) while watched: the token's expiry follows.
+                        let private = now == super::Recheck::Private;
+                        if private != self.private {
+                            self.private = private;
+                            self.renewed = true;
+                        }
+                        alive(link.socket.send(Message::Ping(Default::default())).await)
+                    }
+                },
             };
             if step.is_break() {
                 return;
             }
         }
+    }
+
+    /// When a private room's token runs out (`exp` + leeway).
+    fn expiry(&self) -> super::Expiry {
+        let leeway = self.s.config.auth.jwt_leeway_s;
+        let until = self.viewer.as_ref().filter(|_| self.private)?.exp;
+        let at = super::until_instant(until.saturating_add(leeway));
+        Some(Box::pin(tokio::time::sleep_until(at)))
     }
 
     /// Server shutdown: the frames the hubs' last tick sent go out (unless
@@ -323,7 +366,13 @@ impl Session {
         match message {
             ClientMessage::Ping => r#"{"type":"pong"}"#.to_string(),
             ClientMessage::Auth { token } => match self.s.auth.viewer_token(&token) {
+                // A private room's watcher must keep a token naming it.
+                Ok(v) if self.private && !crate::auth::access::names_room(&v, &self.room) => {
+                    let e = crate::auth::access::WatchRefusal::RoomForbidden;
+                    error_json(&ApiError::from(e), None)
+                }
                 Ok(v) => {
+                    self.renewed = true;
                     let reply = serde_json::json!({"type": "auth_ok", "user": {"id": v.sub, "name": v.name}});
                     self.viewer = Some(v);
                     reply.to_string()

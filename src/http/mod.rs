@@ -22,6 +22,7 @@ pub mod routes;
 pub mod snapshot;
 pub mod state;
 mod viewer;
+mod watch_gate;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;

@@ -2,7 +2,6 @@
 //! windows (read through `crate::replay`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{FromRef, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -14,7 +13,9 @@ use sha2::{Digest, Sha256};
 use super::extract::{if_none_match, ApiQuery, RoomPath};
 use super::routes::Routes;
 use super::state::{AppState, ArchiveState};
+use super::watch_gate::admit;
 use crate::archive::Live;
+use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::control::Control;
 use crate::error::ApiError;
@@ -31,7 +32,9 @@ pub(super) fn routes() -> Routes {
 async fn lives(
     State(s): State<ArchiveState>,
     RoomPath(room): RoomPath,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    admit(&s.control, &s.auth, &room, None, &headers).await?;
     let lives = s
         .replay
         .archive()
@@ -53,6 +56,7 @@ struct ReplayState {
     replay: Arc<Replay>,
     rooms: Arc<RoomDirectory>,
     control: Arc<Control>,
+    auth: Arc<Authenticator>,
 }
 
 impl FromRef<AppState> for ReplayState {
@@ -62,12 +66,10 @@ impl FromRef<AppState> for ReplayState {
             replay: s.replay.clone(),
             rooms: s.rooms.clone(),
             control: s.control.clone(),
+            auth: s.auth.clone(),
         }
     }
 }
-
-/// How long a replay read waits for its room's settings to load.
-const ROOM_LOAD_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +80,9 @@ struct ReplayQuery {
     from_ms: Option<u64>,
     #[serde(default)]
     to_ms: Option<u64>,
+    /// Viewer token (private rooms), as `Authorization: Bearer` may carry it.
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// `GET /v1/rooms/{room}/replay?live=ID&from_ms=A&to_ms=B`: the archived
@@ -94,24 +99,23 @@ async fn replay(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     // The room's settings, loaded if this node has not yet (once; kept
-    // current by the control plane's notices): every front rations by the
-    // same rules. Unreachable: the defaults, as the live does meanwhile
-    // (replay keeps answering while the control plane is away).
-    match tokio::time::timeout(ROOM_LOAD_WAIT, s.control.room(&room)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::debug!(room, error = %e, "replay: room settings not loaded; defaults")
-        }
-        Err(_) => tracing::debug!(room, "replay: room settings slow to load; defaults"),
-    }
+    // current by the control plane's notices): whether the room is private
+    // (then its token holders alone read it, never through a shared
+    // cache), and the rules every front rations by. Unreachable: 503, as
+    // an unknown `private` is not served as public.
+    let admitted = admit(&s.control, &s.auth, &room, q.token.as_deref(), &headers).await?;
     let rules = s.rooms.rules(&room, 0);
     let body = s
         .replay
         .read(&room, q.live.as_deref(), q.from_ms, q.to_ms, &rules)
         .await?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&body))[..32]);
-    let cache_control = HeaderValue::from_str(&s.config.archive.replay_cache_control)
-        .unwrap_or(HeaderValue::from_static("public, max-age=3600"));
+    let cache_control = if admitted.private {
+        HeaderValue::from_static("private, no-store")
+    } else {
+        HeaderValue::from_str(&s.config.archive.replay_cache_control)
+            .unwrap_or(HeaderValue::from_static("public, max-age=3600"))
+    };
     let etag_value = HeaderValue::from_str(&etag).expect("hex etag");
     if if_none_match(&headers, &etag) {
         return Ok((

@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 use super::extract::{if_none_match, RoomPath};
 use super::routes::Routes;
 use super::state::SnapshotState;
+use super::watch_gate::admit;
 use crate::error::ApiError;
 use crate::fanout::gzip::{accepts_gzip, gzip_etag, GzipOnce};
 use crate::message::{now_ms, Priority, StoredMessage};
@@ -123,6 +124,12 @@ async fn handler(
     RoomPath(room): RoomPath,
     headers: HeaderMap,
 ) -> Response {
+    // A private room's snapshot is for its token holders alone: checked on
+    // every request, answered `private, no-store` (no CDN keeps it).
+    let private = match admit(&s.control, &s.auth, &room, None, &headers).await {
+        Ok(admitted) => admitted.private,
+        Err(e) => return e.into_response(),
+    };
     let cfg = &s.config.snapshot;
     let max_age = Duration::from_millis(cfg.max_age_ms);
     let slot = cache.rooms.get_with(room.clone(), Default::default);
@@ -181,13 +188,23 @@ async fn handler(
             }
         }
     };
-    respond(&s, &snapshot, stale, &headers)
+    respond(&s, &snapshot, stale, private, &headers)
 }
 
-fn respond(s: &SnapshotState, snap: &Snapshot, stale: bool, request: &HeaderMap) -> Response {
+fn respond(
+    s: &SnapshotState,
+    snap: &Snapshot,
+    stale: bool,
+    private: bool,
+    request: &HeaderMap,
+) -> Response {
     let cfg = &s.config.snapshot;
-    let cache_control = HeaderValue::from_str(&cfg.cache_control)
-        .unwrap_or(HeaderValue::from_static("public, max-age=1"));
+    let cache_control = if private {
+        HeaderValue::from_static("private, no-store")
+    } else {
+        HeaderValue::from_str(&cfg.cache_control)
+            .unwrap_or(HeaderValue::from_static("public, max-age=1"))
+    };
     let wants_gzip = cfg.gzip && accepts_gzip(request);
     // A client that holds the gzip form revalidates it without a compression.
     let held_gzip =

@@ -75,6 +75,7 @@ impl FromRef<AppState> for Viewers {
             hubs: s.hubs.clone(),
             store: s.store.clone(),
             rooms: s.rooms.clone(),
+            control: s.control.clone(),
             metrics: s.metrics.clone(),
             viewer_slots: s.viewer_slots.clone(),
             kicks: s.kicks.clone(),
@@ -153,6 +154,9 @@ pub struct ArchiveState {
     pub replay: Arc<Replay>,
     /// Carries live-end markers.
     pub bus: Arc<dyn Bus>,
+    /// Private rooms' lives: who may list them (`watch_gate`).
+    pub auth: Arc<Authenticator>,
+    pub control: Arc<Control>,
 }
 
 impl FromRef<AppState> for ArchiveState {
@@ -161,6 +165,8 @@ impl FromRef<AppState> for ArchiveState {
             config: s.config.clone(),
             replay: s.replay.clone(),
             bus: s.bus.clone(),
+            auth: s.auth.clone(),
+            control: s.control.clone(),
         }
     }
 }
@@ -172,6 +178,9 @@ pub struct SnapshotState {
     pub hubs: Arc<HubRegistry>,
     pub store: Arc<dyn LiveStore>,
     pub metrics: Arc<Metrics>,
+    /// Private rooms: who may read (`watch_gate`).
+    pub auth: Arc<Authenticator>,
+    pub control: Arc<Control>,
 }
 
 impl FromRef<AppState> for SnapshotState {
@@ -181,6 +190,8 @@ impl FromRef<AppState> for SnapshotState {
             hubs: s.hubs.clone(),
             store: s.store.clone(),
             metrics: s.metrics.clone(),
+            auth: s.auth.clone(),
+            control: s.control.clone(),
         }
     }
 }

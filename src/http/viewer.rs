@@ -14,6 +14,7 @@ use super::cors::origin_allowed;
 use super::extract::{header_str, ApiQuery, ClientIp, RoomPath};
 use super::listener::ClientSocket;
 use super::routes::Routes;
+use super::watch_gate::admit;
 use crate::error::ApiError;
 use crate::fanout::deflate::WsDeflate;
 use crate::fanout::feed::ViewerFeed;
@@ -44,12 +45,11 @@ async fn ws_handler(
     check_origin(&s.config.server.allowed_origins, &headers)?;
     let slot = s.viewer_slots.acquire(ip)?;
     // Browsers cannot set headers on a WebSocket: the query may carry the
-    // bare token; a header must say `Bearer`.
-    let viewer = match (q.token.as_deref(), header_str(&headers, "authorization")) {
-        (Some(token), _) => Some(s.auth.viewer_token(token)?),
-        (None, Some(header)) => Some(s.auth.viewer_from_header(Some(header))?),
-        (None, None) => None,
-    };
+    // bare token; a header must say `Bearer`. A bad token is refused on any
+    // room (it would be used for sending); a private room needs one naming it.
+    let admitted = admit(&s.control, &s.auth, &room, q.token.as_deref(), &headers).await?;
+    let private = admitted.private;
+    let viewer = admitted.token.transpose()?;
     let (feed, hello) = ViewerFeed::open(&s.hubs, &room, q.epoch.as_deref(), q.cursor).await?;
     let hello = serde_json::to_string(&hello).expect("hello serialises");
     let raw = client.map(|Extension(ClientSocket(raw))| raw);
@@ -78,7 +78,13 @@ async fn ws_handler(
         .max_frame_size(ws::MAX_READ_MESSAGE)
         .on_upgrade(move |socket| async move {
             let _slot = slot; // held for the life of the connection
-            ws::run(socket, raw, deflate, s, room, viewer, ip, feed, hello).await
+            let session = ws::Opened {
+                room,
+                viewer,
+                private,
+                ip,
+            };
+            ws::run(socket, raw, deflate, s, session, feed, hello).await
         });
     if let Some(answer) = extension {
         let answer = HeaderValue::from_static(answer);
@@ -94,8 +100,10 @@ async fn poll_handler(
     RoomPath(room): RoomPath,
     ApiQuery(q): ApiQuery<PollQuery>,
     ClientIp(ip): ClientIp,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Checked on every request: a poller's token expiring refuses its next poll.
+    admit(&s.control, &s.auth, &room, q.token.as_deref(), &headers).await?;
     let _slot = s.viewer_slots.acquire(ip)?;
     let gzip = s.config.poll.gzip && accepts_gzip(&headers);
     poll::run(&s, &room, q, gzip).await
@@ -110,6 +118,8 @@ async fn sse_handler(
 ) -> Result<Response, ApiError> {
     ApiError::refuse_if_stopping(&s.stopping)?;
     check_origin(&s.config.server.allowed_origins, &headers)?;
+    let admitted = admit(&s.control, &s.auth, &room, q.token.as_deref(), &headers).await?;
+    let viewer = admitted.viewer().cloned();
     let slot = s.viewer_slots.acquire(ip)?;
     let cursor = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -122,7 +132,8 @@ async fn sse_handler(
         ),
         None => q.cursor,
     };
-    sse::open(&s, &room, q.epoch.as_deref(), cursor, slot).await
+    let private = admitted.private;
+    sse::open(&s, &room, q.epoch.as_deref(), cursor, viewer, private, slot).await
 }
 
 /// WebSocket / SSE `Origin` allow-list (empty list: any origin; `*` too).

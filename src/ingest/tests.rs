@@ -30,6 +30,7 @@ fn viewer(sub: &str) -> ViewerClaims {
         exp: 0,
         nbf: None,
         vip: None,
+        rooms: None,
     }
 }
 
@@ -240,6 +241,7 @@ fn notice() -> EventRequest {
 fn vip_viewer(sub: &str, vip: u32) -> ViewerClaims {
     ViewerClaims {
         vip: Some(vip),
+        rooms: None,
         ..viewer(sub)
     }
 }

@@ -53,6 +53,11 @@ pub struct Metrics {
     /// Hub reads put off because the previous frame's fan-out was not half
     /// done (its messages join the next frame).
     pub hub_reads_deferred: IntCounter,
+    /// Hubs stopped early at `fanout.max_rooms` because no one watched them.
+    pub hubs_evicted: IntCounter,
+    /// Reads of `auth.viewer_keys_file`, by result ("ok", "failed": the
+    /// previous keys stayed).
+    pub viewer_key_reloads: IntCounterVec,
     pub slow_consumer_disconnects: IntCounter,
     /// Frames hubs wrote to WebSocket viewers themselves, by what the socket
     /// did ("written" at once, "queued" behind earlier bytes).
@@ -492,6 +497,25 @@ impl Metrics {
                 IntCounter::new(
                     "danmaku_hub_reads_deferred_total",
                     "Hub reads put off while the previous frame was still being written",
+                )
+                .unwrap(),
+            ),
+            hubs_evicted: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_hubs_evicted_total",
+                    "Unwatched hubs stopped to open another room at fanout.max_rooms",
+                )
+                .unwrap(),
+            ),
+            viewer_key_reloads: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "danmaku_viewer_key_reloads_total",
+                        "Reads of auth.viewer_keys_file by result (failed: previous keys kept)",
+                    ),
+                    &["result"],
                 )
                 .unwrap(),
             ),
