@@ -1,6 +1,7 @@
-//! The hub task's tick (docs/architecture.md, "Fan-out"): read what the store
-//! has new (several reads if the backlog is larger than a frame may hold),
-//! follow an epoch change, and hand each read to `broadcast`.
+//! The hub task's tick (docs/architecture.md, "Fan-out"): take what notices
+//! carried, or read what the store has new (several reads if the backlog is
+//! larger than a frame may hold), follow an epoch change, and hand each batch
+//! to `broadcast`.
 
 use std::sync::Arc;
 
@@ -29,8 +30,9 @@ pub(super) struct HubContext<'a> {
 
 impl Hub {
     /// One tick: on `Read`, takes new messages from the store and broadcasts
-    /// one frame per read; otherwise only hands out what the rationer or the
-    /// combos held back and now release.
+    /// one frame per read; on `Take`, the same from what notices carried;
+    /// otherwise only hands out what the rationer or the combos held back
+    /// and now release.
     pub(super) async fn tick(
         &self,
         ctx: &HubContext<'_>,
@@ -45,6 +47,8 @@ impl Hub {
         self.send_retractions(ctx).await;
         if decision == ReadDecision::Read {
             self.read_and_send(ctx, rationer).await;
+        } else if decision == ReadDecision::Take {
+            self.take_and_send(ctx, rationer).await;
         } else if rationer.has_undecided() || self.combos.lock().is_holding() {
             self.send_held(ctx, rationer).await;
         }
@@ -55,6 +59,7 @@ impl Hub {
     async fn read_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
         self.dirty
             .store(false, std::sync::atomic::Ordering::Release);
+        self.carried.lock().reading();
         loop {
             let (epoch, cursor) = self.read_position();
             ctx.metrics.store_reads.with_label_values(&["hub"]).inc();
@@ -75,6 +80,8 @@ impl Hub {
                 continue;
             }
             let caught_up = read.cursor >= read.head;
+            // Notices of what this read delivers are old news now.
+            self.carried.lock().forget_through(read.cursor);
             self.broadcast(ctx, rationer, epoch, read.cursor, read.messages)
                 .await;
             if caught_up {
@@ -84,6 +91,21 @@ impl Hub {
         if ctx.final_tick && self.combos.lock().is_holding() {
             // The read failed: still hand out the held gifts before stopping.
             self.send_held(ctx, rationer).await;
+        }
+    }
+
+    /// Broadcasts what notices carried that follows the cursor (no store
+    /// read), one frame per `max_batch`, exactly as a read would have
+    /// returned it (stored bytes, seq order, rationed and combined alike).
+    async fn take_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+        loop {
+            let (epoch, cursor) = self.read_position();
+            let messages = self.carried.lock().take(cursor, ctx.max_batch);
+            let Some(to) = messages.last().map(|m| m.seq) else {
+                break;
+            };
+            ctx.metrics.notice_messages.inc_by(messages.len() as u64);
+            self.broadcast(ctx, rationer, epoch, to, messages).await;
         }
     }
 
@@ -99,6 +121,7 @@ impl Hub {
         tracing::warn!(room = %self.room, old = %old, new = %new, "stream epoch changed");
         *rationer = Rationer::default();
         self.combos.lock().clear();
+        self.carried.lock().reset(new);
         self.position.lock().reset(new);
     }
 }

@@ -53,6 +53,10 @@ pub struct Metrics {
     /// Hub reads put off because the previous frame's fan-out was not half
     /// done (its messages join the next frame).
     pub hub_reads_deferred: IntCounter,
+    /// Messages hubs took from notices (no store read); see `store_reads`.
+    pub notice_messages: IntCounter,
+    /// Hub store reads made to fill a seq hole (a lost or late notice).
+    pub notice_gap_fills: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     /// Frames hubs wrote to WebSocket viewers themselves, by what the socket
     /// did ("written" at once, "queued" behind earlier bytes).
@@ -420,6 +424,22 @@ impl Metrics {
                 IntCounter::new(
                     "danmaku_hub_reads_deferred_total",
                     "Hub reads put off while the previous frame was still being written",
+                )
+                .unwrap(),
+            ),
+            notice_messages: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_notice_messages_total",
+                    "Messages hubs took from the notices that carried them, without a store read",
+                )
+                .unwrap(),
+            ),
+            notice_gap_fills: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_notice_gap_fills_total",
+                    "Hub store reads made to fill a seq hole the notices left (lost or late)",
                 )
                 .unwrap(),
             ),
