@@ -165,7 +165,12 @@ async fn run(drop_every: u64) -> Option<Run> {
     for i in 0..viewers {
         let node = fronts[i % 2];
         let url = format!("{}/v1/rooms/{room}/ws", node.base().replace("http", "ws"));
-        tasks.push(tokio::spawn(watch(url, last.clone(), until, connected_tx.clone())));
+        tasks.push(tokio::spawn(watch(
+            url,
+            last.clone(),
+            until,
+            connected_tx.clone(),
+        )));
         if i % 100 == 99 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -213,8 +218,10 @@ async fn run(drop_every: u64) -> Option<Run> {
                 if seen != (1..=posted).collect::<Vec<u64>>() {
                     short += 1;
                     if failures.len() < 5 {
-                        let missing: Vec<u64> =
-                            (1..=posted).filter(|s| !seen.contains(s)).take(10).collect();
+                        let missing: Vec<u64> = (1..=posted)
+                            .filter(|s| !seen.contains(s))
+                            .take(10)
+                            .collect();
                         failures.push(format!(
                             "viewer {i} got {} of {posted}; first missing {missing:?}",
                             seen.len()
@@ -289,5 +296,8 @@ async fn dropped_notices_are_filled_by_reads() {
     let _serial = SERIAL.lock().await;
     let Some(run) = run(5).await else { return };
     let fills: f64 = run.fills.iter().sum();
-    assert!(fills >= 1.0, "the dropped notices left holes that reads filled");
+    assert!(
+        fills >= 1.0,
+        "the dropped notices left holes that reads filled"
+    );
 }

@@ -1237,9 +1237,14 @@ async fn notices_carry_the_stored_batch_as_a_read_returns_it() {
     // The subscriber is live once a name-only notice gets through (sent by
     // another store: the fault counts `redis`'s calls from its first).
     let warm = store(&url, cfg(100)).await;
-    notices_arrive(&warm, &mut redis_rx, &[room("warm")], Duration::from_secs(10))
-        .await
-        .unwrap();
+    notices_arrive(
+        &warm,
+        &mut redis_rx,
+        &[room("warm")],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
     let memory = MemoryStore::new(config);
     let mut memory_rx = memory.updates();
     let engines: [(&dyn LiveStore, &mut _, &str); 2] = [
@@ -1253,7 +1258,11 @@ async fn notices_carry_the_stored_batch_as_a_read_returns_it() {
             .append_in_epoch(&r, vec![msg("a", Priority::Low), msg("b", Priority::High)])
             .await
             .unwrap();
-        assert_eq!(appended.epoch, engine.head(&r).await.unwrap().epoch, "{name}");
+        assert_eq!(
+            appended.epoch,
+            engine.head(&r).await.unwrap().epoch,
+            "{name}"
+        );
         let read = engine.read_range(&r, 0, u64::MAX, 100).await.unwrap();
         assert_eq!(seqs(&read), [1, 2], "{name}");
         // A batch of ~60 KiB does not fit in 4 KiB: by name only.

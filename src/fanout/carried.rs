@@ -49,7 +49,9 @@ impl Carried {
         }
         self.last_offer = Some(now);
         for m in &batch.messages {
-            self.messages.entry(m.seq).or_insert_with(|| (m.clone(), now));
+            self.messages
+                .entry(m.seq)
+                .or_insert_with(|| (m.clone(), now));
         }
         if self.messages.len() > self.capacity {
             self.messages.clear();
@@ -159,13 +161,20 @@ mod tests {
         assert!(c.offer(&batch("e", [6, 7]), t0));
         assert!(c.offer(&batch("e", [3, 4, 5]), t0), "out of order is fine");
         assert!(c.offer(&batch("e", [9]), t0));
-        assert_eq!(c.pending(2, t0), Pending::Next { waited: Duration::ZERO });
+        assert_eq!(
+            c.pending(2, t0),
+            Pending::Next {
+                waited: Duration::ZERO
+            }
+        );
         assert_eq!(seqs(&c.take(2, 3)), [3, 4, 5], "at most the limit");
         assert_eq!(seqs(&c.take(5, 100)), [6, 7]);
         let later = t0 + Duration::from_millis(150);
         assert_eq!(
             c.pending(7, later),
-            Pending::Hole { waited: Duration::from_millis(150) }
+            Pending::Hole {
+                waited: Duration::from_millis(150)
+            }
         );
         assert!(c.take(7, 100).is_empty(), "8 is missing");
         c.forget_through(8); // a read filled the hole
@@ -193,7 +202,12 @@ mod tests {
         let mut c = Carried::new("e", 100);
         assert!(c.offer(&batch("e", [1, 2, 3]), t0));
         assert!(c.offer(&batch("e", [2, 3, 4]), t0));
-        assert_eq!(c.pending(2, t0), Pending::Next { waited: Duration::ZERO });
+        assert_eq!(
+            c.pending(2, t0),
+            Pending::Next {
+                waited: Duration::ZERO
+            }
+        );
         assert_eq!(seqs(&c.take(2, 100)), [3, 4]);
     }
 
@@ -208,6 +222,9 @@ mod tests {
         assert_eq!(c.pending(0, t0), Pending::Nothing, "emptied");
         c.reset("other");
         assert!(c.offer(&batch("other", [1]), t0));
-        assert!(!c.offer(&batch("e", [2]), t0), "the old stream's late notice");
+        assert!(
+            !c.offer(&batch("e", [2]), t0),
+            "the old stream's late notice"
+        );
     }
 }

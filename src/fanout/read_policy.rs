@@ -46,9 +46,13 @@ pub(super) struct ReadCheck {
 pub(super) enum Pending {
     Nothing,
     /// The first follows the read cursor; it arrived `waited` ago.
-    Next { waited: Duration },
+    Next {
+        waited: Duration,
+    },
     /// A seq before the first is missing; the first arrived `waited` ago.
-    Hole { waited: Duration },
+    Hole {
+        waited: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +133,11 @@ mod tests {
             since: ms(since_ms),
             notices_live,
             read_interval: ms(1000),
-            min_gap: ms(if pending == Pending::Nothing { 100 } else { 1000 }),
+            min_gap: ms(if pending == Pending::Nothing {
+                100
+            } else {
+                1000
+            }),
             tick: ms(100),
             dirty,
             pending,
@@ -141,9 +149,21 @@ mod tests {
 
     #[test]
     fn a_burst_is_checked_by_one_read_once_the_room_is_quiet() {
-        assert_eq!(after_burst(5000, Some(999)), ReadDecision::Wait, "still going");
-        assert_eq!(after_burst(5000, Some(1000)), ReadDecision::Read, "quiet: check");
-        assert_eq!(after_burst(50, Some(5000)), ReadDecision::Wait, "read lately");
+        assert_eq!(
+            after_burst(5000, Some(999)),
+            ReadDecision::Wait,
+            "still going"
+        );
+        assert_eq!(
+            after_burst(5000, Some(1000)),
+            ReadDecision::Read,
+            "quiet: check"
+        );
+        assert_eq!(
+            after_burst(50, Some(5000)),
+            ReadDecision::Wait,
+            "read lately"
+        );
         assert_eq!(after_burst(5000, None), ReadDecision::Wait, "nothing taken");
     }
 
@@ -154,18 +174,88 @@ mod tests {
         let hole = |w| Pending::Hole { waited: ms(w) };
         // (since last read, dirty, pending, fanout behind) → decision
         let table = [
-            (50, false, next(0), false, Take, "at once, however recent the read"),
-            (5000, false, next(80), false, Take, "steady state: no read at all"),
-            (5000, false, next(0), true, Defer, "the previous frame is being written"),
-            (5000, false, next(300), true, Take, "for at most three ticks"),
-            (5000, false, hole(100), false, Wait, "a hole waits for its notice"),
-            (5000, false, hole(200), false, Read, "then one read fills it"),
+            (
+                50,
+                false,
+                next(0),
+                false,
+                Take,
+                "at once, however recent the read",
+            ),
+            (
+                5000,
+                false,
+                next(80),
+                false,
+                Take,
+                "steady state: no read at all",
+            ),
+            (
+                5000,
+                false,
+                next(0),
+                true,
+                Defer,
+                "the previous frame is being written",
+            ),
+            (
+                5000,
+                false,
+                next(300),
+                true,
+                Take,
+                "for at most three ticks",
+            ),
+            (
+                5000,
+                false,
+                hole(100),
+                false,
+                Wait,
+                "a hole waits for its notice",
+            ),
+            (
+                5000,
+                false,
+                hole(200),
+                false,
+                Read,
+                "then one read fills it",
+            ),
             (400, false, hole(900), false, Wait, "but not before the gap"),
             (1000, false, hole(900), false, Read, "at the gap"),
-            (5000, false, hole(200), true, Read, "deferring only within 3 ticks of a read"),
-            (400, true, next(0), false, Take, "a read due later does not hold notices back"),
-            (1000, true, next(0), false, Read, "a due read takes them along"),
-            (1000, true, hole(0), false, Read, "dirty (e.g. a new epoch): read"),
+            (
+                5000,
+                false,
+                hole(200),
+                true,
+                Read,
+                "deferring only within 3 ticks of a read",
+            ),
+            (
+                400,
+                true,
+                next(0),
+                false,
+                Take,
+                "a read due later does not hold notices back",
+            ),
+            (
+                1000,
+                true,
+                next(0),
+                false,
+                Read,
+                "a due read takes them along",
+            ),
+            (
+                1000,
+                true,
+                hole(0),
+                false,
+                Read,
+                "dirty (e.g. a new epoch): read",
+            ),
             (5000, false, Pending::Nothing, false, Wait, "quiet room"),
         ];
         for (since, dirty, pending, behind, want, why) in table {
@@ -180,7 +270,10 @@ mod tests {
     #[test]
     fn without_notices_live_the_timer_still_reads() {
         let next = Pending::Next { waited: ms(0) };
-        assert_eq!(carrying(1000, false, next, false, false), ReadDecision::Read);
+        assert_eq!(
+            carrying(1000, false, next, false, false),
+            ReadDecision::Read
+        );
         assert_eq!(carrying(500, false, next, false, false), ReadDecision::Take);
     }
 

@@ -14,8 +14,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::ration::Rationer;
 use super::carried::hole_wait;
+use super::ration::Rationer;
 use super::read_policy::{should_read, Pending, ReadCheck, ReadDecision};
 use super::retractions::Retractions;
 use super::tick::HubContext;
@@ -356,11 +356,10 @@ impl HubRegistry {
 
 /// One room's part of a notice into its hub.
 fn route_to(hub: &Hub, notice: &RoomNotice) {
-    let taken = notice.stored.as_ref().is_some_and(|batch| {
-        hub.carried
-            .lock()
-            .offer(batch, tokio::time::Instant::now())
-    });
+    let taken = notice
+        .stored
+        .as_ref()
+        .is_some_and(|batch| hub.carried.lock().offer(batch, tokio::time::Instant::now()));
     if !taken {
         hub.dirty.store(true, Ordering::Release);
     }

@@ -91,8 +91,11 @@ pub trait LiveStore: Send + Sync + 'static {
     /// Appends a batch of messages of one room. Each gets the next sequence,
     /// atomically; a message id already stored is not stored again. Also
     /// answers the epoch of the stream written, read in the same atomic step.
-    async fn append_in_epoch(&self, room: &str, batch: Vec<Message>)
-        -> Result<Appended, StoreError>;
+    async fn append_in_epoch(
+        &self,
+        room: &str,
+        batch: Vec<Message>,
+    ) -> Result<Appended, StoreError>;
 
     /// [`LiveStore::append_in_epoch`] without the epoch.
     async fn append(

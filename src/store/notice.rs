@@ -83,7 +83,7 @@ impl NoticeFault {
 
     /// Whether this notice is to be dropped.
     pub fn drops_next(&self) -> bool {
-        self.every > 0 && (self.sent.fetch_add(1, Ordering::Relaxed) + 1) % self.every == 0
+        self.every > 0 && (self.sent.fetch_add(1, Ordering::Relaxed) + 1).is_multiple_of(self.every)
     }
 }
 
@@ -231,12 +231,19 @@ mod tests {
     #[test]
     fn past_the_bound_rooms_go_by_name() {
         let one = stored("m1", 1).json.len();
-        let mut notices = vec![carrying("a", &[1]), carrying("b", &[2, 3]), carrying("c", &[4])];
+        let mut notices = vec![
+            carrying("a", &[1]),
+            carrying("b", &[2, 3]),
+            carrying("c", &[4]),
+        ];
         bound(&mut notices, 2 * one);
         let carried: Vec<bool> = notices.iter().map(|n| n.stored.is_some()).collect();
         assert_eq!(carried, [true, false, true], "b alone is too big after a");
         bound(&mut notices, 0);
-        assert!(notices.iter().all(|n| n.stored.is_none()), "0 carries nothing");
+        assert!(
+            notices.iter().all(|n| n.stored.is_none()),
+            "0 carries nothing"
+        );
     }
 
     #[test]

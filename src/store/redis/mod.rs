@@ -28,7 +28,9 @@ use ::redis::{Client, RedisError, Script};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StreamHead, StreamRead};
+use super::{
+    Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StreamHead, StreamRead,
+};
 use crate::config::StoreConfig;
 use crate::message::Message;
 pub use control::CONTROL_CHANNEL;
