@@ -23,11 +23,13 @@ pub(super) struct Carried {
     messages: BTreeMap<u64, (StoredMessage, Instant)>,
     /// Most messages held; past it the buffer is emptied and the hub reads.
     capacity: usize,
-    /// When the last batch arrived.
-    last_offer: Option<Instant>,
-    /// Messages were taken since the last store read: if the notice after
-    /// them was lost, only a read finds out (see [`Carried::unverified`]).
-    taken_since_read: bool,
+    /// When the room last showed news: a batch arrived, or a read found
+    /// messages.
+    last_news: Instant,
+    /// A read found nothing new since `last_news`: the stream's tail is
+    /// known. While not, the notice after the news may have been lost
+    /// (see [`Carried::unverified`]).
+    verified: bool,
 }
 
 impl Carried {
@@ -36,18 +38,19 @@ impl Carried {
             epoch: Arc::from(epoch),
             messages: BTreeMap::new(),
             capacity: capacity.max(1),
-            last_offer: None,
-            taken_since_read: false,
+            last_news: Instant::now(),
+            verified: true,
         }
     }
 
     /// Adds a notice's batch. `false`: the hub must read the store instead
     /// (the batch is of another epoch, or the buffer overflowed).
     pub fn offer(&mut self, batch: &StoredBatch, now: Instant) -> bool {
+        self.last_news = now;
+        self.verified = false;
         if batch.epoch != self.epoch {
             return false;
         }
-        self.last_offer = Some(now);
         for m in &batch.messages {
             self.messages
                 .entry(m.seq)
@@ -90,24 +93,26 @@ impl Carried {
                 _ => break,
             }
         }
-        self.taken_since_read |= !out.is_empty();
         out
     }
 
-    /// If messages were taken from notices since the last read: how long
-    /// ago the last batch arrived. A lost notice at the end of a burst
-    /// leaves no hole behind it to see, so once the room has been quiet a
-    /// while, one read makes sure (the policy's `unverified`).
+    /// Unless a read found the tail quiet since the room's last news: how
+    /// long ago that news was. A lost notice at the end of a burst leaves
+    /// no hole behind it to see, so once the room has been quiet a while,
+    /// one read makes sure (the policy's `unverified`).
     pub fn unverified(&self, now: Instant) -> Option<Duration> {
-        self.taken_since_read.then(|| {
-            self.last_offer
-                .map_or(Duration::MAX, |at| now.saturating_duration_since(at))
-        })
+        (!self.verified).then(|| now.saturating_duration_since(self.last_news))
     }
 
-    /// A store read starts: it sees everything stored so far.
-    pub fn reading(&mut self) {
-        self.taken_since_read = false;
+    /// A store read ended: it found messages (`news`; a failed read counts
+    /// as news too, nothing is known), or the tail is verified quiet.
+    pub fn read_done(&mut self, news: bool, now: Instant) {
+        if news {
+            self.last_news = now;
+            self.verified = false;
+        } else {
+            self.verified = true;
+        }
     }
 
     /// Forgets what a store read already delivered.
@@ -183,17 +188,23 @@ mod tests {
     }
 
     #[test]
-    fn taken_messages_stay_unverified_until_a_read() {
+    fn news_stays_unverified_until_a_read_finds_the_tail_quiet() {
         let t0 = Instant::now();
         let mut c = Carried::new("e", 100);
-        assert_eq!(c.unverified(t0), None, "nothing taken");
+        assert_eq!(c.unverified(t0), None, "a new hub reads anyway");
         assert!(c.offer(&batch("e", [1]), t0));
-        assert_eq!(c.unverified(t0), None, "offered, not taken");
-        c.take(0, 10);
         let later = t0 + Duration::from_millis(700);
         assert_eq!(c.unverified(later), Some(Duration::from_millis(700)));
-        c.reading();
-        assert_eq!(c.unverified(later), None);
+        c.read_done(true, later);
+        assert_eq!(
+            c.unverified(later),
+            Some(Duration::ZERO),
+            "a read with news"
+        );
+        c.read_done(false, later);
+        assert_eq!(c.unverified(later), None, "a read that found nothing new");
+        assert!(!c.offer(&batch("other", [1]), later));
+        assert!(c.unverified(later).is_some(), "any notice is news");
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! Notices carry the stored batch: a hub takes those messages as they come
 //! (`Take`, no store command) once they follow its cursor. It reads the store
 //! only when a notice cannot be taken — one without the batch, of a new
-//! epoch, an overflowing buffer, a resubscription (`dirty`), or a seq hole
-//! that waited past `hole_wait`, or once after a burst (the burst's last
-//! notice may have been lost: no hole shows it) — and then at most once per
-//! `min_gap`. A room where nothing is posted costs nothing. Either is deferred while the
+//! epoch, an overflowing buffer, a resubscription (`dirty`), or once after a
+//! burst (the burst's last notice may have been lost: no hole shows it) —
+//! and then at most once per `min_gap`; and for a seq hole that waited past
+//! `hole_wait` (a lost notice; at most once per `hole_wait`). Without lost
+//! notices a room fed by notices is not read at all while it is busy. A
+//! room where nothing is posted costs nothing. Either is deferred while the
 //! previous frame is still being written. Only while notices do not reach
 //! the node (a lost subscription) does it read on a timer.
 
@@ -32,10 +34,10 @@ pub(super) struct ReadCheck {
     pub pending: Pending,
     /// A hole waits this long for its notice before a read fills it.
     pub hole_wait: Duration,
-    /// Messages were taken from notices since the last read; the last
-    /// notice arrived this long ago. Its successor may have been lost (no
-    /// hole shows it): once the room has been quiet for `read_interval`,
-    /// one read makes sure. `None`: nothing taken since the last read.
+    /// The room's last news (a notice, a read that found messages) was this
+    /// long ago and no read has found the tail quiet since. The notice after
+    /// it may have been lost (no hole shows it): once the room has been
+    /// quiet for `read_interval`, one read makes sure. `None`: verified.
     pub unverified: Option<Duration>,
     /// Fewer than half of the viewers have taken the previous frame.
     pub fanout_behind: bool,
@@ -73,9 +75,13 @@ pub(super) fn should_read(c: ReadCheck) -> ReadDecision {
     if !c.notices_live && c.since >= c.read_interval {
         return ReadDecision::Read;
     }
-    let hole_due = matches!(c.pending, Pending::Hole { waited } if waited >= c.hole_wait);
+    // A hole is filled once it waited `hole_wait`, however recent the last
+    // read (but at most one read per `hole_wait`): a lost notice costs a
+    // read, not `min_gap` of latency and then a burst the rationer may cut.
+    let hole_due = matches!(c.pending, Pending::Hole { waited } if waited >= c.hole_wait)
+        && c.since >= c.hole_wait;
     let tail_due = c.unverified.is_some_and(|quiet| quiet >= c.read_interval);
-    if (c.dirty || hole_due || tail_due) && c.since >= c.min_gap {
+    if hole_due || ((c.dirty || tail_due) && c.since >= c.min_gap) {
         if c.fanout_behind && c.since < c.tick * 3 {
             return ReadDecision::Defer;
         }
@@ -222,8 +228,22 @@ mod tests {
                 Read,
                 "then one read fills it",
             ),
-            (400, false, hole(900), false, Wait, "but not before the gap"),
-            (1000, false, hole(900), false, Read, "at the gap"),
+            (
+                400,
+                false,
+                hole(900),
+                false,
+                Read,
+                "a hole does not wait for the gap",
+            ),
+            (
+                150,
+                false,
+                hole(900),
+                false,
+                Wait,
+                "but for one hole_wait after a read",
+            ),
             (
                 5000,
                 false,

@@ -59,7 +59,8 @@ impl Hub {
     async fn read_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
         self.dirty
             .store(false, std::sync::atomic::Ordering::Release);
-        self.carried.lock().reading();
+        // Whether the reads found messages (or failed): see `Carried::unverified`.
+        let mut news = false;
         loop {
             let (epoch, cursor) = self.read_position();
             ctx.metrics.store_reads.with_label_values(&["hub"]).inc();
@@ -72,9 +73,11 @@ impl Hub {
                 Err(e) => {
                     ctx.metrics.store_errors.with_label_values(&["read"]).inc();
                     tracing::warn!(room = %self.room, error = %e, "hub read failed");
+                    news = true;
                     break;
                 }
             };
+            news |= !read.messages.is_empty();
             if *read.epoch != *epoch {
                 self.follow_new_epoch(rationer, &epoch, &read.epoch);
                 continue;
@@ -88,6 +91,9 @@ impl Hub {
                 break;
             }
         }
+        self.carried
+            .lock()
+            .read_done(news, tokio::time::Instant::now());
         if ctx.final_tick && self.combos.lock().is_holding() {
             // The read failed: still hand out the held gifts before stopping.
             self.send_held(ctx, rationer).await;
