@@ -239,38 +239,10 @@ async fn run(drop_every: u64) -> Option<Run> {
     }
     let after = metrics(fronts, http).await;
     let seconds_measured = start.elapsed().as_secs_f64();
-    if !failures.is_empty() {
-        for node in fronts {
-            let text = http
-                .get(format!("{}/metrics", node.base()))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            let figures: Vec<&str> = text
-                .lines()
-                .filter(|l| {
-                    [
-                        "danmaku_notice",
-                        "danmaku_store_reads",
-                        "danmaku_ration_dropped",
-                        "danmaku_hub_reads_deferred",
-                        "danmaku_frames_encoded",
-                        "danmaku_direct_detached",
-                        "danmaku_store_errors",
-                    ]
-                    .iter()
-                    .any(|p| l.starts_with(p))
-                })
-                .collect();
-            eprintln!("front {}: {figures:#?}", node.base());
-        }
-    }
     assert!(
         failures.is_empty(),
-        "{short} viewers short; {failures:#?} (drop every {drop_every})"
+        "{short} viewers short; {failures:#?} (drop every {drop_every}); per front \
+         [hub reads, notice messages, gap fills] before {before:?}, after {after:?}"
     );
     let delta = |k: usize, f: usize| after[f][k] - before[f][k];
     let result = Run {
