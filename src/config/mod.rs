@@ -266,15 +266,9 @@ pub struct StoreConfig {
     pub control_catch_up_ms: u64,
     /// Most bytes of message JSON one "room updated" notice carries; rooms
     /// past it are notified by name and fronts read them (0: names only).
-    #[serde(default = "default_notice_max_bytes")]
     pub notice_max_bytes: usize,
     /// Test fault: every nth notice is dropped on purpose (0: never).
-    #[serde(default)]
     pub fault_drop_notice_every: u64,
-}
-
-fn default_notice_max_bytes() -> usize {
-    65536
 }
 
 #[derive(Deserialize, Clone, Debug)]
