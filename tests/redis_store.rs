@@ -19,7 +19,9 @@ use danmaku::config::{Config, StoreConfig};
 use danmaku::message::{now_ms, Kind, Message, Priority, UserRef};
 use danmaku::store::memory::MemoryStore;
 use danmaku::store::redis::RedisStore;
-use danmaku::store::{AppendOutcome, Claim, LiveStore, StoreError, StreamRead};
+use danmaku::store::{
+    AppendOutcome, Claim, LiveStore, RoomNotice, StoreError, StoredBatch, StreamRead,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::RwLock;
 use tokio::task::JoinHandle;
@@ -1012,7 +1014,7 @@ async fn presence_handles_many_rooms() {
 /// starts listening shortly after `updates()`), hence the repetition.
 async fn notices_arrive(
     from: &RedisStore,
-    rx: &mut tokio::sync::broadcast::Receiver<Arc<str>>,
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<RoomNotice>>,
     rooms: &[String],
     within: Duration,
 ) -> Result<Duration, String> {
@@ -1023,8 +1025,8 @@ async fn notices_arrive(
         let tick = tokio::time::Instant::now() + Duration::from_millis(200);
         loop {
             match tokio::time::timeout_at(tick, rx.recv()).await {
-                Ok(Ok(room)) => {
-                    missing.remove(&*room);
+                Ok(Ok(notice)) => {
+                    missing.remove(&*notice.room);
                     if missing.is_empty() {
                         return Ok(start.elapsed());
                     }
@@ -1056,10 +1058,11 @@ async fn notices_reach_every_store() {
     processor.notify_updated(&more).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 2 {
-        let room = tokio::time::timeout(Duration::from_secs(5), rx2.recv())
+        let notice = tokio::time::timeout(Duration::from_secs(5), rx2.recv())
             .await
             .expect("a notice within 5 s")
             .unwrap();
+        let room = &notice.room;
         if room.starts_with("t-n4-") || room.starts_with("t-n5-") {
             got.push(room.to_string());
         }
@@ -1196,4 +1199,117 @@ async fn presence_and_notices_survive_an_outage() {
     )
     .await
     .unwrap();
+}
+
+/// The next notice about `room` on `rx` (others' rooms are skipped).
+async fn notice_about(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<RoomNotice>>,
+    room: &str,
+) -> Arc<RoomNotice> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rx.recv().await {
+                Ok(n) if *n.room == *room => return n,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("receiver closed: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a notice within 5 s")
+}
+
+/// A notice carries a stored batch as a read returns it (same bytes, seqs,
+/// epoch), in both engines; past `notice_max_bytes` a room goes by name;
+/// the test fault drops every nth notice.
+#[tokio::test]
+async fn notices_carry_the_stored_batch_as_a_read_returns_it() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let config = StoreConfig {
+        notice_max_bytes: 4096,
+        fault_drop_notice_every: 3,
+        ..cfg(100)
+    };
+    let redis = store(&url, config.clone()).await;
+    let front = store(&url, config.clone()).await;
+    let mut redis_rx = front.updates();
+    // The subscriber is live once a name-only notice gets through (sent by
+    // another store: the fault counts `redis`'s calls from its first).
+    let warm = store(&url, cfg(100)).await;
+    notices_arrive(
+        &warm,
+        &mut redis_rx,
+        &[room("warm")],
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let memory = MemoryStore::new(config);
+    let mut memory_rx = memory.updates();
+    let engines: [(&dyn LiveStore, &mut _, &str); 2] = [
+        (&redis, &mut redis_rx, "redis"),
+        (&memory, &mut memory_rx, "memory"),
+    ];
+    for (engine, rx, name) in engines {
+        let r = room("carry");
+        let big = room("carry-big");
+        let appended = engine
+            .append_in_epoch(&r, vec![msg("a", Priority::Low), msg("b", Priority::High)])
+            .await
+            .unwrap();
+        assert_eq!(
+            appended.epoch,
+            engine.head(&r).await.unwrap().epoch,
+            "{name}"
+        );
+        let read = engine.read_range(&r, 0, u64::MAX, 100).await.unwrap();
+        assert_eq!(seqs(&read), [1, 2], "{name}");
+        // A batch of ~60 KiB does not fit in 4 KiB: by name only.
+        let huge: Vec<Message> = (0..30)
+            .map(|i| Message {
+                text: "x".repeat(2000),
+                ..msg(&format!("h{i}"), Priority::Low)
+            })
+            .collect();
+        let huge_read = {
+            engine.append(&big, huge).await.unwrap();
+            engine.read_range(&big, 0, u64::MAX, 100).await.unwrap()
+        };
+        let batch = |epoch: &str, messages: Vec<_>| StoredBatch {
+            epoch: Arc::from(epoch),
+            messages,
+        };
+        let notices = vec![
+            RoomNotice {
+                room: Arc::from(r.as_str()),
+                stored: Some(batch(&appended.epoch, read.messages.clone())),
+            },
+            RoomNotice {
+                room: Arc::from(big.as_str()),
+                stored: Some(batch(&huge_read.epoch, huge_read.messages.clone())),
+            },
+        ];
+        // Calls 1 and 2 go out, call 3 is dropped by the fault, 4 goes out.
+        for call in 1..=4 {
+            engine.notify(notices.clone()).await.unwrap();
+            if call == 3 {
+                continue;
+            }
+            let got = notice_about(rx, &r).await;
+            assert_eq!(
+                got.stored,
+                Some(batch(&read.epoch, read.messages.clone())),
+                "{name}: call {call} carries the read's messages, byte for byte"
+            );
+            let got = notice_about(rx, &big).await;
+            assert_eq!(got.stored, None, "{name}: past the bound, by name");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut extra = 0;
+        while let Ok(n) = rx.try_recv() {
+            extra += usize::from(*n.room == *r);
+        }
+        assert_eq!(extra, 0, "{name}: the third call published nothing");
+    }
 }

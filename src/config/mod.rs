@@ -274,6 +274,11 @@ pub struct StoreConfig {
     /// How often a node checks the control change log for notices it missed
     /// (one command while nothing changed; `docs/architecture.md`, "Control plane").
     pub control_catch_up_ms: u64,
+    /// Most bytes of message JSON one "room updated" notice carries; rooms
+    /// past it are notified by name and fronts read them (0: names only).
+    pub notice_max_bytes: usize,
+    /// Test fault: every nth notice is dropped on purpose (0: never).
+    pub fault_drop_notice_every: u64,
 }
 
 #[derive(Deserialize, Clone, Debug)]

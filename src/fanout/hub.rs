@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 
 use super::cache::{retract_cached, CachedFrames, SharedAnswer};
+use super::carried::Carried;
 use super::combo::Combiner;
 use super::direct::{DirectList, DirectViewer};
 use super::online::OnlineAnnounced;
@@ -29,8 +30,11 @@ pub struct Hub {
     pub(super) presence: RoomPresence,
     /// Per-viewer budget (messages/s) the last tick rationed with.
     pub(super) budget_per_s: AtomicU32,
-    /// A "room updated" notice arrived since the last read.
+    /// A notice arrived since the last read that the hub cannot take from:
+    /// read the store.
     pub(super) dirty: AtomicBool,
+    /// Messages notices brought, not broadcast yet (see `carried`).
+    pub(super) carried: Mutex<Carried>,
     /// Gifts held for a combo (only the hub task uses it).
     pub(super) combos: Mutex<Combiner>,
     /// WebSocket viewers the hub writes to itself (see `direct`).
@@ -165,7 +169,8 @@ impl Counted for Hub {
 }
 
 impl Hub {
-    pub(super) fn new(room: &str, epoch: &str, cursor: u64, ring: usize) -> Hub {
+    /// `carried`: most messages from notices held while a hole waits.
+    pub(super) fn new(room: &str, epoch: &str, cursor: u64, ring: usize, carried: usize) -> Hub {
         Hub {
             room: room.to_string(),
             tx: broadcast::channel(ring.max(1)).0,
@@ -183,6 +188,7 @@ impl Hub {
             presence: RoomPresence::default(),
             budget_per_s: AtomicU32::new(0),
             dirty: AtomicBool::new(true),
+            carried: Mutex::new(Carried::new(epoch, carried)),
             combos: Mutex::new(Combiner::default()),
             direct: Mutex::new(DirectList::default()),
             retract_pending: Mutex::new(Vec::new()),

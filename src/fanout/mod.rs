@@ -7,7 +7,8 @@
 //! Where each part lives:
 //! - `hub`: a room's hub — its position, cache of recent frames, and what
 //!   viewers take from it (subscriptions, poll waiters, cache reads);
-//! - `read_policy`: when a tick reads the store (a pure decision);
+//! - `read_policy`: when a tick reads the store or takes what notices
+//!   carried (a pure decision); `carried`: those messages, by seq;
 //! - `tick`: the hub task's tick — store reads, epoch changes;
 //! - `broadcast`: select → encode (outside any lock) → publish, then the
 //!   hub's own writes;
@@ -23,6 +24,7 @@
 
 mod broadcast;
 pub mod cache;
+mod carried;
 pub mod combo;
 pub mod deflate;
 pub mod direct;

@@ -1,6 +1,7 @@
 //! The hubs of this node (docs/architecture.md, "Fan-out"): a hub starts on a
 //! room's first viewer, ticks on its own task, and stops once idle. The
-//! registry also routes "room updated" notices to hubs and runs presence.
+//! registry also routes "room updated" notices to hubs (each room's carried
+//! batch to its hub's buffer) and runs presence.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::carried::hole_wait;
 use super::direct::shards::ShardPlan;
 use super::ration::Rationer;
-use super::read_policy::{should_read, ReadCheck, ReadDecision};
+use super::read_policy::{should_read, Pending, ReadCheck, ReadDecision};
 use super::retractions::Retractions;
 use super::tick::HubContext;
 use super::Hub;
@@ -25,7 +27,7 @@ use crate::message::now_ms;
 use crate::metrics::Metrics;
 use crate::presence::Exchange;
 use crate::rooms::RoomDirectory;
-use crate::store::{LiveStore, ALL_ROOMS};
+use crate::store::{LiveStore, RoomNotice};
 
 /// One room's figures on this node, for the admin API (per-room figures are
 /// kept out of metric labels: see `crate::metrics`).
@@ -205,6 +207,8 @@ impl HubRegistry {
                     &head.epoch,
                     head.seq,
                     self.config.max_lag_frames,
+                    // A hole waits a few ticks at most: room for many batches.
+                    self.config.max_batch_messages.saturating_mul(4),
                 ));
                 v.insert(hub.clone());
                 hub
@@ -254,11 +258,16 @@ impl HubRegistry {
                 }
             };
             let since = last_read.map_or(Duration::MAX, |last| slot - last);
-            let decision = self.read_decision(&hub, since);
+            let (decision, fills_hole) = self.read_decision(&hub, since);
             match decision {
-                ReadDecision::Read => last_read = Some(slot),
+                ReadDecision::Read => {
+                    last_read = Some(slot);
+                    if fills_hole {
+                        self.metrics.notice_gap_fills.inc();
+                    }
+                }
                 ReadDecision::Defer => self.metrics.hub_reads_deferred.inc(),
-                ReadDecision::Wait => {}
+                ReadDecision::Take | ReadDecision::Wait => {}
             }
             hub.tick(&self.context(), &mut rationer, decision).await;
             if hub.online() > 0 {
@@ -272,23 +281,39 @@ impl HubRegistry {
         }
     }
 
-    /// Read on a notice (no more often than the room's size allows); on a
-    /// timer only while notices do not reach this node.
-    fn read_decision(&self, hub: &Hub, since: Duration) -> ReadDecision {
+    /// Take what notices carried; read when they cannot serve (no more
+    /// often than the room's size allows); on a timer only while notices do
+    /// not reach this node. Also answers whether a read would fill a hole
+    /// (for `danmaku_notice_gap_fills_total`).
+    fn read_decision(&self, hub: &Hub, since: Duration) -> (ReadDecision, bool) {
         let min_gap = Duration::from_millis(if hub.is_big() {
             self.config.big_min_read_gap_ms
         } else {
             self.config.small_min_read_gap_ms
         });
-        should_read(ReadCheck {
+        let tick = Duration::from_millis(self.config.tick_ms);
+        let cursor = hub.read_position().1;
+        let now = tokio::time::Instant::now();
+        let (pending, unverified) = {
+            let carried = hub.carried.lock();
+            (carried.pending(cursor, now), carried.unverified(now))
+        };
+        let dirty = hub.dirty.load(Ordering::Acquire);
+        let decision = should_read(ReadCheck {
             since,
             notices_live: self.store.notices_live(),
             read_interval: Duration::from_millis(self.config.read_interval_ms),
             min_gap,
-            tick: Duration::from_millis(self.config.tick_ms),
-            dirty: hub.dirty.load(Ordering::Acquire),
+            tick,
+            dirty,
+            pending,
+            hole_wait: hole_wait(tick),
+            unverified,
             fanout_behind: hub.fanout_behind(),
-        })
+        });
+        let fills_hole =
+            !dirty && matches!(pending, Pending::Hole { waited } if waited >= hole_wait(tick));
+        (decision, fills_hole)
     }
 
     /// Stops `hub` if it has had no viewer since `idle_since` for `hub_idle_s`.
@@ -323,22 +348,24 @@ impl HubRegistry {
         });
     }
 
-    /// Marks a room's hub dirty on each "room updated" notice (every hub if
-    /// notices were lost: [`ALL_ROOMS`] or a lagging receiver).
+    /// Hands each room's carried batch to its hub; marks the hub dirty (it
+    /// reads the store) for a notice without one, or one it cannot take,
+    /// and every hub if notices were lost: [`crate::store::ALL_ROOMS`] or a
+    /// lagging receiver.
     async fn route_notices(&self) {
         let mut updates = self.store.updates();
         loop {
             tokio::select! {
                 _ = self.flushing.cancelled() => return,
                 notice = updates.recv() => match notice {
-                    Ok(room) if *room == *ALL_ROOMS => {
+                    Ok(notice) if notice.is_all_rooms() => {
                         for hub in self.hubs.iter() {
                             hub.dirty.store(true, Ordering::Release);
                         }
                     }
-                    Ok(room) => {
-                        if let Some(hub) = self.hubs.get(&*room) {
-                            hub.dirty.store(true, Ordering::Release);
+                    Ok(notice) => {
+                        if let Some(hub) = self.hubs.get(&*notice.room) {
+                            route_to(&hub, &notice);
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -360,6 +387,17 @@ impl HubRegistry {
         self.tasks.close();
         self.flushing.cancel();
         self.tasks.wait().await;
+    }
+}
+
+/// One room's part of a notice into its hub.
+fn route_to(hub: &Hub, notice: &RoomNotice) {
+    let taken = notice
+        .stored
+        .as_ref()
+        .is_some_and(|batch| hub.carried.lock().offer(batch, tokio::time::Instant::now()));
+    if !taken {
+        hub.dirty.store(true, Ordering::Release);
     }
 }
 

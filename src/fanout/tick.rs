@@ -1,6 +1,7 @@
-//! The hub task's tick (docs/architecture.md, "Fan-out"): read what the store
-//! has new (several reads if the backlog is larger than a frame may hold),
-//! follow an epoch change, and hand each read to `broadcast`.
+//! The hub task's tick (docs/architecture.md, "Fan-out"): take what notices
+//! carried, or read what the store has new (several reads if the backlog is
+//! larger than a frame may hold), follow an epoch change, and hand each batch
+//! to `broadcast`.
 
 use std::sync::Arc;
 
@@ -34,8 +35,9 @@ pub(super) struct HubContext<'a> {
 
 impl Hub {
     /// One tick: on `Read`, takes new messages from the store and broadcasts
-    /// one frame per read; otherwise only hands out what the rationer or the
-    /// combos held back and now release.
+    /// one frame per read; on `Take`, the same from what notices carried;
+    /// otherwise only hands out what the rationer or the combos held back
+    /// and now release.
     pub(super) async fn tick(
         &self,
         ctx: &HubContext<'_>,
@@ -51,6 +53,8 @@ impl Hub {
         self.send_online(ctx).await;
         if decision == ReadDecision::Read {
             self.read_and_send(ctx, rationer).await;
+        } else if decision == ReadDecision::Take {
+            self.take_and_send(ctx, rationer).await;
         } else if rationer.has_undecided() || self.combos.lock().is_holding() {
             self.send_held(ctx, rationer).await;
         }
@@ -61,6 +65,8 @@ impl Hub {
     async fn read_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
         self.dirty
             .store(false, std::sync::atomic::Ordering::Release);
+        // Whether the reads found messages (or failed): see `Carried::unverified`.
+        let mut news = false;
         loop {
             let (epoch, cursor) = self.read_position();
             ctx.metrics.store_reads.with_label_values(&["hub"]).inc();
@@ -73,23 +79,45 @@ impl Hub {
                 Err(e) => {
                     ctx.metrics.store_errors.with_label_values(&["read"]).inc();
                     tracing::warn!(room = %self.room, error = %e, "hub read failed");
+                    news = true;
                     break;
                 }
             };
+            news |= !read.messages.is_empty();
             if *read.epoch != *epoch {
                 self.follow_new_epoch(rationer, &epoch, &read.epoch);
                 continue;
             }
             let caught_up = read.cursor >= read.head;
+            // Notices of what this read delivers are old news now.
+            self.carried.lock().forget_through(read.cursor);
             self.broadcast(ctx, rationer, epoch, read.cursor, read.messages)
                 .await;
             if caught_up {
                 break;
             }
         }
+        self.carried
+            .lock()
+            .read_done(news, tokio::time::Instant::now());
         if ctx.final_tick && self.combos.lock().is_holding() {
             // The read failed: still hand out the held gifts before stopping.
             self.send_held(ctx, rationer).await;
+        }
+    }
+
+    /// Broadcasts what notices carried that follows the cursor (no store
+    /// read), one frame per `max_batch`, exactly as a read would have
+    /// returned it (stored bytes, seq order, rationed and combined alike).
+    async fn take_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
+        loop {
+            let (epoch, cursor) = self.read_position();
+            let messages = self.carried.lock().take(cursor, ctx.max_batch);
+            let Some(to) = messages.last().map(|m| m.seq) else {
+                break;
+            };
+            ctx.metrics.notice_messages.inc_by(messages.len() as u64);
+            self.broadcast(ctx, rationer, epoch, to, messages).await;
         }
     }
 
@@ -105,6 +133,7 @@ impl Hub {
         tracing::warn!(room = %self.room, old = %old, new = %new, "stream epoch changed");
         *rationer = Rationer::default();
         self.combos.lock().clear();
+        self.carried.lock().reset(new);
         self.position.lock().reset(new);
     }
 }

@@ -58,6 +58,10 @@ pub struct Metrics {
     /// Reads of `auth.viewer_keys_file`, by result ("ok", "failed": the
     /// previous keys stayed).
     pub viewer_key_reloads: IntCounterVec,
+    /// Messages hubs took from notices (no store read); see `store_reads`.
+    pub notice_messages: IntCounter,
+    /// Hub store reads made to fill a seq hole (a lost or late notice).
+    pub notice_gap_fills: IntCounter,
     pub slow_consumer_disconnects: IntCounter,
     /// Frames hubs wrote to WebSocket viewers themselves, by what the socket
     /// did ("written" at once, "queued" behind earlier bytes).
@@ -516,6 +520,22 @@ impl Metrics {
                         "Reads of auth.viewer_keys_file by result (failed: previous keys kept)",
                     ),
                     &["result"],
+                )
+                .unwrap(),
+            ),
+            notice_messages: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_notice_messages_total",
+                    "Messages hubs took from the notices that carried them, without a store read",
+                )
+                .unwrap(),
+            ),
+            notice_gap_fills: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_notice_gap_fills_total",
+                    "Hub store reads made to fill a seq hole the notices left (lost or late)",
                 )
                 .unwrap(),
             ),

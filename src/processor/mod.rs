@@ -21,7 +21,7 @@ use crate::config::GearConfig;
 use crate::gears;
 use crate::message::{now_ms, Kind, Message};
 use crate::metrics::Metrics;
-use crate::store::{AppendOutcome, LiveStore};
+use crate::store::{AppendOutcome, Appended, LiveStore, RoomNotice, StoredBatch};
 pub use gear::{Gear, Gearbox};
 
 pub struct Processor {
@@ -63,6 +63,43 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// A polled message and the bus partition it came from.
 type Placed<'a> = (u32, &'a Message);
+
+/// One writer's part of a batch, as stored.
+struct Written<'a> {
+    room: &'a str,
+    /// The epoch of the stream it went into.
+    epoch: String,
+    /// With the seqs they are stored under.
+    messages: Vec<Message>,
+    /// Some were stored before (a redelivery): their seqs are old news.
+    redelivered: bool,
+}
+
+/// `room`'s part of the batch's notice: its stored messages in seq order,
+/// so fronts take them without a read; its name only (fronts read) when a
+/// redelivery is part of it (a crash may have lost the first notice, and a
+/// duplicate's seq is not the next one) or the writers saw two epochs.
+fn notice_of(room: &str, written: &[Written]) -> RoomNotice {
+    let mut parts = written.iter().filter(|w| w.room == room).peekable();
+    let Some(epoch) = parts.peek().map(|w| w.epoch.clone()) else {
+        return RoomNotice::name_only(room);
+    };
+    let mut messages = Vec::new();
+    for part in parts {
+        if part.redelivered || part.epoch != epoch {
+            return RoomNotice::name_only(room);
+        }
+        messages.extend(part.messages.iter().map(|m| m.clone().into_stored(m.seq)));
+    }
+    messages.sort_by_key(|m| m.seq);
+    RoomNotice {
+        room: Arc::from(room),
+        stored: Some(StoredBatch {
+            epoch: Arc::from(epoch),
+            messages,
+        }),
+    }
+}
 
 impl Processor {
     /// Runs until `shutdown`, then drains what the bus still holds.
@@ -196,22 +233,21 @@ impl Processor {
                 }
             }
         }
-        let stored: Vec<Message> = futures_util::future::join_all(
+        let written: Vec<Written> = futures_util::future::join_all(
             writers
                 .into_iter()
                 .map(|(room, messages)| self.append_with_retry(room, messages)),
         )
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
-        let mut updated: Vec<String> = groups.iter().map(|((r, _), _)| r.to_string()).collect();
-        updated.dedup();
-        // Best effort: fronts poll anyway, a lost notice only adds latency.
-        if let Err(e) = self.store.notify_updated(&updated).await {
+        .await;
+        let mut rooms: Vec<&str> = groups.iter().map(|((r, _), _)| *r).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        // Best effort: a lost notice costs fronts a store read, not messages.
+        let notices = rooms.iter().map(|room| notice_of(room, &written)).collect();
+        if let Err(e) = self.store.notify(notices).await {
             tracing::debug!(error = %e, "room-updated notice failed");
         }
-        stored
+        written.into_iter().flat_map(|w| w.messages).collect()
     }
 
     /// Publishes a batch's stored messages to the stored log (keyed by room,
@@ -292,16 +328,17 @@ impl Processor {
     /// Retries until the store takes the batch, even while shutting down:
     /// these messages were acknowledged to their senders. Returns them with
     /// the seqs they are stored under.
-    async fn append_with_retry(&self, room: &str, messages: Vec<Message>) -> Vec<Message> {
+    async fn append_with_retry<'a>(&self, room: &'a str, messages: Vec<Message>) -> Written<'a> {
         let mut backoff = Duration::from_millis(50);
         loop {
             let timer = self.metrics.store_append_seconds.start_timer();
-            let result = self.store.append(room, messages.clone()).await;
+            let result = self.store.append_in_epoch(room, messages.clone()).await;
             timer.observe_duration();
             match result {
-                Ok(outcomes) => {
+                Ok(Appended { epoch, outcomes }) => {
                     let now = now_ms();
                     let mut stored = messages;
+                    let mut redelivered = false;
                     for (outcome, m) in outcomes.iter().zip(stored.iter_mut()) {
                         match outcome {
                             AppendOutcome::Stored { seq } => {
@@ -319,11 +356,17 @@ impl Processor {
                             }
                             AppendOutcome::Duplicate { seq } => {
                                 m.seq = *seq;
+                                redelivered = true;
                                 self.metrics.store_duplicates.inc();
                             }
                         }
                     }
-                    return stored;
+                    return Written {
+                        room,
+                        epoch,
+                        messages: stored,
+                        redelivered,
+                    };
                 }
                 Err(e) => {
                     self.metrics

@@ -8,16 +8,18 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::notice::{self, NoticeFault};
 use super::{
-    AppendOutcome, Claim, LiveStore, Retraction, StoreError, StreamHead, StreamRead,
-    RETRACTIONS_KEPT,
+    AppendOutcome, Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StreamHead,
+    StreamRead, RETRACTIONS_KEPT,
 };
 use crate::config::StoreConfig;
 use crate::message::{now_ms, Message, Priority, StoredMessage};
 
 pub struct MemoryStore {
     rooms: DashMap<String, Arc<Mutex<RoomStream>>>,
-    updates: tokio::sync::broadcast::Sender<Arc<str>>,
+    updates: tokio::sync::broadcast::Sender<Arc<RoomNotice>>,
+    fault: NoticeFault,
     claims: moka::sync::Cache<String, (String, Instant)>,
     config: StoreConfig,
 }
@@ -94,6 +96,7 @@ impl MemoryStore {
         MemoryStore {
             rooms: DashMap::new(),
             updates: tokio::sync::broadcast::channel(4096).0,
+            fault: NoticeFault::new(config.fault_drop_notice_every),
             claims: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .expire_after(ClaimExpiry)
@@ -163,11 +166,11 @@ impl moka::Expiry<String, (String, Instant)> for ClaimExpiry {
 
 #[async_trait]
 impl LiveStore for MemoryStore {
-    async fn append(
+    async fn append_in_epoch(
         &self,
         room: &str,
         batch: Vec<Message>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+    ) -> Result<Appended, StoreError> {
         let stream = self.room(room);
         let now = now_ms();
         let min_ts = self.min_ts(now);
@@ -194,7 +197,10 @@ impl LiveStore for MemoryStore {
         }
         s.last_write_ms = now;
         s.trim(self.config.max_per_bucket, min_ts);
-        Ok(outcomes)
+        Ok(Appended {
+            epoch: s.epoch.clone(),
+            outcomes,
+        })
     }
 
     async fn head(&self, room: &str) -> Result<StreamHead, StoreError> {
@@ -304,15 +310,20 @@ impl LiveStore for MemoryStore {
         Ok(local.iter().map(|(_, n)| *n).collect())
     }
 
-    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
-        for room in rooms {
+    async fn notify(&self, mut rooms: Vec<RoomNotice>) -> Result<(), StoreError> {
+        if rooms.is_empty() || self.fault.drops_next() {
+            return Ok(());
+        }
+        // Bounded as over Redis, so both engines take the same paths.
+        notice::bound(&mut rooms, self.config.notice_max_bytes);
+        for room in rooms.into_iter().filter(|r| !r.is_all_rooms()) {
             // No receiver (no hub running) is fine.
-            let _ = self.updates.send(Arc::from(room.as_str()));
+            let _ = self.updates.send(Arc::new(room));
         }
         Ok(())
     }
 
-    fn updates(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+    fn updates(&self) -> tokio::sync::broadcast::Receiver<Arc<RoomNotice>> {
         self.updates.subscribe()
     }
 }
@@ -353,6 +364,8 @@ mod tests {
             dedup_window: 1000,
             room_ttl_s: 3600,
             control_catch_up_ms: 1000,
+            notice_max_bytes: 65536,
+            fault_drop_notice_every: 0,
         }
     }
 

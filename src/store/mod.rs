@@ -6,6 +6,7 @@
 
 pub mod control;
 pub mod memory;
+pub mod notice;
 pub mod redis;
 
 use std::time::Duration;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::message::{Message, StoredMessage};
+pub use notice::{RoomNotice, StoredBatch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +40,16 @@ pub enum AppendOutcome {
     Duplicate {
         seq: u64,
     },
+}
+
+/// What [`LiveStore::append_in_epoch`] did with a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The epoch of the stream the batch went into (a notice carrying the
+    /// batch names it, so fronts never mix two streams' seqs).
+    pub epoch: String,
+    /// One per message, in batch order.
+    pub outcomes: Vec<AppendOutcome>,
 }
 
 /// Messages of one room after a cursor, merged over buckets in seq order.
@@ -77,12 +89,22 @@ pub enum Claim {
 #[async_trait]
 pub trait LiveStore: Send + Sync + 'static {
     /// Appends a batch of messages of one room. Each gets the next sequence,
-    /// atomically; a message id already stored is not stored again.
+    /// atomically; a message id already stored is not stored again. Also
+    /// answers the epoch of the stream written, read in the same atomic step.
+    async fn append_in_epoch(
+        &self,
+        room: &str,
+        batch: Vec<Message>,
+    ) -> Result<Appended, StoreError>;
+
+    /// [`LiveStore::append_in_epoch`] without the epoch.
     async fn append(
         &self,
         room: &str,
         batch: Vec<Message>,
-    ) -> Result<Vec<AppendOutcome>, StoreError>;
+    ) -> Result<Vec<AppendOutcome>, StoreError> {
+        Ok(self.append_in_epoch(room, batch).await?.outcomes)
+    }
 
     /// The stream head; creates the stream (and its epoch) if it does not exist.
     async fn head(&self, room: &str) -> Result<StreamHead, StoreError>;
@@ -139,17 +161,27 @@ pub trait LiveStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Vec<u64>, StoreError>;
 
-    /// "Room updated" notice from a processor to every front. Hubs read on
-    /// notices only (quiet rooms cost no reads), so an engine either
-    /// delivers every notice while [`LiveStore::notices_live`] holds, or
-    /// says it may have lost some (see [`LiveStore::updates`]).
-    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError>;
+    /// "Room updated" notice from a processor to every front, in one
+    /// publish: per room, the batch just stored when it fits in
+    /// `store.notice_max_bytes` (else the name only; see [`notice::bound`]).
+    /// Hubs read on notices only (quiet rooms cost no reads), so an engine
+    /// either delivers every notice while [`LiveStore::notices_live`]
+    /// holds, or says it may have lost some (see [`LiveStore::updates`]).
+    /// Under the test fault `store.fault_drop_notice_every` = n, every nth
+    /// call publishes nothing.
+    async fn notify(&self, rooms: Vec<RoomNotice>) -> Result<(), StoreError>;
 
-    /// Notices published by any processor, as room names. An empty name
-    /// ([`ALL_ROOMS`]) means notices may have been missed (the subscription
-    /// was restored after a loss): any room may have changed. A receiver
-    /// that lags behind gets `Lagged`, which means the same.
-    fn updates(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>>;
+    /// [`LiveStore::notify`] with room names only: fronts read the store.
+    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
+        self.notify(rooms.iter().map(|r| RoomNotice::name_only(r)).collect())
+            .await
+    }
+
+    /// Notices published by any processor, one per room, in publish order.
+    /// [`ALL_ROOMS`] (an empty name) means notices may have been missed (the
+    /// subscription was restored after a loss): any room may have changed.
+    /// A receiver that lags behind gets `Lagged`, which means the same.
+    fn updates(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<RoomNotice>>;
 
     /// Whether notices reach this node now. While they do not (a lost
     /// subscription), hubs fall back to reading on a timer

@@ -5,7 +5,8 @@
 --       3 min_ts (ms; older messages are trimmed), 4 dedup_window, 5 ttl_s
 --       (0 = no expiry), then 4 per message: id, bucket (1..3), json head,
 --       json tail (the member is head .. seq .. tail).
--- Returns one integer per message: seq if stored, -seq if a duplicate.
+-- Returns one integer per message: seq if stored, -seq if a duplicate; then
+-- the stream's epoch (what a notice carrying the batch names).
 local names = {'whitelist', 'high', 'low'}
 redis.call('SET', KEYS[2], ARGV[1], 'NX')
 local max = tonumber(ARGV[2])
@@ -49,4 +50,5 @@ end
 if ttl > 0 then
   for k = 1, 7 do redis.call('EXPIRE', KEYS[k], ttl) end
 end
+out[#out + 1] = redis.call('GET', KEYS[2])
 return out

@@ -28,7 +28,9 @@ use ::redis::{Client, RedisError, Script};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-use super::{AppendOutcome, Claim, LiveStore, Retraction, StoreError, StreamHead, StreamRead};
+use super::{
+    Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StreamHead, StreamRead,
+};
 use crate::config::StoreConfig;
 use crate::message::Message;
 pub use control::CONTROL_CHANNEL;
@@ -44,6 +46,8 @@ pub struct RedisStore {
     /// Fingerprint of the presence counts this node last published (0:
     /// none): the next exchange sends "unchanged" if they are the same.
     presence_sent: Arc<std::sync::atomic::AtomicU64>,
+    /// Test fault `store.fault_drop_notice_every` (shared by clones).
+    notice_fault: Arc<crate::store::notice::NoticeFault>,
     config: StoreConfig,
 }
 
@@ -82,6 +86,9 @@ impl RedisStore {
             scripts: Arc::new(scripts),
             notices: Arc::new(Notices::new(client)),
             presence_sent: Arc::default(),
+            notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
+                config.fault_drop_notice_every,
+            )),
             config,
         })
     }
@@ -101,11 +108,11 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 #[async_trait]
 impl LiveStore for RedisStore {
-    async fn append(
+    async fn append_in_epoch(
         &self,
         room: &str,
         batch: Vec<Message>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+    ) -> Result<Appended, StoreError> {
         self.stream_append(room, batch).await
     }
 
@@ -175,11 +182,11 @@ impl LiveStore for RedisStore {
         self.presence_exchange(node, local, ttl).await
     }
 
-    async fn notify_updated(&self, rooms: &[String]) -> Result<(), StoreError> {
+    async fn notify(&self, rooms: Vec<RoomNotice>) -> Result<(), StoreError> {
         self.notices_publish(rooms).await
     }
 
-    fn updates(&self) -> broadcast::Receiver<Arc<str>> {
+    fn updates(&self) -> broadcast::Receiver<Arc<RoomNotice>> {
         self.notices.subscribe()
     }
 

@@ -17,10 +17,12 @@ use tokio::time::Instant;
 use super::control::CONTROL_CHANNEL;
 use super::{unavailable, RedisStore};
 use crate::store::control::VersionedNotice;
+use crate::store::notice::{self, RoomNotice};
 use crate::store::{StoreError, ALL_ROOMS};
 
-/// Pub/sub channel of "room updated" notices. A message is the updated rooms'
-/// names joined by `'\n'` (one PUBLISH per `notify_updated` call).
+/// Pub/sub channel of "room updated" notices: one PUBLISH per `notify` call,
+/// carrying each room's stored batch when it fits (see `store::notice` for
+/// the payload; the older form, room names joined by `'\n'`, is still read).
 pub const UPDATED_CHANNEL: &str = "dm:updated";
 
 /// Capacity of the in-process broadcast of received notices (as the memory
@@ -39,7 +41,7 @@ const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 /// subscriber task is spawned on the first `updates()` call and aborted when
 /// the last clone of the store is dropped.
 pub(super) struct Notices {
-    tx: broadcast::Sender<Arc<str>>,
+    tx: broadcast::Sender<Arc<RoomNotice>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
     client: Client,
     /// True while the subscriber holds its subscription (`notices_live`).
@@ -50,7 +52,7 @@ pub(super) struct Notices {
 }
 
 impl Notices {
-    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<RoomNotice>> {
         let rx = self.tx.subscribe();
         self.ensure_listening();
         rx
@@ -108,7 +110,7 @@ impl Drop for Notices {
 /// Where received notices go, by channel.
 #[derive(Clone)]
 struct Senders {
-    updated: broadcast::Sender<Arc<str>>,
+    updated: broadcast::Sender<Arc<RoomNotice>>,
     control: broadcast::Sender<Arc<VersionedNotice>>,
 }
 
@@ -137,7 +139,7 @@ async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
                 // Subscribed before anyone reads: nothing published from here
                 // on is missed; what came before (while down, or before the
                 // first subscription) may have been.
-                let _ = tx.updated.send(Arc::from(ALL_ROOMS));
+                let _ = tx.updated.send(Arc::new(RoomNotice::name_only(ALL_ROOMS)));
                 ever_subscribed = true;
                 failures = 0;
                 let since = Instant::now();
@@ -215,9 +217,13 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
                     }
                     continue;
                 }
-                for room in payload.split('\n').filter(|r| *r != ALL_ROOMS) {
+                let Some(rooms) = notice::decode(payload) else {
+                    tracing::warn!("skipping an unreadable room notice");
+                    continue;
+                };
+                for room in rooms {
                     // No receiver left is fine: notices are best effort.
-                    let _ = tx.updated.send(Arc::from(room));
+                    let _ = tx.updated.send(Arc::new(room));
                 }
             }
             _ = health.tick() => {
@@ -245,26 +251,26 @@ impl Notices {
 }
 
 impl RedisStore {
-    pub(super) async fn notices_publish(&self, rooms: &[String]) -> Result<(), StoreError> {
+    pub(super) async fn notices_publish(&self, rooms: Vec<RoomNotice>) -> Result<(), StoreError> {
         // Room names never hold '\n' (see `valid_room`); one that did would
-        // be split apart by receivers, so it is left out.
-        let mut payload = String::new();
-        for room in rooms {
-            if room.is_empty() || room.contains('\n') {
-                tracing::warn!(room = %room.escape_debug(), "not notifying an unsendable room name");
-                continue;
-            }
-            if !payload.is_empty() {
-                payload.push('\n');
-            }
-            payload.push_str(room);
-        }
-        if payload.is_empty() {
+        // be split apart by receivers of the older form, so it is left out.
+        let mut rooms: Vec<RoomNotice> = rooms
+            .into_iter()
+            .filter(|r| {
+                let sendable = !r.is_all_rooms() && !r.room.contains('\n');
+                if !sendable {
+                    tracing::warn!(room = %r.room.escape_debug(), "not notifying an unsendable room name");
+                }
+                sendable
+            })
+            .collect();
+        if rooms.is_empty() || self.notice_fault.drops_next() {
             return Ok(());
         }
+        notice::bound(&mut rooms, self.config.notice_max_bytes);
         ::redis::cmd("PUBLISH")
             .arg(UPDATED_CHANNEL)
-            .arg(payload)
+            .arg(notice::encode(&rooms))
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)

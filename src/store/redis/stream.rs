@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::{unavailable, RedisStore};
 use crate::message::{now_ms, Message, Priority, StoredMessage};
-use crate::store::{AppendOutcome, StoreError, StreamHead, StreamRead};
+use crate::store::{AppendOutcome, Appended, StoreError, StreamHead, StreamRead};
 
 /// Bucket names in key order (= `Priority::index()` order).
 const BUCKETS: [&str; 3] = ["whitelist", "high", "low"];
@@ -110,7 +110,7 @@ impl RedisStore {
         &self,
         room: &str,
         batch: Vec<Message>,
-    ) -> Result<Vec<AppendOutcome>, StoreError> {
+    ) -> Result<Appended, StoreError> {
         let keys = RoomKeys::new(room);
         let n = batch.len();
         let min_ts = now_ms().saturating_sub(self.config.max_age_s.saturating_mul(1000));
@@ -134,17 +134,27 @@ impl RedisStore {
             let (head, tail) = split_json(message)?;
             invocation.arg(id).arg(bucket).arg(head).arg(tail);
         }
-        let out: Vec<i64> = invocation
+        let mut out: Vec<::redis::Value> = invocation
             .invoke_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        if out.len() != n {
+        let epoch = out.pop().map(::redis::from_redis_value::<String>);
+        let outcomes = out
+            .into_iter()
+            .map(::redis::from_redis_value::<i64>)
+            .collect::<Result<Vec<i64>, _>>();
+        let (Some(Ok(epoch)), Ok(outcomes)) = (epoch, outcomes) else {
+            return Err(StoreError::Unavailable(
+                "redis append answered no epoch or a non-integer outcome".into(),
+            ));
+        };
+        if outcomes.len() != n {
             return Err(StoreError::Unavailable(format!(
                 "redis append returned {} outcomes for {n} messages",
-                out.len()
+                outcomes.len()
             )));
         }
-        Ok(out
+        let outcomes = outcomes
             .into_iter()
             .map(|v| {
                 if v < 0 {
@@ -155,7 +165,8 @@ impl RedisStore {
                     AppendOutcome::Stored { seq: v as u64 }
                 }
             })
-            .collect())
+            .collect();
+        Ok(Appended { epoch, outcomes })
     }
 
     pub(super) async fn stream_head(&self, room: &str) -> Result<StreamHead, StoreError> {
