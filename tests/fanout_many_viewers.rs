@@ -62,6 +62,13 @@ async fn run() {
         WAIT,
     )
     .await;
+    // The online count's announcements while viewers were joining reached
+    // only those already there: count frames from when the last one (at most
+    // one presence round, 1 s, after the last join) has gone out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = ts.metrics().await;
+    let encoded_before = metric_value(&before, "danmaku_frames_encoded_total").unwrap_or(0.0);
+    let sent_before = metric_value(&before, "danmaku_frames_sent_total").unwrap_or(0.0);
 
     // Every viewer reads on its own task while the messages are posted.
     let readers: Vec<_> = viewers
@@ -128,8 +135,8 @@ async fn run() {
     )
     .await;
     let m = ts.metrics().await;
-    let encoded = metric_value(&m, "danmaku_frames_encoded_total").unwrap_or(0.0);
-    let sent = metric_value(&m, "danmaku_frames_sent_total").unwrap_or(0.0);
+    let encoded = metric_value(&m, "danmaku_frames_encoded_total").unwrap_or(0.0) - encoded_before;
+    let sent = metric_value(&m, "danmaku_frames_sent_total").unwrap_or(0.0) - sent_before;
     assert!(encoded >= 1.0);
     assert!(
         encoded <= MESSAGES as f64,
