@@ -19,7 +19,8 @@ use serde_json::Value;
 /// Presence rounds this often in the test (1 s by default): the count
 /// settles within a few rounds.
 const ROUND_MS: &str = "200";
-const SETTLE: Duration = Duration::from_secs(10);
+/// A loaded 2-core CI machine can take several presence rounds per change.
+const SETTLE: Duration = Duration::from_secs(30);
 
 /// A WebSocket viewer of `room` on `node` that returns `online` frames.
 async fn ws_on(node: &Node, room: &str) -> WsViewer {
@@ -111,9 +112,15 @@ async fn assert_quiet(ws: &mut WsViewer, for_: Duration) {
 }
 
 async fn two_fronts_see_each_others_viewers(extra: &[(&str, &str)]) {
-    let Some(redis) = test_redis_url() else {
+    if common::procs::require_programs(&["redis-server"]).is_none() {
         return;
-    };
+    }
+    // Its own Redis. On the suite's shared one, after the other test
+    // binaries, this test saw the count stay at 4 instead of falling to 2
+    // (in two full runs; never alone): under investigation, see the stop's
+    // note. A fresh Redis keeps this test about the announcements.
+    let own = common::procs::OwnRedis::start();
+    let redis = own.url();
     let mut env = vec![("DANMAKU_FANOUT__PRESENCE_INTERVAL_MS", ROUND_MS)];
     env.extend_from_slice(extra);
     let pair = Pair::start(&redis, &env).await;
@@ -149,9 +156,7 @@ async fn two_fronts_see_each_others_viewers(extra: &[(&str, &str)]) {
     assert!((5..=6).contains(&polled), "poll online {polled}");
 
     // The three leave B: both fronts' viewers see 2 again.
-    for v in joined {
-        v.close().await;
-    }
+    futures_util::future::join_all(joined.into_iter().map(|v| v.close())).await;
     ws_until_online(&mut on_a, 2).await;
     sse_until_online(&mut sse_b, 2).await;
 }
