@@ -130,6 +130,20 @@ pub struct StoredMessage {
     pub json: Bytes,
 }
 
+#[cfg(test)]
+impl StoredMessage {
+    /// A message for unit tests: id `id<seq>`, JSON `{"seq":<seq>}`.
+    pub fn for_test(seq: u64, priority: Priority, ts: u64) -> StoredMessage {
+        StoredMessage {
+            seq,
+            priority,
+            ts,
+            id: format!("id{seq}"),
+            json: Bytes::from(format!(r#"{{"seq":{seq}}}"#)),
+        }
+    }
+}
+
 /// Room names are path segments and key parts: keep them boring.
 pub fn valid_room(room: &str) -> bool {
     !room.is_empty()

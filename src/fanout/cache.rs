@@ -157,19 +157,11 @@ impl CachedFrames {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
     use crate::message::Priority;
 
     fn m(seq: u64) -> StoredMessage {
-        StoredMessage {
-            seq,
-            priority: Priority::Low,
-            ts: 1,
-            id: format!("id{seq}"),
-            json: Bytes::from(format!(r#"{{"seq":{seq}}}"#)),
-        }
+        StoredMessage::for_test(seq, Priority::Low, 1)
     }
 
     /// Frames (from, to, seqs), oldest first.

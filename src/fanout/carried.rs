@@ -136,16 +136,9 @@ pub(super) fn hole_wait(tick: Duration) -> Duration {
 mod tests {
     use super::*;
     use crate::message::Priority;
-    use bytes::Bytes;
 
     fn m(seq: u64) -> StoredMessage {
-        StoredMessage {
-            seq,
-            priority: Priority::Low,
-            ts: 0,
-            id: format!("m{seq}"),
-            json: Bytes::from(format!("{{\"seq\":{seq}}}")),
-        }
+        StoredMessage::for_test(seq, Priority::Low, 0)
     }
 
     fn batch(epoch: &str, seqs: impl IntoIterator<Item = u64>) -> StoredBatch {

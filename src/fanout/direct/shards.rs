@@ -159,13 +159,7 @@ mod tests {
         let timed = Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
         let mut expected = Vec::new();
         for no in 1..=FRAMES {
-            let m = StoredMessage {
-                seq: no,
-                priority: Priority::Low,
-                ts: 1,
-                id: format!("id{no}"),
-                json: bytes::Bytes::from(format!(r#"{{"seq":{no}}}"#)),
-            };
+            let m = StoredMessage::for_test(no, Priority::Low, 1);
             let mut frame = Frame::encode("r1", Arc::from("e1"), no - 1, no, &[m]);
             frame.no = no;
             let frame = Arc::new(frame);
