@@ -301,6 +301,9 @@ try {
   await step("scrolling lanes never overlap", async () => {
     const texts = ["short", "a somewhat longer comment here", "mid length one", "ok",
       "another fairly long line of danmaku text", "hi", "lane test seven", "eight", "the ninth comment", "ten!"];
+    // Lanes free first: the long compressed comments of the steps before may
+    // still be crossing, and a comment with no free lane is dropped by design.
+    await page.waitForFunction(() => document.querySelectorAll("#overlay .dm").length === 0, null, { timeout: 30000 });
     const ids = [];
     for (const t of texts) ids.push(await post(t));
     for (const id of ids) await page.waitForSelector(`#overlay .dm${sel(id)}`, { timeout: 5000 });
