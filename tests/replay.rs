@@ -223,13 +223,7 @@ async fn embedded_live_is_archived_and_replayed() {
 // ---- services: live Redis, replay Redis, MariaDB --------------------------
 
 fn services() -> Option<(String, String, String)> {
-    let urls = common::procs::service_urls(&[
-        "DANMAKU_TEST_REDIS_URL",
-        "DANMAKU_TEST_REPLAY_REDIS_URL",
-        "DANMAKU_TEST_MYSQL_URL",
-    ])?;
-    let [live, replay, mysql] = <[String; 3]>::try_from(urls).ok()?;
-    Some((live, replay, mysql))
+    common::procs::replay_service_urls()
 }
 
 fn host_port(url: &str) -> String {

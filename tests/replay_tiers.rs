@@ -50,12 +50,7 @@ fn embedded() -> Backend {
 }
 
 fn services() -> Option<Backend> {
-    let urls = common::procs::service_urls(&[
-        "DANMAKU_TEST_REDIS_URL",
-        "DANMAKU_TEST_REPLAY_REDIS_URL",
-        "DANMAKU_TEST_MYSQL_URL",
-    ])?;
-    let [live, replay, mysql] = <[String; 3]>::try_from(urls).ok()?;
+    let (live, replay, mysql) = common::procs::replay_service_urls()?;
     Some(Backend {
         archive_url: mysql,
         live_redis: Some(live),

@@ -46,6 +46,18 @@ pub fn service_urls(names: &[&str]) -> Option<Vec<String>> {
     None
 }
 
+/// The replay suites' services: (live Redis, replay Redis, MariaDB) URLs, as
+/// [`service_urls`] finds them.
+pub fn replay_service_urls() -> Option<(String, String, String)> {
+    let urls = service_urls(&[
+        "DANMAKU_TEST_REDIS_URL",
+        "DANMAKU_TEST_REPLAY_REDIS_URL",
+        "DANMAKU_TEST_MYSQL_URL",
+    ])?;
+    let [live, replay, mysql] = <[String; 3]>::try_from(urls).ok()?;
+    Some((live, replay, mysql))
+}
+
 /// Whether `program` runs (`program --version` or similar exits at all).
 pub fn have_program(program: &str) -> bool {
     Command::new(program)
