@@ -20,6 +20,9 @@
 #
 # CONTROLLER_PORT defaults to a free loopback port; ADVERTISED_PORT (the
 # address clients are told to use, e.g. a proxy's) to PORT.
+# DANMAKU_KAFKA_HOST (default 127.0.0.1): the address the client listener
+# binds to and advertises, e.g. a bridge address that processes in network
+# namespaces reach (scripts/partitions.sh); the controller stays on loopback.
 # Env: DANMAKU_KAFKA_VERSION (default 4.4.0), DANMAKU_KAFKA_CACHE (default
 #      ~/.cache/danmaku-kafka), DANMAKU_KAFKA_HEAP (default 512m),
 #      DANMAKU_KAFKA_PARTITIONS (auto-created topics' partitions, default 4),
@@ -106,7 +109,7 @@ free_port() {
 # configure PORT DIR [CONTROLLER_PORT [ADVERTISED_PORT]]: server.properties
 # and log4j2.properties in DIR; formats DIR/data when it is new.
 configure() {
-  local port="$1" dir="$2" cport="${3:-}" adv="${4:-$1}"
+  local port="$1" dir="$2" cport="${3:-}" adv="${4:-$1}" host="${DANMAKU_KAFKA_HOST:-127.0.0.1}"
   [ -n "$cport" ] || cport="$(free_port)"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
@@ -116,8 +119,8 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$cport
 controller.listener.names=CONTROLLER
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$adv
+listeners=PLAINTEXT://$host:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=PLAINTEXT://$host:$adv
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 log.dirs=$dir/data
@@ -209,11 +212,11 @@ start() {
     if [ $((SECONDS - began)) -ge "$limit" ]; then
       tail -n 40 "$dir/kafka.log" >&2
       kill -KILL "$pid" 2>/dev/null || true
-      die "the broker was not ready on 127.0.0.1:$port in $limit s (log: $dir/kafka.log)"
+      die "the broker was not ready on ${DANMAKU_KAFKA_HOST:-127.0.0.1}:$port in $limit s (log: $dir/kafka.log)"
     fi
     sleep 0.2
   done
-  echo "kafka.sh: Apache Kafka $version ready on 127.0.0.1:$port in $((SECONDS - began)) s (pid $pid)" >&2
+  echo "kafka.sh: Apache Kafka $version ready on ${DANMAKU_KAFKA_HOST:-127.0.0.1}:$port in $((SECONDS - began)) s (pid $pid)" >&2
 }
 
 stop() {

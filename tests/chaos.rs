@@ -198,7 +198,7 @@ async fn chaos_front_sigkill() {
     let ready = rig
         .all_ready(&[&rig.fronts[1]], Duration::from_secs(30), "front")
         .await;
-    rig.ports.lock().unwrap()[1] = rig.fronts[1].port;
+    rig.addrs.lock().unwrap()[1] = rig.fronts[1].addr();
     tokio::time::sleep(STEADY).await;
 
     let ledger = load.stop().await;

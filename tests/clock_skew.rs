@@ -86,7 +86,7 @@ async fn fronts_two_seconds_apart_shift_no_gears_and_lose_nothing() {
         env.push(("DANMAKU_SERVER__CLOCK_OFFSET_MS".into(), offset.to_string()));
         let front = Node::spawn("front", &env);
         front.ready(&rig.http).await;
-        rig.ports.lock().unwrap().push(front.port);
+        rig.addrs.lock().unwrap().push(front.addr());
         rig.fronts.push(front);
     }
     for (front, offset) in rig.fronts.iter().zip(OFFSETS) {

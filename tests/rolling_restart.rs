@@ -87,7 +87,7 @@ async fn rolling_restart_of_every_front_loses_and_repeats_nothing() {
             serving.is_ok_and(|r| r.status().is_success()),
             "front {k}: stopped serving while draining"
         );
-        rig.ports.lock().unwrap().retain(|p| *p != port);
+        rig.addrs.lock().unwrap().retain(|a| a.port() != port);
         let status = rig.fronts[k]
             .exited(Duration::from_secs(30))
             .await
@@ -99,7 +99,7 @@ async fn rolling_restart_of_every_front_loses_and_repeats_nothing() {
         rig.all_ready(&[&rig.fronts[k]], Duration::from_secs(30), "rolling")
             .await;
         ready_in.push(t.elapsed());
-        rig.ports.lock().unwrap().push(rig.fronts[k].port);
+        rig.addrs.lock().unwrap().push(rig.fronts[k].addr());
         tokio::time::sleep(STEADY).await;
     }
 

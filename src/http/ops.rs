@@ -59,21 +59,29 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// How long `/readyz` waits for each dependency. The checks run at once, so
+/// the answer comes within about this much even when the node is cut off
+/// from everything it needs (a load balancer's health check gives up after a
+/// few seconds; a late answer would read as a dead node, not a drained one).
+const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Ready when the store and the bus answer and the node is not stopping.
 async fn readyz(State(s): State<AppState>) -> Response {
-    let t = Duration::from_secs(1);
-    let store = matches!(tokio::time::timeout(t, s.store.ping()).await, Ok(Ok(())));
-    let bus = matches!(tokio::time::timeout(t, s.bus.ping()).await, Ok(Ok(())));
+    let t = READY_CHECK_TIMEOUT;
+    let (store, bus, archive, replay_redis) = tokio::join!(
+        tokio::time::timeout(t, s.store.ping()),
+        tokio::time::timeout(t, s.bus.ping()),
+        tokio::time::timeout(t, s.replay.archive().ping()),
+        s.replay.ping_redis(),
+    );
+    let store = matches!(store, Ok(Ok(())));
+    let bus = matches!(bus, Ok(Ok(())));
     // Draining: still serving, but the load balancer should send no more.
     let stopping = s.draining.is_cancelled() || s.stopping.is_cancelled();
     // The archive and the replay Redis serve replay and archiving only: a
     // node without them still serves live rooms, so it stays in the load
     // balancer ("degraded", 200) rather than out of it.
-    let archive = matches!(
-        tokio::time::timeout(t, s.replay.archive().ping()).await,
-        Ok(Ok(()))
-    );
-    let replay_redis = s.replay.ping_redis().await;
+    let archive = matches!(archive, Ok(Ok(())));
     let ready = store && bus && !stopping;
     let whole = archive && replay_redis != Some(false);
     let status = match (ready, whole) {

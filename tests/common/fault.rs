@@ -5,6 +5,7 @@
 //! invariants checked over all three (see tests/chaos.rs for the list).
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use danmaku::store::redis::RedisStore;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use super::procs::{Kafka, Node, OwnRedis};
+use super::procs::{Kafka, Node, OwnRedis, Placement};
 use super::{now_ms, WsEnd, WsViewer};
 
 /// Posts per second of the steady load.
@@ -50,8 +51,9 @@ pub struct Rig {
     pub config: Config,
     pub fronts: Vec<Node>,
     pub processors: Vec<Node>,
-    /// The fronts' ports as clients see them (a restarted front has a new one).
-    pub ports: Arc<Mutex<Vec<u16>>>,
+    /// The fronts' addresses as clients see them (a restarted front has a
+    /// new port).
+    pub addrs: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl Rig {
@@ -72,7 +74,28 @@ impl Rig {
         fronts: usize,
         extra: &[(&str, String)],
     ) -> Rig {
-        let redis = OwnRedis::start();
+        let redis = tokio::task::block_in_place(OwnRedis::start);
+        Self::start_placed(
+            name,
+            redis,
+            kafka,
+            vec![None; processors],
+            vec![None; fronts],
+            extra,
+        )
+        .await
+    }
+
+    /// One processor and one front per placement (`None`: on loopback here;
+    /// else in that network namespace), on `redis` and `kafka`.
+    pub async fn start_placed(
+        name: &str,
+        redis: OwnRedis,
+        kafka: Kafka,
+        processors: Vec<Option<Placement>>,
+        fronts: Vec<Option<Placement>>,
+        extra: &[(&str, String)],
+    ) -> Rig {
         let unique = format!("{name}-{}-{}", std::process::id(), now_ms());
         let mut env: Vec<(String, String)> = [
             ("DANMAKU_STORE__ENGINE", "redis".to_string()),
@@ -101,7 +124,8 @@ impl Rig {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        let config = Config::embedded();
+        // What the nodes load (secrets included, to issue their tokens).
+        let config = Config::load(None, env.clone()).expect("the nodes' configuration");
         let token = Authenticator::new(&config.auth).issue(PUBLISHER, "Chaos", 3600);
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -109,14 +133,18 @@ impl Rig {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .unwrap();
-        let processors: Vec<Node> = (0..processors)
-            .map(|_| Node::spawn("processor", &env))
+        let processors: Vec<Node> = processors
+            .into_iter()
+            .map(|at| Node::spawn_at("processor", &env, at))
             .collect();
-        let fronts: Vec<Node> = (0..fronts).map(|_| Node::spawn("front", &env)).collect();
+        let fronts: Vec<Node> = fronts
+            .into_iter()
+            .map(|at| Node::spawn_at("front", &env, at))
+            .collect();
         for n in processors.iter().chain(&fronts) {
             n.ready(&http).await;
         }
-        let ports = Arc::new(Mutex::new(fronts.iter().map(|f| f.port).collect()));
+        let addrs = Arc::new(Mutex::new(fronts.iter().map(Node::addr).collect()));
         Rig {
             redis,
             kafka,
@@ -126,7 +154,7 @@ impl Rig {
             config,
             fronts,
             processors,
-            ports,
+            addrs,
         }
     }
 
@@ -201,6 +229,21 @@ pub struct Ledger {
     pub refused: Mutex<Vec<String>>,
     /// Answers of every attempt, by status (or `transport`).
     pub answers: Mutex<HashMap<String, usize>>,
+    /// Every attempt, in the order they ended.
+    pub attempts: Mutex<Vec<Attempt>>,
+}
+
+/// One post attempt: where it went, when, its answer and how long it took.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub to: SocketAddr,
+    pub sent: Instant,
+    pub took: Duration,
+    /// The status (`None`: no answer, a transport error or the client's
+    /// timeout).
+    pub status: Option<StatusCode>,
+    /// The error body's `error.code`, if any.
+    pub code: Option<String>,
 }
 
 impl Ledger {
@@ -238,10 +281,10 @@ impl Load {
     pub fn start(rig: &Rig, room: &str, tag: &str) -> Load {
         let ledger = Arc::new(Ledger::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let (http, token, ports, room, tag) = (
+        let (http, token, addrs, room, tag) = (
             rig.http.clone(),
             rig.token.clone(),
-            rig.ports.clone(),
+            rig.addrs.clone(),
             room.to_string(),
             tag.to_string(),
         );
@@ -258,7 +301,7 @@ impl Load {
                 posts.spawn(post_with_retry(
                     http.clone(),
                     token.clone(),
-                    ports.clone(),
+                    addrs.clone(),
                     room.clone(),
                     text,
                     i,
@@ -290,20 +333,21 @@ impl Load {
 pub async fn post_with_retry(
     http: reqwest::Client,
     token: String,
-    ports: Arc<Mutex<Vec<u16>>>,
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
     room: String,
     text: String,
     i: usize,
     ledger: Arc<Ledger>,
 ) {
     for attempt in 0..3 {
-        let port = {
-            let p = ports.lock().unwrap();
-            p[(i + attempt) % p.len()]
+        let addr = {
+            let a = addrs.lock().unwrap();
+            a[(i + attempt) % a.len()]
         };
         let sent_ms = now_ms();
+        let sent = Instant::now();
         let res = http
-            .post(format!("http://127.0.0.1:{port}/v1/rooms/{room}/danmaku"))
+            .post(format!("http://{addr}/v1/rooms/{room}/danmaku"))
             .bearer_auth(&token)
             .body(json!({"client_msg_id": text, "text": text}).to_string())
             .send()
@@ -315,6 +359,13 @@ pub async fn post_with_retry(
             }
             Err(_) => (None, Value::Null),
         };
+        ledger.attempts.lock().unwrap().push(Attempt {
+            to: addr,
+            sent,
+            took: sent.elapsed(),
+            status,
+            code: body["error"]["code"].as_str().map(str::to_string),
+        });
         *ledger
             .answers
             .lock()
@@ -383,17 +434,24 @@ impl Viewers {
 
     /// `per_front` WebSocket viewers on each front.
     pub async fn start_n(rig: &Rig, room: &str, per_front: usize) -> Viewers {
+        let n = rig.addrs.lock().unwrap().len();
+        Self::start_on(rig, room, &(0..n).collect::<Vec<_>>(), per_front).await
+    }
+
+    /// `per_front` WebSocket viewers on each of `fronts` (indices into
+    /// `rig.addrs`), interleaved.
+    pub async fn start_on(rig: &Rig, room: &str, fronts: &[usize], per_front: usize) -> Viewers {
         let target = Arc::new(AtomicUsize::new(usize::MAX));
         let mut tasks = Vec::new();
-        let n = rig.ports.lock().unwrap().len();
-        for k in 0..n * per_front {
-            let (ports, room, target) = (rig.ports.clone(), room.to_string(), target.clone());
+        for k in 0..fronts.len() * per_front {
+            let front = fronts[k % fronts.len()];
+            let (addrs, room, target) = (rig.addrs.clone(), room.to_string(), target.clone());
             let first = WsViewer::connect(&format!(
-                "ws://127.0.0.1:{}/v1/rooms/{room}/ws",
-                ports.lock().unwrap()[k % n]
+                "ws://{}/v1/rooms/{room}/ws",
+                addrs.lock().unwrap()[front]
             ))
             .await;
-            tasks.push(tokio::spawn(watch(first, ports, room, k % n, target)));
+            tasks.push(tokio::spawn(watch(first, addrs, room, front, target)));
         }
         Viewers { target, tasks }
     }
@@ -416,7 +474,7 @@ impl Viewers {
 
 pub async fn watch(
     first: WsViewer,
-    ports: Arc<Mutex<Vec<u16>>>,
+    addrs: Arc<Mutex<Vec<SocketAddr>>>,
     room: String,
     mut front: usize,
     target: Arc<AtomicUsize>,
@@ -455,11 +513,11 @@ pub async fn watch(
                 .map_or(Duration::ZERO, |(_, w)| std::mem::take(w));
             tokio::time::sleep(wait.max(Duration::from_millis(100))).await;
             let url = {
-                let p = ports.lock().unwrap();
-                front = (front + 1) % p.len();
+                let a = addrs.lock().unwrap();
+                front = (front + 1) % a.len();
                 format!(
-                    "ws://127.0.0.1:{}/v1/rooms/{room}/ws?cursor={cursor}&epoch={epoch}",
-                    p[front]
+                    "ws://{}/v1/rooms/{room}/ws?cursor={cursor}&epoch={epoch}",
+                    a[front]
                 )
             };
             if let Ok(v) = WsViewer::try_connect(&url).await {

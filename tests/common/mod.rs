@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fault;
+pub mod netns;
 pub mod pair;
 pub mod procs;
 pub mod proxy;

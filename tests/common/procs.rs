@@ -87,15 +87,15 @@ pub fn require_programs(programs: &[&str]) -> Option<()> {
     None
 }
 
-fn wait_port(what: &str, port: u16, within: Duration, child: &mut Child) {
+fn wait_port(what: &str, host: &str, port: u16, within: Duration, child: &mut Child) {
     let deadline = Instant::now() + within;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while std::net::TcpStream::connect((host, port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before opening 127.0.0.1:{port}: {status}");
+            panic!("{what} exited before opening {host}:{port}: {status}");
         }
         assert!(
             Instant::now() < deadline,
-            "{what} did not open 127.0.0.1:{port} in {within:?}"
+            "{what} did not open {host}:{port} in {within:?}"
         );
         std::thread::sleep(Duration::from_millis(25));
     }
@@ -140,6 +140,14 @@ impl Drop for ScratchDir {
 
 // ---- danmaku roles -----------------------------------------------------------
 
+/// Where a node runs: a network namespace (`ip netns exec NETNS`) and the
+/// address it listens on there (tests/common/netns.rs).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub netns: String,
+    pub ip: std::net::Ipv4Addr,
+}
+
 /// One `danmaku` process (`front`, `processor`, `archiver`); killed when
 /// dropped.
 pub struct Node {
@@ -147,16 +155,36 @@ pub struct Node {
     pub port: u16,
     pub role: &'static str,
     env: Vec<(String, String)>,
+    /// `None`: the test's own network namespace, on loopback.
+    placement: Option<Placement>,
 }
 
 impl Node {
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}", self.addr())
+    }
+
+    /// Where clients reach it.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        let ip = self
+            .placement
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |p| p.ip);
+        (ip, self.port).into()
     }
 
     /// Starts `danmaku ROLE` on a free port with `env` (plus `DANMAKU_LISTEN`
     /// and `DANMAKU_LOG=warn` unless `env` sets it).
     pub fn spawn(role: &'static str, env: &[(String, String)]) -> Node {
+        Self::spawn_at(role, env, None)
+    }
+
+    /// [`Node::spawn`], in `placement`'s network namespace when given.
+    pub fn spawn_at(
+        role: &'static str,
+        env: &[(String, String)],
+        placement: Option<Placement>,
+    ) -> Node {
         let mut node = Node {
             child: None,
             port: free_port(),
@@ -166,17 +194,27 @@ impl Node {
                 .filter(|(k, _)| k != "DANMAKU_LISTEN")
                 .cloned()
                 .collect(),
+            placement,
         };
         node.start();
         node
     }
 
     fn start(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_danmaku"));
+        let bin = env!("CARGO_BIN_EXE_danmaku");
+        // `ip netns exec` execs the program: the child's pid is danmaku's.
+        let mut cmd = match &self.placement {
+            None => Command::new(bin),
+            Some(p) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &p.netns, bin]);
+                c
+            }
+        };
         cmd.arg(self.role)
             .env("DANMAKU_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("DANMAKU_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("DANMAKU_LISTEN", self.addr().to_string())
             .stdout(node_log(self.role, self.port, &self.env))
             .stderr(Stdio::inherit());
         self.child = Some(cmd.spawn().expect("spawn danmaku"));
@@ -301,14 +339,22 @@ fn node_log(role: &str, port: u16, env: &[(String, String)]) -> Stdio {
 pub struct OwnRedis {
     child: Option<Child>,
     pub port: u16,
+    /// The address it binds to.
+    host: String,
     dir: ScratchDir,
 }
 
 impl OwnRedis {
     pub fn start() -> OwnRedis {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Bound to `host` (an address of this network namespace).
+    pub fn start_on(host: &str) -> OwnRedis {
         let mut r = OwnRedis {
             child: None,
             port: free_port(),
+            host: host.to_string(),
             dir: ScratchDir::new("redis"),
         };
         r.spawn();
@@ -318,7 +364,10 @@ impl OwnRedis {
     /// Starts redis-server (again) on its port and data directory.
     pub fn spawn(&mut self) {
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind", &self.host])
+            // Clients from other addresses than loopback (network
+            // namespaces) are the point of binding elsewhere.
+            .args(["--protected-mode", "no"])
             .args([
                 "--appendonly",
                 "yes",
@@ -334,6 +383,7 @@ impl OwnRedis {
             .expect("redis-server on PATH");
         wait_port(
             "redis-server",
+            &self.host,
             self.port,
             Duration::from_secs(10),
             &mut child,
@@ -342,7 +392,7 @@ impl OwnRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
     }
 
     /// SIGTERM (redis flushes its AOF), wait, start again on the same port.
@@ -410,6 +460,8 @@ pub struct Kafka {
     pub port: u16,
     /// The port advertised to clients (the listener's, or a proxy's).
     pub advertised: u16,
+    /// The client listener's address (`DANMAKU_KAFKA_HOST` of scripts/kafka.sh).
+    host: String,
     controller: u16,
     dir: ScratchDir,
     starts: u32,
@@ -424,10 +476,16 @@ impl Kafka {
     /// A broker listening on `port`, advertising `advertised` (a proxy's
     /// port, say) or else its own.
     pub fn start_at(port: u16, advertised: Option<u16>) -> Kafka {
+        Self::start_on("127.0.0.1", port, advertised)
+    }
+
+    /// A broker whose client listener binds to and advertises `host`.
+    pub fn start_on(host: &str, port: u16, advertised: Option<u16>) -> Kafka {
         let mut k = Kafka {
             child: None,
             port,
             advertised: advertised.unwrap_or(port),
+            host: host.to_string(),
             controller: free_port(),
             dir: ScratchDir::new("kafka"),
             starts: 0,
@@ -437,7 +495,7 @@ impl Kafka {
     }
 
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.advertised)
+        format!("{}:{}", self.host, self.advertised)
     }
 
     /// Starts the broker (again) and waits until it serves clients. Each
@@ -454,6 +512,7 @@ impl Kafka {
             .arg(self.dir.0.join("node"))
             .arg(self.controller.to_string())
             .arg(self.advertised.to_string())
+            .env("DANMAKU_KAFKA_HOST", &self.host)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -481,7 +540,8 @@ impl Kafka {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "kafka was not ready on 127.0.0.1:{} in {KAFKA_START:?}:\n{}",
+                    "kafka was not ready on {}:{} in {KAFKA_START:?}:\n{}",
+                    self.host,
                     self.port,
                     tail(&log)
                 );
@@ -489,7 +549,8 @@ impl Kafka {
             std::thread::sleep(Duration::from_millis(50));
         }
         eprintln!(
-            "kafka on 127.0.0.1:{} ready in {:.1} s (start {})",
+            "kafka on {}:{} ready in {:.1} s (start {})",
+            self.host,
             self.port,
             began.elapsed().as_secs_f64(),
             self.starts
