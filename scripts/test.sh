@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test. Installs what the tests need if it is missing (Debian's
-# redis-server, mariadb-server, chromium, prometheus (promtool), a Java 17 JDK
-# and Maven; the Apache Kafka
+# redis-server, mariadb-server, chromium, prometheus (promtool), nftables, a
+# Java 17 JDK and Maven; the Apache Kafka
 # broker's jars from Maven Central, via scripts/kafka.sh; playwright-core from
 # npm), starts the services on loopback ports, runs lint and all test suites,
 # and stops everything on exit.
@@ -48,6 +48,8 @@ command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# nft: the partition suite's cuts (scripts/partitions.sh).
+command -v nft >/dev/null || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # The Python WebSocket client of tests/python_websockets.rs (Debian's python3).
 /usr/bin/python3 -c "import websockets" 2>/dev/null || need_apt+=(python3-websockets)
 if [ -z "${DANMAKU_SKIP_BROWSER:-}" ] && [ ! -x /usr/bin/chromium ]; then need_apt+=(chromium); fi
@@ -91,8 +93,9 @@ log "format and lint"
 cargo fmt --check
 cargo clippy --all-targets --locked -- -D warnings
 
+# (The partition suite runs on its own after the soak.)
 log "unit, integration (embedded engines) and engine tests (Redis, Kafka, MariaDB, processes)"
-cargo test --lib --bins --tests --locked -- --include-ignored "$@"
+cargo test --lib --bins --tests --locked -- --include-ignored --skip partitioned_ "$@"
 
 log "the integration suite again with the Redis live store"
 DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test auth_failures \
@@ -114,6 +117,9 @@ DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" clients/java/test.sh
 log "soak: 3 minutes of the mix on two fronts + a processor (scripts/soak.sh)"
 DANMAKU_BIN_DIR="$CARGO_TARGET_DIR/debug" SOAK_PORT_BASE=$((base + 10)) \
   SOAK_MAX_RSS_MB_PER_10MIN=30 scripts/soak.sh 3
+
+log "network partitions: 5 s cuts in network namespaces, under load (scripts/partitions.sh)"
+scripts/partitions.sh 5
 
 log "Prometheus rules and the Grafana dashboard against the metrics a server exports (deploy/)"
 DANMAKU_BIN="$CARGO_TARGET_DIR/debug/danmaku" deploy/check.sh
