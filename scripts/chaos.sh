@@ -16,20 +16,5 @@
 # Env: DANMAKU_TEST_NODE_LOGS=DIR keeps each danmaku process's log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}"
-export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-export PATH="$HOME/.cargo/bin:$PATH"
-export DANMAKU_REQUIRE_SERVICES=1
-scripts/kafka.sh fetch >/dev/null
-out="$(mktemp /tmp/danmaku-chaos.XXXXXX)"
-trap 'rm -f "$out"' EXIT
-
-start=$(date +%s)
-status=0
-cargo test --locked --test chaos -- --include-ignored --nocapture --test-threads=1 "$@" \
-  2>&1 | tee "$out" || status=$?
-echo
-echo "== fault figures ($(($(date +%s) - start)) s in all)"
-# (The harness prints "test NAME ... " before a test's own output.)
-grep -oE 'chaos [a-z]+: sent=.*' "$out" || echo "(none printed)"
-exit "$status"
+. scripts/lib/fault_suite.sh
+fault_suite_run chaos "fault figures" "$@"

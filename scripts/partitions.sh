@@ -20,28 +20,15 @@
 # Env: DANMAKU_TEST_NODE_LOGS=DIR keeps each danmaku process's log there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/danmaku-target}"
-export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
-export PATH="$HOME/.cargo/bin:$PATH"
-export DANMAKU_REQUIRE_SERVICES=1
-export DANMAKU_PARTITION_SECONDS="${1:-10}"
+seconds="${1:-10}"
 [ $# -gt 0 ] && shift
-case "$DANMAKU_PARTITION_SECONDS" in
+case "$seconds" in
   '' | *[!0-9]*) echo "partitions.sh: SECONDS must be a whole number" >&2; exit 2 ;;
 esac
 if [ "$(id -u)" -ne 0 ]; then
   echo "partitions.sh: needs root (network namespaces and nftables)" >&2
   exit 1
 fi
-scripts/kafka.sh fetch >/dev/null
-out="$(mktemp /tmp/danmaku-partitions.XXXXXX)"
-trap 'rm -f "$out"' EXIT
-
-start=$(date +%s)
-status=0
-cargo test --locked --test partitions -- --include-ignored --nocapture --test-threads=1 "$@" \
-  2>&1 | tee "$out" || status=$?
-echo
-echo "== partition figures, ${DANMAKU_PARTITION_SECONDS} s cuts ($(($(date +%s) - start)) s in all)"
-grep -oE 'chaos cut-[a-z]+: sent=.*' "$out" || echo "(none printed)"
-exit "$status"
+export DANMAKU_PARTITION_SECONDS="$seconds"
+. scripts/lib/fault_suite.sh
+fault_suite_run partitions "partition figures, $seconds s cuts" "$@"

@@ -40,6 +40,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -82,9 +83,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Takes the suite's lock (one cut at a time) and starts a cluster;
+    /// `None`: skipped (see [`require_netns`]).
+    async fn start_alone(name: &str) -> Option<(tokio::sync::MutexGuard<'static, ()>, Cluster)> {
+        let one = SERIAL.lock().await;
+        Some((one, Self::start(name).await?))
+    }
+
     async fn start(name: &str) -> Option<Cluster> {
-        programs(&[])?;
         require_netns()?;
+        programs(&[])?;
         let mut net = Net::create();
         let redis_ip = net.service_addr(2);
         let kafka_ip = net.service_addr(3);
@@ -154,43 +162,56 @@ impl Probes {
     }
 }
 
-/// Asks `base` + each of `paths` (each path on its own, one request at a
-/// time, 200 ms apart) until stopped; a 10 s client timeout stands for a
-/// hang.
-fn probe(
-    http: &reqwest::Client,
-    base: String,
-    paths: Vec<String>,
-    since: Instant,
-) -> (
-    Arc<Mutex<Probes>>,
-    Arc<std::sync::atomic::AtomicBool>,
-    tokio::task::JoinSet<()>,
-) {
-    let probes = Arc::new(Mutex::new(Probes::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut tasks = tokio::task::JoinSet::new();
-    for path in paths {
-        let (p, s, http, base) = (probes.clone(), stop.clone(), http.clone(), base.clone());
-        tasks.spawn(async move {
-            while !s.load(std::sync::atomic::Ordering::SeqCst) {
-                let t = Instant::now();
-                let (status, body) = match http.get(format!("{base}{path}")).send().await {
-                    Ok(r) => (Some(r.status()), r.json().await.unwrap_or(Value::Null)),
-                    Err(_) => (None, Value::Null),
-                };
-                p.lock().unwrap().seen.push((
-                    since.elapsed(),
-                    path.clone(),
-                    status,
-                    t.elapsed(),
-                    body,
-                ));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        });
+/// Requests in flight against one node while it is cut.
+struct Probing {
+    probes: Arc<Mutex<Probes>>,
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Probing {
+    /// Asks `base` + each of `paths` (each path on its own, one request at
+    /// a time, 200 ms apart) until [`Probing::finish`]; the client's 10 s
+    /// timeout stands for a hang.
+    fn start(http: &reqwest::Client, base: String, paths: Vec<String>, since: Instant) -> Probing {
+        let probes = Arc::new(Mutex::new(Probes::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        for path in paths {
+            let (p, s, http, base) = (probes.clone(), stop.clone(), http.clone(), base.clone());
+            tasks.spawn(async move {
+                while !s.load(Ordering::SeqCst) {
+                    let t = Instant::now();
+                    let (status, body) = match http.get(format!("{base}{path}")).send().await {
+                        Ok(r) => (Some(r.status()), r.json().await.unwrap_or(Value::Null)),
+                        Err(_) => (None, Value::Null),
+                    };
+                    p.lock().unwrap().seen.push((
+                        since.elapsed(),
+                        path.clone(),
+                        status,
+                        t.elapsed(),
+                        body,
+                    ));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
+        Probing {
+            probes,
+            stop,
+            tasks,
+        }
     }
-    (probes, stop, tasks)
+
+    /// Stops asking (after the requests in flight end); what was answered.
+    async fn finish(mut self) -> Probes {
+        self.stop.store(true, Ordering::SeqCst);
+        while let Some(t) = self.tasks.join_next().await {
+            t.unwrap();
+        }
+        std::mem::take(&mut *self.probes.lock().unwrap())
+    }
 }
 
 /// `202`, `503 store_unavailable` (status and error code), or `none` (no
@@ -248,267 +269,188 @@ async fn first_ack_by(ledger: &Ledger, to: SocketAddr, t: Instant, within: Durat
     }
 }
 
+// ---- one cut under load ------------------------------------------------------------
+
+/// Which process a cut isolates.
+#[derive(Clone, Copy)]
+enum Target {
+    Front(usize),
+    Processor,
+}
+
+/// What a cut under load came to, invariants checked.
+struct Outcome {
+    f: Figures,
+    ledger: Arc<Ledger>,
+    /// What the cut process answered to the probes during the cut.
+    probes: Probes,
+    cut_at: Instant,
+    healed: Instant,
+    /// Fronts: heal → its first acknowledged post, with `/readyz` 200.
+    /// Processor: heal → every post acknowledged before the heal stored.
+    recovery: Duration,
+    /// Posts in the store when the cut was healed.
+    stored_at_heal: usize,
+    room: String,
+}
+
+/// Under the fault suite's load in a room of its own (viewers on front 0),
+/// cuts `target` off `cut` for [`cut_for`] while asking it `probe_paths`
+/// (`{room}` in a path stands for the room), heals, waits for recovery and
+/// checks the invariants.
+async fn cut_under_load(
+    c: &Cluster,
+    tag: &str,
+    target: Target,
+    cut: Cut,
+    probe_paths: &[&str],
+) -> Outcome {
+    let rig = &c.rig;
+    let room = &format!("{tag}-{}", now_ms());
+    let probe_paths = probe_paths
+        .iter()
+        .map(|p| p.replace("{room}", room))
+        .collect();
+    let viewers = Viewers::start_on(rig, room, &[0], 4).await;
+    let load = Load::start(rig, room, tag);
+    tokio::time::sleep(STEADY).await;
+
+    let (node, at): (&Node, &Placement) = match target {
+        Target::Front(k) => (&rig.fronts[k], &c.fronts_at[k]),
+        Target::Processor => (&rig.processors[0], &c.processor_at),
+    };
+    let cut_at = Instant::now();
+    c.net.cut(at, &cut);
+    let probing = Probing::start(&rig.http, node.base(), probe_paths, cut_at);
+    tokio::time::sleep(cut_for()).await;
+    let probes = probing.finish().await;
+    let stored_at_heal = rig.stored(room).await.len();
+    c.net.heal(at);
+    let healed = Instant::now();
+
+    let recovery = match target {
+        Target::Front(_) => {
+            let acked =
+                first_ack_by(&load.ledger, node.addr(), healed, Duration::from_secs(30)).await;
+            let ready = rig.all_ready(&[node], Duration::from_secs(30), tag).await;
+            acked.max(ready)
+        }
+        Target::Processor => {
+            let acked = load.ledger.acked_before(healed);
+            let caught = caught_up(rig, room, &acked, healed, Duration::from_secs(60)).await;
+            rig.all_ready(&[node], Duration::from_secs(30), tag).await;
+            caught.unwrap_or_else(|| {
+                panic!("{tag}: the store did not catch up with what was acked before the heal")
+            })
+        }
+    };
+    tokio::time::sleep(STEADY).await;
+    let ledger = load.stop().await;
+    let stored = settled_store(rig, room, &ledger, Duration::from_secs(30)).await;
+    let logs = viewers.finish(stored.len()).await;
+    let f = check(tag, &ledger, &stored, &logs, &HashSet::new());
+    Outcome {
+        f,
+        ledger,
+        probes,
+        cut_at,
+        healed,
+        recovery,
+        stored_at_heal,
+        room: room.clone(),
+    }
+}
+
+impl Outcome {
+    /// Posts sent to `to` during the cut: by answer, and the slowest.
+    fn during(&self, to: SocketAddr) -> (BTreeMap<String, usize>, Duration) {
+        attempts_to(&self.ledger, to, self.cut_at, self.healed)
+    }
+
+    /// The figure line: the fault suite's, then `extra`.
+    fn print(&self, tag: &str, extra: &str) {
+        eprintln!(
+            "{}",
+            figure_line(
+                tag,
+                &self.f,
+                self.recovery,
+                &format!("cut_s={:.0} {extra}", cut_for().as_secs_f64())
+            )
+        );
+    }
+
+    /// `/readyz` turned 503 naming `check` soon after the cut, and every
+    /// answer came within [`READY_BOUND`].
+    fn assert_drained(&self, tag: &str, check: &str) -> String {
+        let (readyz, slowest) = self.probes.summary("/readyz");
+        let turned = self.probes.readyz_503(check);
+        let figures = format!(
+            "readyz_503_s={} readyz={readyz:?} readyz_max_s={:.1}",
+            secs(turned),
+            slowest.as_secs_f64()
+        );
+        let turned = turned.unwrap_or_else(|| {
+            panic!("{tag}: /readyz never said 503 with {check} false: {readyz:?}")
+        });
+        assert_within(tag, "readyz turning 503", turned, Duration::from_secs(4));
+        assert_within(tag, "the slowest readyz", slowest, READY_BOUND);
+        figures
+    }
+}
+
 // ---- the cuts ----------------------------------------------------------------
 
 /// Front 1 cut from Redis, not from Kafka.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_front_from_redis() {
-    let _one = SERIAL.lock().await;
-    let Some(c) = Cluster::start("cut-redis").await else {
+    let tag = "cut-redis";
+    let Some((_one, c)) = Cluster::start_alone(tag).await else {
         return;
     };
-    let rig = &c.rig;
-    let room = format!("cut-redis-{}", now_ms());
-    let cold_room = format!("cut-redis-cold-{}", now_ms());
-    let viewers = Viewers::start_on(rig, &room, &[0], 4).await;
-    let load = Load::start(rig, &room, "r");
-    tokio::time::sleep(STEADY).await;
-
-    let front = &rig.fronts[1];
-    let cut_at = Instant::now();
-    c.net.cut(&c.fronts_at[1], &Cut::From(vec![c.redis_ip]));
-    // Reads: the busy room (its hub is warm) and a room this front has not
-    // served yet (whatever it answers needs the store).
-    let (probes, stop, mut tasks) = probe(
-        &rig.http,
-        front.base(),
-        vec![
-            "/readyz".into(),
-            format!("/v1/rooms/{room}/poll?wait_ms=0"),
-            format!("/v1/rooms/{cold_room}/poll?wait_ms=0"),
-        ],
-        cut_at,
+    // Reads: the busy room (small on this front: no viewers there, so it
+    // reads through to the store) and a room this front has not served yet.
+    let warm = "/v1/rooms/{room}/poll?wait_ms=0";
+    let cold = "/v1/rooms/{room}-cold/poll?wait_ms=0";
+    let cut = Cut::From(vec![c.redis_ip]);
+    let o = cut_under_load(&c, tag, Target::Front(1), cut, &["/readyz", warm, cold]).await;
+    let (warm, cold) = (
+        warm.replace("{room}", &o.room),
+        cold.replace("{room}", &o.room),
     );
-    tokio::time::sleep(cut_for()).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    while let Some(t) = tasks.join_next().await {
-        t.unwrap();
-    }
-    c.net.heal(&c.fronts_at[1]);
-    let healed = Instant::now();
-
-    let acked_again =
-        first_ack_by(&load.ledger, front.addr(), healed, Duration::from_secs(20)).await;
-    let ready = rig
-        .all_ready(&[front], Duration::from_secs(20), "cut-redis")
-        .await;
-    tokio::time::sleep(STEADY).await;
-    let ledger = load.stop().await;
-    let stored = settled_store(rig, &room, &ledger, Duration::from_secs(30)).await;
-    let logs = viewers.finish(stored.len()).await;
-    let f = check("cut-redis", &ledger, &stored, &logs, &HashSet::new());
-
-    let (during, slowest) = attempts_to(&ledger, front.addr(), cut_at, healed);
-    let probes = probes.lock().unwrap();
-    let readyz_503 = probes.readyz_503("store");
-    let (readyz, readyz_slowest) = probes.summary("/readyz");
-    let (warm, warm_slowest) = probes.summary(&format!("/v1/rooms/{room}/poll?wait_ms=0"));
-    let (cold, cold_slowest) = probes.summary(&format!("/v1/rooms/{cold_room}/poll?wait_ms=0"));
-    let recovery = acked_again.max(ready);
-    eprintln!(
-        "{}",
-        figure_line(
-            "cut-redis",
-            &f,
-            recovery,
-            &format!(
-                "cut_s={:.0} during_cut={during:?} max_answer_s={:.1} readyz_503_s={} \
-                 readyz={readyz:?} readyz_max_s={:.1} warm_poll={warm:?} warm_poll_max_s={:.1} \
-                 cold_poll={cold:?} cold_poll_max_s={:.1} acked_again_s={:.1} ready_s={:.1}",
-                cut_for().as_secs_f64(),
-                slowest.as_secs_f64(),
-                secs(readyz_503),
-                readyz_slowest.as_secs_f64(),
-                warm_slowest.as_secs_f64(),
-                cold_slowest.as_secs_f64(),
-                acked_again.as_secs_f64(),
-                ready.as_secs_f64(),
-            )
-        )
+    let (during, slowest) = o.during(c.rig.fronts[1].addr());
+    let drained = o.assert_drained(tag, "store");
+    let (warm_by, warm_slowest) = o.probes.summary(&warm);
+    let (cold_by, cold_slowest) = o.probes.summary(&cold);
+    o.print(
+        tag,
+        &format!(
+            "during_cut={during:?} max_answer_s={:.1} {drained} warm_poll={warm_by:?} \
+             warm_poll_max_s={:.1} cold_poll={cold_by:?} cold_poll_max_s={:.1}",
+            slowest.as_secs_f64(),
+            warm_slowest.as_secs_f64(),
+            cold_slowest.as_secs_f64(),
+        ),
     );
     assert!(
         !during.contains_key("none"),
-        "cut-redis: a post to the front cut from Redis got no answer: {during:?}"
+        "{tag}: a post to the front cut from Redis got no answer: {during:?}"
     );
-    assert_within(
-        "cut-redis",
-        "the slowest post answer",
-        slowest,
-        ANSWER_BOUND,
-    );
-    assert_within(
-        "cut-redis",
-        "the slowest readyz",
-        readyz_slowest,
-        READY_BOUND,
-    );
+    assert_within(tag, "the slowest post answer", slowest, ANSWER_BOUND);
     for (what, by, took) in [
-        ("readyz", &readyz, readyz_slowest),
-        ("a warm poll", &warm, warm_slowest),
-        ("a cold poll", &cold, cold_slowest),
+        ("warm poll", &warm_by, warm_slowest),
+        ("cold poll", &cold_by, cold_slowest),
     ] {
         // An answer: a success (served from the front's cache) or a 503
         // with an error code; never a hang, never a 500.
         let bad: Vec<&String> = by
             .keys()
-            .filter(|k| !(k.starts_with('2') || k.starts_with("503 ") || *k == "503"))
+            .filter(|k| !(k.starts_with('2') || k.starts_with("503 ")))
             .collect();
-        assert!(bad.is_empty(), "cut-redis: {what} answered {by:?}");
-        assert_within(
-            "cut-redis",
-            &format!("the slowest {what}"),
-            took,
-            ANSWER_BOUND,
-        );
+        assert!(bad.is_empty(), "{tag}: a {what} answered {by:?}");
+        assert_within(tag, &format!("the slowest {what}"), took, ANSWER_BOUND);
     }
-    let readyz_503 = readyz_503.expect("cut-redis: /readyz never said 503 with store false");
-    assert_within(
-        "cut-redis",
-        "readyz turning 503",
-        readyz_503,
-        Duration::from_secs(4),
-    );
-    assert_within("cut-redis", "recovery", recovery, Duration::from_secs(15));
-}
-
-/// The processor cut from Kafka (not from Redis).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_processor_from_kafka() {
-    let _one = SERIAL.lock().await;
-    let Some(c) = Cluster::start("cut-bus").await else {
-        return;
-    };
-    let rig = &c.rig;
-    let room = format!("cut-bus-{}", now_ms());
-    let viewers = Viewers::start_on(rig, &room, &[0], 4).await;
-    let load = Load::start(rig, &room, "p");
-    tokio::time::sleep(STEADY).await;
-
-    let processor: &Node = &rig.processors[0];
-    let cut_at = Instant::now();
-    c.net.cut(&c.processor_at, &Cut::From(vec![c.kafka_ip]));
-    let (probes, stop, mut tasks) =
-        probe(&rig.http, processor.base(), vec!["/readyz".into()], cut_at);
-    tokio::time::sleep(cut_for()).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    while let Some(t) = tasks.join_next().await {
-        t.unwrap();
-    }
-    let stored_during = rig.stored(&room).await.len();
-    c.net.heal(&c.processor_at);
-    let healed = Instant::now();
-
-    let acked = load.ledger.acked_before(healed);
-    let caught = caught_up(rig, &room, &acked, healed, Duration::from_secs(60)).await;
-    let ready = rig
-        .all_ready(&[processor], Duration::from_secs(30), "cut-bus")
-        .await;
-    tokio::time::sleep(STEADY).await;
-    let ledger = load.stop().await;
-    let stored = settled_store(rig, &room, &ledger, Duration::from_secs(30)).await;
-    let logs = viewers.finish(stored.len()).await;
-    let f = check("cut-bus", &ledger, &stored, &logs, &HashSet::new());
-
-    let acked_during = ledger
-        .acked
-        .lock()
-        .unwrap()
-        .values()
-        .filter(|(_, at)| *at >= cut_at && *at < healed)
-        .count();
-    let probes = probes.lock().unwrap();
-    let readyz_503 = probes.readyz_503("bus");
-    let (readyz, readyz_slowest) = probes.summary("/readyz");
-    let caught = caught.expect("cut-bus: the store caught up with what was acked before the heal");
-    eprintln!(
-        "{}",
-        figure_line(
-            "cut-bus",
-            &f,
-            caught,
-            &format!(
-                "cut_s={:.0} acked_during_cut={acked_during} stored_at_heal={stored_during} \
-                 readyz_503_s={} readyz={readyz:?} readyz_max_s={:.1} ready_s={:.1} answers={:?}",
-                cut_for().as_secs_f64(),
-                secs(readyz_503),
-                readyz_slowest.as_secs_f64(),
-                ready.as_secs_f64(),
-                ledger.answers.lock().unwrap()
-            )
-        )
-    );
-    assert_eq!(f.refused, 0, "cut-bus: the fronts kept acknowledging");
-    assert!(
-        acked_during > 0,
-        "cut-bus: nothing acknowledged during the cut"
-    );
-    let readyz_503 =
-        readyz_503.expect("cut-bus: the processor's /readyz never said 503 with bus false");
-    assert_within(
-        "cut-bus",
-        "readyz turning 503",
-        readyz_503,
-        Duration::from_secs(4),
-    );
-    assert_within("cut-bus", "the slowest readyz", readyz_slowest, READY_BOUND);
-    assert_within("cut-bus", "catching up", caught, Duration::from_secs(30));
-}
-
-/// Front 1 cut from everything (a lost host), viewers and posts included.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_front_from_everything() {
-    let _one = SERIAL.lock().await;
-    let Some(c) = Cluster::start("cut-all").await else {
-        return;
-    };
-    let rig = &c.rig;
-    let room = format!("cut-all-{}", now_ms());
-    let viewers = Viewers::start_on(rig, &room, &[0], 4).await;
-    let load = Load::start(rig, &room, "a");
-    tokio::time::sleep(STEADY).await;
-
-    let front = &rig.fronts[1];
-    let cut_at = Instant::now();
-    c.net.cut(&c.fronts_at[1], &Cut::Everything);
-    tokio::time::sleep(cut_for()).await;
-    c.net.heal(&c.fronts_at[1]);
-    let healed = Instant::now();
-
-    let acked_again =
-        first_ack_by(&load.ledger, front.addr(), healed, Duration::from_secs(30)).await;
-    let ready = rig
-        .all_ready(&[front], Duration::from_secs(30), "cut-all")
-        .await;
-    tokio::time::sleep(STEADY).await;
-    let ledger = load.stop().await;
-    let stored = settled_store(rig, &room, &ledger, Duration::from_secs(30)).await;
-    let logs = viewers.finish(stored.len()).await;
-    let f = check("cut-all", &ledger, &stored, &logs, &HashSet::new());
-
-    let (during, slowest) = attempts_to(&ledger, front.addr(), cut_at, healed);
-    let (healthy, _) = attempts_to(&ledger, rig.fronts[0].addr(), cut_at, healed);
-    let recovery = acked_again.max(ready);
-    eprintln!(
-        "{}",
-        figure_line(
-            "cut-all",
-            &f,
-            recovery,
-            &format!(
-                "cut_s={:.0} during_cut={during:?} max_answer_s={:.1} healthy_front_during_cut={healthy:?} \
-                 acked_again_s={:.1} ready_s={:.1}",
-                cut_for().as_secs_f64(),
-                slowest.as_secs_f64(),
-                acked_again.as_secs_f64(),
-                ready.as_secs_f64(),
-            )
-        )
-    );
-    assert!(
-        healthy.get("202").copied().unwrap_or(0) > 0,
-        "cut-all: the healthy front acknowledged nothing during the cut: {healthy:?}"
-    );
-    assert_within("cut-all", "recovery", recovery, Duration::from_secs(15));
+    assert_within(tag, "recovery", o.recovery, Duration::from_secs(15));
 }
 
 /// Front 1 cut from Kafka (not from Redis): its posts answer 503 within the
@@ -516,116 +458,108 @@ async fn partitioned_front_from_everything() {
 /// within about one check's timeout, naming both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_front_from_kafka() {
-    let _one = SERIAL.lock().await;
-    let Some(c) = Cluster::start("cut-kafka").await else {
+    let tag = "cut-kafka";
+    let Some((_one, c)) = Cluster::start_alone(tag).await else {
         return;
     };
-    let rig = &c.rig;
-    let room = format!("cut-kafka-{}", now_ms());
-    let viewers = Viewers::start_on(rig, &room, &[0], 4).await;
-    let load = Load::start(rig, &room, "k");
-    tokio::time::sleep(STEADY).await;
-
-    let front = &rig.fronts[1];
-    let cut_at = Instant::now();
-    c.net.cut(&c.fronts_at[1], &Cut::From(vec![c.kafka_ip]));
-    let (probes, stop, mut tasks) = probe(&rig.http, front.base(), vec!["/readyz".into()], cut_at);
-    tokio::time::sleep(cut_for()).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    while let Some(t) = tasks.join_next().await {
-        t.unwrap();
-    }
-    c.net.heal(&c.fronts_at[1]);
-    let healed = Instant::now();
-
-    let acked_again =
-        first_ack_by(&load.ledger, front.addr(), healed, Duration::from_secs(20)).await;
-    let ready = rig
-        .all_ready(&[front], Duration::from_secs(20), "cut-kafka")
-        .await;
-    tokio::time::sleep(STEADY).await;
-    let ledger = load.stop().await;
-    let stored = settled_store(rig, &room, &ledger, Duration::from_secs(30)).await;
-    let logs = viewers.finish(stored.len()).await;
-    let f = check("cut-kafka", &ledger, &stored, &logs, &HashSet::new());
+    let cut = Cut::From(vec![c.kafka_ip]);
+    let o = cut_under_load(&c, tag, Target::Front(1), cut, &["/readyz"]).await;
+    let front = &c.rig.fronts[1];
+    let (during, slowest) = o.during(front.addr());
+    let drained = o.assert_drained(tag, "bus");
 
     // Cut from both: the checks run at once, so no slower than one.
     let both_at = Instant::now();
     c.net
         .cut(&c.fronts_at[1], &Cut::From(vec![c.kafka_ip, c.redis_ip]));
-    let (both, stop, mut tasks) = probe(&rig.http, front.base(), vec!["/readyz".into()], both_at);
+    let probing = Probing::start(&c.rig.http, front.base(), vec!["/readyz".into()], both_at);
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    while let Some(t) = tasks.join_next().await {
-        t.unwrap();
-    }
+    let both = probing.finish().await;
     c.net.heal(&c.fronts_at[1]);
-
-    let (during, slowest) = attempts_to(&ledger, front.addr(), cut_at, healed);
-    let probes = probes.lock().unwrap();
-    let readyz_503 = probes.readyz_503("bus");
-    let (readyz, readyz_slowest) = probes.summary("/readyz");
-    let both = both.lock().unwrap();
-    let (both_readyz, both_slowest) = both.summary("/readyz");
-    let recovery = acked_again.max(ready);
-    eprintln!(
-        "{}",
-        figure_line(
-            "cut-kafka",
-            &f,
-            recovery,
-            &format!(
-                "cut_s={:.0} during_cut={during:?} max_answer_s={:.1} readyz_503_s={} \
-                 readyz={readyz:?} readyz_max_s={:.1} readyz_cut_from_both={both_readyz:?} \
-                 readyz_cut_from_both_max_s={:.1} acked_again_s={:.1} ready_s={:.1}",
-                cut_for().as_secs_f64(),
-                slowest.as_secs_f64(),
-                secs(readyz_503),
-                readyz_slowest.as_secs_f64(),
-                both_slowest.as_secs_f64(),
-                acked_again.as_secs_f64(),
-                ready.as_secs_f64(),
-            )
-        )
+    let (both_by, both_slowest) = both.summary("/readyz");
+    o.print(
+        tag,
+        &format!(
+            "during_cut={during:?} max_answer_s={:.1} {drained} readyz_cut_from_both={both_by:?} \
+             readyz_cut_from_both_max_s={:.1}",
+            slowest.as_secs_f64(),
+            both_slowest.as_secs_f64(),
+        ),
     );
     assert!(
         !during.contains_key("none"),
-        "cut-kafka: a post to the front cut from Kafka got no answer: {during:?}"
+        "{tag}: a post to the front cut from Kafka got no answer: {during:?}"
     );
     assert!(
         during.contains_key("503 bus_unavailable"),
-        "cut-kafka: no post was refused with 503 bus_unavailable: {during:?}"
+        "{tag}: no post was refused with 503 bus_unavailable: {during:?}"
     );
-    assert_within(
-        "cut-kafka",
-        "the slowest post answer",
-        slowest,
-        ANSWER_BOUND,
-    );
-    let readyz_503 = readyz_503.expect("cut-kafka: /readyz never said 503 with bus false");
-    assert_within(
-        "cut-kafka",
-        "readyz turning 503",
-        readyz_503,
-        Duration::from_secs(4),
-    );
-    assert_within(
-        "cut-kafka",
-        "the slowest readyz",
-        readyz_slowest,
-        READY_BOUND,
-    );
+    assert_within(tag, "the slowest post answer", slowest, ANSWER_BOUND);
     assert!(
         both.seen
             .iter()
             .any(|(.., body)| body["checks"]["store"] == false && body["checks"]["bus"] == false),
-        "cut-kafka: /readyz of a front cut from both never named both: {both_readyz:?}"
+        "{tag}: /readyz of a front cut from both never named both: {both_by:?}"
     );
-    assert_within(
-        "cut-kafka",
-        "readyz cut from both",
-        both_slowest,
-        READY_BOUND,
+    assert_within(tag, "readyz cut from both", both_slowest, READY_BOUND);
+    assert_within(tag, "recovery", o.recovery, Duration::from_secs(15));
+}
+
+/// The processor cut from Kafka (not from Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_processor_from_kafka() {
+    let tag = "cut-bus";
+    let Some((_one, c)) = Cluster::start_alone(tag).await else {
+        return;
+    };
+    let cut = Cut::From(vec![c.kafka_ip]);
+    let o = cut_under_load(&c, tag, Target::Processor, cut, &["/readyz"]).await;
+    let acked_during = o
+        .ledger
+        .acked
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|(_, at)| *at >= o.cut_at && *at < o.healed)
+        .count();
+    let drained = o.assert_drained(tag, "bus");
+    o.print(
+        tag,
+        &format!(
+            "acked_during_cut={acked_during} stored_at_heal={} {drained} answers={:?}",
+            o.stored_at_heal,
+            o.ledger.answers.lock().unwrap()
+        ),
     );
-    assert_within("cut-kafka", "recovery", recovery, Duration::from_secs(15));
+    assert_eq!(o.f.refused, 0, "{tag}: the fronts kept acknowledging");
+    assert!(
+        acked_during > 0,
+        "{tag}: nothing acknowledged during the cut"
+    );
+    assert_within(tag, "catching up", o.recovery, Duration::from_secs(30));
+}
+
+/// Front 1 cut from everything (a lost host): clients time out on it, and
+/// their retries go to front 0, which keeps acknowledging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_front_from_everything() {
+    let tag = "cut-all";
+    let Some((_one, c)) = Cluster::start_alone(tag).await else {
+        return;
+    };
+    let o = cut_under_load(&c, tag, Target::Front(1), Cut::Everything, &[]).await;
+    let (during, slowest) = o.during(c.rig.fronts[1].addr());
+    let (healthy, _) = o.during(c.rig.fronts[0].addr());
+    o.print(
+        tag,
+        &format!(
+            "during_cut={during:?} max_answer_s={:.1} healthy_front_during_cut={healthy:?}",
+            slowest.as_secs_f64(),
+        ),
+    );
+    assert!(
+        healthy.get("202").copied().unwrap_or(0) > 0,
+        "{tag}: the healthy front acknowledged nothing during the cut: {healthy:?}"
+    );
+    assert_within(tag, "recovery", o.recovery, Duration::from_secs(15));
 }
