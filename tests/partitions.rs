@@ -8,7 +8,8 @@
 //! - **a front cut from Redis** (not from Kafka): its answers during the cut
 //!   are answers (202, or 503 with an error code), never hangs, within
 //!   [`ANSWER_BOUND`]; its `/readyz` turns 503 saying `"store": false`, so a
-//!   load balancer drains it; its reads answer too;
+//!   load balancer drains it; its reads answer too; its viewers get every
+//!   message, each once, after the heal;
 //! - **the processor cut from Kafka**: the fronts keep acknowledging; its
 //!   `/readyz` turns 503 saying `"bus": false`; after the heal it resumes
 //!   from its committed offsets and the store catches up;
@@ -21,7 +22,8 @@
 //! partition rather than being refused. The load and the viewers are the
 //! fault suite's (tests/common/fault.rs): one publisher at `RATE_PER_S`,
 //! round robin over the two fronts, a refused post retried on the other;
-//! WebSocket viewers on the front that is not cut.
+//! WebSocket viewers on both fronts (on front 0 only when front 1 is cut
+//! from everything: its viewers' reconnection is tests/chaos.rs's front kill).
 //!
 //! Each cut prints one line, `chaos cut-<what>: sent=.. acked=.. refused=..
 //! stored=.. delivered=.. duplicates=0 lost_acked=0 recovery_s=..` and the
@@ -292,6 +294,10 @@ struct Outcome {
     /// Posts in the store when the cut was healed.
     stored_at_heal: usize,
     room: String,
+    /// Viewers on each front (front 1's are on the cut one, if a front is).
+    viewers_on: Vec<usize>,
+    /// Reconnections of the viewers, all told.
+    reconnects: usize,
 }
 
 /// Under the fault suite's load in a room of its own (viewers on front 0),
@@ -311,7 +317,14 @@ async fn cut_under_load(
         .iter()
         .map(|p| p.replace("{room}", room))
         .collect();
-    let viewers = Viewers::start_on(rig, room, &[0], 4).await;
+    // Viewers on a front that stays reachable (a front cut from everything
+    // is a lost host: its viewers' reconnection is the fault suite's front
+    // kill).
+    let on: &[usize] = match (&target, &cut) {
+        (Target::Front(_), Cut::Everything) => &[0],
+        _ => &[0, 1],
+    };
+    let viewers = Viewers::start_on(rig, room, on, 4 / on.len()).await;
     let load = Load::start(rig, room, tag);
     tokio::time::sleep(STEADY).await;
 
@@ -358,6 +371,8 @@ async fn cut_under_load(
         recovery,
         stored_at_heal,
         room: room.clone(),
+        viewers_on: on.to_vec(),
+        reconnects: logs.iter().map(|l| l.connections - 1).sum(),
     }
 }
 
@@ -375,7 +390,12 @@ impl Outcome {
                 tag,
                 &self.f,
                 self.recovery,
-                &format!("cut_s={:.0} {extra}", cut_for().as_secs_f64())
+                &format!(
+                    "cut_s={:.0} viewers_on_fronts={:?} viewer_reconnects={} {extra}",
+                    cut_for().as_secs_f64(),
+                    self.viewers_on,
+                    self.reconnects
+                )
             )
         );
     }

@@ -28,6 +28,9 @@ use crate::store::{Claim, LiveStore};
 const PENDING: &str = "pending";
 /// Claim state after a failed publish: `retry:<message id>`.
 const RETRY: &str = "retry:";
+/// Pauses between further tries to mark a failed publish for retry when the
+/// store did not take the mark (about a minute in all).
+const MARK_RETRY_PAUSES_MS: [u64; 7] = [100, 400, 1_000, 2_000, 5_000, 10_000, 30_000];
 
 /// One request's idempotency key: where it lives, what it fingerprints, how
 /// long it is kept.
@@ -122,16 +125,35 @@ impl Idempotency {
     /// A failed publish may still have reached the bus (a Kafka timeout can
     /// land later): keep the key with the message id, so a retry publishes
     /// the same id and the store keeps at most one copy.
+    ///
+    /// When the store does not take the mark (it is unreachable too), the
+    /// key stays "pending" (retries answer 409 `in_progress`) and the mark is
+    /// tried again in the background. The key is never released here: a
+    /// retry would then publish a second id while the first may still land,
+    /// and the message would be stored twice (tests/partitions.rs, a front
+    /// cut from everything, found it).
     pub async fn mark_for_retry(&self, key: &IdemKey, id: &str) {
         let value = key.value(&format!("{RETRY}{id}"));
         if self
             .store
             .set_claim(&key.key, &value, key.ttl)
             .await
-            .is_err()
+            .is_ok()
         {
-            let _ = self.store.release(&key.key).await;
+            return;
         }
+        let (store, name, ttl) = (self.store.clone(), key.key.clone(), key.ttl);
+        tokio::spawn(async move {
+            for pause in MARK_RETRY_PAUSES_MS {
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+                if store.set_claim(&name, &value, ttl).await.is_ok() {
+                    return;
+                }
+            }
+            tracing::warn!(
+                "could not mark a failed publish for retry: its key stays pending until its TTL"
+            );
+        });
     }
 
     /// Replaces a won claim's "pending" by the answer retries get.

@@ -3,6 +3,7 @@ use crate::bus::memory::MemoryBus;
 use crate::config::Config;
 use crate::message::Gift;
 use crate::store::memory::MemoryStore;
+use crate::store::StoreError;
 use axum::http::StatusCode;
 
 fn ingest(mutate: impl FnOnce(&mut IngestConfig)) -> (Ingest, Arc<MemoryBus>) {
@@ -114,6 +115,147 @@ async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
     // A third try is a plain replay.
     let again = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
     assert!(again.replayed);
+}
+
+/// A store whose `set_claim` fails the first `fails` times (a Redis that
+/// timed out), and works otherwise (a [`MemoryStore`]).
+struct MarkFlakyStore {
+    inner: MemoryStore,
+    fails: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl LiveStore for MarkFlakyStore {
+    async fn append_in_epoch(
+        &self,
+        room: &str,
+        batch: Vec<crate::message::Message>,
+    ) -> Result<crate::store::Appended, StoreError> {
+        self.inner.append_in_epoch(room, batch).await
+    }
+    async fn head(&self, room: &str) -> Result<crate::store::StreamHead, StoreError> {
+        self.inner.head(room).await
+    }
+    async fn read_range(
+        &self,
+        room: &str,
+        after: u64,
+        until: u64,
+        limit: usize,
+    ) -> Result<crate::store::StreamRead, StoreError> {
+        self.inner.read_range(room, after, until, limit).await
+    }
+    async fn retract(
+        &self,
+        room: &str,
+        id: &str,
+    ) -> Result<Option<crate::store::Retraction>, StoreError> {
+        self.inner.retract(room, id).await
+    }
+    async fn claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<crate::store::Claim, StoreError> {
+        self.inner.claim(key, value, ttl).await
+    }
+    async fn get_value(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.get_value(key).await
+    }
+    async fn set_claim(
+        &self,
+        key: &str,
+        value: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let failing = self.fails.fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        );
+        if failing.is_ok() {
+            return Err(StoreError::Unavailable("timed out".into()));
+        }
+        self.inner.set_claim(key, value, ttl).await
+    }
+    async fn release(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.release(key).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn exchange_presence(
+        &self,
+        node: &str,
+        local: &[(String, u64)],
+        ttl: std::time::Duration,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.inner.exchange_presence(node, local, ttl).await
+    }
+    async fn notify(&self, rooms: Vec<crate::store::RoomNotice>) -> Result<(), StoreError> {
+        self.inner.notify(rooms).await
+    }
+    fn updates(
+        &self,
+    ) -> tokio::sync::broadcast::Receiver<std::sync::Arc<crate::store::RoomNotice>> {
+        self.inner.updates()
+    }
+}
+
+/// A publish that failed (it may still land) while the store could not take
+/// the retry mark: retries answer 409 until the mark lands in the
+/// background, then publish the same id. Releasing the key instead let a
+/// retry publish a second id: the message stored twice.
+#[tokio::test]
+async fn a_failed_publish_whose_mark_failed_is_never_published_under_another_id() {
+    let mut c = Config::embedded();
+    c.ingest.user_burst = 1000.0;
+    let bus = Arc::new(FlakyBus {
+        inner: MemoryBus::new(2, 1000),
+        failed: Default::default(),
+        ids: Default::default(),
+    });
+    let store = Arc::new(MarkFlakyStore {
+        inner: MemoryStore::new(c.store.clone()),
+        fails: 2.into(),
+    });
+    let ing = Ingest::new(
+        c.ingest,
+        bus.clone(),
+        store,
+        Arc::new(Metrics::new()),
+        Control::in_memory(c.ration, Arc::new(Metrics::new())),
+    );
+    let v = viewer("u1");
+    let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
+    assert_eq!(e.code, "bus_unavailable");
+    // The mark failed, and so does its first try in the background: the key
+    // is still pending.
+    let busy = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
+    assert_eq!(
+        (busy.status, busy.code),
+        (StatusCode::CONFLICT, "in_progress")
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let ok = loop {
+        match ing.danmaku("r", &v, IP, req("m1", "hi")).await {
+            Ok(ok) => break ok,
+            Err(e) => assert_eq!(e.code, "in_progress", "{e:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark never landed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let ids = bus.ids.lock().clone();
+    assert_eq!(ids.len(), 2, "published twice: {ids:?}");
+    assert_eq!(
+        ids[0], ids[1],
+        "with the same message id: the store keeps one"
+    );
+    assert!(ok.body.contains(&ids[0]));
 }
 
 #[tokio::test]

@@ -236,6 +236,8 @@ pub struct Ledger {
 /// One post attempt: where it went, when, its answer and how long it took.
 #[derive(Clone, Debug)]
 pub struct Attempt {
+    /// The post's text (its `client_msg_id` too).
+    pub text: String,
     pub to: SocketAddr,
     pub sent: Instant,
     pub took: Duration,
@@ -360,6 +362,7 @@ pub async fn post_with_retry(
             Err(_) => (None, Value::Null),
         };
         ledger.attempts.lock().unwrap().push(Attempt {
+            text: text.clone(),
             to: addr,
             sent,
             took: sent.elapsed(),
@@ -719,7 +722,33 @@ pub fn check(
         lost.len(),
         &lost[..lost.len().min(10)]
     );
-    assert_eq!(duplicates, 0, "{fault}: duplicates");
+    if duplicates > 0 {
+        // The evidence: each text stored more than once, as stored, and
+        // every attempt to post it.
+        let twice: Vec<&str> = by_text
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(t, _)| *t)
+            .collect();
+        let attempts = ledger.attempts.lock().unwrap();
+        let evidence: Vec<String> = twice
+            .iter()
+            .map(|t| {
+                let copies: Vec<String> = stored
+                    .iter()
+                    .filter(|m| text_of(m) == *t)
+                    .map(|m| format!("seq {} id {} ts {}", m["seq"], m["id"], m["ts"]))
+                    .collect();
+                let tries: Vec<String> = attempts
+                    .iter()
+                    .filter(|a| a.text == *t)
+                    .map(|a| format!("{} {:?} {:?} in {:?}", a.to, a.status, a.code, a.took))
+                    .collect();
+                format!("{t}: stored {copies:?}; attempts {tries:?}")
+            })
+            .collect();
+        panic!("{fault}: {duplicates} duplicates: {evidence:#?}");
+    }
     assert!(wrong_id.is_empty(), "{fault}: {wrong_id:?}");
     assert!(
         phantom.is_empty(),
