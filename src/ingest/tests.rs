@@ -85,15 +85,19 @@ impl Bus for FlakyBus {
     }
 }
 
-#[tokio::test]
-async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
-    let c = Config::embedded();
+/// An ingest on a [`FlakyBus`] and the store `store(config)` makes (a
+/// user burst of 1000: retries are not rate limited).
+fn ingest_on_flaky_bus(
+    store: impl FnOnce(&Config) -> Arc<dyn LiveStore>,
+) -> (Ingest, Arc<FlakyBus>) {
+    let mut c = Config::embedded();
+    c.ingest.user_burst = 1000.0;
     let bus = Arc::new(FlakyBus {
         inner: MemoryBus::new(2, 1000),
         failed: Default::default(),
         ids: Default::default(),
     });
-    let store = Arc::new(MemoryStore::new(c.store.clone()));
+    let store = store(&c);
     let ing = Ingest::new(
         c.ingest,
         bus.clone(),
@@ -101,6 +105,12 @@ async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
         Arc::new(Metrics::new()),
         Control::in_memory(c.ration, Arc::new(Metrics::new())),
     );
+    (ing, bus)
+}
+
+#[tokio::test]
+async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
+    let (ing, bus) = ingest_on_flaky_bus(|c| Arc::new(MemoryStore::new(c.store.clone())));
     let v = viewer("u1");
     let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
     assert_eq!(e.code, "bus_unavailable");
@@ -209,24 +219,12 @@ impl LiveStore for MarkFlakyStore {
 /// retry publish a second id: the message stored twice.
 #[tokio::test]
 async fn a_failed_publish_whose_mark_failed_is_never_published_under_another_id() {
-    let mut c = Config::embedded();
-    c.ingest.user_burst = 1000.0;
-    let bus = Arc::new(FlakyBus {
-        inner: MemoryBus::new(2, 1000),
-        failed: Default::default(),
-        ids: Default::default(),
+    let (ing, bus) = ingest_on_flaky_bus(|c| {
+        Arc::new(MarkFlakyStore {
+            inner: MemoryStore::new(c.store.clone()),
+            fails: 2.into(),
+        })
     });
-    let store = Arc::new(MarkFlakyStore {
-        inner: MemoryStore::new(c.store.clone()),
-        fails: 2.into(),
-    });
-    let ing = Ingest::new(
-        c.ingest,
-        bus.clone(),
-        store,
-        Arc::new(Metrics::new()),
-        Control::in_memory(c.ration, Arc::new(Metrics::new())),
-    );
     let v = viewer("u1");
     let e = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap_err();
     assert_eq!(e.code, "bus_unavailable");
