@@ -19,7 +19,8 @@
 #     answers while a new topic's group coordinator starts);
 #   - a round reports a lost or duplicated message, a viewer that ended early
 #     (`dropped`), or a cut of a viewer that reads in step. Each WebSocket
-#     round has 10 slow readers (4 KiB receive buffer, 12 s stalls) and every
+#     round has 10 slow readers (4 KiB receive buffer, 15 s stalls; the fronts
+#     run with a 16 KiB socket send buffer, so the stalls get them cut) and every
 #     viewer leaves and resumes by cursor every ~20 s: slow readers' cuts are
 #     the rules at work (they resume and must lose nothing), other cuts are not.
 # Prints one line per node and a summary line:
@@ -92,6 +93,9 @@ node_env=(
   DANMAKU_INGEST__IP_RATE_PER_S=1000000 DANMAKU_INGEST__IP_BURST=1000000
   DANMAKU_INGEST__USER_RATE_PER_S=1000000 DANMAKU_INGEST__USER_BURST=1000000
   DANMAKU_SERVER__MAX_VIEWER_CONNECTIONS_PER_IP=100000
+  # As in production (config/production.example.toml, smaller for a 30 msg/s
+  # room): a slow reader fills its buffer within seconds and is cut.
+  DANMAKU_SERVER__SOCKET_SEND_BUFFER_BYTES=16384
   DANMAKU_LOG=info
 )
 names=(front-a front-b processor)
@@ -147,7 +151,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
   room="$unique-r$round"
   common=(--quiet --connect-timeout 10s --warmup 2s --drain 3s --duration "$((secs - 7))s")
   "$bench" fanout --url "http://127.0.0.1:$a" --room "$room" --viewers 150 --transport ws \
-    --slow-viewers 10 --slow-stall 12s --resume-every 20s \
+    --slow-viewers 10 --slow-stall 15s --resume-every 20s \
     --publishers 2 --rate 30 --realistic-text "${common[@]}" --json "$out/round-$round-ws.json" \
     >"$out/round-$round-ws.txt" 2>&1 &
   ws=$!

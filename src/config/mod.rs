@@ -98,6 +98,11 @@ pub struct ServerConfig {
     /// Open TCP connections on this node (0: the open-file limit less 512).
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// `SO_SNDBUF` of every accepted socket (0: the kernel's autotuning). A
+    /// bound on the kernel memory a viewer that stops reading holds, and on
+    /// how long it takes to notice it: autotuned loopback or LAN buffers hold
+    /// megabytes, minutes of a quiet room.
+    pub socket_send_buffer_bytes: usize,
 }
 
 #[derive(Deserialize, Clone)]
@@ -405,6 +410,11 @@ impl Config {
         }
         if server.max_header_bytes < 1024 {
             bail!("server.max_header_bytes must be at least 1024");
+        }
+        if server.socket_send_buffer_bytes != 0
+            && !(4096..=16 << 20).contains(&server.socket_send_buffer_bytes)
+        {
+            bail!("server.socket_send_buffer_bytes must be 0 (the kernel's) or within 4096..=16777216");
         }
         if server.max_connections_per_ip == 0 || server.max_viewer_connections_per_ip == 0 {
             bail!("server.max_connections_per_ip and max_viewer_connections_per_ip must be at least 1");
