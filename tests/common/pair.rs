@@ -24,6 +24,12 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(redis: &str, extra: &[(&str, &str)]) -> Pair {
+        Self::start_as("serve", redis, extra).await
+    }
+
+    /// Two nodes of `role` (`serve`, or `front` beside a processor started
+    /// from `env`, as tests/redis_cluster.rs does).
+    pub async fn start_as(role: &'static str, redis: &str, extra: &[(&str, &str)]) -> Pair {
         let mut env: Vec<(String, String)> = [
             ("DANMAKU_STORE__ENGINE", "redis"),
             ("DANMAKU_REDIS_URL", redis),
@@ -42,9 +48,9 @@ impl Pair {
             .build()
             .unwrap();
         // One after the other: a shared archive file is migrated once.
-        let a = Node::spawn("serve", &env);
+        let a = Node::spawn(role, &env);
         a.ready(&http).await;
-        let b = Node::spawn("serve", &env);
+        let b = Node::spawn(role, &env);
         b.ready(&http).await;
         Pair {
             a,

@@ -26,7 +26,8 @@ pub(super) enum Topology {
     Single(Client),
     /// A Redis Cluster, from its seed nodes (in the order listed).
     Cluster {
-        client: ClusterClient,
+        /// Boxed: it is much larger than a `Client`.
+        client: Box<ClusterClient>,
         /// One client per listed node: notices subscribe through one of
         /// them (`notices.rs`), moving on to the next when it fails.
         nodes: Vec<Client>,
@@ -56,7 +57,10 @@ impl Topology {
                     .max_retry_wait(500)
                     .build()
                     .map_err(bad)?;
-                Ok(Topology::Cluster { client, nodes })
+                Ok(Topology::Cluster {
+                    client: Box::new(client),
+                    nodes,
+                })
             }
         }
     }
