@@ -377,7 +377,11 @@ async fn restarting_one_master_under_load_loses_no_acknowledged_message() {
     let (p, _processor) = start_roles(&url, &kafka, "restart").await;
     let p = Arc::new(p);
     let rooms = rooms_on_every_master(&url, &unique("restart")).await;
+    // Rooms come sorted by master port: the victim is the first listed node,
+    // the one every front's notices subscribe through, so the restart also
+    // moves the subscriptions to another node.
     let (victim_room, _, victim_port) = rooms[0].clone();
+    assert_eq!(victim_port, cluster.base, "the first listed node");
     let mut viewers = Vec::new();
     for (room, _, _) in &rooms {
         viewers.push((room.clone(), viewer(&p.a, room).await));
