@@ -417,10 +417,31 @@ async fn restarting_one_master_under_load_loses_no_acknowledged_message() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
+    // Readiness while one master is away: the other masters still serve
+    // their rooms, so the fronts stay in the load balancer.
+    let stop_probe = tokio_util::sync::CancellationToken::new();
+    let probe = {
+        let (p, stop) = (p.clone(), stop_probe.clone());
+        tokio::spawn(async move {
+            let (mut probes, mut not_ready) = (0, 0);
+            while !stop.is_cancelled() {
+                probes += 1;
+                if !p.a.is_ready(&p.http).await {
+                    not_ready += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (probes, not_ready)
+        })
+    };
     let restart_began = Instant::now();
     let c = &cluster;
     tokio::task::block_in_place(|| c.restart(victim_port));
     let restart_took = restart_began.elapsed();
+    stop_probe.cancel();
+    let (probes, not_ready) = probe.await.unwrap();
+    eprintln!("/readyz of front A during the restart: {not_ready} of {probes} not ready");
+    assert_eq!(not_ready, 0, "fronts stay ready while one master restarts");
     for poster in posters {
         poster.await.unwrap();
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
+use ::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use ::redis::{Client, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::store::StoreError;
@@ -109,6 +110,29 @@ fn node_urls(url: &str) -> Vec<&str> {
 pub(super) enum RedisConn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// `PING`: the store is reachable. On a cluster, when any master
+    /// answers: rooms on the other masters are served while one is away,
+    /// and every front sees the same cluster, so failing readiness on all of
+    /// them would take the whole service out instead of one shard's rooms.
+    /// (The cluster client's default for a bare `PING` is every master.)
+    pub(super) async fn ping(&mut self) -> Result<String, ::redis::RedisError> {
+        let ping = ::redis::cmd("PING");
+        match self {
+            RedisConn::Single(c) => ping.query_async(c).await,
+            RedisConn::Cluster(c) => {
+                let routing = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::OneSucceeded),
+                ));
+                Ok(::redis::from_redis_value(
+                    c.route_command(ping, routing).await?,
+                )?)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for RedisConn {

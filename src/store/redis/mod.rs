@@ -144,10 +144,7 @@ impl LiveStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = ::redis::cmd("PING")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let pong = self.conn().ping().await.map_err(unavailable)?;
         if pong == "PONG" {
             Ok(())
         } else {
