@@ -2,8 +2,9 @@
 # A throw-away Redis Cluster for tests: 3 masters, no replicas, loopback only,
 # no persistence (Debian's redis-server with cluster-enabled yes).
 #   scripts/redis-cluster.sh start   BASE DIR  # nodes on BASE, BASE+1, BASE+2 (bus: +10000)
-#   scripts/redis-cluster.sh restart PORT DIR  # one node: SHUTDOWN SAVE, start again
-#                                              # (same port, same nodes.conf, its RDB)
+#   scripts/redis-cluster.sh restart PORT DIR [DOWN_S]  # one node: SHUTDOWN SAVE, stay
+#                       # down DOWN_S seconds (default 0), start again (same port,
+#                       # same nodes.conf, its RDB)
 #   scripts/redis-cluster.sh stop    DIR
 # `start` returns once every node reports cluster_state:ok. After it, tests use
 #   DANMAKU_TEST_REDIS_CLUSTER_URL=redis://127.0.0.1:BASE,redis://127.0.0.1:BASE+1,redis://127.0.0.1:BASE+2
@@ -55,7 +56,7 @@ start)
   wait_ok 30 "${ports[@]}"
   ;;
 restart)
-  port=${2:?PORT}; dir=${3:?DIR}
+  port=${2:?PORT}; dir=${3:?DIR}; down_s=${4:-0}
   # SHUTDOWN SAVE writes the RDB even with no save points: the node comes
   # back with its keys (a restart, not a loss of the shard).
   redis-cli -p "$port" shutdown save >/dev/null 2>&1 || true
@@ -64,6 +65,7 @@ restart)
     if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.1
   done
+  sleep "$down_s"
   start_node "$port" "$dir"
   wait_ok 30 "$port"
   ;;
@@ -76,5 +78,5 @@ stop)
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   done
   ;;
-*) echo "usage: $0 start BASE DIR | restart PORT DIR | stop DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start BASE DIR | restart PORT DIR [DOWN_S] | stop DIR" >&2; exit 2 ;;
 esac

@@ -27,6 +27,9 @@ use serde_json::{json, Value};
 
 /// Posts per room in the delivery test.
 const POSTS: usize = 20;
+/// How long the restarted master stays away (a process restart that takes
+/// a while; longer than a `/readyz` check's 1 s bound).
+const DOWN_S: u32 = 2;
 
 fn services() -> Option<(String, String)> {
     let urls = service_urls(&[
@@ -334,13 +337,16 @@ impl OwnCluster {
             .join(",")
     }
 
-    /// `scripts/redis-cluster.sh restart`: SHUTDOWN SAVE, start again on the
-    /// same port and nodes.conf, wait for cluster_state:ok.
-    fn restart(&self, port: u16) {
+    /// `scripts/redis-cluster.sh restart`: SHUTDOWN SAVE, `down_s` seconds
+    /// away, start again on the same port and nodes.conf, wait for
+    /// cluster_state:ok.
+    fn restart(&self, port: u16, down_s: u32) {
         let status = Command::new("bash")
             .arg(Self::script())
-            .args(["restart", &port.to_string()])
+            .arg("restart")
+            .arg(port.to_string())
             .arg(&self.dir.0)
+            .arg(down_s.to_string())
             .status()
             .expect("scripts/redis-cluster.sh");
         assert!(status.success(), "node {port} restarted");
@@ -436,7 +442,7 @@ async fn restarting_one_master_under_load_loses_no_acknowledged_message() {
     };
     let restart_began = Instant::now();
     let c = &cluster;
-    tokio::task::block_in_place(|| c.restart(victim_port));
+    tokio::task::block_in_place(|| c.restart(victim_port, DOWN_S));
     let restart_took = restart_began.elapsed();
     stop_probe.cancel();
     let (probes, not_ready) = probe.await.unwrap();
@@ -492,7 +498,7 @@ async fn restarting_one_master_under_load_loses_no_acknowledged_message() {
         ));
     }
     eprintln!(
-        "master {victim_port} restarted (SHUTDOWN SAVE + start + cluster_state:ok) in {:.2} s",
+        "master {victim_port} restarted (SHUTDOWN SAVE, {DOWN_S} s away, start, cluster_state:ok) in {:.2} s",
         restart_took.as_secs_f64()
     );
     for line in report {

@@ -117,7 +117,10 @@ impl RedisConn {
     /// answers: rooms on the other masters are served while one is away,
     /// and every front sees the same cluster, so failing readiness on all of
     /// them would take the whole service out instead of one shard's rooms.
-    /// (The cluster client's default for a bare `PING` is every master.)
+    /// Routed explicitly: the client's default for a bare `PING` (every
+    /// master, all must succeed) was seen answering OK with a master down
+    /// (redis 1.8.1), which is the behaviour wanted here but not one the
+    /// crate documents.
     pub(super) async fn ping(&mut self) -> Result<String, ::redis::RedisError> {
         let ping = ::redis::cmd("PING");
         match self {
