@@ -23,7 +23,7 @@ use danmaku::config::Config;
 use danmaku::store::redis::{RedisStore, UPDATED_CHANNEL};
 use danmaku::store::LiveStore;
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// Posts per room in the delivery test.
 const POSTS: usize = 20;
@@ -198,20 +198,11 @@ async fn every_viewer_on_both_fronts_gets_every_message_once_in_order_in_rooms_o
     // A mute set through front A holds on front B, for a room on each master.
     for (room, _, port) in &rooms {
         let user = unique("loud");
-        let (s, body) = p
-            .admin(
-                &p.a,
-                "PUT",
-                &format!("/v1/admin/rooms/{room}/mutes/{user}"),
-                Some(json!({"duration_s": 60})),
-            )
-            .await;
+        let (s, body) = p.mute_in_room(&p.a, room, &user, 60).await;
         assert_eq!(s, StatusCode::OK, "{body}");
-        let refused = common::pair::within(Duration::from_secs(5), || async {
-            let (s, body) = p.post(&p.b, room, &user, "muted?").await;
-            s == StatusCode::FORBIDDEN && body["error"]["code"] == "muted"
-        })
-        .await;
+        let refused = p
+            .refused_as_muted(&p.b, room, &user, Duration::from_secs(5))
+            .await;
         assert!(refused, "{room} (master {port}): muted on A → 403 on B");
     }
 }

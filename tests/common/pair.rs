@@ -92,6 +92,40 @@ impl Pair {
         self.call(node, method, path, ADMIN, body).await
     }
 
+    /// `PUT /v1/admin/rooms/{room}/mutes/{user}` through `node`, as the operator.
+    pub async fn mute_in_room(
+        &self,
+        node: &Node,
+        room: &str,
+        user: &str,
+        duration_s: u64,
+    ) -> (StatusCode, Value) {
+        let path = format!("/v1/admin/rooms/{room}/mutes/{user}");
+        let body = json!({ "duration_s": duration_s });
+        self.admin(node, "PUT", &path, Some(body)).await
+    }
+
+    /// Whether `user`'s posts to `room` through `node` get `403 muted`
+    /// within `within` (each try a new `client_msg_id`).
+    pub async fn refused_as_muted(
+        &self,
+        node: &Node,
+        room: &str,
+        user: &str,
+        within_: Duration,
+    ) -> bool {
+        let mut n = 0;
+        within(within_, || {
+            n += 1;
+            let id = format!("during{n}");
+            async move {
+                let (s, body) = self.post(node, room, user, &id).await;
+                s == StatusCode::FORBIDDEN && body["error"]["code"] == "muted"
+            }
+        })
+        .await
+    }
+
     pub async fn post(&self, node: &Node, room: &str, user: &str, id: &str) -> (StatusCode, Value) {
         let token = self.auth.issue(user, "Viewer", 600);
         let body = json!({"client_msg_id": id, "text": format!("hello {id}")});
