@@ -347,6 +347,11 @@ fn url_passwords_are_redacted() {
         ("redis://h:6379/0?x=a@b", "redis://h:6379/0?x=a@b"),
         ("sqlite::memory:", "sqlite::memory:"),
         ("", ""),
+        // A Redis Cluster's nodes: every password, not only the first.
+        (
+            "redis://:pw@a:1,redis://:pw@b:2, redis://c:3",
+            "redis://:<redacted>@a:1,redis://:<redacted>@b:2, redis://c:3",
+        ),
     ] {
         assert_eq!(show::redact_url_password(url), shown, "{url}");
     }

@@ -9,11 +9,13 @@
 //! and [`notices`] ("room updated" pub/sub). This file holds the connection
 //! and dispatches the [`LiveStore`] calls.
 //!
-//! Every call goes through a [`ConnectionManager`], which reconnects by itself:
-//! while Redis is away calls fail with [`StoreError::Unavailable`], and they
+//! Every call goes through a [`RedisConn`] (`conn.rs`: a single Redis or a
+//! Redis Cluster, chosen by the URL), which reconnects by itself: while
+//! Redis is away calls fail with [`StoreError::Unavailable`], and they
 //! succeed again once it is back, without rebuilding the store.
 
 mod claims;
+mod conn;
 mod control;
 mod notices;
 mod presence;
@@ -23,8 +25,7 @@ mod stream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script};
+use ::redis::{RedisError, Script};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
@@ -33,6 +34,7 @@ use super::{
 };
 use crate::config::StoreConfig;
 use crate::message::Message;
+use conn::{RedisConn, Topology};
 pub use control::CONTROL_CHANNEL;
 use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
@@ -40,7 +42,7 @@ pub use notices::UPDATED_CHANNEL;
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -60,21 +62,12 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). Fails if Redis
-    /// cannot be reached now; later outages are survived by reconnecting.
+    /// Connects to `url`: `redis://127.0.0.1:6379/0`, or several
+    /// comma-separated `redis://host:port` nodes of a Redis Cluster. Fails if
+    /// Redis cannot be reached now; later outages are survived by reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
-        // The error names what is wrong, never the URL (it may hold a password).
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(unavailable)?;
+        let topology = Topology::parse(url)?;
+        let conn = topology.connect().await.map_err(unavailable)?;
         let scripts = Scripts {
             append: Script::new(stream::APPEND_LUA),
             claim: Script::new(claims::CLAIM_LUA),
@@ -84,7 +77,7 @@ impl RedisStore {
         Ok(RedisStore {
             conn,
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(client)),
+            notices: Arc::new(Notices::new(topology.pubsub_nodes())),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -93,7 +86,7 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.conn.clone()
     }
 }
@@ -151,10 +144,7 @@ impl LiveStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = ::redis::cmd("PING")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let pong = self.conn().ping().await.map_err(unavailable)?;
         if pong == "PONG" {
             Ok(())
         } else {
