@@ -18,6 +18,7 @@ mod control;
 mod notices;
 mod presence;
 mod retract;
+mod sentinel;
 mod stream;
 
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub use notices::UPDATED_CHANNEL;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: ConnectionManager,
+    /// Set with a `redis+sentinel://` URL: the primary now, which replaces
+    /// `conn` (the primary at connect time) once the sentinels fail over.
+    primary: Option<Arc<sentinel::Primary>>,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -60,21 +64,36 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). Fails if Redis
-    /// cannot be reached now; later outages are survived by reconnecting.
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`, or
+    /// `redis+sentinel://h1:p1,h2:p2,h3:p3/mymaster` to find the primary
+    /// through Sentinel and follow it across failovers: [`sentinel`]). Fails
+    /// if Redis cannot be reached now; later outages are survived by
+    /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
-        // The error names what is wrong, never the URL (it may hold a password).
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(unavailable)?;
+        // The error names what is wrong, never the URL (it may hold a password).
+        let (conn, primary, notice_client): (_, _, notices::ClientOf) = match sentinel::parse(url) {
+            Some(parsed) => {
+                let parsed =
+                    parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+                let primary = sentinel::Primary::connect(parsed, manager_config).await?;
+                let p = primary.clone();
+                (primary.conn(), Some(primary), Arc::new(move || p.client()))
+            }
+            None => {
+                let client = Client::open(url)
+                    .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+                let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
+                    .await
+                    .map_err(unavailable)?;
+                (conn, None, Arc::new(move || client.clone()))
+            }
+        };
         let scripts = Scripts {
             append: Script::new(stream::APPEND_LUA),
             claim: Script::new(claims::CLAIM_LUA),
@@ -83,8 +102,9 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            primary,
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(client)),
+            notices: Arc::new(Notices::new(notice_client)),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -94,7 +114,10 @@ impl RedisStore {
     }
 
     fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+        match &self.primary {
+            Some(primary) => primary.conn(),
+            None => self.conn.clone(),
+        }
     }
 }
 

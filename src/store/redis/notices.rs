@@ -37,13 +37,17 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle subscriber PINGs, so a half-open connection is noticed.
 const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 
+/// The client a (re)subscription connects with: asked again on every
+/// attempt, so that the subscriber follows a Sentinel failover.
+pub(super) type ClientOf = Arc<dyn Fn() -> Client + Send + Sync>;
+
 /// The receiving side of notices, shared by the clones of one store. The
 /// subscriber task is spawned on the first `updates()` call and aborted when
 /// the last clone of the store is dropped.
 pub(super) struct Notices {
     tx: broadcast::Sender<Arc<RoomNotice>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
-    client: Client,
+    client: ClientOf,
     /// True while the subscriber holds its subscription (`notices_live`).
     live: Arc<AtomicBool>,
     /// Where to spawn the task when `updates()` is called outside a runtime.
@@ -119,12 +123,12 @@ struct Senders {
 /// doubling to 5 s) whenever the connection is lost or cannot be made.
 /// `live` holds while subscribed; each new subscription sends [`ALL_ROOMS`]
 /// (what was published before it is lost). Runs until aborted.
-async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
+async fn listen(client: ClientOf, tx: Senders, live: Arc<AtomicBool>) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
     loop {
-        match subscribe_updates(&client).await {
+        match subscribe_updates(&client()).await {
             Ok((sink, stream)) => {
                 if ever_subscribed {
                     tracing::info!(
@@ -238,7 +242,7 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
 }
 
 impl Notices {
-    pub(super) fn new(client: Client) -> Self {
+    pub(super) fn new(client: ClientOf) -> Self {
         Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
             control_tx: broadcast::channel(UPDATES_CAPACITY).0,
