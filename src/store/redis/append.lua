@@ -9,14 +9,22 @@
 -- Returns one integer per message: seq if stored, -seq if a duplicate; then
 -- the stream's epoch (what a notice carrying the batch names).
 local names = {'whitelist', 'high', 'low'}
--- A new epoch whenever another server than the room's last writer runs this:
--- after a failover the new primary may lack the old one's last writes (the
--- seq counter included), so seqs viewers already saw would be handed out
--- again; under a new epoch their cursors reset instead (docs/architecture.md,
--- "Failover"). A room written before this key existed keeps its epoch.
+-- A new epoch when a promoted replica (a failover: INFO replication names a
+-- former replication id) first writes a room another server wrote last:
+-- the promoted replica may lack the old primary's last writes (the seq
+-- counter included), so seqs viewers already saw would be handed out again;
+-- under a new epoch their cursors reset instead (docs/architecture.md,
+-- "Failover"). A restart of the same primary keeps the epoch (its writes
+-- survive only with appendfsync always). A room written before the primary
+-- key existed keeps its epoch.
 local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
 local writer = redis.call('GET', KEYS[8])
+local promoted = false
 if writer and writer ~= run_id then
+  local second = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(-?%d+)')
+  promoted = second ~= nil and second ~= '-1'
+end
+if promoted then
   redis.call('SET', KEYS[2], ARGV[1])
 else
   redis.call('SET', KEYS[2], ARGV[1], 'NX')
