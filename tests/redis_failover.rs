@@ -416,6 +416,9 @@ async fn sentinel_failover_under_load() {
     tokio::time::sleep(STEADY).await;
 
     let old = set.primary();
+    let writer_key = format!("dm:{{{room}}}:primary");
+    let epoch_before = rig.store().await.head(&room).await.expect("head").epoch;
+    let writer_before = redis_cli(old, &["GET", &writer_key]);
     let killed = Instant::now();
     set.signal(old, "KILL");
     let promoted = set
@@ -451,6 +454,14 @@ async fn sentinel_failover_under_load() {
     let ledger = load.stop().await;
     let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
     let epoch = rig.store().await.head(&room).await.expect("head").epoch;
+    // The promoted replica's first append started a new epoch.
+    assert_ne!(
+        epoch,
+        epoch_before,
+        "{fault}: the epoch survived the failover (writer before: {writer_before:?}, after: {:?}; {})",
+        redis_cli(set.primary(), &["GET", &writer_key]),
+        redis_cli(set.primary(), &["INFO", "replication"])
+    );
     let shown = viewers.finish(stored.len()).await;
     // Stored once, nothing acknowledged lost (the viewers are checked below,
     // by segments, as resets are allowed here).
