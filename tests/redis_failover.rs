@@ -538,7 +538,7 @@ async fn append(store: &RedisStore, room: &str, texts: &[&str]) -> (String, Vec<
         .notify(vec![RoomNotice::name_only(room)])
         .await
         .expect("notify");
-    let seqs = appended.outcomes.iter().map(|o| outcome_seq(o)).collect();
+    let seqs = appended.outcomes.iter().map(outcome_seq).collect();
     (appended.epoch, seqs)
 }
 
@@ -601,10 +601,7 @@ async fn lost_writes_get_a_new_epoch_never_reused_seqs() {
             Ok(a) => {
                 break (
                     a.epoch,
-                    a.outcomes
-                        .iter()
-                        .map(|o| outcome_seq(o))
-                        .collect::<Vec<_>>(),
+                    a.outcomes.iter().map(outcome_seq).collect::<Vec<_>>(),
                 )
             }
             Err(_) => {
