@@ -84,16 +84,55 @@ impl SentinelSet {
         format!("redis+sentinel://{}/{MASTER}", hosts.join(","))
     }
 
-    /// The data node the sentinels name as primary now.
+    /// The data node every sentinel names as primary now, once it answers
+    /// `ROLE` `master` (a sentinel that has not caught up with a failover
+    /// would name an old one: killing that would test nothing).
     fn primary(&self) -> u16 {
-        let out = redis_cli(
-            self.sentinels[0],
-            &["SENTINEL", "get-master-addr-by-name", MASTER],
-        );
-        out.lines()
-            .nth(1)
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no primary named: {out:?}"))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let named: Vec<Option<u16>> = self
+                .sentinels
+                .iter()
+                .map(|s| {
+                    let out = redis_cli(*s, &["SENTINEL", "get-master-addr-by-name", MASTER]);
+                    out.lines().nth(1).and_then(|p| p.trim().parse().ok())
+                })
+                .collect();
+            if let Some(p) = named[0] {
+                let agreed = named.iter().all(|n| *n == Some(p));
+                if agreed && redis_cli(p, &["ROLE"]).lines().next() == Some("master") {
+                    return p;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinels do not agree on a primary: {named:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits (up to `within`) until the sentinels name a primary other than
+    /// `old`; how long it took.
+    async fn promoted_after(&self, old: u16, since: Instant, within: Duration) -> Duration {
+        loop {
+            let named = redis_cli(
+                self.sentinels[0],
+                &["SENTINEL", "get-master-addr-by-name", MASTER],
+            );
+            if named
+                .lines()
+                .nth(1)
+                .is_some_and(|p| p.trim() != old.to_string())
+            {
+                return since.elapsed();
+            }
+            assert!(
+                since.elapsed() < within,
+                "the sentinels promoted no replica within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn signal(&self, port: u16, sig: &str) {
@@ -108,21 +147,6 @@ impl SentinelSet {
             .expect("kill")
             .success();
         assert!(ok, "kill -{sig} {pid} (redis on {port})");
-    }
-
-    /// Waits (up to `within`) until the sentinels name a primary other than
-    /// `old`; how long it took.
-    async fn promoted_after(&self, old: u16, since: Instant, within: Duration) -> Duration {
-        loop {
-            if self.primary() != old {
-                return since.elapsed();
-            }
-            assert!(
-                since.elapsed() < within,
-                "the sentinels promoted no replica within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 }
 
@@ -416,6 +440,10 @@ async fn sentinel_failover_under_load() {
     tokio::time::sleep(STEADY).await;
 
     let old = set.primary();
+    if old != set.data[0] {
+        // Allowed (the sentinels judge a slow primary down), but worth knowing.
+        eprintln!("{fault}: the sentinels failed over before the kill (a loaded machine)");
+    }
     let writer_key = format!("dm:{{{room}}}:primary");
     let epoch_before = rig.store().await.head(&room).await.expect("head").epoch;
     let writer_before = redis_cli(old, &["GET", &writer_key]);
