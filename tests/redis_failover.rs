@@ -697,3 +697,96 @@ async fn lost_writes_get_a_new_epoch_never_reused_seqs() {
         recovered.as_secs_f64()
     );
 }
+
+/// The replay Redis tier on `redis+sentinel://…` too: windows are cached on
+/// the primary, and after a failover on the promoted replica (meanwhile
+/// replay answers from the archive).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_redis_follows_the_sentinels() {
+    let Some(()) = common::procs::require_programs(&["redis-server", "redis-cli"]) else {
+        return;
+    };
+    let _one = SERIAL.lock().await;
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let dir = ScratchDir::new("replay-sentinel");
+    let (archive_url, replay_url) = (
+        format!("sqlite://{}/archive.db?mode=rwc", dir.0.display()),
+        set.url(),
+    );
+    let ts = common::TestServer::start_with(move |c| {
+        c.archive.url = archive_url;
+        c.archive.run_archiver = false;
+        c.archive.replay_window_ms = 1000;
+        c.archive.prefetch_viewers = 0;
+        c.store.replay_redis_url = replay_url;
+    })
+    .await;
+    let room = ts.room("replay-sentinel");
+    let archive = danmaku::archive::connect(&ts.config.archive).await.unwrap();
+    // One window a second, 10 messages each: enough fresh windows to read
+    // one every 200 ms while the tier follows the failover.
+    const WINDOWS: u64 = 150;
+    let started_at = now_ms() - 2 * WINDOWS * 1000;
+    let live = format!("{room}-live");
+    archive.start_live(&room, &live, started_at).await.unwrap();
+    let rows: Vec<danmaku::archive::ArchivedMessage> = (0..WINDOWS * 10)
+        .map(|i| {
+            let mut m = message(&room, &format!("r{i}"));
+            m.ts = started_at + i * 100;
+            m.offset_ms = Some(i * 100);
+            let stored = m.into_stored(i + 1);
+            danmaku::archive::ArchivedMessage {
+                seq: stored.seq,
+                offset_ms: i * 100,
+                ts: stored.ts,
+                json: stored.json,
+            }
+        })
+        .collect();
+    archive.append(&live, &rows, WINDOWS * 10).await.unwrap();
+    archive
+        .end_live(&room, started_at + WINDOWS * 1000)
+        .await
+        .unwrap();
+    archive.finish(&live, now_ms()).await.unwrap();
+
+    let filled = format!("rp:{{{live}}}:w");
+    let window = |from: u64| {
+        format!(
+            "/v1/rooms/{room}/replay?live={live}&from_ms={from}&to_ms={}",
+            from + 1000
+        )
+    };
+    let (status, body, _) = ts.get(&window(0)).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let old = set.primary();
+    assert_eq!(redis_cli(old, &["SISMEMBER", &filled, "0"]).trim(), "1");
+
+    let killed = Instant::now();
+    set.signal(old, "KILL");
+    set.promoted_after(old, killed, Duration::from_secs(30))
+        .await;
+    let new = set.primary();
+    // Each read answers (from the archive while the tier is away); the
+    // window lands on the new primary once the tier follows it.
+    let mut from = 1000;
+    loop {
+        let (status, body, _) = ts.get(&window(from)).await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        if redis_cli(new, &["SISMEMBER", &filled, &from.to_string()]).trim() == "1" {
+            break;
+        }
+        // A window never read before (a read one is in the front's cache).
+        from += 1000;
+        assert!(
+            from < WINDOWS * 1000,
+            "the replay tier did not follow the new primary"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "replay via sentinel: a window cached on the new primary {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    ts.shutdown().await;
+}

@@ -18,7 +18,7 @@ mod control;
 mod notices;
 mod presence;
 mod retract;
-mod sentinel;
+pub(crate) mod sentinel;
 mod stream;
 
 use std::sync::Arc;

@@ -10,6 +10,7 @@
 //! client the notice subscriber reconnects with) is swapped. Calls in flight
 //! on the old primary fail as they would on any outage
 //! ([`StoreError::Unavailable`]); the callers' retries reach the new one.
+//! The replay Redis tier (`replay/redis.rs`) takes the same URLs.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -22,7 +23,7 @@ use super::unavailable;
 use crate::store::StoreError;
 
 /// The scheme that selects Sentinel.
-pub(super) const SCHEME: &str = "redis+sentinel://";
+pub(crate) const SCHEME: &str = "redis+sentinel://";
 
 /// How often the watcher asks the sentinels where the primary is. A
 /// failover takes the sentinels `down-after-milliseconds` plus an election
@@ -33,7 +34,7 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A parsed `redis+sentinel://` URL.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct SentinelUrl {
+pub(crate) struct SentinelUrl {
     /// `host:port` of each sentinel, in the order given.
     pub sentinels: Vec<String>,
     /// The name the sentinels monitor the primary under.
@@ -45,7 +46,7 @@ pub(super) struct SentinelUrl {
 
 /// `None` if `url` is not a Sentinel URL; else the parsed URL or what is
 /// wrong with it (never the URL itself: it may hold a password).
-pub(super) fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
+pub(crate) fn parse(url: &str) -> Option<Result<SentinelUrl, String>> {
     let rest = url.trim().strip_prefix(SCHEME)?;
     Some(parse_rest(rest))
 }
@@ -110,7 +111,7 @@ impl SentinelUrl {
 }
 
 /// The primary now: its connection and client, swapped by the watcher.
-pub(super) struct Primary {
+pub(crate) struct Primary {
     current: RwLock<Current>,
     watcher: RwLock<Option<tokio::task::AbortHandle>>,
 }
@@ -132,7 +133,7 @@ impl Drop for Primary {
 impl Primary {
     /// Asks the sentinels for the primary, connects, and starts following it.
     /// Fails if no sentinel names a primary that answers now.
-    pub(super) async fn connect(
+    pub(crate) async fn connect(
         url: SentinelUrl,
         config: ConnectionManagerConfig,
     ) -> Result<Arc<Primary>, StoreError> {
@@ -154,7 +155,7 @@ impl Primary {
         Ok(primary)
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.current.read().conn.clone()
     }
 
