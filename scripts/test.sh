@@ -46,6 +46,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# redis-cli: scripts/redis-sentinel.sh and tests/redis_failover.rs (which
+# starts its own primary, two replicas and three sentinels, as
+# `redis-server --sentinel`: no redis-sentinel package).
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v mariadbd >/dev/null || need_apt+=(mariadb-server)
 # javac: the Java client (clients/java) is compiled here, not only run.
 command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)

@@ -284,8 +284,21 @@ pub struct StoreConfig {
     /// Most bytes of message JSON one "room updated" notice carries; rooms
     /// past it are notified by name and fronts read them (0: names only).
     pub notice_max_bytes: usize,
+    /// Redis engine: an append counts as stored only once `WAIT` reports
+    /// this many replicas hold it (0: no `WAIT`); else it fails and the
+    /// processor retries it, committing nothing (`docs/architecture.md`,
+    /// "Failover").
+    #[serde(default)]
+    pub redis_wait_replicas: usize,
+    /// How long one `WAIT` waits for those replicas (1..=4000 ms).
+    #[serde(default = "default_redis_wait_timeout_ms")]
+    pub redis_wait_timeout_ms: u64,
     /// Test fault: every nth notice is dropped on purpose (0: never).
     pub fault_drop_notice_every: u64,
+}
+
+fn default_redis_wait_timeout_ms() -> u64 {
+    500
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -515,6 +528,10 @@ impl Config {
                     bail!("bus.publish_timeout_ms must be within 100..=3600000");
                 }
             }
+        }
+        if !(1..=4000).contains(&self.store.redis_wait_timeout_ms) {
+            // Below the store's 5 s response timeout, which would cut a WAIT short.
+            bail!("store.redis_wait_timeout_ms must be within 1..=4000");
         }
         if self.store.engine == StoreEngine::Redis && self.store.redis_url.trim().is_empty() {
             bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");

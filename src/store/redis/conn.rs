@@ -79,13 +79,8 @@ impl Topology {
     pub(super) async fn connect(&self) -> Result<RedisConn, ::redis::RedisError> {
         match self {
             Topology::Single(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
-                let manager = ConnectionManager::new_with_config(client.clone(), config).await?;
+                let manager =
+                    ConnectionManager::new_with_config(client.clone(), manager_config()).await?;
                 Ok(RedisConn::Single(manager))
             }
             Topology::Cluster { client, .. } => {
@@ -93,6 +88,17 @@ impl Topology {
             }
         }
     }
+}
+
+/// How a single Redis (or a Sentinel's primary) is connected to: bounded
+/// connects and answers, a few quick retries, then `Unavailable`.
+pub(super) fn manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(2)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500))
 }
 
 /// The non-empty, trimmed URLs of a comma-separated list.

@@ -20,6 +20,7 @@ mod control;
 mod notices;
 mod presence;
 mod retract;
+pub(crate) mod sentinel;
 mod stream;
 
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub use notices::UPDATED_CHANNEL;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: RedisConn,
+    /// Set with a `redis+sentinel://` URL: the primary now, which replaces
+    /// `conn` (the primary at connect time) once the sentinels fail over.
+    primary: Option<Arc<sentinel::Primary>>,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -62,12 +66,45 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// Connects to `url`: `redis://127.0.0.1:6379/0`, or several
-    /// comma-separated `redis://host:port` nodes of a Redis Cluster. Fails if
-    /// Redis cannot be reached now; later outages are survived by reconnecting.
+    /// Connects to `url`: `redis://127.0.0.1:6379/0`; several
+    /// comma-separated `redis://host:port` nodes of a Redis Cluster; or
+    /// `redis+sentinel://h1:p1,h2:p2,h3:p3/mymaster` to find the primary
+    /// through Sentinel and follow it across failovers ([`sentinel`]). Fails
+    /// if Redis cannot be reached now; later outages are survived by
+    /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
-        let topology = Topology::parse(url)?;
-        let conn = topology.connect().await.map_err(unavailable)?;
+        // The error names what is wrong, never the URL (it may hold a password).
+        let (conn, primary, notice_nodes) = match sentinel::parse(url) {
+            Some(parsed) => {
+                let parsed =
+                    parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+                let primary = sentinel::Primary::connect(parsed, conn::manager_config()).await?;
+                let p = primary.clone();
+                let follow: notices::ClientOf = Arc::new(move || p.client());
+                (
+                    RedisConn::Single(primary.conn()),
+                    Some(primary),
+                    vec![follow],
+                )
+            }
+            None => {
+                let topology = Topology::parse(url)?;
+                if matches!(topology, Topology::Cluster { .. }) && config.redis_wait_replicas > 0 {
+                    return Err(StoreError::Unavailable(
+                        "store.redis_wait_replicas is for a single Redis or a Sentinel primary, \
+                         not a Redis Cluster (its WAIT would reach no particular master)"
+                            .into(),
+                    ));
+                }
+                let conn = topology.connect().await.map_err(unavailable)?;
+                let nodes = topology
+                    .pubsub_nodes()
+                    .into_iter()
+                    .map(|client| -> notices::ClientOf { Arc::new(move || client.clone()) })
+                    .collect();
+                (conn, None, nodes)
+            }
+        };
         let scripts = Scripts {
             append: Script::new(stream::APPEND_LUA),
             claim: Script::new(claims::CLAIM_LUA),
@@ -76,8 +113,9 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            primary,
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(topology.pubsub_nodes())),
+            notices: Arc::new(Notices::new(notice_nodes)),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -87,7 +125,10 @@ impl RedisStore {
     }
 
     fn conn(&self) -> RedisConn {
-        self.conn.clone()
+        match &self.primary {
+            Some(primary) => RedisConn::Single(primary.conn()),
+            None => self.conn.clone(),
+        }
     }
 }
 

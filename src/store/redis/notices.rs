@@ -42,14 +42,19 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle subscriber PINGs, so a half-open connection is noticed.
 const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 
+/// The client a (re)subscription connects with: asked again on every
+/// attempt, so that the subscriber follows a Sentinel failover.
+pub(super) type ClientOf = Arc<dyn Fn() -> Client + Send + Sync>;
+
 /// The receiving side of notices, shared by the clones of one store. The
 /// subscriber task is spawned on the first `updates()` call and aborted when
 /// the last clone of the store is dropped.
 pub(super) struct Notices {
     tx: broadcast::Sender<Arc<RoomNotice>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
-    /// The nodes to subscribe through, tried in turn (one for a single Redis).
-    nodes: Arc<[Client]>,
+    /// The nodes to subscribe through, tried in turn (one for a single
+    /// Redis; the primary of the moment with Sentinel).
+    nodes: Arc<[ClientOf]>,
     /// True while the subscriber holds its subscription (`notices_live`).
     live: Arc<AtomicBool>,
     /// Where to spawn the task when `updates()` is called outside a runtime.
@@ -126,20 +131,21 @@ struct Senders {
 /// each time through the next of `nodes` (round robin).
 /// `live` holds while subscribed; each new subscription sends [`ALL_ROOMS`]
 /// (what was published before it is lost). Runs until aborted.
-async fn listen(nodes: Arc<[Client]>, tx: Senders, live: Arc<AtomicBool>) {
+async fn listen(nodes: Arc<[ClientOf]>, tx: Senders, live: Arc<AtomicBool>) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
     let mut turn: usize = 0;
     loop {
-        let Some(client) = nodes.get(turn % nodes.len().max(1)) else {
+        let Some(client_of) = nodes.get(turn % nodes.len().max(1)) else {
             tracing::error!("no redis node to subscribe to notices through");
             return;
         };
+        let client = client_of();
         // Host and port only: the URL may hold a password.
         let node = client.get_connection_info().addr().to_string();
         turn = turn.wrapping_add(1);
-        match subscribe_updates(client).await {
+        match subscribe_updates(&client).await {
             Ok((sink, stream)) => {
                 if ever_subscribed {
                     tracing::info!(
@@ -256,7 +262,7 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
 }
 
 impl Notices {
-    pub(super) fn new(nodes: Vec<Client>) -> Self {
+    pub(super) fn new(nodes: Vec<ClientOf>) -> Self {
         Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
             control_tx: broadcast::channel(UPDATES_CAPACITY).0,
