@@ -8,7 +8,8 @@
 #
 # Usage: scripts/test.sh [extra args for the cargo test binaries]
 # Env:   CARGO_TARGET_DIR (default ~/.cache/danmaku-target, outside the clone)
-#        DANMAKU_TEST_PORT_BASE (default 16300): services use BASE..BASE+9
+#        DANMAKU_TEST_PORT_BASE (default 16300): services use BASE..BASE+9, the
+#          Redis Cluster BASE+20..BASE+22 (bus ports +10000)
 #        DANMAKU_KAFKA_VERSION, DANMAKU_KAFKA_CACHE: see scripts/kafka.sh
 #        DANMAKU_SKIP_BROWSER=1 skips the headless Chromium test
 set -euo pipefail
@@ -22,16 +23,19 @@ replay_redis_port=$((base + 1))
 kafka_port=$((base + 2))
 mysql_port=$((base + 3))
 kafka_controller_port=$((base + 4))
+redis_cluster_base=$((base + 20))
 work="$(mktemp -d /tmp/danmaku-test.XXXXXX)"
 pids=()
 started_mariadb=""
 started_kafka=""
+started_redis_cluster=""
 
 log() { printf '\n== %s (%s)\n' "$*" "$(date +%T)"; }
 
 cleanup() {
   [ -n "$started_mariadb" ] && scripts/mariadb-test.sh stop "$mysql_port" "$work/mariadb" || true
   [ -n "$started_kafka" ] && scripts/kafka.sh stop "$work/kafka" || true
+  [ -n "$started_redis_cluster" ] && scripts/redis-cluster.sh stop "$work/redis-cluster" || true
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$work"
@@ -42,6 +46,10 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+# redis-cli: scripts/redis-sentinel.sh and tests/redis_failover.rs (which
+# starts its own primary, two replicas and three sentinels, as
+# `redis-server --sentinel`: no redis-sentinel package).
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)
 command -v mariadbd >/dev/null || need_apt+=(mariadb-server)
 # javac: the Java client (clients/java) is compiled here, not only run.
 command -v javac >/dev/null || need_apt+=(openjdk-17-jdk-headless)
@@ -78,6 +86,8 @@ for port in "$redis_port" "$replay_redis_port"; do
   pids+=($!)
   wait_port redis "$port" 20
 done
+started_redis_cluster=1
+scripts/redis-cluster.sh start "$redis_cluster_base" "$work/redis-cluster"
 started_kafka=1
 scripts/kafka.sh start "$kafka_port" "$work/kafka" "$kafka_controller_port"
 scripts/mariadb-test.sh start "$mysql_port" "$work/mariadb"
@@ -85,6 +95,7 @@ started_mariadb=1
 
 export DANMAKU_REQUIRE_SERVICES=1
 export DANMAKU_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export DANMAKU_TEST_REDIS_CLUSTER_URL="redis://127.0.0.1:$redis_cluster_base,redis://127.0.0.1:$((redis_cluster_base + 1)),redis://127.0.0.1:$((redis_cluster_base + 2))"
 export DANMAKU_TEST_REPLAY_REDIS_URL="redis://127.0.0.1:$replay_redis_port"
 export DANMAKU_TEST_KAFKA_BROKERS="127.0.0.1:$kafka_port"
 export DANMAKU_TEST_MYSQL_URL="mysql://root@127.0.0.1:$mysql_port/danmaku_test"
@@ -102,6 +113,14 @@ DANMAKU_TEST_ENGINE=redis cargo test --locked --test viewer_transports --test au
   --test ingest_api --test graceful_shutdown --test health_and_metrics --test priority \
   --test snapshot_events --test gears --test gift_signature --test hostile_text \
   --test socket_manners --test retract -- --include-ignored "$@"
+
+log "the integration suite and the two-node suites again on a Redis Cluster (3 masters)"
+DANMAKU_TEST_ENGINE=redis DANMAKU_TEST_REDIS_URL="$DANMAKU_TEST_REDIS_CLUSTER_URL" \
+  cargo test --locked --test viewer_transports --test auth_failures \
+  --test ingest_api --test graceful_shutdown --test health_and_metrics --test priority \
+  --test snapshot_events --test gears --test gift_signature --test hostile_text \
+  --test socket_manners --test retract --test cluster_control --test online_counts \
+  -- --include-ignored "$@"
 
 log "the API suite again on Kafka + Redis in one process"
 DANMAKU_TEST_ENGINE=kafka cargo test --locked --test viewer_transports --test auth_failures \

@@ -103,29 +103,12 @@ async fn a_user_muted_on_one_node_is_refused_on_the_other_until_unmuted() {
     ))
     .await;
 
-    let (s, body) = p
-        .admin(
-            &p.a,
-            "PUT",
-            &format!("/v1/admin/rooms/{room}/mutes/{user}"),
-            Some(json!({"duration_s": 60})),
-        )
-        .await;
+    let (s, body) = p.mute_in_room(&p.a, &room, &user, 60).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["mute"]["by"], "operator");
-    let mut n = 0;
-    let refused = within(Duration::from_secs(2), || {
-        n += 1;
-        let id = format!("during{n}");
-        let p = &p;
-        let room = &room;
-        let user = &user;
-        async move {
-            let (s, body) = p.post(&p.b, room, user, &id).await;
-            s == StatusCode::FORBIDDEN && body["error"]["code"] == "muted"
-        }
-    })
-    .await;
+    let refused = p
+        .refused_as_muted(&p.b, &room, &user, Duration::from_secs(2))
+        .await;
     assert!(refused, "HTTP posts on B get 403 muted within 2 s");
     ws.send_json(&json!({"type": "send", "client_msg_id": "ws1", "text": "hi"}))
         .await;

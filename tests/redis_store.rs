@@ -443,6 +443,7 @@ async fn room_keys_are_hash_tagged_and_expire() {
         "b:whitelist",
         "epoch",
         "ids",
+        "primary",
         "seq",
         "trimmed",
     ]
@@ -468,6 +469,46 @@ async fn room_keys_are_hash_tagged_and_expire() {
         .await
         .unwrap();
     assert_eq!(trimmed, Some(3));
+}
+
+/// A room last written by another server keeps its epoch on a primary that
+/// was never a replica (a restart: its writes survive only with an fsynced
+/// AOF); only a promoted replica starts a new one (tests/redis_failover.rs).
+#[tokio::test]
+async fn another_writer_on_a_primary_that_was_no_replica_keeps_the_epoch() {
+    let url = need_redis!();
+    let _shared = FLUSH.read().await;
+    let s = store(&url, cfg(100)).await;
+    let r = room("writer");
+    let first = s
+        .append_in_epoch(&r, vec![msg("a", Priority::High)])
+        .await
+        .unwrap();
+    let mut admin = admin(&url).await;
+    let key = format!("dm:{{{r}}}:primary");
+    let writer: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(writer.len(), 40, "the writer is a run_id: {writer}");
+    let () = redis::cmd("SET")
+        .arg(&key)
+        .arg("0".repeat(40))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let second = s
+        .append_in_epoch(&r, vec![msg("b", Priority::High)])
+        .await
+        .unwrap();
+    assert_eq!(second.epoch, first.epoch);
+    let again: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(again, writer, "the writer is this server again");
 }
 
 #[tokio::test]

@@ -27,12 +27,41 @@ async fn stalled_viewer_is_cut_and_others_keep_full_service() {
         c.fanout.ping_s = 1;
         c.fanout.idle_timeout_s = 2;
         c.fanout.send_timeout_ms = 1000;
-        c.ration.budget_tiers = vec![(0, 100_000)]; // this test is not about rationing
-        c.ingest.user_rate_per_s = 100_000.0;
-        c.ingest.user_burst = 100_000.0;
+        unlimited_posts(c);
     })
     .await;
-    let room = "slow";
+    // Bound: idle 2 s + ping 1 s + send timeout 1 s, plus slack for a loaded box.
+    stalled_viewer_is_cut_within(&t, "slow", Duration::from_secs(8)).await;
+}
+
+/// With `server.socket_send_buffer_bytes` a viewer that stops reading (and
+/// so answers no ping either, but pings are a minute apart here) is cut by
+/// the write timeout once its small kernel buffer is full: ~500 KB of frames,
+/// which the kernel's autotuned loopback buffers would simply absorb.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_send_buffer_cuts_a_stalled_viewer_on_writes() {
+    let t = TestServer::start_with(|c| {
+        c.fanout.ping_s = 60;
+        c.fanout.idle_timeout_s = 120;
+        c.fanout.send_timeout_ms = 1000;
+        c.server.socket_send_buffer_bytes = 8192;
+        unlimited_posts(c);
+    })
+    .await;
+    stalled_viewer_is_cut_within(&t, "slow-buffer", Duration::from_secs(8)).await;
+}
+
+fn unlimited_posts(c: &mut danmaku::config::Config) {
+    c.ration.budget_tiers = vec![(0, 100_000)]; // these tests are not about rationing
+    c.ingest.user_rate_per_s = 100_000.0;
+    c.ingest.user_burst = 100_000.0;
+}
+
+/// Posts ~1 500 messages of 200 bytes over 5 s to `room` with a healthy and
+/// a stalled WebSocket viewer: the stalled one is cut within `bound` after
+/// the posts, the healthy one gets every message in order, and this test's
+/// memory does not balloon.
+async fn stalled_viewer_is_cut_within(t: &TestServer, room: &str, bound: Duration) {
     let mut healthy = t.ws(room, &[]).await;
     // Connected, hello read, then never polled again: no reads, no pongs.
     let stalled = t.ws(room, &[]).await;
@@ -63,12 +92,11 @@ async fn stalled_viewer_is_cut_and_others_keep_full_service() {
             break;
         }
     }
-    // Bound: idle 2 s + ping 1 s + send timeout 1 s, plus slack for a loaded box.
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + bound;
     while t.metric(r#"danmaku_connections{transport="ws"}"#).await > 1.0 {
         assert!(
             Instant::now() < deadline,
-            "the stalled viewer was not cut within the bound"
+            "the stalled viewer was not cut within {bound:?} of the last post"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -98,6 +98,11 @@ pub struct ServerConfig {
     /// Open TCP connections on this node (0: the open-file limit less 512).
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// `SO_SNDBUF` of every accepted socket (0: the kernel's autotuning). A
+    /// bound on the kernel memory a viewer that stops reading holds, and on
+    /// how long it takes to notice it: autotuned loopback or LAN buffers hold
+    /// megabytes, minutes of a quiet room.
+    pub socket_send_buffer_bytes: usize,
 }
 
 #[derive(Deserialize, Clone)]
@@ -279,8 +284,21 @@ pub struct StoreConfig {
     /// Most bytes of message JSON one "room updated" notice carries; rooms
     /// past it are notified by name and fronts read them (0: names only).
     pub notice_max_bytes: usize,
+    /// Redis engine: an append counts as stored only once `WAIT` reports
+    /// this many replicas hold it (0: no `WAIT`); else it fails and the
+    /// processor retries it, committing nothing (`docs/architecture.md`,
+    /// "Failover").
+    #[serde(default)]
+    pub redis_wait_replicas: usize,
+    /// How long one `WAIT` waits for those replicas (1..=4000 ms).
+    #[serde(default = "default_redis_wait_timeout_ms")]
+    pub redis_wait_timeout_ms: u64,
     /// Test fault: every nth notice is dropped on purpose (0: never).
     pub fault_drop_notice_every: u64,
+}
+
+fn default_redis_wait_timeout_ms() -> u64 {
+    500
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -406,6 +424,11 @@ impl Config {
         if server.max_header_bytes < 1024 {
             bail!("server.max_header_bytes must be at least 1024");
         }
+        if server.socket_send_buffer_bytes != 0
+            && !(4096..=16 << 20).contains(&server.socket_send_buffer_bytes)
+        {
+            bail!("server.socket_send_buffer_bytes must be 0 (the kernel's) or within 4096..=16777216");
+        }
         if server.max_connections_per_ip == 0 || server.max_viewer_connections_per_ip == 0 {
             bail!("server.max_connections_per_ip and max_viewer_connections_per_ip must be at least 1");
         }
@@ -505,6 +528,10 @@ impl Config {
                     bail!("bus.publish_timeout_ms must be within 100..=3600000");
                 }
             }
+        }
+        if !(1..=4000).contains(&self.store.redis_wait_timeout_ms) {
+            // Below the store's 5 s response timeout, which would cut a WAIT short.
+            bail!("store.redis_wait_timeout_ms must be within 1..=4000");
         }
         if self.store.engine == StoreEngine::Redis && self.store.redis_url.trim().is_empty() {
             bail!("store.engine \"redis\" needs store.redis_url (or DANMAKU_REDIS_URL)");

@@ -69,8 +69,16 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// `scheme://user:password@host/…` → `scheme://user:<redacted>@host/…`
-/// (`redis://:pw@host`, `mysql://user:pw@host/db`); other text unchanged.
+/// (`redis://:pw@host`, `mysql://user:pw@host/db`), each URL of a
+/// comma-separated list (a Redis Cluster's nodes); other text unchanged.
 pub fn redact_url_password(text: &str) -> String {
+    text.split(',')
+        .map(redact_one_url_password)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one_url_password(text: &str) -> String {
     let Some(scheme_end) = text.find("://") else {
         return text.to_string();
     };

@@ -89,6 +89,23 @@ fn redis_store_needs_a_url() {
 }
 
 #[test]
+fn redis_wait_timeout_is_bounded() {
+    let c = Config::load(None, env(&[("DANMAKU_STORE__REDIS_WAIT_REPLICAS", "1")])).unwrap();
+    assert_eq!(
+        (c.store.redis_wait_replicas, c.store.redis_wait_timeout_ms),
+        (1, 500)
+    );
+    for bad in ["0", "4001"] {
+        let e =
+            Config::load(None, env(&[("DANMAKU_STORE__REDIS_WAIT_TIMEOUT_MS", bad)])).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("store.redis_wait_timeout_ms must be within 1..=4000"),
+            "{bad}: {e:#}"
+        );
+    }
+}
+
+#[test]
 fn an_unknown_engine_names_the_key() {
     let e = Config::load(None, env(&[("DANMAKU_STORE__ENGINE", "mongo")])).unwrap_err();
     let e = format!("{e:#}");
@@ -340,6 +357,10 @@ fn url_passwords_are_redacted() {
     for (url, shown) in [
         ("redis://:pw@h:6379/0", "redis://:<redacted>@h:6379/0"),
         (
+            "redis+sentinel://u:pw@s1:26379,s2:26379/danmaku/0",
+            "redis+sentinel://u:<redacted>@s1:26379,s2:26379/danmaku/0",
+        ),
+        (
             "mysql://user:pw@h:3306/db",
             "mysql://user:<redacted>@h:3306/db",
         ),
@@ -347,6 +368,11 @@ fn url_passwords_are_redacted() {
         ("redis://h:6379/0?x=a@b", "redis://h:6379/0?x=a@b"),
         ("sqlite::memory:", "sqlite::memory:"),
         ("", ""),
+        // A Redis Cluster's nodes: every password, not only the first.
+        (
+            "redis://:pw@a:1,redis://:pw@b:2, redis://c:3",
+            "redis://:<redacted>@a:1,redis://:<redacted>@b:2, redis://c:3",
+        ),
     ] {
         assert_eq!(show::redact_url_password(url), shown, "{url}");
     }

@@ -109,6 +109,11 @@ impl Hub {
     /// Broadcasts what notices carried that follows the cursor (no store
     /// read), one frame per `max_batch`, exactly as a read would have
     /// returned it (stored bytes, seq order, rationed and combined alike).
+    ///
+    /// Only a full frame is followed by another in the same tick: what
+    /// notices bring while this tick writes waits for the next tick, or a
+    /// room whose writes take a good part of the tick would send one small
+    /// extra frame per tick, and every frame costs a write per viewer.
     async fn take_and_send(&self, ctx: &HubContext<'_>, rationer: &mut Rationer) {
         loop {
             let (epoch, cursor) = self.read_position();
@@ -116,8 +121,12 @@ impl Hub {
             let Some(to) = messages.last().map(|m| m.seq) else {
                 break;
             };
+            let full = messages.len() >= ctx.max_batch;
             ctx.metrics.notice_messages.inc_by(messages.len() as u64);
             self.broadcast(ctx, rationer, epoch, to, messages).await;
+            if !full {
+                break;
+            }
         }
     }
 

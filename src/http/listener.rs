@@ -57,6 +57,8 @@ pub struct ListenerLimits {
     /// taken only from these peers (`server.trusted_proxies`).
     pub proxy_protocol: bool,
     pub trusted_proxies: Vec<Cidr>,
+    /// `SO_SNDBUF` of accepted sockets (`server.socket_send_buffer_bytes`; 0: the kernel's).
+    pub send_buffer_bytes: usize,
 }
 
 impl ListenerLimits {
@@ -76,6 +78,7 @@ impl ListenerLimits {
             push_backlog_bytes: fanout.push_backlog_bytes.max(1),
             proxy_protocol: c.proxy_protocol,
             trusted_proxies: c.trusted_proxies.clone(),
+            send_buffer_bytes: c.socket_send_buffer_bytes,
         }
     }
 }
@@ -237,6 +240,11 @@ impl Acceptor {
         };
         // Frames are written whole; Nagle would only delay them.
         let _ = stream.set_nodelay(true);
+        if self.limits.send_buffer_bytes > 0 {
+            // Best effort: the kernel clamps it to its limits (wmem_max).
+            let _ =
+                socket2::SockRef::from(&stream).set_send_buffer_size(self.limits.send_buffer_bytes);
+        }
         let socket = SharedSocket::new(stream, self.limits.push_backlog_bytes);
         let io = TokioIo::new(CountedStream {
             io: StackIo::new(socket.clone()),

@@ -7,6 +7,7 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use bytes::Bytes;
 
 use crate::archive::ArchivedMessage;
+use crate::store::redis::sentinel::{self, Primary, SentinelUrl};
 
 /// The replay Redis tier (a separate instance from the live store).
 ///
@@ -16,15 +17,37 @@ use crate::archive::ArchivedMessage;
 /// written in one `MULTI` with the same TTL, so a window marked filled always
 /// has its members.
 pub(super) struct ReplayRedis {
-    client: ::redis::Client,
-    conn: tokio::sync::Mutex<(Option<ConnectionManager>, Option<Instant>)>,
+    target: Target,
+    conn: tokio::sync::Mutex<(Option<Connected>, Option<Instant>)>,
     ttl_s: u64,
+}
+
+/// Where the tier is: one Redis, or the primary the sentinels name
+/// (`redis+sentinel://…`, followed across failovers: `store/redis/sentinel.rs`).
+enum Target {
+    Plain(::redis::Client),
+    Sentinel(SentinelUrl),
+}
+
+enum Connected {
+    Plain(ConnectionManager),
+    Sentinel(std::sync::Arc<Primary>),
 }
 
 impl ReplayRedis {
     pub(super) fn new(url: &str, ttl_s: u64) -> anyhow::Result<ReplayRedis> {
+        let target = match sentinel::parse(url) {
+            Some(parsed) => Target::Sentinel(parsed.map_err(|e| {
+                ::redis::RedisError::from((
+                    ::redis::ErrorKind::InvalidClientConfig,
+                    "bad redis url",
+                    e,
+                ))
+            })?),
+            None => Target::Plain(::redis::Client::open(url)?),
+        };
         Ok(ReplayRedis {
-            client: ::redis::Client::open(url)?,
+            target,
             conn: tokio::sync::Mutex::new((None, None)),
             ttl_s,
         })
@@ -34,8 +57,10 @@ impl ReplayRedis {
     /// Redis is away, so replay keeps answering from the archive fast).
     pub(super) async fn conn(&self) -> Result<ConnectionManager, ::redis::RedisError> {
         let mut g = self.conn.lock().await;
-        if let Some(c) = &g.0 {
-            return Ok(c.clone());
+        match &g.0 {
+            Some(Connected::Plain(c)) => return Ok(c.clone()),
+            Some(Connected::Sentinel(p)) => return Ok(p.conn()),
+            None => {}
         }
         if let Some(at) = g.1 {
             if at.elapsed() < Duration::from_secs(1) {
@@ -52,8 +77,23 @@ impl ReplayRedis {
             .set_number_of_retries(0)
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_millis(500));
-        let c = ConnectionManager::new_with_config(self.client.clone(), config).await?;
-        g.0 = Some(c.clone());
+        let (connected, c) = match &self.target {
+            Target::Plain(client) => {
+                let c = ConnectionManager::new_with_config(client.clone(), config).await?;
+                (Connected::Plain(c.clone()), c)
+            }
+            Target::Sentinel(url) => {
+                let p = Primary::connect(url.clone(), config).await.map_err(|e| {
+                    ::redis::RedisError::from((
+                        ::redis::ErrorKind::Io,
+                        "replay redis via sentinel",
+                        e.to_string(),
+                    ))
+                })?;
+                (Connected::Sentinel(p.clone()), p.conn())
+            }
+        };
+        g.0 = Some(connected);
         Ok(c)
     }
 

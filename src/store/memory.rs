@@ -365,6 +365,8 @@ mod tests {
             room_ttl_s: 3600,
             control_catch_up_ms: 1000,
             notice_max_bytes: 65536,
+            redis_wait_replicas: 0,
+            redis_wait_timeout_ms: 500,
             fault_drop_notice_every: 0,
         }
     }

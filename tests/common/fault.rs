@@ -44,6 +44,9 @@ pub fn programs(extra: &[&str]) -> Option<()> {
 /// Redis and Kafka of the test's own, fronts and processors against them.
 pub struct Rig {
     pub redis: OwnRedis,
+    /// The live store's URL: `redis`'s, unless `extra` set `DANMAKU_REDIS_URL`
+    /// (tests/redis_failover.rs: a Sentinel set of its own).
+    pub store_url: String,
     pub kafka: Kafka,
     pub env: Vec<(String, String)>,
     pub http: reqwest::Client,
@@ -124,6 +127,11 @@ impl Rig {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let store_url = extra
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == "DANMAKU_REDIS_URL")
+            .map_or_else(|| redis.url(), |(_, v)| v.clone());
         // What the nodes load (secrets included, to issue their tokens).
         let config = Config::load(None, env.clone()).expect("the nodes' configuration");
         let token = Authenticator::new(&config.auth).issue(PUBLISHER, "Chaos", 3600);
@@ -147,6 +155,7 @@ impl Rig {
         let addrs = Arc::new(Mutex::new(fronts.iter().map(Node::addr).collect()));
         Rig {
             redis,
+            store_url,
             kafka,
             env,
             http,
@@ -159,7 +168,7 @@ impl Rig {
     }
 
     pub async fn store(&self) -> RedisStore {
-        RedisStore::connect(&self.redis.url(), self.config.store.clone())
+        RedisStore::connect(&self.store_url, self.config.store.clone())
             .await
             .expect("redis")
     }

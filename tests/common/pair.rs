@@ -24,6 +24,12 @@ pub struct Pair {
 
 impl Pair {
     pub async fn start(redis: &str, extra: &[(&str, &str)]) -> Pair {
+        Self::start_as("serve", redis, extra).await
+    }
+
+    /// Two nodes of `role` (`serve`, or `front` beside a processor started
+    /// from `env`, as tests/redis_cluster.rs does).
+    pub async fn start_as(role: &'static str, redis: &str, extra: &[(&str, &str)]) -> Pair {
         let mut env: Vec<(String, String)> = [
             ("DANMAKU_STORE__ENGINE", "redis"),
             ("DANMAKU_REDIS_URL", redis),
@@ -42,9 +48,9 @@ impl Pair {
             .build()
             .unwrap();
         // One after the other: a shared archive file is migrated once.
-        let a = Node::spawn("serve", &env);
+        let a = Node::spawn(role, &env);
         a.ready(&http).await;
-        let b = Node::spawn("serve", &env);
+        let b = Node::spawn(role, &env);
         b.ready(&http).await;
         Pair {
             a,
@@ -84,6 +90,40 @@ impl Pair {
     ) -> (StatusCode, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         self.call(node, method, path, ADMIN, body).await
+    }
+
+    /// `PUT /v1/admin/rooms/{room}/mutes/{user}` through `node`, as the operator.
+    pub async fn mute_in_room(
+        &self,
+        node: &Node,
+        room: &str,
+        user: &str,
+        duration_s: u64,
+    ) -> (StatusCode, Value) {
+        let path = format!("/v1/admin/rooms/{room}/mutes/{user}");
+        let body = json!({ "duration_s": duration_s });
+        self.admin(node, "PUT", &path, Some(body)).await
+    }
+
+    /// Whether `user`'s posts to `room` through `node` get `403 muted`
+    /// within `within` (each try a new `client_msg_id`).
+    pub async fn refused_as_muted(
+        &self,
+        node: &Node,
+        room: &str,
+        user: &str,
+        within_: Duration,
+    ) -> bool {
+        let mut n = 0;
+        within(within_, || {
+            n += 1;
+            let id = format!("during{n}");
+            async move {
+                let (s, body) = self.post(node, room, user, &id).await;
+                s == StatusCode::FORBIDDEN && body["error"]["code"] == "muted"
+            }
+        })
+        .await
     }
 
     pub async fn post(&self, node: &Node, room: &str, user: &str, id: &str) -> (StatusCode, Value) {

@@ -172,6 +172,18 @@ pub struct FanoutArgs {
     /// Long-poll hold (transport poll).
     #[arg(long, default_value_t = 30_000)]
     pub wait_ms: u64,
+    /// The first N WebSocket viewers read as on a bad link: a 4 KiB receive
+    /// buffer, a second of reading, then --slow-stall of none. The server cuts
+    /// them (docs/protocol.md §5) and they resume by cursor; their cuts are
+    /// reported apart (`cuts_of_slow_viewers`) and they must lose nothing.
+    #[arg(long, default_value_t = 0)]
+    pub slow_viewers: usize,
+    #[arg(long, default_value = "12s", value_parser = parse_duration)]
+    pub slow_stall: Duration,
+    /// Every WebSocket viewer leaves (close 1000) and resumes by cursor this
+    /// often while measuring, staggered over the viewers (0s: never).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub resume_every: Duration,
 }
 
 #[derive(Args, Clone, Debug)]

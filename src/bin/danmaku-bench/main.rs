@@ -24,6 +24,7 @@
 
 #![recursion_limit = "256"]
 
+mod churn;
 mod cli;
 mod inflate;
 mod net;

@@ -152,7 +152,18 @@ impl Conn {
     /// Connects (from source address `i % sources`), with TCP_NODELAY and
     /// an initial read buffer of `buf` bytes.
     pub async fn connect(t: &Target, i: usize, buf: usize) -> io::Result<Conn> {
-        let stream = if t.sources.is_empty() {
+        Conn::connect_with_rcvbuf(t, i, buf, None).await
+    }
+
+    /// `connect` with the socket's receive buffer set to `rcvbuf` bytes
+    /// (before the handshake, so the window the server sees is small too).
+    pub async fn connect_with_rcvbuf(
+        t: &Target,
+        i: usize,
+        buf: usize,
+        rcvbuf: Option<u32>,
+    ) -> io::Result<Conn> {
+        let stream = if t.sources.is_empty() && rcvbuf.is_none() {
             TcpStream::connect(t.addr).await?
         } else {
             let sock = if t.addr.is_ipv4() {
@@ -160,7 +171,12 @@ impl Conn {
             } else {
                 TcpSocket::new_v6()?
             };
-            sock.bind(SocketAddr::new(t.sources[i % t.sources.len()], 0))?;
+            if let Some(n) = rcvbuf {
+                sock.set_recv_buffer_size(n)?;
+            }
+            if !t.sources.is_empty() {
+                sock.bind(SocketAddr::new(t.sources[i % t.sources.len()], 0))?;
+            }
             sock.connect(t.addr).await?
         };
         stream.set_nodelay(true)?;

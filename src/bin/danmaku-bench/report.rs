@@ -292,6 +292,12 @@ pub fn print_load(r: &serde_json::Value) {
             r["viewers_with_duplicates"], r["late_out_of_order"], r["resets"]
         );
     }
+    if r["resumes"].as_u64().unwrap_or(0) + r["slow_viewers"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "churn            {} resumes by cursor; {} slow viewers, cut {} times (the rules); {} cuts of other viewers",
+            r["resumes"], r["slow_viewers"], r["cuts_of_slow_viewers"], r["cuts_of_other_viewers"]
+        );
+    }
     println!("ended early      {} {}", r["dropped"], r["ended_early"]);
     println!("server metrics   {}", r["server_metrics_delta"]);
     if r["publish"]["last_refusal"].is_string() {
@@ -330,6 +336,12 @@ pub fn print_snapshot(r: &serde_json::Value) {
             "publish rtt      p50 {:.2} ms  p99 {:.2} ms",
             f(&r["publish"]["rtt_ms"]["p50_ms"]),
             f(&r["publish"]["rtt_ms"]["p99_ms"])
+        );
+    }
+    if r["resumes"].as_u64().unwrap_or(0) + r["slow_viewers"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "churn            {} resumes by cursor; {} slow viewers, cut {} times (the rules); {} cuts of other viewers",
+            r["resumes"], r["slow_viewers"], r["cuts_of_slow_viewers"], r["cuts_of_other_viewers"]
         );
     }
     println!("ended early      {} {}", r["dropped"], r["ended_early"]);

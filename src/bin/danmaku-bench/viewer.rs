@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::{resumable, Churn, WsEnd};
 use crate::net::{Body, Conn, Target, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 use crate::stats::{now_us, parse_u64, scan_batch, Counters, Hist, SeqTrack};
 
@@ -50,6 +52,8 @@ pub struct Ctx {
     pub read_buf: usize,
     /// WebSocket viewers negotiate permessage-deflate.
     pub compress: bool,
+    /// Slow readers and resumes among the WebSocket viewers.
+    pub churn: Churn,
 }
 
 /// One viewer's outcome.
@@ -65,6 +69,18 @@ pub struct ViewerResult {
     pub resets: u64,
     /// Long-poll answers that were not 200; snapshot answers neither 200 nor 304.
     pub poll_errors: u64,
+    /// The stream's epoch (from the hello) and the cursor of the last frame:
+    /// where a WebSocket viewer resumes.
+    pub epoch: Option<String>,
+    pub cursor: u64,
+    /// A slow reader (`--slow-viewers`): its cuts are the rules at work.
+    pub slow: bool,
+    /// Times it left and resumed by cursor (`--resume-every`).
+    pub resumes: u64,
+    /// Times the server cut it and it resumed by cursor.
+    pub cuts: u64,
+    /// Reconnected: the next hello continues the stream unless it says `reset`.
+    pub expect_hello: bool,
 }
 
 pub fn room_path(room: &str, what: &str) -> String {
@@ -88,6 +104,9 @@ fn on_json(
         if check_seqs {
             r.track.batch(seqs);
         }
+        if let Some(c) = s.cursor {
+            r.cursor = c;
+        }
         r.frames += 1;
         ctx.counters.frames.fetch_add(1, Relaxed);
         ctx.counters.deliveries.fetch_add(s.messages, Relaxed);
@@ -95,13 +114,19 @@ fn on_json(
         let cursor = memchr::memmem::find(json, b"\"cursor\":")
             .and_then(|p| parse_u64(&json[p + 9..]))
             .map(|(v, _)| v);
+        r.epoch = hello_epoch(json).or(r.epoch.take());
         if let Some(c) = cursor {
-            if r.track.start.is_some() {
+            let resumed = std::mem::take(&mut r.expect_hello);
+            let reset = memchr::memmem::find(json, b"\"reset\":true").is_some();
+            if resumed && !reset {
+                // A resume by cursor: the stream goes on where it was.
+            } else if r.track.start.is_some() {
                 // A second hello: the stream was replaced (reset); start over.
                 r.resets += 1;
                 r.track = SeqTrack::default();
             }
             r.track.join(c);
+            r.cursor = c;
         }
     } else if json.starts_with(b"{\"type\":\"close\"") {
         r.ended = Some(String::from_utf8_lossy(json).into_owned());
@@ -110,9 +135,30 @@ fn on_json(
     true
 }
 
-async fn open_ws(ctx: &Ctx, i: usize, room: &str) -> std::io::Result<Conn> {
-    let mut conn = Conn::connect(&ctx.target, i, ctx.read_buf).await?;
-    conn.ws_handshake(&ctx.target.host, &room_path(room, "ws"), ctx.compress)
+/// The `epoch` string of a hello.
+fn hello_epoch(json: &[u8]) -> Option<String> {
+    let p = memchr::memmem::find(json, b"\"epoch\":\"")? + 9;
+    let len = memchr::memchr(b'"', &json[p..])?;
+    Some(String::from_utf8_lossy(&json[p..p + len]).into_owned())
+}
+
+/// How often a stalled slow viewer checks whether the window ended.
+const STALL_STEP: Duration = Duration::from_millis(100);
+
+/// Opens a WebSocket to `room`, resuming at `(epoch, cursor)` if given.
+async fn open_ws(
+    ctx: &Ctx,
+    i: usize,
+    room: &str,
+    resume: Option<(&str, u64)>,
+) -> std::io::Result<Conn> {
+    let rcvbuf = ctx.churn.rcvbuf(i);
+    let mut conn = Conn::connect_with_rcvbuf(&ctx.target, i, ctx.read_buf, rcvbuf).await?;
+    let mut path = room_path(room, "ws");
+    if let Some((epoch, cursor)) = resume {
+        path.push_str(&format!("?epoch={epoch}&cursor={cursor}"));
+    }
+    conn.ws_handshake(&ctx.target.host, &path, ctx.compress)
         .await?;
     Ok(conn)
 }
@@ -169,18 +215,63 @@ pub fn ended_early(ctx: &Ctx, r: &ViewerResult) {
     }
 }
 
+/// A WebSocket viewer: reads until the run ends; with `--slow-viewers` or
+/// `--resume-every` (see `churn`) it also leaves and is cut, and resumes by
+/// cursor each time, its seq check running on across connections.
 pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>) -> ViewerResult {
     let mut r = ViewerResult {
         room: room_idx,
+        slow: ctx.churn.is_slow(i),
         ..Default::default()
     };
-    let Some(mut conn) = connect_with(&ctx, &mut r, || open_ws(&ctx, i, &room)).await else {
+    let Some(mut conn) = connect_with(&ctx, &mut r, || open_ws(&ctx, i, &room, None)).await else {
         return r;
     };
+    let mut leave_at = ctx.churn.next_resume(i, Instant::now(), true);
+    loop {
+        match read_ws(&ctx, &mut r, &mut conn, i, leave_at).await {
+            WsEnd::Stopped | WsEnd::Ended => break,
+            WsEnd::Leave => r.resumes += 1,
+            WsEnd::Cut => r.cuts += 1,
+        }
+        leave_at = ctx.churn.next_resume(i, Instant::now(), false);
+        let Some(epoch) = r.epoch.clone() else { break };
+        let resume = Some((epoch.as_str(), r.cursor));
+        match tokio::time::timeout(ctx.connect_timeout, open_ws(&ctx, i, &room, resume)).await {
+            Ok(Ok(c)) => {
+                conn = c;
+                r.ended = None;
+                r.expect_hello = true;
+            }
+            Ok(Err(e)) => {
+                r.ended = Some(format!("resume: {e}"));
+                break;
+            }
+            Err(_) => {
+                r.ended = Some("resume: timeout".into());
+                break;
+            }
+        }
+    }
+    ended_early(&ctx, &r);
+    r
+}
+
+/// Reads one WebSocket connection until the run stops, the viewer's time to
+/// leave comes (`leave_at`, only while measuring), or the connection ends.
+async fn read_ws(
+    ctx: &Ctx,
+    r: &mut ViewerResult,
+    conn: &mut Conn,
+    i: usize,
+    leave_at: Option<Instant>,
+) -> WsEnd {
     let sample = i.is_multiple_of(ctx.latency_every.max(1));
-    let stop = ctx.stop_viewers.clone();
-    let cancelled = stop.cancelled();
+    let cancelled = ctx.stop_viewers.cancelled();
     tokio::pin!(cancelled);
+    let leave = tokio::time::sleep_until(leave_at.unwrap_or_else(Instant::now));
+    tokio::pin!(leave);
+    let mut stall_at = ctx.churn.next_stall(Instant::now());
     let mut seqs = Vec::with_capacity(64);
     let mut fragments: Vec<u8> = Vec::new();
     // The message being reassembled was compressed (RSV1 on its first frame).
@@ -189,14 +280,24 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
     loop {
         let f = tokio::select! {
             biased;
-            _ = &mut cancelled => break,
+            _ = &mut cancelled => return WsEnd::Stopped,
+            _ = &mut leave, if leave_at.is_some() && ctx.measuring.load(Relaxed) => {
+                let _ = conn.ws_send(OP_CLOSE, &1000u16.to_be_bytes()).await;
+                return WsEnd::Leave;
+            }
             f = conn.ws_next() => f,
         };
         let f = match f {
             Ok(f) => f,
             Err(e) => {
                 r.ended = Some(format!("read: {e}"));
-                break;
+                // A slow reader's socket dropped by the server (no close
+                // frame could be written) is the rules at work: it resumes.
+                return if r.slow && r.epoch.is_some() {
+                    WsEnd::Cut
+                } else {
+                    WsEnd::Ended
+                };
             }
         };
         let payload_at = f.hdr..f.hdr + f.len;
@@ -204,7 +305,7 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
         match f.opcode {
             OP_TEXT | OP_BINARY if f.fin && !f.rsv1 => {
                 let json = &conn.data()[payload_at];
-                keep_going = on_json(&ctx, &mut r, json, &mut seqs, sample, true);
+                keep_going = on_json(ctx, r, json, &mut seqs, sample, true);
             }
             OP_TEXT | OP_BINARY | OP_CONT => {
                 if f.opcode != OP_CONT {
@@ -218,11 +319,11 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
                             Ok(plain) => json = plain,
                             Err(e) => {
                                 r.ended = Some(format!("inflate: {e}"));
-                                break;
+                                return WsEnd::Ended;
                             }
                         }
                     }
-                    keep_going = on_json(&ctx, &mut r, &json, &mut seqs, sample, true);
+                    keep_going = on_json(ctx, r, &json, &mut seqs, sample, true);
                 }
             }
             OP_PING => {
@@ -230,7 +331,7 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
                 conn.consume(f.hdr + f.len);
                 if let Err(e) = conn.ws_send(OP_PONG, &payload).await {
                     r.ended = Some(format!("pong: {e}"));
-                    break;
+                    return WsEnd::Ended;
                 }
                 continue;
             }
@@ -243,7 +344,8 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
                 };
                 let reason = String::from_utf8_lossy(p.get(2..).unwrap_or(&[]));
                 r.ended = Some(format!("close {code}: {reason}"));
-                break;
+                let cut = resumable(code) && r.epoch.is_some() && !ctx.stop_viewers.is_cancelled();
+                return if cut { WsEnd::Cut } else { WsEnd::Ended };
             }
             _ => {}
         }
@@ -252,11 +354,22 @@ pub async fn ws_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>)
         ctx.counters.bytes.fetch_add(b - counted, Relaxed);
         counted = b;
         if !keep_going {
-            break;
+            return WsEnd::Ended;
+        }
+        if r.slow && ctx.measuring.load(Relaxed) && Instant::now() >= stall_at {
+            // Stalls end with the measured window, so that the drain after
+            // it reads everything before the loss check.
+            let until = Instant::now() + ctx.churn.slow_stall;
+            while ctx.measuring.load(Relaxed) && Instant::now() < until {
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => return WsEnd::Stopped,
+                    _ = tokio::time::sleep(STALL_STEP) => {}
+                }
+            }
+            stall_at = ctx.churn.next_stall(Instant::now());
         }
     }
-    ended_early(&ctx, &r);
-    r
 }
 
 pub async fn sse_viewer(ctx: Arc<Ctx>, i: usize, room_idx: usize, room: Arc<str>) -> ViewerResult {

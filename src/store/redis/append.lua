@@ -1,14 +1,35 @@
 -- Appends a batch to one room, atomically. See docs/redis-keys.md.
 --
--- KEYS: 1 seq, 2 epoch, 3 b:whitelist, 4 b:high, 5 b:low, 6 ids, 7 trimmed.
--- ARGV: 1 epoch (used only if the room has none), 2 max_per_bucket,
+-- KEYS: 1 seq, 2 epoch, 3 b:whitelist, 4 b:high, 5 b:low, 6 ids, 7 trimmed,
+--       8 primary (run_id of the server that last wrote the room).
+-- ARGV: 1 epoch (used if the room has none, or after a failover), 2 max_per_bucket,
 --       3 min_ts (ms; older messages are trimmed), 4 dedup_window, 5 ttl_s
 --       (0 = no expiry), then 4 per message: id, bucket (1..3), json head,
 --       json tail (the member is head .. seq .. tail).
 -- Returns one integer per message: seq if stored, -seq if a duplicate; then
 -- the stream's epoch (what a notice carrying the batch names).
 local names = {'whitelist', 'high', 'low'}
-redis.call('SET', KEYS[2], ARGV[1], 'NX')
+-- A new epoch when a promoted replica (a failover: INFO replication names a
+-- former replication id) first writes a room another server wrote last:
+-- the promoted replica may lack the old primary's last writes (the seq
+-- counter included), so seqs viewers already saw would be handed out again;
+-- under a new epoch their cursors reset instead (docs/architecture.md,
+-- "Failover"). A restart of the same primary keeps the epoch (its writes
+-- survive only with appendfsync always). A room written before the primary
+-- key existed keeps its epoch.
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local writer = redis.call('GET', KEYS[8])
+local promoted = false
+if writer and writer ~= run_id then
+  local second = string.match(redis.call('INFO', 'replication'), 'second_repl_offset:(-?%d+)')
+  promoted = second ~= nil and second ~= '-1'
+end
+if promoted then
+  redis.call('SET', KEYS[2], ARGV[1])
+else
+  redis.call('SET', KEYS[2], ARGV[1], 'NX')
+end
+if writer ~= run_id then redis.call('SET', KEYS[8], run_id) end
 local max = tonumber(ARGV[2])
 local min_ts = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
@@ -48,7 +69,7 @@ for b = 1, 3 do
   if last then redis.call('HSET', KEYS[7], names[b], last) end
 end
 if ttl > 0 then
-  for k = 1, 7 do redis.call('EXPIRE', KEYS[k], ttl) end
+  for k = 1, 8 do redis.call('EXPIRE', KEYS[k], ttl) end
 end
 out[#out + 1] = redis.call('GET', KEYS[2])
 return out

@@ -9,22 +9,24 @@
 //! and [`notices`] ("room updated" pub/sub). This file holds the connection
 //! and dispatches the [`LiveStore`] calls.
 //!
-//! Every call goes through a [`ConnectionManager`], which reconnects by itself:
-//! while Redis is away calls fail with [`StoreError::Unavailable`], and they
+//! Every call goes through a [`RedisConn`] (`conn.rs`: a single Redis or a
+//! Redis Cluster, chosen by the URL), which reconnects by itself: while
+//! Redis is away calls fail with [`StoreError::Unavailable`], and they
 //! succeed again once it is back, without rebuilding the store.
 
 mod claims;
+mod conn;
 mod control;
 mod notices;
 mod presence;
 mod retract;
+pub(crate) mod sentinel;
 mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError, Script};
+use ::redis::{RedisError, Script};
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
@@ -33,6 +35,7 @@ use super::{
 };
 use crate::config::StoreConfig;
 use crate::message::Message;
+use conn::{RedisConn, Topology};
 pub use control::CONTROL_CHANNEL;
 use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
@@ -40,7 +43,10 @@ pub use notices::UPDATED_CHANNEL;
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: RedisConn,
+    /// Set with a `redis+sentinel://` URL: the primary now, which replaces
+    /// `conn` (the primary at connect time) once the sentinels fail over.
+    primary: Option<Arc<sentinel::Primary>>,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -60,21 +66,45 @@ struct Scripts {
 }
 
 impl RedisStore {
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`). Fails if Redis
-    /// cannot be reached now; later outages are survived by reconnecting.
+    /// Connects to `url`: `redis://127.0.0.1:6379/0`; several
+    /// comma-separated `redis://host:port` nodes of a Redis Cluster; or
+    /// `redis+sentinel://h1:p1,h2:p2,h3:p3/mymaster` to find the primary
+    /// through Sentinel and follow it across failovers ([`sentinel`]). Fails
+    /// if Redis cannot be reached now; later outages are survived by
+    /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
         // The error names what is wrong, never the URL (it may hold a password).
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client.clone(), manager_config)
-            .await
-            .map_err(unavailable)?;
+        let (conn, primary, notice_nodes) = match sentinel::parse(url) {
+            Some(parsed) => {
+                let parsed =
+                    parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
+                let primary = sentinel::Primary::connect(parsed, conn::manager_config()).await?;
+                let p = primary.clone();
+                let follow: notices::ClientOf = Arc::new(move || p.client());
+                (
+                    RedisConn::Single(primary.conn()),
+                    Some(primary),
+                    vec![follow],
+                )
+            }
+            None => {
+                let topology = Topology::parse(url)?;
+                if matches!(topology, Topology::Cluster { .. }) && config.redis_wait_replicas > 0 {
+                    return Err(StoreError::Unavailable(
+                        "store.redis_wait_replicas is for a single Redis or a Sentinel primary, \
+                         not a Redis Cluster (its WAIT would reach no particular master)"
+                            .into(),
+                    ));
+                }
+                let conn = topology.connect().await.map_err(unavailable)?;
+                let nodes = topology
+                    .pubsub_nodes()
+                    .into_iter()
+                    .map(|client| -> notices::ClientOf { Arc::new(move || client.clone()) })
+                    .collect();
+                (conn, None, nodes)
+            }
+        };
         let scripts = Scripts {
             append: Script::new(stream::APPEND_LUA),
             claim: Script::new(claims::CLAIM_LUA),
@@ -83,8 +113,9 @@ impl RedisStore {
         };
         Ok(RedisStore {
             conn,
+            primary,
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(client)),
+            notices: Arc::new(Notices::new(notice_nodes)),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -93,8 +124,11 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    fn conn(&self) -> RedisConn {
+        match &self.primary {
+            Some(primary) => RedisConn::Single(primary.conn()),
+            None => self.conn.clone(),
+        }
     }
 }
 
@@ -151,10 +185,7 @@ impl LiveStore for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = ::redis::cmd("PING")
-            .query_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+        let pong = self.conn().ping().await.map_err(unavailable)?;
         if pong == "PONG" {
             Ok(())
         } else {

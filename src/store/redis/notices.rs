@@ -3,6 +3,11 @@
 //! (`docs/redis-keys.md`, "Notices"): "room updated" on [`UPDATED_CHANNEL`]
 //! (data plane, best effort) and control notices on [`CONTROL_CHANNEL`]
 //! (numbered; a node that missed some catches up from the change log).
+//!
+//! On a Redis Cluster classic `PUBLISH` reaches the subscribers of every
+//! node, so the task subscribes through one listed node and moves on to the
+//! next listed one whenever a subscription cannot be made or is lost
+//! (`docs/architecture.md`, "Redis Cluster").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -37,13 +42,19 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle subscriber PINGs, so a half-open connection is noticed.
 const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 
+/// The client a (re)subscription connects with: asked again on every
+/// attempt, so that the subscriber follows a Sentinel failover.
+pub(super) type ClientOf = Arc<dyn Fn() -> Client + Send + Sync>;
+
 /// The receiving side of notices, shared by the clones of one store. The
 /// subscriber task is spawned on the first `updates()` call and aborted when
 /// the last clone of the store is dropped.
 pub(super) struct Notices {
     tx: broadcast::Sender<Arc<RoomNotice>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
-    client: Client,
+    /// The nodes to subscribe through, tried in turn (one for a single
+    /// Redis; the primary of the moment with Sentinel).
+    nodes: Arc<[ClientOf]>,
     /// True while the subscriber holds its subscription (`notices_live`).
     live: Arc<AtomicBool>,
     /// Where to spawn the task when `updates()` is called outside a runtime.
@@ -79,7 +90,7 @@ impl Notices {
                     self.task.get_or_init(|| {
                         runtime
                             .spawn(listen(
-                                self.client.clone(),
+                                self.nodes.clone(),
                                 self.senders(),
                                 self.live.clone(),
                             ))
@@ -116,24 +127,35 @@ struct Senders {
 
 /// Keeps one pub/sub connection subscribed to both channels and forwards
 /// each notice to its sender, reconnecting with backoff (100 ms
-/// doubling to 5 s) whenever the connection is lost or cannot be made.
+/// doubling to 5 s) whenever the connection is lost or cannot be made,
+/// each time through the next of `nodes` (round robin).
 /// `live` holds while subscribed; each new subscription sends [`ALL_ROOMS`]
 /// (what was published before it is lost). Runs until aborted.
-async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
+async fn listen(nodes: Arc<[ClientOf]>, tx: Senders, live: Arc<AtomicBool>) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
+    let mut turn: usize = 0;
     loop {
+        let Some(client_of) = nodes.get(turn % nodes.len().max(1)) else {
+            tracing::error!("no redis node to subscribe to notices through");
+            return;
+        };
+        let client = client_of();
+        // Host and port only: the URL may hold a password.
+        let node = client.get_connection_info().addr().to_string();
+        turn = turn.wrapping_add(1);
         match subscribe_updates(&client).await {
             Ok((sink, stream)) => {
                 if ever_subscribed {
                     tracing::info!(
                         channel = UPDATED_CHANNEL,
+                        %node,
                         failed_attempts = failures,
                         "redis notice subscription restored"
                     );
                 } else {
-                    tracing::debug!(channel = UPDATED_CHANNEL, "subscribed to redis notices");
+                    tracing::debug!(channel = UPDATED_CHANNEL, %node, "subscribed to redis notices");
                 }
                 live.store(true, Ordering::Release);
                 // Subscribed before anyone reads: nothing published from here
@@ -147,6 +169,7 @@ async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
                 live.store(false, Ordering::Release);
                 tracing::warn!(
                     channel = UPDATED_CHANNEL,
+                    %node,
                     %reason,
                     "redis notice subscription lost; reconnecting"
                 );
@@ -161,6 +184,7 @@ async fn listen(client: Client, tx: Senders, live: Arc<AtomicBool>) {
                 if failures == 1 {
                     tracing::warn!(
                         channel = UPDATED_CHANNEL,
+                        %node,
                         %reason,
                         "cannot subscribe to redis notices; retrying with backoff"
                     );
@@ -238,11 +262,11 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
 }
 
 impl Notices {
-    pub(super) fn new(client: Client) -> Self {
+    pub(super) fn new(nodes: Vec<ClientOf>) -> Self {
         Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
             control_tx: broadcast::channel(UPDATES_CAPACITY).0,
-            client,
+            nodes: nodes.into(),
             live: Arc::new(AtomicBool::new(false)),
             runtime: tokio::runtime::Handle::try_current().ok(),
             task: OnceLock::new(),

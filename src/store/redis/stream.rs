@@ -27,6 +27,9 @@ pub(super) struct RoomKeys {
     pub trimmed: String,
     /// Retractions: member = id, score = seq (see `retract.rs`).
     pub retracted: String,
+    /// `run_id` of the server that last appended (a new epoch when another
+    /// one appends: `append.lua`).
+    pub primary: String,
 }
 
 impl RoomKeys {
@@ -38,6 +41,7 @@ impl RoomKeys {
             ids: format!("dm:{{{room}}}:ids"),
             trimmed: format!("dm:{{{room}}}:trimmed"),
             retracted: format!("dm:{{{room}}}:retracted"),
+            primary: format!("dm:{{{room}}}:primary"),
         }
     }
 }
@@ -123,6 +127,7 @@ impl RedisStore {
             .key(&keys.buckets[2])
             .key(&keys.ids)
             .key(&keys.trimmed)
+            .key(&keys.primary)
             .arg(new_epoch())
             .arg(self.config.max_per_bucket)
             .arg(min_ts)
@@ -134,10 +139,16 @@ impl RedisStore {
             let (head, tail) = split_json(message)?;
             invocation.arg(id).arg(bucket).arg(head).arg(tail);
         }
+        // One connection for the script and its WAIT: a WAIT sent to a primary
+        // the sentinels switched to in between would vouch for nothing.
+        let mut conn = self.conn();
         let mut out: Vec<::redis::Value> = invocation
-            .invoke_async(&mut self.conn())
+            .invoke_async(&mut conn)
             .await
             .map_err(unavailable)?;
+        if self.config.redis_wait_replicas > 0 {
+            self.wait_replicas(&mut conn).await?;
+        }
         let epoch = out.pop().map(::redis::from_redis_value::<String>);
         let outcomes = out
             .into_iter()
@@ -167,6 +178,34 @@ impl RedisStore {
             })
             .collect();
         Ok(Appended { epoch, outcomes })
+    }
+
+    /// `WAIT`: fails unless `redis_wait_replicas` replicas hold this
+    /// connection's writes within `redis_wait_timeout_ms`. A failed append
+    /// is retried by the processor (the retry finds its ids: no duplicate)
+    /// and nothing is committed or notified for it meanwhile.
+    async fn wait_replicas(&self, conn: &mut super::conn::RedisConn) -> Result<(), StoreError> {
+        let super::conn::RedisConn::Single(conn) = conn else {
+            // `connect` refuses the setting on a cluster: a cluster routes
+            // a key-less WAIT to no particular master.
+            return Err(StoreError::Unavailable(
+                "redis: WAIT is not supported on a Redis Cluster".into(),
+            ));
+        };
+        let want = self.config.redis_wait_replicas;
+        let timeout_ms = self.config.redis_wait_timeout_ms.max(1);
+        let got: usize = ::redis::cmd("WAIT")
+            .arg(want)
+            .arg(timeout_ms)
+            .query_async(conn)
+            .await
+            .map_err(unavailable)?;
+        if got < want {
+            return Err(StoreError::Unavailable(format!(
+                "redis: the append reached {got} of {want} replicas within {timeout_ms} ms"
+            )));
+        }
+        Ok(())
     }
 
     pub(super) async fn stream_head(&self, room: &str) -> Result<StreamHead, StoreError> {

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     await_connections, ends, new_ctx, room_max, setup, spawn_viewer, Ends, Publishers, Setup,
 };
+use crate::churn::Churn;
 use crate::cli::{Common, FanoutArgs, LoadArgs};
 use crate::procfs;
 use crate::report::{machine, print_load, publish_report, quantiles};
@@ -30,6 +31,11 @@ pub async fn run(a: &FanoutArgs, threads: usize) -> anyhow::Result<serde_json::V
         transport: a.transport,
         mode: PollMode::Follow,
         wait_ms: a.wait_ms,
+        churn: Churn {
+            slow_viewers: a.slow_viewers,
+            slow_stall: a.slow_stall,
+            resume_every: (!a.resume_every.is_zero()).then_some(a.resume_every),
+        },
     };
     run_load("fanout", &a.common, &a.load, spec, threads).await
 }
@@ -41,6 +47,8 @@ pub struct LoadSpec {
     pub transport: Transport,
     pub mode: PollMode,
     pub wait_ms: u64,
+    /// Slow readers and resumes among the measured WebSocket viewers.
+    pub churn: Churn,
 }
 
 pub async fn run_load(
@@ -61,7 +69,13 @@ pub async fn run_load(
         tokens,
         metrics_before,
         baseline,
-    } = setup(common, load, spec.clients + spec.hold_ws * load.rooms).await?;
+    } = setup(
+        common,
+        load,
+        spec.clients + spec.hold_ws * load.rooms,
+        spec.churn,
+    )
+    .await?;
     eprintln!(
         "{scenario}: {} {:?} clients in {} room(s), {} publisher(s) at {}/s ({:?}), tool threads {threads} on CPUs {}",
         spec.clients,
@@ -178,9 +192,16 @@ pub async fn run_load(
         (0, 0, 0, 0, 0, 0);
     let mut resets = 0;
     let mut poll_errors = 0;
+    let (mut resumes, mut slow_cuts, mut other_cuts) = (0, 0, 0);
     for r in results.iter().filter(|r| r.connect_error.is_none()) {
         resets += r.resets;
         poll_errors += r.poll_errors;
+        resumes += r.resumes;
+        if r.slow {
+            slow_cuts += r.cuts;
+        } else {
+            other_cuts += r.cuts;
+        }
         if !check {
             continue;
         }
@@ -248,6 +269,10 @@ pub async fn run_load(
         "viewers_with_duplicates": with_dups,
         "late_out_of_order": late,
         "resets": resets,
+        "slow_viewers": spec.churn.slow_viewers.min(spec.clients),
+        "resumes": resumes,
+        "cuts_of_slow_viewers": slow_cuts,
+        "cuts_of_other_viewers": other_cuts,
         "poll_errors": poll_errors,
         "ended_early": ended,
         "dropped": ctx.counters.dropped.load(Relaxed),

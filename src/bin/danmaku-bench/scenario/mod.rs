@@ -17,6 +17,7 @@ use anyhow::bail;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::churn::Churn;
 use crate::cli::{Common, LoadArgs, MAX_CONNECTIONS, MAX_RUN};
 use crate::net::Target;
 use crate::procfs::{self, ProcSample};
@@ -43,7 +44,13 @@ pub struct Setup {
 
 /// Checks the bounds for `connections` besides the publishers, finds the
 /// server, and gets the publisher tokens.
-pub async fn setup(common: &Common, load: &LoadArgs, connections: usize) -> anyhow::Result<Setup> {
+/// `churn`: what the run's WebSocket viewers do besides reading.
+pub async fn setup(
+    common: &Common,
+    load: &LoadArgs,
+    connections: usize,
+    churn: Churn,
+) -> anyhow::Result<Setup> {
     if load.duration > MAX_RUN || load.warmup > MAX_RUN || load.drain > Duration::from_secs(60) {
         bail!("--duration and --warmup are bounded to 1 h, --drain to 60 s");
     }
@@ -60,7 +67,8 @@ pub async fn setup(common: &Common, load: &LoadArgs, connections: usize) -> anyh
         Err(e) => bail!("{} is not reachable: {e}", common.url),
     }
     let pid = server_pid(common, &target).await;
-    let ctx = new_ctx(common, target.clone(), load.latency_every);
+    let mut ctx = new_ctx(common, target.clone(), load.latency_every);
+    Arc::get_mut(&mut ctx).expect("a new context").churn = churn;
     let run_id = format!("{:08x}", rand::random::<u32>());
 
     // Publisher tokens first (a failure here should not cost a connection phase).
@@ -152,6 +160,7 @@ pub fn new_ctx(common: &Common, target: Target, latency_every: usize) -> Arc<Ctx
         stop_viewers: CancellationToken::new(),
         read_buf: common.read_buf,
         compress: common.compress,
+        churn: Churn::default(),
     })
 }
 

@@ -13,6 +13,7 @@ pub async fn run(a: &PollArgs, threads: usize) -> anyhow::Result<serde_json::Val
         transport: Transport::Poll,
         mode: a.mode,
         wait_ms: a.wait_ms,
+        churn: Default::default(),
     };
     run_load("poll", &a.common, &a.load, spec, threads).await
 }

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{await_connections, setup, Publishers, Setup};
+use crate::churn::Churn;
 use crate::cli::SnapshotArgs;
 use crate::procfs;
 use crate::report::{machine, print_snapshot, publish_report, quantiles, tally};
@@ -32,7 +33,7 @@ pub async fn run(a: &SnapshotArgs, threads: usize) -> anyhow::Result<serde_json:
         tokens,
         metrics_before,
         baseline,
-    } = setup(common, load, a.clients).await?;
+    } = setup(common, load, a.clients, Churn::default()).await?;
     eprintln!(
         "snapshot: {} clients in {} room(s), {} publisher(s) at {}/s ({:?}), tool threads {threads} on CPUs {}",
         a.clients,
