@@ -12,8 +12,9 @@
 # Fails when, per node, after the warm-up (the first third, at least 60 s):
 #   - the RSS slope (least squares) is >= SOAK_MAX_RSS_MB_PER_10MIN (1) MB per
 #     10 minutes;
-#   - open fds grow: the last quarter's median above the first quarter's
-#     (after the warm-up) by more than SOAK_MAX_FD_GROWTH (8);
+#   - open fds grow: measured between rounds (idle_fds.csv), the last
+#     quarter's median above the first quarter's (after the warm-up) by more
+#     than SOAK_MAX_FD_GROWTH (8);
 #   - a server log has a WARN or ERROR line not explained (explained: the
 #     development-secrets warning, and the broker's "coordinator loading"
 #     answers while a new topic's group coordinator starts);
@@ -116,10 +117,13 @@ for i in 0 1 2; do
   done
 done
 
-# Samples: t_s,node,rss_kb,fds every 5 s while the load runs.
+# Samples: t_s,node,rss_kb,fds every 5 s while the load runs; open fds
+# between rounds in idle_fds.csv (t_s,node,fds).
 echo "t_s,node,rss_kb,fds" >"$out/samples.csv"
+echo "t_s,node,fds" >"$out/idle_fds.csv"
+soak_start=$(date +%s)
 (
-  start=$(date +%s)
+  start=$soak_start
   while :; do
     now=$(($(date +%s) - start))
     for i in 0 1 2; do
@@ -165,6 +169,13 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
   poll=$!
   for job in $ws $sse $poll; do
     wait "$job" || failed_rounds=$((failed_rounds + 1))
+  done
+  # Open fds between rounds, once the servers have closed the round's
+  # connections: what a leak raises (during a round they swing by hundreds).
+  sleep 1
+  for i in 0 1 2; do
+    echo "$(($(date +%s) - soak_start)),${names[$i]},$(ls "/proc/${node_pids[$i]}/fd" 2>/dev/null | wc -l)" \
+      >>"$out/idle_fds.csv"
   done
   round=$((round + 1))
 done
@@ -219,6 +230,7 @@ print(f"soak: minutes={minutes:g} rounds={rounds} delivered={delivered} lost={lo
       f"duplicates={dups} dropped={dropped} resumes={resumes} slow_viewer_cuts={slow_cuts} "
       f"other_cuts={other_cuts} warn_lines={len(warn)} explained_warn_lines={explained}")
 rows = list(csv.DictReader(open(f"{out}/samples.csv")))
+idle_rows = list(csv.DictReader(open(f"{out}/idle_fds.csv")))
 end_t = max((int(r["t_s"]) for r in rows), default=0)
 warm = max(60, end_t // 3)
 for node in ("front-a", "front-b", "processor"):
@@ -237,7 +249,12 @@ for node in ("front-a", "front-b", "processor"):
     slope = sum((t - mt) * (r - mr) for t, r in zip(ts, rss)) / den * 600 if den else 0.0
     q = max(1, len(after) // 4)
     fds = [p[2] for p in after]
-    growth = statistics.median(fds[-q:]) - statistics.median(fds[:q])
+    # Between rounds, not while they run: the rounds' viewers move between
+    # the fronts every round, so fds sampled during the rounds swing by
+    # hundreds with which front holds which round.
+    idle = [int(r["fds"]) for r in idle_rows if r["node"] == node and int(r["t_s"]) >= warm]
+    qi = max(1, len(idle) // 4)
+    growth = (statistics.median(idle[-qi:]) - statistics.median(idle[:qi])) if idle else 0
     print(f"soak node {node}: samples={len(pts)} warm_up_s={warm} rss_mb start={pts[0][1]:.1f} "
           f"after_warm_up={rss[0]:.1f} end={rss[-1]:.1f} peak={max(p[1] for p in pts):.1f} "
           f"slope_mb_per_10min={slope:.2f} fds min={min(fds)} max={max(fds)} growth={growth:g}")
