@@ -118,6 +118,8 @@ async fn readyz(State(s): State<AppState>) -> Response {
 
 async fn metrics(State(s): State<AppState>) -> Response {
     s.metrics.bus_pending.set(s.bus.pending() as i64);
+    let health = s.store.health();
+    s.metrics.set_store_health(health.unreachable, health.trips);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render() + &s.replay.metrics.render(),

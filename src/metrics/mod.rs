@@ -43,6 +43,11 @@ pub struct Metrics {
     pub store_duplicates: IntCounter,
     pub store_errors: IntCounterVec,
     pub store_append_seconds: Histogram,
+    /// 1 while the live store's health gate fails calls at once (Redis
+    /// unreachable), else 0; sampled at each scrape.
+    pub store_unreachable: IntGauge,
+    /// Times the live store was found unreachable.
+    pub store_unreachable_trips: IntCounter,
     /// Message copies handed to viewer connections (messages × viewers).
     pub delivered: IntCounterVec,
     /// Frames encoded by hubs (one per room per tick with news).
@@ -164,6 +169,16 @@ impl Metrics {
             self.gear
                 .with_label_values(&[room.as_str(), kind])
                 .set(*gear);
+        }
+    }
+
+    /// Samples the live store's health gate (`store::StoreHealth`):
+    /// `unreachable` now, and its `trips` so far (a count that only grows).
+    pub fn set_store_health(&self, unreachable: bool, trips: u64) {
+        self.store_unreachable.set(i64::from(unreachable));
+        let counted = self.store_unreachable_trips.get();
+        if trips > counted {
+            self.store_unreachable_trips.inc_by(trips - counted);
         }
     }
 

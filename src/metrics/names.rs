@@ -70,6 +70,22 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            store_unreachable: reg(
+                &registry,
+                IntGauge::new(
+                    "danmaku_store_unreachable",
+                    "1 while the live store is unreachable and its calls fail at once",
+                )
+                .unwrap(),
+            ),
+            store_unreachable_trips: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_store_unreachable_trips_total",
+                    "Times the live store was found unreachable (timeouts, lost connections)",
+                )
+                .unwrap(),
+            ),
             store_append_seconds: reg(
                 &registry,
                 Histogram::with_opts(

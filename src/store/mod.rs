@@ -22,6 +22,15 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// The store health gate's state (Redis engine, `store/redis/health.rs`),
+/// for the metrics: whether calls fail at once now, and how often the store
+/// has been found unreachable since this process started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    pub unreachable: bool,
+    pub trips: u64,
+}
+
 /// The current end of a room's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StreamHead {
@@ -188,6 +197,12 @@ pub trait LiveStore: Send + Sync + 'static {
     /// (`fanout.read_interval_ms`) so viewers still get news, late.
     fn notices_live(&self) -> bool {
         true
+    }
+
+    /// The health gate's state; an engine without one (the embedded store,
+    /// which is this process) is never unreachable.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
     }
 }
 

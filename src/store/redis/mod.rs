@@ -17,6 +17,7 @@
 mod claims;
 mod conn;
 mod control;
+mod health;
 mod notices;
 mod presence;
 mod retract;
@@ -31,11 +32,12 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StreamHead, StreamRead,
+    Appended, Claim, LiveStore, Retraction, RoomNotice, StoreError, StoreHealth, StreamHead,
+    StreamRead,
 };
 use crate::config::StoreConfig;
 use crate::message::Message;
-use conn::{RedisConn, Topology};
+use conn::Topology;
 pub use control::CONTROL_CHANNEL;
 use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
@@ -43,10 +45,10 @@ pub use notices::UPDATED_CHANNEL;
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: RedisConn,
-    /// Set with a `redis+sentinel://` URL: the primary now, which replaces
-    /// `conn` (the primary at connect time) once the sentinels fail over.
-    primary: Option<Arc<sentinel::Primary>>,
+    /// The connection (of a single Redis or a cluster, or the Sentinel
+    /// primary now) behind the store health gate (`health.rs`): calls fail
+    /// at once while Redis is unreachable.
+    gate: Arc<health::Gate>,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -74,18 +76,14 @@ impl RedisStore {
     /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
         // The error names what is wrong, never the URL (it may hold a password).
-        let (conn, primary, notice_nodes) = match sentinel::parse(url) {
+        let (source, notice_nodes) = match sentinel::parse(url) {
             Some(parsed) => {
                 let parsed =
                     parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
                 let primary = sentinel::Primary::connect(parsed, conn::manager_config()).await?;
                 let p = primary.clone();
                 let follow: notices::ClientOf = Arc::new(move || p.client());
-                (
-                    RedisConn::Single(primary.conn()),
-                    Some(primary),
-                    vec![follow],
-                )
+                (health::Source::Sentinel(primary), vec![follow])
             }
             None => {
                 let topology = Topology::parse(url)?;
@@ -102,7 +100,8 @@ impl RedisStore {
                     .into_iter()
                     .map(|client| -> notices::ClientOf { Arc::new(move || client.clone()) })
                     .collect();
-                (conn, None, nodes)
+                let conn = parking_lot::RwLock::new(conn);
+                (health::Source::Fixed { topology, conn }, nodes)
             }
         };
         let scripts = Scripts {
@@ -112,8 +111,7 @@ impl RedisStore {
             retract: Script::new(retract::RETRACT_LUA),
         };
         Ok(RedisStore {
-            conn,
-            primary,
+            gate: health::Gate::start(source),
             scripts: Arc::new(scripts),
             notices: Arc::new(Notices::new(notice_nodes)),
             presence_sent: Arc::default(),
@@ -124,11 +122,8 @@ impl RedisStore {
         })
     }
 
-    fn conn(&self) -> RedisConn {
-        match &self.primary {
-            Some(primary) => RedisConn::Single(primary.conn()),
-            None => self.conn.clone(),
-        }
+    fn conn(&self) -> health::GatedConn {
+        self.gate.conn()
     }
 }
 
@@ -223,5 +218,9 @@ impl LiveStore for RedisStore {
 
     fn notices_live(&self) -> bool {
         self.notices.live()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.gate.health()
     }
 }

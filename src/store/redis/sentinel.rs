@@ -162,6 +162,24 @@ impl Primary {
     pub(super) fn client(&self) -> Client {
         self.current.read().client.clone()
     }
+
+    /// The primary's address and client now: where the store health
+    /// gate's prober (`health.rs`) opens a fresh connection.
+    pub(super) fn target(&self) -> (String, Client) {
+        let current = self.current.read();
+        (current.addr.clone(), current.client.clone())
+    }
+
+    /// Puts `conn`, a fresh connection to the primary at `addr`, in place of
+    /// the one in use (which a partition may have left waiting on TCP
+    /// backoff); nothing if the primary moved meanwhile (the watcher has
+    /// connected to the new one).
+    pub(super) fn renew(&self, addr: &str, conn: ConnectionManager) {
+        let mut current = self.current.write();
+        if current.addr == addr {
+            current.conn = conn;
+        }
+    }
 }
 
 /// The first answer of a sentinel, in order, to `SENTINEL

@@ -184,14 +184,14 @@ impl RedisStore {
     /// connection's writes within `redis_wait_timeout_ms`. A failed append
     /// is retried by the processor (the retry finds its ids: no duplicate)
     /// and nothing is committed or notified for it meanwhile.
-    async fn wait_replicas(&self, conn: &mut super::conn::RedisConn) -> Result<(), StoreError> {
-        let super::conn::RedisConn::Single(conn) = conn else {
+    async fn wait_replicas(&self, conn: &mut super::health::GatedConn) -> Result<(), StoreError> {
+        if conn.is_cluster() {
             // `connect` refuses the setting on a cluster: a cluster routes
             // a key-less WAIT to no particular master.
             return Err(StoreError::Unavailable(
                 "redis: WAIT is not supported on a Redis Cluster".into(),
             ));
-        };
+        }
         let want = self.config.redis_wait_replicas;
         let timeout_ms = self.config.redis_wait_timeout_ms.max(1);
         let got: usize = ::redis::cmd("WAIT")
