@@ -7,9 +7,12 @@
 //!
 //! - **a front cut from Redis** (not from Kafka): its answers during the cut
 //!   are answers (202, or 503 with an error code), never hangs, within
-//!   [`ANSWER_BOUND`]; its `/readyz` turns 503 saying `"store": false`, so a
-//!   load balancer drains it; its reads answer too; its viewers get every
-//!   message, each once, after the heal;
+//!   [`ANSWER_BOUND`]; once it has refused a post it refuses the rest at
+//!   once (the store health gate), within [`FAST_REFUSAL_BOUND`]; its
+//!   `/readyz` turns 503 saying `"store": false`, so a load balancer drains
+//!   it; its reads answer too; it acknowledges again within
+//!   [`REDIS_RECOVERY_BOUND`] of the heal; its viewers get every message,
+//!   each once, after the heal;
 //! - **the processor cut from Kafka**: the fronts keep acknowledging; its
 //!   `/readyz` turns 503 saying `"bus": false`; after the heal it resumes
 //!   from its committed offsets and the store catches up;
@@ -58,6 +61,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The longest a reachable front may take to answer anything during a cut.
 const ANSWER_BOUND: Duration = Duration::from_secs(6);
+/// The longest a front cut from Redis may take to refuse a post once it has
+/// refused one: the store health gate (src/store/redis/health.rs) fails
+/// calls at once while Redis is unreachable, instead of each waiting out the
+/// 5 s response timeout.
+const FAST_REFUSAL_BOUND: Duration = Duration::from_secs(1);
+/// The longest from the heal to the front cut from Redis acknowledging
+/// again (and `/readyz` 200): the gate's prober swaps a fresh connection in
+/// on its first `PONG` (every 250 ms), rather than waiting on the old
+/// connection's TCP retransmission backoff.
+const REDIS_RECOVERY_BOUND: Duration = Duration::from_millis(1500);
 /// The longest `/readyz` may take, however many of its checks time out:
 /// each check's bound is 1 s and they run at once (one after the other, two
 /// that time out would take 2 s and more); the rest is a busy machine's
@@ -213,61 +226,6 @@ impl Probing {
             t.unwrap();
         }
         std::mem::take(&mut *self.probes.lock().unwrap())
-    }
-}
-
-/// `202`, `503 store_unavailable` (status and error code), or `none` (no
-/// answer).
-fn answer_key(status: Option<StatusCode>, code: Option<&str>) -> String {
-    match (status, code) {
-        (None, _) => "none".to_string(),
-        (Some(s), None) => s.as_u16().to_string(),
-        (Some(s), Some(c)) => format!("{} {c}", s.as_u16()),
-    }
-}
-
-/// The post attempts sent to `to` in `[from, until)`: by answer (status and
-/// error code, or `none`), and the slowest.
-fn attempts_to(
-    ledger: &Ledger,
-    to: SocketAddr,
-    from: Instant,
-    until: Instant,
-) -> (BTreeMap<String, usize>, Duration) {
-    let mut by = BTreeMap::new();
-    let mut slowest = Duration::ZERO;
-    for a in ledger.attempts.lock().unwrap().iter() {
-        if a.to != to || a.sent < from || a.sent >= until {
-            continue;
-        }
-        *by.entry(answer_key(a.status, a.code.as_deref()))
-            .or_insert(0) += 1;
-        slowest = slowest.max(a.took);
-    }
-    (by, slowest)
-}
-
-/// From `t` to the first attempt sent to `to` at or after `t` that was
-/// acknowledged (and answered), up to `within`.
-async fn first_ack_by(ledger: &Ledger, to: SocketAddr, t: Instant, within: Duration) -> Duration {
-    let deadline = Instant::now() + within;
-    loop {
-        let acked = ledger
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.to == to && a.sent >= t && a.status == Some(StatusCode::ACCEPTED))
-            .map(|a| a.sent + a.took - t)
-            .min();
-        if let Some(d) = acked {
-            return d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no post acknowledged by {to} within {within:?} of the heal"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -439,15 +397,20 @@ async fn partitioned_front_from_redis() {
         cold.replace("{room}", &o.room),
     );
     let (during, slowest) = o.during(c.rig.fronts[1].addr());
+    let fast = after_first_refusal(&o.ledger, c.rig.fronts[1].addr(), o.cut_at, o.healed);
     let drained = o.assert_drained(tag, "store");
     let (warm_by, warm_slowest) = o.probes.summary(&warm);
     let (cold_by, cold_slowest) = o.probes.summary(&cold);
     o.print(
         tag,
         &format!(
-            "during_cut={during:?} max_answer_s={:.1} {drained} warm_poll={warm_by:?} \
+            "during_cut={during:?} max_answer_s={:.1} first_refusal_s={} after_it={} \
+             after_it_max_s={:.2} {drained} warm_poll={warm_by:?} \
              warm_poll_max_s={:.1} cold_poll={cold_by:?} cold_poll_max_s={:.1}",
             slowest.as_secs_f64(),
+            secs(fast.map(|(at, ..)| at - o.cut_at)),
+            fast.map_or(0, |(_, n, _)| n),
+            fast.map_or(0.0, |(.., max)| max.as_secs_f64()),
             warm_slowest.as_secs_f64(),
             cold_slowest.as_secs_f64(),
         ),
@@ -470,7 +433,19 @@ async fn partitioned_front_from_redis() {
         assert!(bad.is_empty(), "{tag}: a {what} answered {by:?}");
         assert_within(tag, &format!("the slowest {what}"), took, ANSWER_BOUND);
     }
-    assert_within(tag, "recovery", o.recovery, Duration::from_secs(15));
+    let (_, n, after_max) =
+        fast.unwrap_or_else(|| panic!("{tag}: the front cut from Redis refused no post"));
+    assert!(
+        n > 0,
+        "{tag}: no post sent to the cut front after its first refusal"
+    );
+    assert_within(
+        tag,
+        "a refusal after the first",
+        after_max,
+        FAST_REFUSAL_BOUND,
+    );
+    assert_within(tag, "recovery", o.recovery, REDIS_RECOVERY_BOUND);
 }
 
 /// Front 1 cut from Kafka (not from Redis): its posts answer 503 within the

@@ -4,7 +4,7 @@
 //! that resume from their cursor whenever their connection ends, and the
 //! invariants checked over all three (see tests/chaos.rs for the list).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -792,6 +792,92 @@ pub fn figure_line(fault: &str, f: &Figures, recovery: Duration, extra: &str) ->
 
 pub fn secs(d: Option<Duration>) -> String {
     d.map_or("never".into(), |d| format!("{:.1}", d.as_secs_f64()))
+}
+
+/// `202`, `503 store_unavailable` (status and error code), or `none` (no
+/// answer).
+pub fn answer_key(status: Option<StatusCode>, code: Option<&str>) -> String {
+    match (status, code) {
+        (None, _) => "none".to_string(),
+        (Some(s), None) => s.as_u16().to_string(),
+        (Some(s), Some(c)) => format!("{} {c}", s.as_u16()),
+    }
+}
+
+/// The post attempts sent to `to` in `[from, until)`: by answer (status and
+/// error code, or `none`), and the slowest.
+pub fn attempts_to(
+    ledger: &Ledger,
+    to: SocketAddr,
+    from: Instant,
+    until: Instant,
+) -> (BTreeMap<String, usize>, Duration) {
+    let mut by = BTreeMap::new();
+    let mut slowest = Duration::ZERO;
+    for a in ledger.attempts.lock().unwrap().iter() {
+        if a.to != to || a.sent < from || a.sent >= until {
+            continue;
+        }
+        *by.entry(answer_key(a.status, a.code.as_deref()))
+            .or_insert(0) += 1;
+        slowest = slowest.max(a.took);
+    }
+    (by, slowest)
+}
+
+/// From `t` to the first attempt sent to `to` at or after `t` that was
+/// acknowledged (and answered), up to `within`.
+pub async fn first_ack_by(
+    ledger: &Ledger,
+    to: SocketAddr,
+    t: Instant,
+    within: Duration,
+) -> Duration {
+    let deadline = Instant::now() + within;
+    loop {
+        let acked = ledger
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.to == to && a.sent >= t && a.status == Some(StatusCode::ACCEPTED))
+            .map(|a| a.sent + a.took - t)
+            .min();
+        if let Some(d) = acked {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no post acknowledged by {to} within {within:?} of the heal"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How a node answered once it had refused a post: from the end of the
+/// first `503` answer to a post sent to `to` in `[from, until)`, the posts
+/// sent there until `until`: (that first refusal's end, how many, the
+/// slowest answer). `None` when nothing was refused.
+pub fn after_first_refusal(
+    ledger: &Ledger,
+    to: SocketAddr,
+    from: Instant,
+    until: Instant,
+) -> Option<(Instant, usize, Duration)> {
+    let attempts = ledger.attempts.lock().unwrap();
+    let ours = || {
+        attempts
+            .iter()
+            .filter(move |a| a.to == to && a.sent >= from && a.sent < until)
+    };
+    let refused = ours()
+        .filter(|a| a.status == Some(StatusCode::SERVICE_UNAVAILABLE))
+        .map(|a| a.sent + a.took)
+        .min()?;
+    let (n, slowest) = ours()
+        .filter(|a| a.sent >= refused)
+        .fold((0, Duration::ZERO), |(n, s), a| (n + 1, s.max(a.took)));
+    Some((refused, n, slowest))
 }
 
 /// Waits (up to `within`) for the first acknowledgement at or after `t`.

@@ -9,6 +9,11 @@
 //!   the store **unreachable**; a script or logic error (`NOSCRIPT`,
 //!   `WRONGTYPE`, a Lua error, a refused write) never does, nor a failure
 //!   on a connection already replaced;
+//! - a `PING` (the readiness check, [`GatedConn::ping`]) unanswered within
+//!   [`PING_TIMEOUT`] counts as a timeout: it is the cheapest command, so
+//!   when it waits that long Redis is not serving, and a load balancer's
+//!   `/readyz` polls then trip the gate about a second into a partition
+//!   instead of the first call's full response timeout (5 s);
 //! - on a Redis Cluster ([`Scope::AnyMaster`]) such a failure only makes the
 //!   store **suspect**: one master away must not fail the rooms of the
 //!   others. The prober then asks the cluster-wide `PING` (any master
@@ -43,6 +48,9 @@ use crate::store::StoreHealth;
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Bound on opening a probe's connection, and on its `PING`.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on the readiness `PING` before it counts as a timeout: under
+/// `/readyz`'s own 1 s bound on the check, which would drop the call unseen.
+const PING_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// Which failures may mark the store unreachable at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -348,10 +356,18 @@ pub(super) struct GatedConn {
 }
 
 impl GatedConn {
-    /// `PING` ([`RedisConn::ping`]) through the gate.
+    /// `PING` ([`RedisConn::ping`]) through the gate, bounded by
+    /// [`PING_TIMEOUT`] (a timeout when it is not answered by then).
     pub(super) async fn ping(&mut self) -> Result<String, RedisError> {
         self.gate.admit()?;
-        let result = self.conn.ping().await;
+        let result = match tokio::time::timeout(PING_TIMEOUT, self.conn.ping()).await {
+            Ok(answer) => answer,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("PING unanswered in {PING_TIMEOUT:?}"),
+            )
+            .into()),
+        };
         self.gate.observe(&result, self.generation);
         result
     }
