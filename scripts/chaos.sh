@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The fault suite (tests/chaos.rs) alone, with its figures: under steady load
 # it SIGKILLs and restarts, one at a time, Redis, the broker, MariaDB, a
-# processor and a front, and checks that every acknowledged message is stored
-# exactly once, viewers resume from their cursors and each role recovers by
+# processor and a front (and freezes Redis with SIGSTOP: fronts must refuse at
+# once, then serve within 1.5 s of the thaw), and checks that every
+# acknowledged message is stored exactly once, viewers resume from their cursors and each role recovers by
 # itself. It starts its own redis-server, Apache Kafka (scripts/kafka.sh, one
 # KRaft node; its log survives the kill) and MariaDB on free loopback ports,
 # so it needs only the programs (java and mvn for Kafka, whose jars are

@@ -11,6 +11,10 @@
 //! - each role recovers by itself (nothing but the killed process is
 //!   restarted), within a bound.
 //!
+//! Redis is also frozen (SIGSTOP) rather than killed: connections stay open
+//! and nothing answers, a partition's shape; the fronts then refuse at once
+//! (the store health gate) and serve again within 1.5 s of the thaw.
+//!
 //! Each fault prints one figure line:
 //! `chaos <fault>: sent=.. acked=.. refused=.. stored=.. delivered=..
 //! duplicates=0 lost_acked=0 recovery_s=..` (+ fault-specific figures), where
@@ -104,6 +108,97 @@ async fn chaos_redis_sigkill() {
         )
     );
     assert_within("redis", "recovery", recovery, Duration::from_secs(15));
+}
+
+/// How long Redis stays frozen in `chaos_redis_sigstop`: past the 5 s
+/// response timeout of the first calls, so the fronts find it unreachable
+/// and refuse for a while before the thaw.
+const FROZEN: Duration = Duration::from_secs(7);
+
+/// Redis frozen (SIGSTOP) and thawed: its connections stay open and nothing
+/// answers, as across a partition that drops packets. The store health gate
+/// (src/store/redis/health.rs): once a front has refused a post it refuses
+/// the rest at once (within 1 s, not after the 5 s response timeout each),
+/// and each front acknowledges again within 1.5 s of the thaw; nothing
+/// acknowledged is lost or stored twice, viewers get every message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_redis_sigstop() {
+    let Some(()) = programs(&[]) else { return };
+    let _one = SERIAL.lock().await;
+    let tag = "redis-sigstop";
+    let rig = Rig::start(tag, tokio::task::block_in_place(Kafka::start), 1, &[]).await;
+    let room = format!("chaos-{tag}-{}", now_ms());
+    let viewers = Viewers::start(&rig, &room).await;
+    let load = Load::start(&rig, &room, "f");
+    tokio::time::sleep(STEADY).await;
+
+    let frozen = Instant::now();
+    rig.redis.freeze();
+    tokio::time::sleep(FROZEN).await;
+    rig.redis.thaw();
+    let thawed = Instant::now();
+    let mut acked_again = Vec::new();
+    for front in &rig.fronts {
+        let after = first_ack_by(&load.ledger, front.addr(), thawed, Duration::from_secs(20)).await;
+        acked_again.push(after);
+    }
+    let nodes: Vec<&Node> = rig.fronts.iter().chain(&rig.processors).collect();
+    let ready = rig.all_ready(&nodes, Duration::from_secs(20), tag).await;
+    let before = load.ledger.acked_before(frozen);
+    let caught = caught_up(&rig, &room, &before, frozen, Duration::from_secs(20)).await;
+    tokio::time::sleep(STEADY).await;
+
+    let ledger = load.stop().await;
+    let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
+    let logs = viewers.finish(stored.len()).await;
+    let f = check(tag, &ledger, &stored, &logs, &HashSet::new());
+    let fast: Vec<_> = rig
+        .fronts
+        .iter()
+        .map(|front| after_first_refusal(&ledger, front.addr(), frozen, thawed))
+        .collect();
+    let recovery = acked_again.iter().copied().max().unwrap_or_default();
+    eprintln!(
+        "{}",
+        figure_line(
+            tag,
+            &f,
+            recovery,
+            &format!(
+                "frozen_s={:.1} first_refusal_s={:?} after_it={:?} after_it_max_s={:?} \
+                 acked_again_s={:?} ready_s={:.1} caught_up_s={} answers={:?}",
+                (thawed - frozen).as_secs_f64(),
+                fast.iter()
+                    .map(|r| secs(r.map(|(at, ..)| at - frozen)))
+                    .collect::<Vec<_>>(),
+                fast.iter()
+                    .map(|r| r.map_or(0, |(_, n, _)| n))
+                    .collect::<Vec<_>>(),
+                fast.iter()
+                    .map(|r| format!("{:.2}", r.map_or(0.0, |(.., max)| max.as_secs_f64())))
+                    .collect::<Vec<_>>(),
+                acked_again
+                    .iter()
+                    .map(|d| format!("{:.2}", d.as_secs_f64()))
+                    .collect::<Vec<_>>(),
+                ready.as_secs_f64(),
+                secs(caught),
+                ledger.answers.lock().unwrap()
+            )
+        )
+    );
+    for (k, r) in fast.iter().enumerate() {
+        let (_, n, slowest) =
+            r.unwrap_or_else(|| panic!("{tag}: front {k} refused no post while Redis was frozen"));
+        assert!(n > 0, "{tag}: no post to front {k} after its first refusal");
+        assert_within(
+            tag,
+            &format!("front {k}'s refusals after its first"),
+            slowest,
+            Duration::from_secs(1),
+        );
+    }
+    assert_within(tag, "recovery", recovery, Duration::from_millis(1500));
 }
 
 /// A processor SIGKILLed (one of two) and restarted: posts are still

@@ -410,6 +410,22 @@ impl OwnRedis {
     pub fn sigkill(&mut self) {
         kill_child(&mut self.child);
     }
+
+    /// SIGSTOP: its connections stay open (the kernel still accepts new
+    /// ones) and nothing answers, the shape of a partition that drops
+    /// packets, until [`OwnRedis::thaw`].
+    pub fn freeze(&self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "STOP");
+        }
+    }
+
+    /// SIGCONT after [`OwnRedis::freeze`]: it answers what waited.
+    pub fn thaw(&self) {
+        if let Some(c) = &self.child {
+            signal(c.id(), "CONT");
+        }
+    }
 }
 
 impl Drop for OwnRedis {
