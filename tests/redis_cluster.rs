@@ -344,6 +344,22 @@ impl OwnCluster {
     }
 }
 
+impl OwnCluster {
+    /// SIGSTOPs (`STOP`) or SIGCONTs (`CONT`) the node on `port`: stopped,
+    /// it keeps its connections open and answers nothing, the shape of a
+    /// partition that drops packets.
+    fn signal(&self, port: u16, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.0.join(port.to_string()).join("redis.pid"))
+            .expect("the node's pid file");
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.trim())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{sig} node {port}");
+    }
+}
+
 impl Drop for OwnCluster {
     fn drop(&mut self) {
         let _ = Command::new("bash")
@@ -495,4 +511,164 @@ async fn restarting_one_master_under_load_loses_no_acknowledged_message() {
     for line in report {
         eprintln!("{line}");
     }
+}
+
+/// One master frozen (SIGSTOP): calls to its rooms time out, and the store
+/// health gate (src/store/redis/health.rs) must not fail the rooms of the
+/// other masters with them. On a cluster the gate trips only when no listed
+/// node answers `PING`: the other masters' rooms are served at once
+/// throughout, and the gate never trips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_frozen_master_does_not_fail_the_rooms_of_the_others() {
+    require_programs(&["redis-server", "redis-cli"]).expect("redis-server and redis-cli");
+    let cluster = OwnCluster::start();
+    let url = cluster.url();
+    let store = Arc::new(
+        RedisStore::connect(&url, Config::embedded().store)
+            .await
+            .expect("cluster"),
+    );
+    let rooms = rooms_on_every_master(&url, &unique("frozen")).await;
+    for (room, _, _) in &rooms {
+        store.head(room).await.expect("every master answers");
+    }
+    // The last master: not the first listed node (the seed the client
+    // starts from).
+    let (victim_room, _, victim_port) = rooms[2].clone();
+    cluster.signal(victim_port, "STOP");
+    let frozen = Instant::now();
+    let victim_call = {
+        let (store, room) = (store.clone(), victim_room.clone());
+        tokio::spawn(async move {
+            let r = store.head(&room).await;
+            (r.is_ok(), frozen.elapsed())
+        })
+    };
+    // Through the frozen master's timeouts (5 s each) and beyond.
+    let (mut calls, mut slowest) = (0, Duration::ZERO);
+    let (mut pings, mut pings_answered) = (0, 0);
+    while frozen.elapsed() < Duration::from_secs(8) {
+        for (room, _, _) in rooms.iter().filter(|(r, ..)| *r != victim_room) {
+            let t = Instant::now();
+            store
+                .head(room)
+                .await
+                .unwrap_or_else(|e| panic!("{room}, on a master still up: {e}"));
+            slowest = slowest.max(t.elapsed());
+            calls += 1;
+        }
+        // `/readyz`'s check: whatever it answers (the cluster client's PING
+        // of all masters stalls at times with one frozen), it must not trip
+        // the gate.
+        if store.ping().await.is_ok() {
+            pings_answered += 1;
+        }
+        pings += 1;
+        assert!(!store.health().unreachable, "the gate tripped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.signal(victim_port, "CONT");
+    let (victim_ok, victim_took) = victim_call.await.unwrap();
+    eprintln!(
+        "master {victim_port} frozen for 8 s: its room's call ok={victim_ok} after {:.1} s; \
+         {calls} calls to the other masters' rooms, slowest {:.3} s; store PING answered \
+         {pings_answered} of {pings}; gate trips {}",
+        victim_took.as_secs_f64(),
+        slowest.as_secs_f64(),
+        store.health().trips
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "the other masters' rooms: slowest {slowest:?}"
+    );
+    assert_eq!(
+        store.health().trips,
+        0,
+        "a cluster's gate trips only when no master answers"
+    );
+    // Thawed, its room is served again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.head(&victim_room).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the thawed master's room is served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole cluster frozen (SIGSTOP, every node): once a call has timed out
+/// and no listed node answers the gate's `PING`, calls fail at once (not
+/// after the 5 s response timeout each); after the thaw the store serves
+/// again within 1.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_cluster_fails_calls_at_once_and_recovers() {
+    require_programs(&["redis-server", "redis-cli"]).expect("redis-server and redis-cli");
+    let cluster = OwnCluster::start();
+    let url = cluster.url();
+    let store = RedisStore::connect(&url, Config::embedded().store)
+        .await
+        .expect("cluster");
+    let rooms = rooms_on_every_master(&url, &unique("all-frozen")).await;
+    for (room, _, _) in &rooms {
+        store.head(room).await.expect("every master answers");
+    }
+    let ports: Vec<u16> = rooms.iter().map(|(_, _, port)| *port).collect();
+    for port in &ports {
+        cluster.signal(*port, "STOP");
+    }
+    let frozen = Instant::now();
+    // The first call waits out its response timeout; the gate then finds no
+    // node answering and trips.
+    let first = store.head(&rooms[0].0).await;
+    assert!(first.is_err(), "a frozen cluster answered");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.health().unreachable {
+        assert!(Instant::now() < deadline, "the gate did not trip");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tripped = frozen.elapsed();
+    let (mut refused, mut slowest) = (0, Duration::ZERO);
+    for (room, _, _) in rooms.iter().cycle().take(9) {
+        let t = Instant::now();
+        let e = store
+            .head(room)
+            .await
+            .expect_err("refused while unreachable");
+        slowest = slowest.max(t.elapsed());
+        refused += 1;
+        assert!(e.to_string().contains("unreachable since"), "{e}");
+    }
+    for port in &ports {
+        cluster.signal(*port, "CONT");
+    }
+    let thawed = Instant::now();
+    let deadline = thawed + Duration::from_secs(10);
+    for (room, _, _) in &rooms {
+        while store.head(room).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "{room}: not served after the thaw"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let recovered = thawed.elapsed();
+    eprintln!(
+        "cluster frozen: tripped after {:.1} s; {refused} calls refused, slowest {:.3} s; \
+         every room served {:.2} s after the thaw; trips {}",
+        tripped.as_secs_f64(),
+        slowest.as_secs_f64(),
+        recovered.as_secs_f64(),
+        store.health().trips
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "refusals took {slowest:?}"
+    );
+    assert!(
+        recovered < Duration::from_millis(1500),
+        "served again {recovered:?} after the thaw"
+    );
+    assert_eq!(store.health().trips, 1);
 }

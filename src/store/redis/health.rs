@@ -16,17 +16,21 @@
 //!   instead of the first call's full response timeout (5 s);
 //! - on a Redis Cluster ([`Scope::AnyMaster`]) such a failure only makes the
 //!   store **suspect**: one master away must not fail the rooms of the
-//!   others. The prober then asks the cluster-wide `PING` (any master
-//!   answers, as `/readyz` does): an answer clears the suspicion, none marks
-//!   the store unreachable;
+//!   others. The prober then `PING`s every node listed in the URL, each on a
+//!   connection of its own: any `PONG` clears the suspicion, none marks the
+//!   store unreachable. (Not the cluster client's own `PING` of all masters:
+//!   with one master frozen it was seen stalling about half the time.);
 //! - while unreachable, every call fails at once with
-//!   [`StoreError::Unavailable`] ("unreachable since … (probing)", a 503
+//!   `StoreError::Unavailable` ("unreachable since … (probing)", a 503
 //!   `store_unavailable`), and every [`PROBE_EVERY`] the prober opens a
 //!   **fresh** connection (to the current primary under Sentinel) and
-//!   `PING`s it, each bounded by [`PROBE_TIMEOUT`];
+//!   `PING`s it, each bounded by [`PROBE_TIMEOUT`] (on a cluster: `PING`s
+//!   the listed nodes as above, then opens a fresh cluster connection);
 //! - only a probe's `PONG` makes the store healthy again, and its
 //!   connection is swapped in first, so the old one (which may wait on TCP
-//!   retransmission backoff after a partition heals) is dropped.
+//!   retransmission backoff after a partition heals) is dropped. (A cluster
+//!   whose nodes answer but whose fresh connection fails is healthy again on
+//!   its old connection: its client reconnects node by node.)
 //!
 //! The transitions are [`next`], a pure function; [`Gate`] holds the state
 //! (one atomic load per call while healthy), counts trips for the metrics
@@ -48,6 +52,9 @@ use crate::store::StoreHealth;
 const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// Bound on opening a probe's connection, and on its `PING`.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bound on opening a fresh cluster connection (it asks a node for the slot
+/// map, then connects to every master).
+const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on the readiness `PING` before it counts as a timeout: under
 /// `/readyz`'s own 1 s bound on the check, which would drop the call unseen.
 const PING_TIMEOUT: Duration = Duration::from_millis(800);
@@ -152,6 +159,23 @@ impl Source {
         }
     }
 
+    /// Whether a suspect store is reachable: on a cluster, any listed node
+    /// answers; elsewhere (never suspect) the connection in use answers.
+    async fn verify(&self) -> Result<(), String> {
+        if let Source::Fixed {
+            topology: Topology::Cluster { nodes, .. },
+            ..
+        } = self
+        {
+            return any_node_answers(nodes).await;
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.conn().ping()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer in {PROBE_TIMEOUT:?}")),
+        }
+    }
+
     fn conn(&self) -> RedisConn {
         match self {
             Source::Fixed { conn, .. } => conn.read().clone(),
@@ -181,6 +205,18 @@ impl Source {
             }
         }
         match self {
+            Source::Fixed {
+                topology: topology @ Topology::Cluster { nodes, .. },
+                conn,
+            } => {
+                any_node_answers(nodes).await?;
+                match tokio::time::timeout(CLUSTER_CONNECT_TIMEOUT, topology.connect()).await {
+                    Ok(Ok(fresh)) => *conn.write() = fresh,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "fresh redis cluster connection"),
+                    Err(_) => tracing::debug!("fresh redis cluster connection: timed out"),
+                }
+                Ok(())
+            }
             Source::Fixed { topology, conn } => {
                 let fresh = pong(bounded("connect", topology.connect()).await?).await?;
                 *conn.write() = fresh;
@@ -198,6 +234,29 @@ impl Source {
                 Ok(())
             }
         }
+    }
+}
+
+/// Any of a cluster's listed `nodes` answers `PING`, each asked on a
+/// connection of its own within [`PROBE_TIMEOUT`]; else why not.
+async fn any_node_answers(nodes: &[::redis::Client]) -> Result<(), String> {
+    let pings = nodes.iter().map(|client| {
+        Box::pin(async move {
+            let ask = async {
+                let mut c = client.get_multiplexed_async_connection().await?;
+                ::redis::cmd("PING").query_async::<String>(&mut c).await
+            };
+            match tokio::time::timeout(PROBE_TIMEOUT, ask).await {
+                Ok(Ok(pong)) if pong == "PONG" => Ok(()),
+                Ok(Ok(other)) => Err(format!("ping answered {other:?}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no answer in {PROBE_TIMEOUT:?}")),
+            }
+        })
+    });
+    match futures_util::future::select_ok(pings).await {
+        Ok(_) => Ok(()),
+        Err(last) => Err(format!("no cluster node answered PING (the last: {last})")),
     }
 }
 
@@ -321,14 +380,7 @@ async fn probe(gate: Weak<Gate>) {
         let Some(gate) = gate.upgrade() else { return };
         let outcome = match gate.state() {
             State::Healthy => continue,
-            State::Suspect => {
-                let mut conn = gate.source.conn();
-                match tokio::time::timeout(PROBE_TIMEOUT, conn.ping()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no master answered PING".to_string()),
-                }
-            }
+            State::Suspect => gate.source.verify().await,
             State::Unreachable => {
                 let swapped = gate.source.reconnect().await;
                 if swapped.is_ok() {
