@@ -134,7 +134,13 @@ async fn chaos_redis_sigstop() {
 
     let frozen = Instant::now();
     rig.redis.freeze();
-    tokio::time::sleep(FROZEN).await;
+    // Past the first calls' 5 s timeout: both fronts say so in their metrics.
+    tokio::time::sleep(FROZEN - Duration::from_millis(1500)).await;
+    let mut gauges = Vec::new();
+    for front in &rig.fronts {
+        gauges.push(rig.metric(front, "danmaku_store_unreachable").await);
+    }
+    tokio::time::sleep_until((frozen + FROZEN).into()).await;
     rig.redis.thaw();
     let thawed = Instant::now();
     let mut acked_again = Vec::new();
@@ -147,6 +153,23 @@ async fn chaos_redis_sigstop() {
     let before = load.ledger.acked_before(frozen);
     let caught = caught_up(&rig, &room, &before, frozen, Duration::from_secs(20)).await;
     tokio::time::sleep(STEADY).await;
+
+    for (k, front) in rig.fronts.iter().enumerate() {
+        assert_eq!(
+            gauges[k], 1.0,
+            "{tag}: front {k}'s danmaku_store_unreachable while frozen"
+        );
+        let after = (
+            rig.metric(front, "danmaku_store_unreachable").await,
+            rig.metric(front, "danmaku_store_unreachable_trips_total")
+                .await,
+        );
+        assert_eq!(
+            after,
+            (0.0, 1.0),
+            "{tag}: front {k}'s gauge and trips after the thaw"
+        );
+    }
 
     let ledger = load.stop().await;
     let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
