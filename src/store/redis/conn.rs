@@ -119,8 +119,9 @@ pub(super) enum RedisConn {
 }
 
 impl RedisConn {
-    /// `PING`: the store is reachable. On a cluster, when any master
-    /// answers: rooms on the other masters are served while one is away,
+    /// `PING`: the store is reachable. (The store's readiness check on a
+    /// cluster asks the listed nodes instead: `health.rs`.) On a cluster,
+    /// when any master answers: rooms on the other masters are served while one is away,
     /// and every front sees the same cluster, so failing readiness on all of
     /// them would take the whole service out instead of one shard's rooms.
     /// Routed explicitly: the client's default for a bare `PING` (every

@@ -9,8 +9,9 @@
 //!   the store **unreachable**; a script or logic error (`NOSCRIPT`,
 //!   `WRONGTYPE`, a Lua error, a refused write) never does, nor a failure
 //!   on a connection already replaced;
-//! - a `PING` (the readiness check, [`GatedConn::ping`]) unanswered within
-//!   [`PING_TIMEOUT`] counts as a timeout: it is the cheapest command, so
+//! - a `PING` (the readiness check, [`GatedConn::ping`]; on a cluster, of
+//!   the listed nodes as below) unanswered within [`PING_TIMEOUT`] counts as
+//!   a timeout: it is the cheapest command, so
 //!   when it waits that long Redis is not serving, and a load balancer's
 //!   `/readyz` polls then trip the gate about a second into a partition
 //!   instead of the first call's full response timeout (5 s);
@@ -408,17 +409,30 @@ pub(super) struct GatedConn {
 }
 
 impl GatedConn {
-    /// `PING` ([`RedisConn::ping`]) through the gate, bounded by
-    /// [`PING_TIMEOUT`] (a timeout when it is not answered by then).
+    /// The readiness `PING` through the gate: [`RedisConn::ping`] bounded
+    /// by [`PING_TIMEOUT`] (a timeout when it is not answered by then); on a
+    /// cluster, any listed node answering on a connection of its own (the
+    /// cluster client's `PING` of all masters stalls at times while one is
+    /// frozen, which would take every front out of the load balancer).
     pub(super) async fn ping(&mut self) -> Result<String, RedisError> {
         self.gate.admit()?;
-        let result = match tokio::time::timeout(PING_TIMEOUT, self.conn.ping()).await {
-            Ok(answer) => answer,
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("PING unanswered in {PING_TIMEOUT:?}"),
-            )
-            .into()),
+        let timed_out = |why: String| -> RedisError {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, why).into()
+        };
+        let result = if let Source::Fixed {
+            topology: Topology::Cluster { nodes, .. },
+            ..
+        } = &self.gate.source
+        {
+            any_node_answers(nodes)
+                .await
+                .map(|()| "PONG".to_string())
+                .map_err(timed_out)
+        } else {
+            match tokio::time::timeout(PING_TIMEOUT, self.conn.ping()).await {
+                Ok(answer) => answer,
+                Err(_) => Err(timed_out(format!("PING unanswered in {PING_TIMEOUT:?}"))),
+            }
         };
         self.gate.observe(&result, self.generation);
         result

@@ -9,10 +9,11 @@
 //! and [`notices`] ("room updated" pub/sub). This file holds the connection
 //! and dispatches the [`LiveStore`] calls.
 //!
-//! Every call goes through a [`RedisConn`] (`conn.rs`: a single Redis or a
-//! Redis Cluster, chosen by the URL), which reconnects by itself: while
-//! Redis is away calls fail with [`StoreError::Unavailable`], and they
-//! succeed again once it is back, without rebuilding the store.
+//! Every call goes through a `RedisConn` (`conn.rs`: a single Redis or a
+//! Redis Cluster, chosen by the URL), which reconnects by itself, behind the
+//! store health gate (`health.rs`): while Redis is unreachable calls fail at
+//! once with [`StoreError::Unavailable`], and they succeed again once a
+//! fresh connection answers, without rebuilding the store.
 
 mod claims;
 mod conn;
