@@ -15,6 +15,10 @@
 //!   those seqs out again, but under a new epoch, so the viewers who saw the
 //!   lost messages get a reset and then the new history — never another
 //!   message under a seq they saw.
+//! - `a_frozen_primary_fails_calls_at_once_until_the_promoted_one_serves`:
+//!   the primary SIGSTOPped: the store health gate trips on the first
+//!   unanswered readiness `PING`, calls fail at once, and the gate's prober
+//!   reaches the promoted primary.
 //!
 //! Needs redis-server (sentinels run as `redis-server --sentinel`), redis-cli
 //! and the Kafka jars; skips without them unless `DANMAKU_REQUIRE_SERVICES=1`.
@@ -789,4 +793,73 @@ async fn replay_redis_follows_the_sentinels() {
         killed.elapsed().as_secs_f64()
     );
     ts.shutdown().await;
+}
+
+/// The primary frozen (SIGSTOP: connections stay open, nothing answers):
+/// the store health gate (src/store/redis/health.rs) trips on the first
+/// readiness `PING` left unanswered (800 ms), calls then fail at once
+/// instead of each waiting out the 5 s response timeout, and once the
+/// sentinels promote a replica the gate's prober finds the *new* primary
+/// (the one `sentinel::Primary` follows) and the store serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_primary_fails_calls_at_once_until_the_promoted_one_serves() {
+    let Some(()) = programs_here() else { return };
+    let _one = SERIAL.lock().await;
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let old = tokio::task::block_in_place(|| set.primary());
+    let store = RedisStore::connect(&set.url(), Config::embedded().store)
+        .await
+        .expect("the sentinels' primary");
+    let room = format!("frozen-primary-{}", now_ms());
+    store.head(&room).await.expect("the primary answers");
+
+    set.signal(old, "STOP");
+    let frozen = Instant::now();
+    let ping = store.ping().await;
+    assert!(ping.is_err(), "a frozen primary answered PING");
+    assert!(store.health().unreachable, "the gate did not trip");
+    let tripped = frozen.elapsed();
+    // Refused at once until the prober reaches the promoted primary.
+    let (mut refused, mut slowest) = (0, Duration::ZERO);
+    let served = loop {
+        let t = Instant::now();
+        let head = store.head(&room).await;
+        let took = t.elapsed();
+        match head {
+            Ok(_) => break frozen.elapsed(),
+            Err(e) => {
+                refused += 1;
+                slowest = slowest.max(took);
+                assert!(e.to_string().contains("unreachable since"), "{e}");
+            }
+        }
+        assert!(
+            frozen.elapsed() < Duration::from_secs(30),
+            "the store never served the promoted primary"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let promoted = set
+        .promoted_after(old, frozen, Duration::from_secs(1))
+        .await;
+    set.signal(old, "CONT");
+    eprintln!(
+        "primary {old} frozen: gate tripped after {:.2} s; {refused} calls refused, slowest \
+         {:.3} s; served {:.1} s after the freeze (promoted by {:.1} s); trips {}",
+        tripped.as_secs_f64(),
+        slowest.as_secs_f64(),
+        served.as_secs_f64(),
+        promoted.as_secs_f64(),
+        store.health().trips
+    );
+    assert!(
+        tripped < Duration::from_secs(1),
+        "tripped after {tripped:?}"
+    );
+    assert!(refused > 0, "nothing was refused");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "refusals took {slowest:?}"
+    );
+    assert_eq!(store.health().trips, 1);
 }
