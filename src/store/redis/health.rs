@@ -1,4 +1,4 @@
-//! Store health gate (`docs/architecture.md`, "Live store", "Failure"):
+//! Store health gate (`docs/architecture.md`, "Live store", "Store health gate"):
 //! while Redis is unreachable, store calls fail at once instead of each
 //! waiting out the response timeout, and a fresh connection replaces the
 //! one a partition left stuck.
