@@ -14,6 +14,7 @@
 //! `presence::TopRooms`). A new per-room metric follows the same pattern or
 //! does not exist.
 
+pub mod allocator;
 mod names;
 pub mod process;
 
