@@ -418,17 +418,28 @@ fn check_shown(fault: &str, shown: &[Shown], stored: &[Value], epoch: &str) -> (
 // ---- the rig -------------------------------------------------------------------
 
 async fn rig_on(set: &SentinelSet, name: &str, processors: usize) -> Rig {
+    rig_on_with(set, name, processors, &[]).await
+}
+
+async fn rig_on_with(
+    set: &SentinelSet,
+    name: &str,
+    processors: usize,
+    extra: &[(&str, String)],
+) -> Rig {
+    let mut env = vec![
+        ("DANMAKU_REDIS_URL", set.url()),
+        ("DANMAKU_STORE__REDIS_WAIT_REPLICAS", "1".into()),
+        ("DANMAKU_STORE__REDIS_WAIT_TIMEOUT_MS", "500".into()),
+        ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000".into()),
+    ];
+    env.extend(extra.iter().cloned());
     Rig::start_with(
         name,
         tokio::task::block_in_place(Kafka::start),
         processors,
         2,
-        &[
-            ("DANMAKU_REDIS_URL", set.url()),
-            ("DANMAKU_STORE__REDIS_WAIT_REPLICAS", "1".into()),
-            ("DANMAKU_STORE__REDIS_WAIT_TIMEOUT_MS", "500".into()),
-            ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000".into()),
-        ],
+        &env,
     )
     .await
 }
@@ -535,6 +546,11 @@ const SWITCHES: &str = "danmaku_redis_primary_switches_total";
 /// How soon after its acknowledgement a post must reach every viewer once
 /// every node follows the new primary.
 const SHOWN_WITHIN: Duration = Duration::from_secs(2);
+/// The hubs' own reads (`fanout.read_interval_ms`): a hub whose room keeps
+/// changing re-reads the store this long after its last news even while
+/// notices are "live", which would deliver posts within ~1 s without any
+/// notice. Far above [`SHOWN_WITHIN`], so only notices meet the bound.
+const HUB_READ_INTERVAL_MS: &str = "20000";
 /// How long the posts are watched while the old primary is alive again: well
 /// inside the ~8 s the sentinels wait before they demote it (which would
 /// close the subscriptions on it and hide the fault).
@@ -552,7 +568,16 @@ async fn notices_follow_a_live_old_primary() {
     let _one = SERIAL.lock().await;
     let fault = "sentinel_live_old_primary";
     let set = tokio::task::block_in_place(SentinelSet::start);
-    let rig = rig_on(&set, "liveold", 1).await;
+    let rig = rig_on_with(
+        &set,
+        "liveold",
+        1,
+        &[(
+            "DANMAKU_FANOUT__READ_INTERVAL_MS",
+            HUB_READ_INTERVAL_MS.into(),
+        )],
+    )
+    .await;
     let room = format!("liveold-{}", now_ms());
     let fronts = ports(&rig);
     let viewers = Watchers::start(&fronts, &room, VIEWERS_PER_FRONT).await;
@@ -596,6 +621,7 @@ async fn notices_follow_a_live_old_primary() {
     }
     set.signal(old, "CONT");
     let thawed = Instant::now();
+    let taken_before = notice_messages(&rig).await;
     // The old primary answers again, as a primary: what the fault is.
     while redis_cli(old, &["ROLE"]).lines().next() != Some("master") {
         assert!(
@@ -607,6 +633,7 @@ async fn notices_follow_a_live_old_primary() {
     tokio::time::sleep(ALIVE_WINDOW).await;
     let window_end = Instant::now();
     let still_primary = redis_cli(old, &["ROLE"]).lines().next() == Some("master");
+    let taken_after = notice_messages(&rig).await;
     tokio::time::sleep(STEADY).await;
 
     let ledger = load.stop().await;
@@ -642,6 +669,22 @@ async fn notices_follow_a_live_old_primary() {
         "{fault}: only {} posts acknowledged while the old primary was alive",
         in_window.len()
     );
+    // Notices carried them: the hubs took messages from notices (most of
+    // them; the processor's catch-up batches can exceed the notice's size,
+    // and a notice without its batch makes the hub read).
+    let taken: Vec<f64> = taken_after
+        .iter()
+        .zip(&taken_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    for (front, n) in taken.iter().enumerate() {
+        assert!(
+            *n >= in_window.len() as f64 / 4.0,
+            "{fault}: front {front} took {n} messages from notices while the old primary was \
+             alive ({} posts acknowledged): its notices stayed on the old primary",
+            in_window.len()
+        );
+    }
     let mut worst = vec![Duration::ZERO; fronts.len()];
     let mut first_after = vec![Duration::MAX; fronts.len()];
     for (k, v) in shown.iter().enumerate() {
@@ -679,7 +722,7 @@ async fn notices_follow_a_live_old_primary() {
             &format!(
                 "promoted_s={:.1} nodes_switched_s={:?} first_shown_after_promotion_s={:?} \
                  worst_ack_to_shown_while_old_alive_s={:?} posts_while_old_alive={} \
-                 viewer_resets={resets} shown_then_lost={replaced}",
+                 taken_from_notices={taken:?} viewer_resets={resets} shown_then_lost={replaced}",
                 promoted.as_secs_f64(),
                 switched.iter().map(|d| round1(*d)).collect::<Vec<_>>(),
                 first_after.iter().map(|d| round1(*d)).collect::<Vec<_>>(),
@@ -688,6 +731,16 @@ async fn notices_follow_a_live_old_primary() {
             )
         )
     );
+}
+
+/// Each front's `danmaku_notice_messages_total` (messages its hubs took
+/// from notices, without a store read).
+async fn notice_messages(rig: &Rig) -> Vec<f64> {
+    let mut taken = Vec::new();
+    for front in &rig.fronts {
+        taken.push(rig.metric(front, "danmaku_notice_messages_total").await);
+    }
+    taken
 }
 
 fn round1(d: Duration) -> f64 {
