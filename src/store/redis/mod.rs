@@ -11,7 +11,7 @@
 //!
 //! Every call goes through a [`RedisConn`] (`conn.rs`: a single Redis or a
 //! Redis Cluster, chosen by the URL; or the primary Sentinel names now,
-//! [`Connection`]), which reconnects by itself: while Redis is away calls
+//! `Connection`), which reconnects by itself: while Redis is away calls
 //! fail with [`StoreError::Unavailable`], and they succeed again once it is
 //! back, without rebuilding the store.
 
