@@ -413,6 +413,14 @@ impl Metrics {
                 &registry,
                 IntCounter::new("danmaku_http_accept_errors_total", "Failed accepts").unwrap(),
             ),
+            redis_primary_switches: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_redis_primary_switches_total",
+                    "Switches to a new live-store Redis primary named by the sentinels",
+                )
+                .unwrap(),
+            ),
             control_notices: reg(
                 &registry,
                 IntCounterVec::new(

@@ -10,9 +10,10 @@
 //! and dispatches the [`LiveStore`] calls.
 //!
 //! Every call goes through a [`RedisConn`] (`conn.rs`: a single Redis or a
-//! Redis Cluster, chosen by the URL), which reconnects by itself: while
-//! Redis is away calls fail with [`StoreError::Unavailable`], and they
-//! succeed again once it is back, without rebuilding the store.
+//! Redis Cluster, chosen by the URL; or the primary Sentinel names now,
+//! `Connection`), which reconnects by itself: while Redis is away calls
+//! fail with [`StoreError::Unavailable`], and they succeed again once it is
+//! back, without rebuilding the store.
 
 mod claims;
 mod conn;
@@ -37,16 +38,13 @@ use crate::config::StoreConfig;
 use crate::message::Message;
 use conn::{RedisConn, Topology};
 pub use control::CONTROL_CHANNEL;
-use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
+use notices::{NoticeSource, Notices};
 
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: RedisConn,
-    /// Set with a `redis+sentinel://` URL: the primary now, which replaces
-    /// `conn` (the primary at connect time) once the sentinels fail over.
-    primary: Option<Arc<sentinel::Primary>>,
+    connection: Connection,
     scripts: Arc<Scripts>,
     notices: Arc<Notices>,
     /// Fingerprint of the presence counts this node last published (0:
@@ -55,6 +53,26 @@ pub struct RedisStore {
     /// Test fault `store.fault_drop_notice_every` (shared by clones).
     notice_fault: Arc<crate::store::notice::NoticeFault>,
     config: StoreConfig,
+}
+
+/// What the store's calls go through, by how the URL names Redis.
+#[derive(Clone)]
+enum Connection {
+    /// A single Redis or a Redis Cluster, at the addresses given.
+    Fixed(RedisConn),
+    /// The primary the sentinels name now (`redis+sentinel://`), followed
+    /// across failovers.
+    Sentinel(Arc<sentinel::Primary>),
+}
+
+impl Connection {
+    /// The connection for the next call (under Sentinel, the primary's now).
+    fn conn(&self) -> RedisConn {
+        match self {
+            Connection::Fixed(conn) => conn.clone(),
+            Connection::Sentinel(primary) => RedisConn::Single(primary.conn()),
+        }
+    }
 }
 
 /// The Lua scripts (loaded on first use and after a `NOSCRIPT`).
@@ -74,17 +92,14 @@ impl RedisStore {
     /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
         // The error names what is wrong, never the URL (it may hold a password).
-        let (conn, primary, notice_nodes) = match sentinel::parse(url) {
+        let (connection, notice_source) = match sentinel::parse(url) {
             Some(parsed) => {
                 let parsed =
                     parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
                 let primary = sentinel::Primary::connect(parsed, conn::manager_config()).await?;
-                let p = primary.clone();
-                let follow: notices::ClientOf = Arc::new(move || p.client());
                 (
-                    RedisConn::Single(primary.conn()),
-                    Some(primary),
-                    vec![follow],
+                    Connection::Sentinel(primary.clone()),
+                    NoticeSource::Primary(primary),
                 )
             }
             None => {
@@ -97,12 +112,10 @@ impl RedisStore {
                     ));
                 }
                 let conn = topology.connect().await.map_err(unavailable)?;
-                let nodes = topology
-                    .pubsub_nodes()
-                    .into_iter()
-                    .map(|client| -> notices::ClientOf { Arc::new(move || client.clone()) })
-                    .collect();
-                (conn, None, nodes)
+                (
+                    Connection::Fixed(conn),
+                    NoticeSource::Nodes(topology.pubsub_nodes()),
+                )
             }
         };
         let scripts = Scripts {
@@ -112,10 +125,9 @@ impl RedisStore {
             retract: Script::new(retract::RETRACT_LUA),
         };
         Ok(RedisStore {
-            conn,
-            primary,
+            connection,
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(notice_nodes)),
+            notices: Arc::new(Notices::new(notice_source)),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -125,9 +137,14 @@ impl RedisStore {
     }
 
     fn conn(&self) -> RedisConn {
-        match &self.primary {
-            Some(primary) => RedisConn::Single(primary.conn()),
-            None => self.conn.clone(),
+        self.connection.conn()
+    }
+
+    /// Counts the switches of a Sentinel primary in `counter` (the node's
+    /// `danmaku_redis_primary_switches_total`); nothing to count otherwise.
+    pub fn count_primary_switches_in(&self, counter: prometheus::IntCounter) {
+        if let Connection::Sentinel(primary) = &self.connection {
+            primary.count_switches_in(counter);
         }
     }
 }
