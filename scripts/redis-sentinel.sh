@@ -21,7 +21,9 @@
 set -euo pipefail
 
 master="${DANMAKU_SENTINEL_MASTER:-danmaku}"
-timeout_s="${DANMAKU_SENTINEL_START_TIMEOUT:-30}"
+# 60 s: sentinels learn replicas from INFO every 10 s and each other from
+# hellos every 2 s; on a loaded 2-core machine 30 s was once not enough.
+timeout_s="${DANMAKU_SENTINEL_START_TIMEOUT:-60}"
 
 die() { echo "redis-sentinel.sh: $*" >&2; exit 1; }
 

@@ -97,7 +97,7 @@ impl Server {
             live: store,
             memory: memory_store,
             control: plane,
-        } = Stores::connect(&config).await?;
+        } = Stores::connect(&config, &metrics).await?;
         // Agree with the store's clock before stamping anything.
         sync_clock(&*store, &metrics).await;
         let archive_metrics = Arc::new(ArchiveMetrics::new());
@@ -412,11 +412,12 @@ struct Stores {
 }
 
 impl Stores {
-    async fn connect(config: &Config) -> anyhow::Result<Stores> {
+    async fn connect(config: &Config, metrics: &Metrics) -> anyhow::Result<Stores> {
         if config.store.engine == StoreEngine::Redis {
             let redis = RedisStore::connect(&config.store.redis_url, config.store.clone())
                 .await
                 .context("connecting to the redis live store")?;
+            redis.count_primary_switches_in(metrics.redis_primary_switches.clone());
             Ok(Stores {
                 live: Arc::new(redis.clone()),
                 memory: None,

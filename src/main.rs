@@ -5,6 +5,15 @@ use clap::{Parser, Subcommand};
 use danmaku::app::{Role, Server};
 use danmaku::config::{BusEngine, Config, StoreEngine};
 
+/// jemalloc returns freed pages to the system after a short decay (its
+/// background threads purge while the node idles), where glibc keeps each
+/// peak's pages: a front's RSS then follows its viewers down again.
+/// Installed here, not in the library, so `danmaku-bare` keeps the system
+/// allocator it was measured with.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[path = "bin/danmaku/tools.rs"]
 mod tools;
 

@@ -442,3 +442,29 @@ async fn access_log_lines_name_the_request_and_never_its_token() {
     assert!(line["fields"]["latency_ms"].as_f64().is_some(), "{line}");
     assert!(!log.contains(secret), "a token reached the log");
 }
+
+/// The `danmaku` binary runs on jemalloc (feature `jemalloc`, on by
+/// default) and says so on `/metrics`: the heap it holds, and what the
+/// allocator keeps resident for it, under the process's RSS.
+#[cfg(feature = "jemalloc")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reports_its_heap_from_jemalloc() {
+    let node = Node::spawn("serve", &[]);
+    let http = http();
+    node.ready(&http).await;
+    let allocated = node.metric(&http, "danmaku_heap_allocated_bytes").await;
+    let resident = node.metric(&http, "danmaku_heap_resident_bytes").await;
+    let rss = node.metric(&http, "process_resident_memory_bytes").await;
+    assert!(
+        allocated > 1e5,
+        "heap allocated {allocated} (jemalloc not installed?)"
+    );
+    assert!(
+        allocated <= resident,
+        "allocated {allocated} > resident {resident}"
+    );
+    assert!(
+        resident <= rss,
+        "jemalloc resident {resident} > process RSS {rss}"
+    );
+}

@@ -9,6 +9,18 @@
 //!   a replica holds it), and every viewer gets each message once in order,
 //!   or a reset followed by exactly the store's history. Prints `chaos
 //!   sentinel_failover: …` (BENCHMARKS.md, "Fault suite").
+//! - `notices_follow_a_live_old_primary`: the primary SIGSTOPped until the
+//!   sentinels promote a replica and every node follows it, then SIGCONTed:
+//!   it answers again, still a primary (the sentinels demote it only ~8 s
+//!   later), so a notice subscription left on it stays open and hears
+//!   nothing the new primary publishes. Posts keep reaching the viewers of
+//!   both fronts within 2 s, each node counts one switch
+//!   (`danmaku_redis_primary_switches_total`), nothing acknowledged is lost
+//!   or stored twice. Hubs re-read on their own only every 20 s here, so
+//!   only notices meet the bound (each front must also take messages from
+//!   notices meanwhile). Prints `chaos sentinel_live_old_primary: …`, with
+//!   how long after the promotion each front took its first message from a
+//!   notice (BENCHMARKS.md, "Sentinel: following a live old primary").
 //! - `lost_writes_get_a_new_epoch_never_reused_seqs`: the loss forced (the
 //!   replicas frozen and cut off, messages appended to the primary alone and
 //!   shown to viewers, the primary SIGKILLed): the promoted replica hands
@@ -184,6 +196,8 @@ struct Shown {
     segments: Vec<Vec<(String, u64, String)>>,
     resets: usize,
     connections: usize,
+    /// When each text was first shown (in any segment).
+    seen_at: HashMap<String, Instant>,
 }
 
 impl Shown {
@@ -331,12 +345,15 @@ async fn follow(
                 assert_eq!(e, epoch, "a batch of another epoch without a hello: {m}");
                 let mut l = log.lock().unwrap();
                 let seg = l.segments.last_mut().expect("a segment");
+                let now = Instant::now();
+                let mut texts = Vec::new();
                 for msg in m["messages"].as_array().expect("messages") {
-                    seg.push((
-                        e.clone(),
-                        msg["seq"].as_u64().expect("seq"),
-                        text_of(msg).to_string(),
-                    ));
+                    let text = text_of(msg).to_string();
+                    texts.push(text.clone());
+                    seg.push((e.clone(), msg["seq"].as_u64().expect("seq"), text));
+                }
+                for text in texts {
+                    l.seen_at.entry(text).or_insert(now);
                 }
                 cursor = m["cursor"].as_u64().expect("batch.cursor");
             }
@@ -408,17 +425,28 @@ fn check_shown(fault: &str, shown: &[Shown], stored: &[Value], epoch: &str) -> (
 // ---- the rig -------------------------------------------------------------------
 
 async fn rig_on(set: &SentinelSet, name: &str, processors: usize) -> Rig {
+    rig_on_with(set, name, processors, &[]).await
+}
+
+async fn rig_on_with(
+    set: &SentinelSet,
+    name: &str,
+    processors: usize,
+    extra: &[(&str, String)],
+) -> Rig {
+    let mut env = vec![
+        ("DANMAKU_REDIS_URL", set.url()),
+        ("DANMAKU_STORE__REDIS_WAIT_REPLICAS", "1".into()),
+        ("DANMAKU_STORE__REDIS_WAIT_TIMEOUT_MS", "500".into()),
+        ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000".into()),
+    ];
+    env.extend(extra.iter().cloned());
     Rig::start_with(
         name,
         tokio::task::block_in_place(Kafka::start),
         processors,
         2,
-        &[
-            ("DANMAKU_REDIS_URL", set.url()),
-            ("DANMAKU_STORE__REDIS_WAIT_REPLICAS", "1".into()),
-            ("DANMAKU_STORE__REDIS_WAIT_TIMEOUT_MS", "500".into()),
-            ("DANMAKU_BUS__PUBLISH_TIMEOUT_MS", "2000".into()),
-        ],
+        &env,
     )
     .await
 }
@@ -518,6 +546,240 @@ async fn sentinel_failover_under_load() {
         )
     );
     assert_within(fault, "recovery", stored_again, Duration::from_secs(20));
+}
+
+/// The switch counted by each node's `danmaku_redis_primary_switches_total`.
+const SWITCHES: &str = "danmaku_redis_primary_switches_total";
+/// How soon after its acknowledgement a post must reach every viewer once
+/// every node follows the new primary.
+const SHOWN_WITHIN: Duration = Duration::from_secs(2);
+/// The hubs' own reads (`fanout.read_interval_ms`): a hub whose room keeps
+/// changing re-reads the store this long after its last news even while
+/// notices are "live", which would deliver posts within ~1 s without any
+/// notice. Far above [`SHOWN_WITHIN`], so only notices meet the bound.
+const HUB_READ_INTERVAL_MS: &str = "20000";
+/// How long the posts are watched while the old primary is alive again: well
+/// inside the ~8 s the sentinels wait before they demote it (which would
+/// close the subscriptions on it and hide the fault).
+const ALIVE_WINDOW: Duration = Duration::from_secs(5);
+
+/// The old primary stays alive: frozen (SIGSTOP) until the sentinels promote
+/// a replica and every node counts the switch, then thawed (SIGCONT), a
+/// primary of its own again. A notice subscription left on it would stay
+/// open and hear nothing: viewers would see no post until the sentinels
+/// demote it. Here every post acknowledged while it is alive reaches the
+/// viewers of both fronts within [`SHOWN_WITHIN`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notices_follow_a_live_old_primary() {
+    let Some(()) = programs_here() else { return };
+    let _one = SERIAL.lock().await;
+    let fault = "sentinel_live_old_primary";
+    let set = tokio::task::block_in_place(SentinelSet::start);
+    let rig = rig_on_with(
+        &set,
+        "liveold",
+        1,
+        &[(
+            "DANMAKU_FANOUT__READ_INTERVAL_MS",
+            HUB_READ_INTERVAL_MS.into(),
+        )],
+    )
+    .await;
+    let room = format!("liveold-{}", now_ms());
+    let fronts = ports(&rig);
+    let viewers = Watchers::start(&fronts, &room, VIEWERS_PER_FRONT).await;
+    let load = Load::start(&rig, &room, "l");
+    tokio::time::sleep(STEADY).await;
+
+    let nodes: Vec<&common::procs::Node> = rig.fronts.iter().chain(&rig.processors).collect();
+    for n in &nodes {
+        assert_eq!(
+            rig.metric(n, SWITCHES).await,
+            0.0,
+            "{fault}: {} switched before the fault",
+            n.role
+        );
+    }
+    let old = set.primary();
+    let stopped = Instant::now();
+    set.signal(old, "STOP");
+    let promoted = set
+        .promoted_after(old, stopped, Duration::from_secs(30))
+        .await;
+    let promoted_at = stopped + promoted;
+    // Nothing comes from the frozen primary: any message a hub takes from a
+    // notice from here on came through the new one.
+    let taken_at_promotion = notice_messages(&rig).await;
+    // Every node follows by itself (its watcher): each counts the switch.
+    let mut switched = Vec::new();
+    for n in &nodes {
+        loop {
+            let count = rig.metric(n, SWITCHES).await;
+            if count >= 1.0 {
+                assert_eq!(count, 1.0, "{fault}: {} counted {count} switches", n.role);
+                switched.push(promoted_at.elapsed());
+                break;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_secs(40),
+                "{fault}: the {} on port {} did not count the switch",
+                n.role,
+                n.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Each front takes messages from notices again: how long after the
+    // promotion the first one came.
+    let mut first_notice: Vec<Option<Duration>> = vec![None; fronts.len()];
+    while first_notice.iter().any(Option::is_none) {
+        let taken = notice_messages(&rig).await;
+        for (k, n) in taken.iter().enumerate() {
+            if *n > taken_at_promotion[k] && first_notice[k].is_none() {
+                first_notice[k] = Some(promoted_at.elapsed());
+            }
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(40),
+            "{fault}: no message from notices on some front after the promotion: {first_notice:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    set.signal(old, "CONT");
+    let thawed = Instant::now();
+    let taken_before = notice_messages(&rig).await;
+    // The old primary answers again, as a primary: what the fault is.
+    while redis_cli(old, &["ROLE"]).lines().next() != Some("master") {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(2),
+            "{fault}: the old primary is not a primary after SIGCONT"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(ALIVE_WINDOW).await;
+    let window_end = Instant::now();
+    let still_primary = redis_cli(old, &["ROLE"]).lines().next() == Some("master");
+    let taken_after = notice_messages(&rig).await;
+    tokio::time::sleep(STEADY).await;
+
+    let ledger = load.stop().await;
+    let stored = settled_store(&rig, &room, &ledger, Duration::from_secs(30)).await;
+    let epoch = rig.store().await.head(&room).await.expect("head").epoch;
+    let shown = viewers.finish(stored.len()).await;
+    let f = check(fault, &ledger, &stored, &[], &HashSet::new());
+    let (resets, replaced) = check_shown(fault, &shown, &stored, &epoch);
+    for n in &nodes {
+        assert_eq!(
+            rig.metric(n, SWITCHES).await,
+            1.0,
+            "{fault}: {} switches",
+            n.role
+        );
+    }
+    assert!(
+        still_primary,
+        "{fault}: the sentinels demoted the old primary within {ALIVE_WINDOW:?} of SIGCONT \
+         (its subscriptions were closed: the test forced nothing; a loaded machine?)"
+    );
+
+    // While the old primary was alive again, every acknowledged post reached
+    // every viewer of both fronts within SHOWN_WITHIN of its acknowledgement.
+    let acked = ledger.acked.lock().unwrap().clone();
+    let in_window: Vec<(&String, Instant)> = acked
+        .iter()
+        .map(|(t, (_, at))| (t, *at))
+        .filter(|(_, at)| *at >= thawed && *at <= window_end)
+        .collect();
+    assert!(
+        in_window.len() as u64 >= ALIVE_WINDOW.as_secs() * RATE_PER_S / 2,
+        "{fault}: only {} posts acknowledged while the old primary was alive",
+        in_window.len()
+    );
+    // Notices carried them: the hubs took messages from notices (most of
+    // them; the processor's catch-up batches can exceed the notice's size,
+    // and a notice without its batch makes the hub read).
+    let taken: Vec<f64> = taken_after
+        .iter()
+        .zip(&taken_before)
+        .map(|(a, b)| a - b)
+        .collect();
+    for (front, n) in taken.iter().enumerate() {
+        assert!(
+            *n >= in_window.len() as f64 / 4.0,
+            "{fault}: front {front} took {n} messages from notices while the old primary was \
+             alive ({} posts acknowledged): its notices stayed on the old primary",
+            in_window.len()
+        );
+    }
+    let mut worst = vec![Duration::ZERO; fronts.len()];
+    let mut first_after = vec![Duration::MAX; fronts.len()];
+    for (k, v) in shown.iter().enumerate() {
+        let front = k % fronts.len();
+        for (text, acked_at) in &in_window {
+            let Some(at) = v.seen_at.get(*text) else {
+                panic!("{fault}: viewer {k} (front {front}) was never shown {text}");
+            };
+            let late = at.saturating_duration_since(*acked_at);
+            assert!(
+                late <= SHOWN_WITHIN,
+                "{fault}: viewer {k} (front {front}) was shown {text} {:.1} s after its \
+                 acknowledgement (bound {SHOWN_WITHIN:?}): notices stayed on the old primary",
+                late.as_secs_f64()
+            );
+            worst[front] = worst[front].max(late);
+        }
+        // The first post acknowledged after the promotion, as this viewer
+        // saw it: how long after the promotion.
+        for (text, (_, acked_at)) in &acked {
+            if *acked_at >= promoted_at {
+                if let Some(at) = v.seen_at.get(text) {
+                    first_after[front] = first_after[front].min(*at - promoted_at);
+                }
+            }
+        }
+    }
+    let delivered: usize = shown.iter().map(|s| s.last().len()).sum();
+    eprintln!(
+        "{}",
+        figure_line(
+            fault,
+            &Figures { delivered, ..f },
+            first_after.iter().copied().max().unwrap_or_default(),
+            &format!(
+                "promoted_s={:.1} nodes_switched_s={:?} first_notice_message_s={:?} \
+                 first_shown_after_promotion_s={:?} \
+                 worst_ack_to_shown_while_old_alive_s={:?} posts_while_old_alive={} \
+                 taken_from_notices={taken:?} viewer_resets={resets} shown_then_lost={replaced}",
+                promoted.as_secs_f64(),
+                switched.iter().map(|d| round1(*d)).collect::<Vec<_>>(),
+                first_notice
+                    .iter()
+                    .map(|d| round2(d.unwrap_or_default()))
+                    .collect::<Vec<_>>(),
+                first_after.iter().map(|d| round1(*d)).collect::<Vec<_>>(),
+                worst.iter().map(|d| round2(*d)).collect::<Vec<_>>(),
+                in_window.len()
+            )
+        )
+    );
+}
+
+/// Each front's `danmaku_notice_messages_total` (messages its hubs took
+/// from notices, without a store read).
+async fn notice_messages(rig: &Rig) -> Vec<f64> {
+    let mut taken = Vec::new();
+    for front in &rig.fronts {
+        taken.push(rig.metric(front, "danmaku_notice_messages_total").await);
+    }
+    taken
+}
+
+fn round1(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).round() / 10.0
+}
+
+fn round2(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100.0).round() / 100.0
 }
 
 /// The longest time without an acknowledgement from one second before `t`

@@ -14,6 +14,7 @@
 //! `presence::TopRooms`). A new per-room metric follows the same pattern or
 //! does not exist.
 
+pub mod allocator;
 mod names;
 pub mod process;
 
@@ -131,6 +132,9 @@ pub struct Metrics {
     pub http_connection_errors: IntCounterVec,
     /// Failed accepts (e.g. out of file descriptors).
     pub http_accept_errors: IntCounter,
+    /// Switches of the live store's Redis primary this node followed (a
+    /// Sentinel failover; always 0 without `redis+sentinel://`).
+    pub redis_primary_switches: IntCounter,
     /// Control notices applied by this node, by kind.
     pub control_notices: IntCounterVec,
     /// Catch-ups with the control change log, by result (`applied` = missed

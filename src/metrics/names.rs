@@ -6,7 +6,7 @@ use prometheus::{
     Registry,
 };
 
-use super::{process, Metrics, TOP_ROOMS, WS_ENCODINGS};
+use super::{allocator, process, Metrics, TOP_ROOMS, WS_ENCODINGS};
 
 impl Metrics {
     pub fn new() -> Self {
@@ -14,6 +14,9 @@ impl Metrics {
         registry
             .register(Box::new(process::ProcessCollector::new()))
             .expect("process metric names are unique");
+        registry
+            .register(Box::new(allocator::AllocatorCollector::new()))
+            .expect("allocator metric names are unique");
         fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
             r.register(Box::new(c.clone()))
                 .expect("metric names are unique");
@@ -425,6 +428,14 @@ impl Metrics {
             http_accept_errors: reg(
                 &registry,
                 IntCounter::new("danmaku_http_accept_errors_total", "Failed accepts").unwrap(),
+            ),
+            redis_primary_switches: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_redis_primary_switches_total",
+                    "Switches to a new live-store Redis primary named by the sentinels",
+                )
+                .unwrap(),
             ),
             control_notices: reg(
                 &registry,

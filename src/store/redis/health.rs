@@ -303,6 +303,14 @@ impl Gate {
         }
     }
 
+    /// The Sentinel primary the store follows, if the URL names one.
+    pub(super) fn sentinel_primary(&self) -> Option<&Arc<Primary>> {
+        match &self.source {
+            Source::Sentinel(primary) => Some(primary),
+            Source::Fixed { .. } => None,
+        }
+    }
+
     pub(super) fn health(&self) -> StoreHealth {
         StoreHealth {
             unreachable: self.state() == State::Unreachable,

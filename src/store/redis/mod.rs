@@ -10,10 +10,11 @@
 //! and dispatches the [`LiveStore`] calls.
 //!
 //! Every call goes through a `RedisConn` (`conn.rs`: a single Redis or a
-//! Redis Cluster, chosen by the URL), which reconnects by itself, behind the
-//! store health gate (`health.rs`): while Redis is unreachable calls fail at
-//! once with [`StoreError::Unavailable`], and they succeed again once a
-//! fresh connection answers, without rebuilding the store.
+//! Redis Cluster, chosen by the URL; or the primary Sentinel names now),
+//! which reconnects by itself, behind the store health gate (`health.rs`):
+//! while Redis is unreachable calls fail at once with
+//! [`StoreError::Unavailable`], and they succeed again once a fresh
+//! connection answers, without rebuilding the store.
 
 mod claims;
 mod conn;
@@ -40,8 +41,8 @@ use crate::config::StoreConfig;
 use crate::message::Message;
 use conn::Topology;
 pub use control::CONTROL_CHANNEL;
-use notices::Notices;
 pub use notices::UPDATED_CHANNEL;
+use notices::{NoticeSource, Notices};
 
 /// Redis engine of [`LiveStore`].
 #[derive(Clone)]
@@ -77,14 +78,15 @@ impl RedisStore {
     /// reconnecting.
     pub async fn connect(url: &str, config: StoreConfig) -> Result<RedisStore, StoreError> {
         // The error names what is wrong, never the URL (it may hold a password).
-        let (source, notice_nodes) = match sentinel::parse(url) {
+        let (source, notice_source) = match sentinel::parse(url) {
             Some(parsed) => {
                 let parsed =
                     parsed.map_err(|e| StoreError::Unavailable(format!("bad redis url: {e}")))?;
                 let primary = sentinel::Primary::connect(parsed, conn::manager_config()).await?;
-                let p = primary.clone();
-                let follow: notices::ClientOf = Arc::new(move || p.client());
-                (health::Source::Sentinel(primary), vec![follow])
+                (
+                    health::Source::Sentinel(primary.clone()),
+                    NoticeSource::Primary(primary),
+                )
             }
             None => {
                 let topology = Topology::parse(url)?;
@@ -96,13 +98,9 @@ impl RedisStore {
                     ));
                 }
                 let conn = topology.connect().await.map_err(unavailable)?;
-                let nodes = topology
-                    .pubsub_nodes()
-                    .into_iter()
-                    .map(|client| -> notices::ClientOf { Arc::new(move || client.clone()) })
-                    .collect();
+                let notice_source = NoticeSource::Nodes(topology.pubsub_nodes());
                 let conn = parking_lot::RwLock::new(conn);
-                (health::Source::Fixed { topology, conn }, nodes)
+                (health::Source::Fixed { topology, conn }, notice_source)
             }
         };
         let scripts = Scripts {
@@ -114,7 +112,7 @@ impl RedisStore {
         Ok(RedisStore {
             gate: health::Gate::start(source),
             scripts: Arc::new(scripts),
-            notices: Arc::new(Notices::new(notice_nodes)),
+            notices: Arc::new(Notices::new(notice_source)),
             presence_sent: Arc::default(),
             notice_fault: Arc::new(crate::store::notice::NoticeFault::new(
                 config.fault_drop_notice_every,
@@ -125,6 +123,14 @@ impl RedisStore {
 
     fn conn(&self) -> health::GatedConn {
         self.gate.conn()
+    }
+
+    /// Counts the switches of a Sentinel primary in `counter` (the node's
+    /// `danmaku_redis_primary_switches_total`); nothing to count otherwise.
+    pub fn count_primary_switches_in(&self, counter: prometheus::IntCounter) {
+        if let Some(primary) = self.gate.sentinel_primary() {
+            primary.count_switches_in(counter);
+        }
     }
 }
 

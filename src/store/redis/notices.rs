@@ -8,6 +8,12 @@
 //! node, so the task subscribes through one listed node and moves on to the
 //! next listed one whenever a subscription cannot be made or is lost
 //! (`docs/architecture.md`, "Redis Cluster").
+//!
+//! Under Sentinel the task subscribes through the primary of the moment and
+//! moves as soon as the store switches to another one: the old primary may
+//! still be alive (demoted, or cut off from the sentinels), and a
+//! subscription left there would hear nothing the new one publishes
+//! (`docs/architecture.md`, "Failover").
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -16,10 +22,11 @@ use std::time::Duration;
 use ::redis::aio::{PubSubSink, PubSubStream};
 use ::redis::{Client, RedisError};
 use futures_util::StreamExt;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 
 use super::control::CONTROL_CHANNEL;
+use super::sentinel::Primary;
 use super::{unavailable, RedisStore};
 use crate::store::control::VersionedNotice;
 use crate::store::notice::{self, RoomNotice};
@@ -42,9 +49,55 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often an idle subscriber PINGs, so a half-open connection is noticed.
 const NOTICE_PING_EVERY: Duration = Duration::from_secs(15);
 
-/// The client a (re)subscription connects with: asked again on every
-/// attempt, so that the subscriber follows a Sentinel failover.
-pub(super) type ClientOf = Arc<dyn Fn() -> Client + Send + Sync>;
+/// Where the subscriber subscribes. (An enum, not a "which client now"
+/// closure: under Sentinel the subscriber must also learn *when* to move,
+/// while its subscription on the old primary still looks healthy.)
+pub(super) enum NoticeSource {
+    /// These nodes, in turn (one for a single Redis; a Cluster's listed
+    /// nodes): the next one after a subscription is lost or cannot be made.
+    Nodes(Vec<Client>),
+    /// The Sentinel primary of the moment: a switch ends the subscription
+    /// and the next one is made through the new primary.
+    Primary(Arc<Primary>),
+}
+
+impl NoticeSource {
+    /// The client for attempt number `turn`, and under Sentinel a receiver
+    /// that changes when the primary does (taken before the client is read,
+    /// so a switch in between is seen, not missed).
+    fn pick(&self, turn: usize) -> Option<(Client, Option<watch::Receiver<u64>>)> {
+        match self {
+            NoticeSource::Nodes(nodes) => {
+                let client = nodes.get(turn % nodes.len().max(1))?;
+                Some((client.clone(), None))
+            }
+            NoticeSource::Primary(primary) => {
+                let switches = primary.switches();
+                Some((primary.client(), Some(switches)))
+            }
+        }
+    }
+}
+
+/// Resolves when the primary switches (never without a primary to follow,
+/// or once the store that announces switches is gone).
+async fn switched(switches: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = switches {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Why a subscription ended.
+#[derive(Debug)]
+enum Ended {
+    /// The connection failed (closed, or a ping unanswered).
+    Lost(String),
+    /// The store switched to another primary.
+    Moved,
+}
 
 /// The receiving side of notices, shared by the clones of one store. The
 /// subscriber task is spawned on the first `updates()` call and aborted when
@@ -52,9 +105,8 @@ pub(super) type ClientOf = Arc<dyn Fn() -> Client + Send + Sync>;
 pub(super) struct Notices {
     tx: broadcast::Sender<Arc<RoomNotice>>,
     control_tx: broadcast::Sender<Arc<VersionedNotice>>,
-    /// The nodes to subscribe through, tried in turn (one for a single
-    /// Redis; the primary of the moment with Sentinel).
-    nodes: Arc<[ClientOf]>,
+    /// Where to subscribe.
+    source: Arc<NoticeSource>,
     /// True while the subscriber holds its subscription (`notices_live`).
     live: Arc<AtomicBool>,
     /// Where to spawn the task when `updates()` is called outside a runtime.
@@ -90,7 +142,7 @@ impl Notices {
                     self.task.get_or_init(|| {
                         runtime
                             .spawn(listen(
-                                self.nodes.clone(),
+                                self.source.clone(),
                                 self.senders(),
                                 self.live.clone(),
                             ))
@@ -128,20 +180,20 @@ struct Senders {
 /// Keeps one pub/sub connection subscribed to both channels and forwards
 /// each notice to its sender, reconnecting with backoff (100 ms
 /// doubling to 5 s) whenever the connection is lost or cannot be made,
-/// each time through the next of `nodes` (round robin).
+/// each time through the next node of `source` (round robin), and at once
+/// through the new primary when a Sentinel primary switches.
 /// `live` holds while subscribed; each new subscription sends [`ALL_ROOMS`]
 /// (what was published before it is lost). Runs until aborted.
-async fn listen(nodes: Arc<[ClientOf]>, tx: Senders, live: Arc<AtomicBool>) {
+async fn listen(source: Arc<NoticeSource>, tx: Senders, live: Arc<AtomicBool>) {
     let mut delay = NOTICE_MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_subscribed = false;
     let mut turn: usize = 0;
     loop {
-        let Some(client_of) = nodes.get(turn % nodes.len().max(1)) else {
+        let Some((client, mut switches)) = source.pick(turn) else {
             tracing::error!("no redis node to subscribe to notices through");
             return;
         };
-        let client = client_of();
         // Host and port only: the URL may hold a password.
         let node = client.get_connection_info().addr().to_string();
         turn = turn.wrapping_add(1);
@@ -159,20 +211,31 @@ async fn listen(nodes: Arc<[ClientOf]>, tx: Senders, live: Arc<AtomicBool>) {
                 }
                 live.store(true, Ordering::Release);
                 // Subscribed before anyone reads: nothing published from here
-                // on is missed; what came before (while down, or before the
-                // first subscription) may have been.
+                // on is missed; what came before (while down, before the
+                // first subscription, or on the old primary) may have been.
                 let _ = tx.updated.send(Arc::new(RoomNotice::name_only(ALL_ROOMS)));
                 ever_subscribed = true;
                 failures = 0;
                 let since = Instant::now();
-                let reason = pump_updates(sink, stream, &tx).await;
+                let ended = pump_updates(sink, stream, &tx, &mut switches).await;
                 live.store(false, Ordering::Release);
-                tracing::warn!(
-                    channel = UPDATED_CHANNEL,
-                    %node,
-                    %reason,
-                    "redis notice subscription lost; reconnecting"
-                );
+                match ended {
+                    Ended::Moved => {
+                        tracing::info!(
+                            channel = UPDATED_CHANNEL,
+                            old = %node,
+                            "redis primary switched; moving the notice subscription to it"
+                        );
+                        delay = NOTICE_MIN_BACKOFF;
+                        continue;
+                    }
+                    Ended::Lost(reason) => tracing::warn!(
+                        channel = UPDATED_CHANNEL,
+                        %node,
+                        %reason,
+                        "redis notice subscription lost; reconnecting"
+                    ),
+                }
                 // A connection that held for a while starts the backoff over;
                 // one that drops right after subscribing keeps backing off.
                 if since.elapsed() >= NOTICE_MAX_BACKOFF {
@@ -198,8 +261,11 @@ async fn listen(nodes: Arc<[ClientOf]>, tx: Senders, live: Arc<AtomicBool>) {
                 }
             }
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(NOTICE_MAX_BACKOFF);
+        // A switch cuts the wait short: the new primary is worth trying now.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => delay = (delay * 2).min(NOTICE_MAX_BACKOFF),
+            _ = switched(&mut switches) => delay = NOTICE_MIN_BACKOFF,
+        }
     }
 }
 
@@ -218,8 +284,14 @@ async fn subscribe_updates(client: &Client) -> Result<(PubSubSink, PubSubStream)
     }
 }
 
-/// Forwards notices until the connection is lost; returns why it was.
-async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Senders) -> String {
+/// Forwards notices until the connection is lost (and why) or the primary
+/// switches.
+async fn pump_updates(
+    mut sink: PubSubSink,
+    mut stream: PubSubStream,
+    tx: &Senders,
+    switches: &mut Option<watch::Receiver<u64>>,
+) -> Ended {
     let mut health =
         tokio::time::interval_at(Instant::now() + NOTICE_PING_EVERY, NOTICE_PING_EVERY);
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -227,7 +299,7 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
         tokio::select! {
             msg = stream.next() => {
                 let Some(msg) = msg else {
-                    return "connection closed".to_string();
+                    return Ended::Lost("connection closed".to_string());
                 };
                 let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
                     tracing::warn!("skipping a non-UTF-8 redis notice");
@@ -253,20 +325,24 @@ async fn pump_updates(mut sink: PubSubSink, mut stream: PubSubStream, tx: &Sende
             _ = health.tick() => {
                 match tokio::time::timeout(NOTICE_TIMEOUT, sink.ping::<::redis::Value>()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return format!("ping failed: {e}"),
-                    Err(_) => return format!("no ping answer within {NOTICE_TIMEOUT:?}"),
+                    Ok(Err(e)) => return Ended::Lost(format!("ping failed: {e}")),
+                    Err(_) => return Ended::Lost(format!("no ping answer within {NOTICE_TIMEOUT:?}")),
                 }
             }
+            // The old primary may still answer (demoted, or cut off from the
+            // sentinels): its subscription would stay open and hear nothing
+            // published on the new one.
+            _ = switched(switches) => return Ended::Moved,
         }
     }
 }
 
 impl Notices {
-    pub(super) fn new(nodes: Vec<ClientOf>) -> Self {
+    pub(super) fn new(source: NoticeSource) -> Self {
         Notices {
             tx: broadcast::channel(UPDATES_CAPACITY).0,
             control_tx: broadcast::channel(UPDATES_CAPACITY).0,
-            nodes: nodes.into(),
+            source: Arc::new(source),
             live: Arc::new(AtomicBool::new(false)),
             runtime: tokio::runtime::Handle::try_current().ok(),
             task: OnceLock::new(),
@@ -298,5 +374,43 @@ impl RedisStore {
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_nodes_are_tried_in_turn_and_never_move() {
+        let nodes: Vec<Client> = ["redis://127.0.0.1:1", "redis://127.0.0.1:2"]
+            .iter()
+            .map(|u| Client::open(*u).unwrap())
+            .collect();
+        let source = NoticeSource::Nodes(nodes);
+        let table = [(0, "127.0.0.1:1"), (1, "127.0.0.1:2"), (2, "127.0.0.1:1")];
+        for (turn, want) in table {
+            let (client, switches) = source.pick(turn).expect("a node");
+            assert_eq!(client.get_connection_info().addr().to_string(), want);
+            assert!(switches.is_none(), "fixed nodes never switch");
+        }
+        assert!(NoticeSource::Nodes(Vec::new()).pick(0).is_none());
+    }
+
+    #[test]
+    fn a_switch_ends_the_wait_and_nothing_else_does() {
+        use futures_util::FutureExt;
+        // No primary to follow: never.
+        assert!(switched(&mut None).now_or_never().is_none());
+        let announce = watch::Sender::new(0u64);
+        let mut switches = Some(announce.subscribe());
+        assert!(switched(&mut switches).now_or_never().is_none());
+        announce.send_modify(|n| *n += 1);
+        assert!(switched(&mut switches).now_or_never().is_some());
+        // Seen once: the next wait is for the next switch.
+        assert!(switched(&mut switches).now_or_never().is_none());
+        // The store gone: no switch will come, and none is made up.
+        drop(announce);
+        assert!(switched(&mut switches).now_or_never().is_none());
     }
 }

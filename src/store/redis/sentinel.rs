@@ -7,7 +7,11 @@
 //! data nodes' (sentinels are asked without one). A watcher task asks the
 //! sentinels for the primary's address every [`WATCH_EVERY`]; when it changes
 //! and the new address answers `ROLE` with `master`, the connection (and the
-//! client the notice subscriber reconnects with) is swapped. Calls in flight
+//! client the notice subscriber reconnects with) is swapped, and the switch is
+//! announced ([`Primary::switches`]): the notice subscriber moves its
+//! subscription at once, as the old primary may still be alive (demoted, or
+//! cut off from the sentinels) and keep a subscription there open while
+//! notices are published on the new one. Calls in flight
 //! on the old primary fail as they would on any outage
 //! ([`StoreError::Unavailable`]); the callers' retries reach the new one.
 //! The replay Redis tier (`replay/redis.rs`) takes the same URLs.
@@ -17,7 +21,9 @@ use std::time::Duration;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::Client;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
+use prometheus::IntCounter;
+use tokio::sync::watch;
 
 use super::unavailable;
 use crate::store::StoreError;
@@ -113,7 +119,48 @@ impl SentinelUrl {
 /// The primary now: its connection and client, swapped by the watcher.
 pub(crate) struct Primary {
     current: RwLock<Current>,
+    switches: Switches,
     watcher: RwLock<Option<tokio::task::AbortHandle>>,
+}
+
+/// The primary's switches: counted in `danmaku_redis_primary_switches_total`
+/// (once the node hands the counter over) and announced to whoever watches.
+struct Switches {
+    /// How many switches so far; sent after each one is installed, so a
+    /// receiver told of a change reads the new primary.
+    announced: watch::Sender<u64>,
+    /// Held across a switch, so that each is counted exactly once however a
+    /// switch and [`Switches::count_in`] race.
+    counter: Mutex<Option<IntCounter>>,
+}
+
+impl Switches {
+    fn new() -> Switches {
+        Switches {
+            announced: watch::Sender::new(0),
+            counter: Mutex::new(None),
+        }
+    }
+
+    /// Counts every switch in `counter`: those made so far, and the next
+    /// ones. Only the first counter given is used.
+    fn count_in(&self, counter: IntCounter) {
+        let mut held = self.counter.lock();
+        if held.is_none() {
+            counter.inc_by(*self.announced.borrow());
+            *held = Some(counter);
+        }
+    }
+
+    /// Runs `install` (the swap), then counts and announces the switch.
+    fn record(&self, install: impl FnOnce()) {
+        let counter = self.counter.lock();
+        install();
+        if let Some(counter) = counter.as_ref() {
+            counter.inc();
+        }
+        self.announced.send_modify(|n| *n += 1);
+    }
 }
 
 struct Current {
@@ -148,6 +195,7 @@ impl Primary {
             .map_err(StoreError::Unavailable)?;
         let primary = Arc::new(Primary {
             current: RwLock::new(current),
+            switches: Switches::new(),
             watcher: RwLock::new(None),
         });
         let task = tokio::spawn(watch(Arc::downgrade(&primary), url, config));
@@ -179,6 +227,23 @@ impl Primary {
         if current.addr == addr {
             current.conn = conn;
         }
+    }
+
+    /// Changes after every switch to a new primary (the value: switches so
+    /// far). Take it *before* reading [`Primary::client`]: a switch between
+    /// the two is then still seen as a change.
+    pub(super) fn switches(&self) -> watch::Receiver<u64> {
+        self.switches.announced.subscribe()
+    }
+
+    /// Counts this primary's switches in `counter` (the node's
+    /// `danmaku_redis_primary_switches_total`), those made before included.
+    pub(crate) fn count_switches_in(&self, counter: IntCounter) {
+        self.switches.count_in(counter);
+    }
+
+    fn switch_to(&self, current: Current) {
+        self.switches.record(|| *self.current.write() = current);
     }
 }
 
@@ -248,7 +313,7 @@ async fn watch(primary: Weak<Primary>, url: SentinelUrl, config: ConnectionManag
             Ok(current) => {
                 let Some(p) = primary.upgrade() else { return };
                 tracing::warn!(master = %url.master, primary = %addr, "redis primary changed (sentinel failover); following it");
-                *p.current.write() = current;
+                p.switch_to(current);
             }
             Err(reason) => {
                 tracing::debug!(%reason, "the sentinels' new redis primary is not usable yet")
@@ -302,6 +367,39 @@ mod tests {
             bad(url);
         }
         assert!(parse("redis://a:1/0").is_none());
+    }
+
+    #[test]
+    fn every_switch_is_counted_once_and_announced_after_it_is_installed() {
+        let switches = Switches::new();
+        let installed = std::sync::atomic::AtomicU64::new(0);
+        let mut rx = switches.announced.subscribe();
+        let install = || {
+            installed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
+        // Before the node hands its counter over: announced, counted later.
+        switches.record(install);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 1);
+        assert_eq!(installed.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let counter = IntCounter::new("switches", "test").unwrap();
+        switches.count_in(counter.clone());
+        assert_eq!(counter.get(), 1, "the switch made before is counted");
+        switches.record(install);
+        switches.record(install);
+        assert_eq!(counter.get(), 3);
+        assert_eq!(*rx.borrow_and_update(), 3);
+        assert!(!rx.has_changed().unwrap(), "nothing more announced");
+        // A second counter changes nothing (the node hands one over).
+        let other = IntCounter::new("other", "test").unwrap();
+        switches.count_in(other.clone());
+        assert_eq!((counter.get(), other.get()), (3, 0));
+        // A receiver taken now waits for the next switch only.
+        let late = switches.announced.subscribe();
+        assert!(!late.has_changed().unwrap());
+        switches.record(install);
+        assert!(late.has_changed().unwrap());
+        assert_eq!(counter.get(), 4);
     }
 
     #[test]
