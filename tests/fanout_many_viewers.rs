@@ -134,9 +134,22 @@ async fn run() {
         WAIT,
     )
     .await;
-    let m = ts.metrics().await;
-    let encoded = metric_value(&m, "danmaku_frames_encoded_total").unwrap_or(0.0) - encoded_before;
-    let sent = metric_value(&m, "danmaku_frames_sent_total").unwrap_or(0.0) - sent_before;
+    // A frame is counted as encoded before its fan-out and as sent in parts
+    // as its writes complete (per shard of the hub's writes, per viewer a
+    // task serves), so a scrape during a fan-out (an online-count frame, say)
+    // reads it part sent (CI: 32 485 of 33 000): look for a scrape between
+    // fan-outs.
+    let deadline = Instant::now() + WAIT;
+    let (m, encoded, sent) = loop {
+        let m = ts.metrics().await;
+        let encoded =
+            metric_value(&m, "danmaku_frames_encoded_total").unwrap_or(0.0) - encoded_before;
+        let sent = metric_value(&m, "danmaku_frames_sent_total").unwrap_or(0.0) - sent_before;
+        if sent == encoded * VIEWERS as f64 || Instant::now() >= deadline {
+            break (m, encoded, sent);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(encoded >= 1.0);
     assert!(
         encoded <= MESSAGES as f64,
