@@ -74,8 +74,11 @@ stop)
   for pidfile in "$dir"/*/redis.pid; do
     [ -f "$pidfile" ] || continue
     pid=$(cat "$pidfile")
+    # A node a failed test left frozen (SIGSTOP) would not act on TERM.
+    kill -CONT "$pid" 2>/dev/null || true
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
   done
   ;;
 *) echo "usage: $0 start BASE DIR | restart PORT DIR [DOWN_S] | stop DIR" >&2; exit 2 ;;
