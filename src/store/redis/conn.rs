@@ -11,7 +11,6 @@ use std::time::Duration;
 use ::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use ::redis::cluster::{ClusterClient, ClusterClientBuilder};
 use ::redis::cluster_async::ClusterConnection;
-use ::redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use ::redis::{Client, Cmd, Pipeline, RedisFuture, Value};
 
 use crate::store::StoreError;
@@ -119,29 +118,13 @@ pub(super) enum RedisConn {
 }
 
 impl RedisConn {
-    /// `PING`: the store is reachable. (The store's readiness check on a
-    /// cluster asks the listed nodes instead: `health.rs`.) On a cluster,
-    /// when any master answers: rooms on the other masters are served while one is away,
-    /// and every front sees the same cluster, so failing readiness on all of
-    /// them would take the whole service out instead of one shard's rooms.
-    /// Routed explicitly: the client's default for a bare `PING` (every
-    /// master, all must succeed) was seen answering OK with a master down
-    /// (redis 1.8.1), which is the behaviour wanted here but not one the
-    /// crate documents.
+    /// `PING` on this connection. Only the single-server connections are
+    /// asked this way: a cluster's readiness is any listed node answering
+    /// on a connection of its own (`health.rs`, `any_node_answers`),
+    /// because the cluster client's `PING` of all masters stalled at times
+    /// while one master was frozen.
     pub(super) async fn ping(&mut self) -> Result<String, ::redis::RedisError> {
-        let ping = ::redis::cmd("PING");
-        match self {
-            RedisConn::Single(c) => ping.query_async(c).await,
-            RedisConn::Cluster(c) => {
-                let routing = RoutingInfo::MultiNode((
-                    MultipleNodeRoutingInfo::AllMasters,
-                    Some(ResponsePolicy::OneSucceeded),
-                ));
-                Ok(::redis::from_redis_value(
-                    c.route_command(ping, routing).await?,
-                )?)
-            }
-        }
+        ::redis::cmd("PING").query_async(self).await
     }
 }
 
