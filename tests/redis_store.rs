@@ -1130,7 +1130,21 @@ async fn notices_resume_after_the_subscriber_is_killed() {
     // CLIENT KILL TYPE pubsub hits every subscriber on the server: run alone.
     let _exclusive = FLUSH.write().await;
     let mut admin = admin(&url).await;
-    let baseline = notice_subscribers(&mut admin).await;
+    // Stores of tests that just ended may still be closing their
+    // subscriptions (CI once read a baseline of 1 that was gone a moment
+    // later): none can be added while this test runs alone, so wait for the
+    // count to stop falling.
+    let mut baseline = notice_subscribers(&mut admin).await;
+    let settle_by = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = notice_subscribers(&mut admin).await;
+        if now == baseline || tokio::time::Instant::now() >= settle_by {
+            baseline = now;
+            break;
+        }
+        baseline = now;
+    }
     let processor = store(&url, cfg(10)).await;
     let front = store(&url, cfg(10)).await;
     let mut rx = front.updates();
