@@ -76,7 +76,11 @@ async fn run() {
         .map(|mut v| {
             tokio::spawn(async move {
                 let got = v.collect_ids(MESSAGES, Duration::from_secs(60)).await;
-                (got, v.ended.clone(), v.others.len())
+                let (ended, others) = (v.ended.clone(), v.others.len());
+                // The viewer is handed back, still connected: frames sent
+                // after it has read everything (online counts) must still
+                // reach all of them for the frame counts below to add up.
+                (got, ended, others, v)
             })
         })
         .collect();
@@ -102,8 +106,10 @@ async fn run() {
 
     let expected_seqs: Vec<u64> = (1..=MESSAGES as u64).collect();
     let mut short = Vec::new();
+    let mut still_connected = Vec::with_capacity(VIEWERS);
     for (i, reader) in readers.into_iter().enumerate() {
-        let (got, ended, others) = reader.await.expect("reader task");
+        let (got, ended, others, viewer) = reader.await.expect("reader task");
+        still_connected.push(viewer);
         let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
         if seqs != expected_seqs {
             short.push(format!(
@@ -138,7 +144,9 @@ async fn run() {
     // as its writes complete (per shard of the hub's writes, per viewer a
     // task serves), so a scrape during a fan-out (an online-count frame, say)
     // reads it part sent (CI: 32 485 of 33 000): look for a scrape between
-    // fan-outs.
+    // fan-outs. Viewers stay connected until the end (CI read 39 424 of
+    // 40 000 when they closed as they finished: an online-count frame then
+    // reached only the 424 still there).
     let deadline = Instant::now() + WAIT;
     let (m, encoded, sent) = loop {
         let m = ts.metrics().await;
@@ -171,6 +179,7 @@ async fn run() {
         metric_value(&m, "danmaku_messages_delivered_total{transport=\"stream\"}"),
         Some((MESSAGES * VIEWERS) as f64)
     );
+    drop(still_connected);
     eprintln!(
         "fan-out: {VIEWERS} viewers connected in {connected_in:?}; {encoded} frames; total {:?}",
         started.elapsed()
