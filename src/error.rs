@@ -5,6 +5,27 @@ use axum::response::{IntoResponse, Response};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::log_throttle::LogThrottle;
+
+/// Live-store failures, throttled for the whole node: in an outage every
+/// request fails alike (`log_throttle.rs`).
+static STORE_FAILURE_LINES: LogThrottle = LogThrottle::new(std::time::Duration::from_secs(1));
+
+/// Logs a failed live-store call for `what` (in `room`, if about one):
+/// at most one line a second for the node, each carrying how many failures
+/// it stands for since the line before (`suppressed`).
+pub fn log_store_failure(what: &str, room: Option<&str>, error: &dyn std::fmt::Display) {
+    if let Some(suppressed) = STORE_FAILURE_LINES.admit_now() {
+        tracing::warn!(
+            what,
+            room = room.unwrap_or("-"),
+            %error,
+            suppressed,
+            "live store call failed"
+        );
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -45,10 +66,17 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    /// 503 `store_unavailable`: the live store did not answer. Callers log
-    /// the underlying error with their own context.
+    /// 503 `store_unavailable`: the live store did not answer (in time).
     pub fn store_unavailable() -> Self {
         Self::unavailable("store_unavailable", "the live store is unavailable")
+    }
+
+    /// 503 `store_unavailable` for a live-store call for `what` that failed
+    /// with `error`, logged through the node's throttle
+    /// ([`log_store_failure`]).
+    pub fn store_failed(what: &str, room: Option<&str>, error: &dyn std::fmt::Display) -> Self {
+        log_store_failure(what, room, error);
+        Self::store_unavailable()
     }
 
     /// 503 `shutting_down`: this node takes no new work.

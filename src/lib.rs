@@ -21,6 +21,7 @@ pub mod gears;
 pub mod http;
 pub mod ingest;
 pub mod json;
+pub mod log_throttle;
 pub mod message;
 pub mod metrics;
 pub mod moderation;

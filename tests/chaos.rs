@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use common::fault::*;
 use common::now_ms;
-use common::procs::{Kafka, Node, OwnMariaDb};
+use common::procs::{Kafka, Node, OwnMariaDb, ScratchDir};
 use danmaku::config::Config;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -126,7 +126,17 @@ async fn chaos_redis_sigstop() {
     let Some(()) = programs(&[]) else { return };
     let _one = SERIAL.lock().await;
     let tag = "redis-sigstop";
-    let rig = Rig::start(tag, tokio::task::block_in_place(Kafka::start), 1, &[]).await;
+    let node_logs = ScratchDir::new("sigstop-logs");
+    let rig = Rig::start(
+        tag,
+        tokio::task::block_in_place(Kafka::start),
+        1,
+        &[
+            ("DANMAKU_TEST_NODE_LOGS", node_logs.0.display().to_string()),
+            ("DANMAKU_LOG_FORMAT", "json".to_string()),
+        ],
+    )
+    .await;
     let room = format!("chaos-{tag}-{}", now_ms());
     let viewers = Viewers::start(&rig, &room).await;
     let load = Load::start(&rig, &room, "f");
@@ -222,6 +232,164 @@ async fn chaos_redis_sigstop() {
         );
     }
     assert_within(tag, "recovery", recovery, Duration::from_millis(1500));
+
+    // Every refusal failed a store call, but the log is not flooded: at most
+    // one line a second per front (src/log_throttle.rs), the rest counted.
+    let frozen_s = (thawed - frozen).as_secs();
+    for (k, front) in rig.fronts.iter().enumerate() {
+        let path = node_logs.0.join(format!("front-{}.log", front.port));
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "live store call failed")
+            .collect();
+        let suppressed: u64 = lines
+            .iter()
+            .map(|v| v["fields"]["suppressed"].as_u64().expect("suppressed"))
+            .sum();
+        eprintln!(
+            "{tag}: front {k}: {} store-failure lines, {suppressed} failures counted in them",
+            lines.len()
+        );
+        assert!(
+            !lines.is_empty() && lines.len() as u64 <= frozen_s + 2,
+            "{tag}: front {k} logged {} store-failure lines in a {frozen_s} s freeze:\n{}",
+            lines.len(),
+            lines
+                .iter()
+                .map(Value::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            suppressed > 0,
+            "{tag}: front {k}: its lines stand for more failures than themselves"
+        );
+    }
+}
+
+/// How long an idempotency claim stays pending before a retry takes it over
+/// (src/app.rs, `claim_takeover_after`): the rig's publish timeout (2 s) + 15 s.
+const TAKEOVER_AFTER: Duration = Duration::from_secs(17);
+
+/// A front SIGKILLed while it publishes a post (the broker frozen, so the
+/// publish waits): its idempotency claim stays pending. Retries of the post
+/// on the other front answer 409 `in_progress` while the claim is younger
+/// than the takeover bound, then take it over: 202 with the claim's message
+/// id, and the message is stored exactly once, whether or not the dead
+/// front's record landed after the thaw. (Before the takeover every retry
+/// answered 409 for the key's TTL: a gift whose front died was lost.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_front_killed_mid_publish() {
+    let Some(()) = programs(&[]) else { return };
+    let _one = SERIAL.lock().await;
+    let tag = "front-mid-publish";
+    let mut rig = Rig::start(tag, tokio::task::block_in_place(Kafka::start), 1, &[]).await;
+    let room = format!("chaos-{tag}-{}", now_ms());
+    let (a, b) = (rig.fronts[0].base(), rig.fronts[1].base());
+    let (http, token) = (rig.http.clone(), rig.token.clone());
+    let post = |base: &str, text: &str| {
+        let request = http
+            .post(format!("{base}/v1/rooms/{room}/danmaku"))
+            .bearer_auth(&token)
+            .body(serde_json::json!({"client_msg_id": text, "text": text}).to_string());
+        async move {
+            match request.send().await {
+                Ok(r) => (
+                    Some(r.status()),
+                    r.json::<Value>().await.unwrap_or(Value::Null),
+                ),
+                Err(_) => (None, Value::Null),
+            }
+        }
+    };
+    // Both fronts have published once (connected to the broker, the room
+    // loaded).
+    for (base, text) in [(&a, "warm-a"), (&b, "warm-b")] {
+        let (status, body) = post(base, text).await;
+        assert_eq!(status, Some(StatusCode::ACCEPTED), "{tag}: {text}: {body}");
+    }
+
+    let text = format!("gift-{}", now_ms());
+    rig.kafka.freeze();
+    let claimed = Instant::now();
+    let first = tokio::spawn(post(&a, &text));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    rig.fronts[0].sigkill();
+    let (status, body) = first.await.unwrap();
+    assert_ne!(
+        status,
+        Some(StatusCode::ACCEPTED),
+        "{tag}: acknowledged with the broker frozen: {body}"
+    );
+    rig.kafka.thaw();
+
+    // Retried on the other front until answered, every 500 ms.
+    let mut answers: Vec<(Duration, Option<StatusCode>, Value)> = Vec::new();
+    let accepted = loop {
+        let (status, body) = post(&b, &text).await;
+        let at = claimed.elapsed();
+        answers.push((at, status, body.clone()));
+        if status == Some(StatusCode::ACCEPTED) {
+            break body;
+        }
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (Some(StatusCode::CONFLICT), Some("in_progress")),
+            "{tag}: a retry at {at:?}"
+        );
+        assert!(
+            at < TAKEOVER_AFTER + Duration::from_secs(10),
+            "{tag}: the dead front's claim was never taken over"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let took_over = answers.last().unwrap().0;
+    let id = accepted["id"].as_str().expect("id").to_string();
+    assert!(
+        answers.len() > 1 && took_over >= TAKEOVER_AFTER - Duration::from_secs(1),
+        "{tag}: taken over after {took_over:?}, before the bound {TAKEOVER_AFTER:?}"
+    );
+    assert_eq!(
+        rig.metric(&rig.fronts[1], "danmaku_idempotency_takeovers_total")
+            .await,
+        1.0
+    );
+    let (status, again) = post(&b, &text).await;
+    assert_eq!(
+        (status, again["id"].as_str()),
+        (Some(StatusCode::ACCEPTED), Some(id.as_str())),
+        "{tag}: a retry after the takeover gets its answer"
+    );
+
+    // Stored once, under the claim's id (the processor has caught up once
+    // the warm-up posts and this one are in, and a late copy would follow
+    // within a few seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let copies = loop {
+        let stored = rig.stored(&room).await;
+        let copies: Vec<Value> = stored.into_iter().filter(|m| text_of(m) == text).collect();
+        if !copies.is_empty() || Instant::now() > deadline {
+            break copies;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = rig
+        .stored(&room)
+        .await
+        .into_iter()
+        .filter(|m| text_of(m) == text)
+        .count();
+    eprintln!(
+        "chaos {tag}: taken_over_s={:.1} retries_409={} stored={later} acked_lost=0",
+        took_over.as_secs_f64(),
+        answers.len() - 1
+    );
+    assert_eq!(copies.len(), 1, "{tag}: stored copies: {copies:?}");
+    assert_eq!(later, 1, "{tag}: a second copy landed later");
+    assert_eq!(copies[0]["id"], id, "{tag}: stored under the claim's id");
 }
 
 /// A processor SIGKILLed (one of two) and restarted: posts are still

@@ -436,6 +436,5 @@ async fn subscribe(
 }
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "store read failed");
-    ApiError::store_unavailable()
+    ApiError::store_failed("stream read", None, &e)
 }

@@ -196,8 +196,7 @@ impl HubRegistry {
         }
         let head = self.store.head(room).await.map_err(|e| {
             self.metrics.store_errors.with_label_values(&["head"]).inc();
-            tracing::warn!(room, error = %e, "store head failed");
-            ApiError::store_unavailable()
+            ApiError::store_failed("stream head", Some(room), &e)
         })?;
         let hub = match self.hubs.entry(room.to_string()) {
             Entry::Occupied(e) => return Ok(e.get().clone()),

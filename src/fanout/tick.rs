@@ -78,7 +78,7 @@ impl Hub {
                 Ok(r) => r,
                 Err(e) => {
                     ctx.metrics.store_errors.with_label_values(&["read"]).inc();
-                    tracing::warn!(room = %self.room, error = %e, "hub read failed");
+                    crate::error::log_store_failure("hub read", Some(&self.room), &e);
                     news = true;
                     break;
                 }

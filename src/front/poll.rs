@@ -138,10 +138,7 @@ async fn read_through(
         .store
         .read_range(room, cursor, u64::MAX, s.config.poll.max_messages)
         .await
-        .map_err(|e| {
-            tracing::warn!(room, error = %e, "poll read failed");
-            ApiError::store_unavailable()
-        })?;
+        .map_err(|e| ApiError::store_failed("poll read", Some(room), &e))?;
     if !reset && epoch.is_some_and(|e| !e.is_empty() && e != read.epoch) {
         return Ok(Answer::Restart);
     }

@@ -73,8 +73,7 @@ async fn get_settings(
 }
 
 fn unavailable(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "room settings: control state unavailable");
-    ApiError::store_unavailable()
+    ApiError::store_failed("room settings: control state", None, &e)
 }
 
 /// Partial update, stored as cluster state; every node applies it to its

@@ -71,8 +71,7 @@ fn check_user(user: &str) -> Result<(), ApiError> {
 }
 
 fn unavailable(e: StoreError) -> ApiError {
-    tracing::warn!(error = %e, "moderation: control state unavailable");
-    ApiError::store_unavailable()
+    ApiError::store_failed("moderation: control state", None, &e)
 }
 
 /// Validates the path and the token: the actor and the mute's scope.

@@ -336,8 +336,7 @@ async fn compute(
 }
 
 fn store_down(e: crate::store::StoreError) -> ApiError {
-    tracing::warn!(error = %e, "snapshot: store read failed");
-    ApiError::store_unavailable()
+    ApiError::store_failed("snapshot read", None, &e)
 }
 
 /// `{"room","epoch","cursor","online","generated_at","buckets":{"whitelist":

@@ -59,8 +59,11 @@ pub(super) async fn admit(
     let state = match tokio::time::timeout(ROOM_LOAD_WAIT, control.room(room)).await {
         Ok(Ok(state)) => state,
         Ok(Err(e)) => {
-            tracing::warn!(room, error = %e, "room settings unavailable: watch refused");
-            return Err(ApiError::store_unavailable());
+            return Err(ApiError::store_failed(
+                "room settings (watch refused)",
+                Some(room),
+                &e,
+            ))
         }
         Err(_) => return Err(ApiError::store_unavailable()),
     };

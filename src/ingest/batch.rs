@@ -131,9 +131,12 @@ impl Ingest {
     /// Claims every key at once; returns the events to publish (with the
     /// message id of an earlier failed attempt where there was one).
     async fn claim_all(&self, pending: Vec<Pending>, results: &mut Results) -> Vec<Pending> {
-        let claims =
-            futures_util::future::join_all(pending.iter().map(|p| self.idempotency.claim(&p.key)))
-                .await;
+        let claims = futures_util::future::join_all(
+            pending
+                .iter()
+                .map(|p| self.idempotency.claim(&p.key, &p.message.id)),
+        )
+        .await;
         let mut won = Vec::new();
         for (mut p, claim) in pending.into_iter().zip(claims) {
             match claim {

@@ -6,12 +6,25 @@
 //!   byte length of `<user>`: both the user id and the `client_msg_id` may
 //!   hold `:`, and without the length `alice:x` + `m1` and `alice` + `x:m1`
 //!   would be one key), `ev:{room}:<Idempotency-Key>` (gift backend events);
-//! - values: `<fingerprint>|pending` while the first request publishes,
-//!   `<fingerprint>|retry:<message id>` after a failed publish (a retry
-//!   publishes the same id), `<fingerprint>|<answer>` once acknowledged.
+//! - values: `<fingerprint>|pending:<since ms>:<message id>` while the first
+//!   request publishes, `<fingerprint>|retry:<message id>` after a failed
+//!   publish (a retry publishes the same id), `<fingerprint>|<answer>` once
+//!   acknowledged. (`<fingerprint>|pending`, written by older nodes, is a
+//!   pending claim with no id: it is only ever waited out.)
 //!
 //! The fingerprint (a hash of the request) tells a retry from a different
 //! request reusing the key (`idempotency_key_reused`).
+//!
+//! A claim pending longer than a live node can take to publish and answer
+//! (the bus's publish timeout plus the store's, [`Idempotency::with_takeover_after`])
+//! belongs to a node that died mid-publish (SIGKILL, a crash, a lost host):
+//! a retry **takes it over** and publishes the message id the claim names.
+//! The first attempt may still have landed (a broker reads a request the dead
+//! node had sent); the store keeps one copy per id, so the message is stored
+//! once either way — where without the takeover a gift whose front died would
+//! answer `409 in_progress` to every retry until the key's TTL, and be lost.
+//! What a held value means is [`decide`], a pure function with a table of
+//! tests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +34,12 @@ use sha2::{Digest, Sha256};
 
 use super::Accepted;
 use crate::error::ApiError;
+use crate::message::now_ms;
 use crate::metrics::Metrics;
 use crate::store::{Claim, LiveStore};
 
-/// Claim state while the first request is publishing.
+/// Claim state while the first request is publishing:
+/// `pending:<since ms>:<message id>`.
 const PENDING: &str = "pending";
 /// Claim state after a failed publish: `retry:<message id>`.
 const RETRY: &str = "retry:";
@@ -84,40 +99,82 @@ pub enum Claimed {
     Answer(Accepted),
 }
 
+/// How long a claim may stay pending before a retry takes it over, unless
+/// set ([`Idempotency::with_takeover_after`]): as the app sets it with the
+/// default bus publish timeout (src/app.rs, `claim_takeover_after`).
+const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(20);
+
 /// The claims of idempotency keys in the live store.
 pub struct Idempotency {
     store: Arc<dyn LiveStore>,
     metrics: Arc<Metrics>,
+    /// A pending claim older than this is a dead node's (module doc).
+    takeover_after: Duration,
+}
+
+/// What a request does about a key already held (see [`decide`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Held<'a> {
+    /// Publish under the id an earlier attempt chose: after its failed
+    /// publish (`retry`), or taking over a dead node's pending claim.
+    Publish { id: &'a str, takeover: bool },
+    /// The first request's answer.
+    Answer(&'a str),
 }
 
 impl Idempotency {
     pub fn new(store: Arc<dyn LiveStore>, metrics: Arc<Metrics>) -> Self {
-        Idempotency { store, metrics }
+        Idempotency {
+            store,
+            metrics,
+            takeover_after: DEFAULT_TAKEOVER_AFTER,
+        }
     }
 
-    /// `SET key "<fingerprint>|pending" NX EX ttl`: go on (reusing the
-    /// message id of an earlier attempt whose publish failed), or an earlier
-    /// request's answer (a retry).
-    pub async fn claim(&self, key: &IdemKey) -> Result<Claimed, ApiError> {
-        let pending = key.value(PENDING);
-        match self.store.claim(&key.key, &pending, key.ttl).await {
+    /// Pending claims older than `after` are taken over by a retry: set it
+    /// above the longest a live node takes from claim to answer (the bus's
+    /// publish timeout plus the store's response timeout).
+    pub fn with_takeover_after(mut self, after: Duration) -> Self {
+        self.takeover_after = after;
+        self
+    }
+
+    /// `SET key "<fingerprint>|pending:<now>:<id>" NX PX ttl`, `id` the
+    /// message's own: go on (under the message id of an earlier attempt
+    /// whose publish failed or whose node died), or an earlier request's
+    /// answer (a retry).
+    pub async fn claim(&self, key: &IdemKey, id: &str) -> Result<Claimed, ApiError> {
+        let pending = |id: &str| key.value(&format!("{PENDING}:{}:{id}", now_ms()));
+        match self.store.claim(&key.key, &pending(id), key.ttl).await {
             Ok(Claim::Won) => Ok(Claimed::Go(None)),
             Ok(Claim::Held(value)) => {
-                if let Some(id) = retry_id(&value, &key.fingerprint) {
-                    // Ours again (a concurrent retry would reuse the same id,
-                    // which the store dedups).
-                    let _ = self.store.set_claim(&key.key, &pending, key.ttl).await;
-                    return Ok(Claimed::Go(Some(id.to_string())));
+                match decide(&value, &key.fingerprint, now_ms(), self.takeover_after)? {
+                    Held::Publish { id, takeover } => {
+                        if takeover {
+                            self.metrics.idempotency_takeovers.inc();
+                            tracing::info!(
+                                key = %key.key,
+                                id,
+                                "pending claim taken over: its node did not answer in time"
+                            );
+                        }
+                        // Ours now (a concurrent retry would publish the
+                        // same id, which the store dedups).
+                        let _ = self.store.set_claim(&key.key, &pending(id), key.ttl).await;
+                        Ok(Claimed::Go(Some(id.to_string())))
+                    }
+                    Held::Answer(body) => Ok(Claimed::Answer(Accepted {
+                        body: body.to_string(),
+                        replayed: true,
+                    })),
                 }
-                replay(&value, &key.fingerprint).map(Claimed::Answer)
             }
             Err(e) => {
                 self.metrics
                     .store_errors
                     .with_label_values(&["claim"])
                     .inc();
-                tracing::warn!(error = %e, "dedup claim failed");
-                Err(ApiError::store_unavailable())
+                Err(ApiError::store_failed("dedup claim", None, &e))
             }
         }
     }
@@ -161,7 +218,7 @@ impl Idempotency {
         let done = key.value(body);
         if let Err(e) = self.store.set_claim(&key.key, &done, key.ttl).await {
             // The message is on the bus; a retry will see "pending" (409) until the TTL.
-            tracing::warn!(error = %e, "recording the idempotent answer failed");
+            crate::error::log_store_failure("recording the idempotent answer", None, &e);
         }
     }
 }
@@ -175,30 +232,48 @@ pub fn key_reused() -> ApiError {
     )
 }
 
-fn retry_id<'a>(value: &'a str, fingerprint: &str) -> Option<&'a str> {
-    let (held_fp, state) = value.split_once('|')?;
-    (held_fp == fingerprint)
-        .then(|| state.strip_prefix(RETRY))
-        .flatten()
-}
-
-/// What a held key answers a request with `fingerprint`.
-fn replay(value: &str, fingerprint: &str) -> Result<Accepted, ApiError> {
+/// What a request with `fingerprint` does about a key held with `value`, at
+/// `now_ms`: publish under an earlier attempt's id (after its failed publish,
+/// or taking over a claim pending `takeover_after` or longer), answer with
+/// the first request's answer, or an error: the key reused for another
+/// request (422), or the first request still in progress (409).
+fn decide<'a>(
+    value: &'a str,
+    fingerprint: &str,
+    now_ms: u64,
+    takeover_after: Duration,
+) -> Result<Held<'a>, ApiError> {
     let (held_fp, state) = value.split_once('|').unwrap_or(("", value));
     if held_fp != fingerprint {
         return Err(key_reused());
     }
-    if state == PENDING {
-        return Err(ApiError::new(
+    if let Some(id) = state.strip_prefix(RETRY) {
+        return Ok(Held::Publish {
+            id,
+            takeover: false,
+        });
+    }
+    let Some(pending) = state.strip_prefix(PENDING) else {
+        return Ok(Held::Answer(state));
+    };
+    let since_and_id = pending
+        .strip_prefix(':')
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(since, id)| Some((since.parse::<u64>().ok()?, id)));
+    match since_and_id {
+        Some((since, id))
+            if !id.is_empty()
+                && now_ms.saturating_sub(since) >= takeover_after.as_millis() as u64 =>
+        {
+            Ok(Held::Publish { id, takeover: true })
+        }
+        // Fresh, or an older node's `pending` with no id: wait it out.
+        _ => Err(ApiError::new(
             StatusCode::CONFLICT,
             "in_progress",
             "a request with this key is still in progress; retry shortly",
-        ));
+        )),
     }
-    Ok(Accepted {
-        body: state.to_string(),
-        replayed: true,
-    })
 }
 
 #[cfg(test)]
@@ -206,23 +281,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_values_decode() {
+    fn held_values_decide_what_a_retry_does() {
         let k = IdemKey::event("r", "k", b"body", 60);
         let fp = k.fingerprint.clone();
         assert_eq!(k.key, "ev:{r}:k");
-        assert_eq!(retry_id(&k.value("retry:m1"), &fp), Some("m1"));
-        assert_eq!(retry_id(&k.value(PENDING), &fp), None);
-        assert_eq!(
-            replay(&k.value(PENDING), &fp).unwrap_err().code,
-            "in_progress"
-        );
-        assert_eq!(
-            replay("other|x", &fp).unwrap_err().code,
-            "idempotency_key_reused"
-        );
-        let a = replay(&k.value(r#"{"id":"m1"}"#), &fp).unwrap();
-        assert_eq!(a.body, r#"{"id":"m1"}"#);
-        assert!(a.replayed);
+        let after = Duration::from_secs(15);
+        let publish = |id, takeover| Ok(Held::Publish { id, takeover });
+        // (held value, now ms, what the retry does)
+        let table: Vec<(String, u64, Result<Held, &str>)> = vec![
+            (k.value("retry:m1"), 0, publish("m1", false)),
+            (k.value("retry:m1"), u64::MAX, publish("m1", false)),
+            // A pending claim: waited on while fresh, taken over once stale.
+            (k.value("pending:1000:m2"), 1000, Err("in_progress")),
+            (k.value("pending:1000:m2"), 15_999, Err("in_progress")),
+            (k.value("pending:1000:m2"), 16_000, publish("m2", true)),
+            (k.value("pending:1000:m:2"), 99_000, publish("m:2", true)),
+            // Stamped ahead of this node's clock: fresh.
+            (k.value("pending:9000:m2"), 1000, Err("in_progress")),
+            // Older nodes' pending (no id), or a malformed one: waited out.
+            (k.value("pending"), u64::MAX, Err("in_progress")),
+            (k.value("pending:x:m2"), u64::MAX, Err("in_progress")),
+            (k.value("pending:1000:"), u64::MAX, Err("in_progress")),
+            (k.value("pending:1000"), u64::MAX, Err("in_progress")),
+            // Answered.
+            (
+                k.value(r#"{"id":"m1"}"#),
+                0,
+                Ok(Held::Answer(r#"{"id":"m1"}"#)),
+            ),
+            // Another request under the key.
+            ("other|retry:m1".into(), 0, Err("idempotency_key_reused")),
+            ("no-fingerprint".into(), 0, Err("idempotency_key_reused")),
+        ];
+        for (value, now, want) in &table {
+            let got = decide(value, &fp, *now, after).map_err(|e| e.code);
+            assert_eq!(&got, want, "{value} at {now}");
+        }
         let d = IdemKey::danmaku("r", "u", "c", "hi", 0);
         assert_eq!(d.key, "dm:{r}:1:u:c");
         assert_eq!(d.ttl, Duration::from_secs(1));

@@ -20,6 +20,7 @@ pub mod validate;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::ViewerClaims;
 use crate::bus::{Bus, BusError};
@@ -27,6 +28,7 @@ use crate::config::IngestConfig;
 use crate::control::Control;
 use crate::error::ApiError;
 use crate::gears::GearReader;
+use crate::log_throttle::LogThrottle;
 use crate::message::{new_message_id, now_ms, Kind, Message, Priority, UserRef};
 use crate::metrics::Metrics;
 use crate::rooms::RoomSettings;
@@ -84,6 +86,14 @@ impl Ingest {
         self
     }
 
+    /// Pending idempotency claims older than `after` are taken over by a
+    /// retry (their node died mid-publish): above the longest a live node
+    /// takes from claim to answer.
+    pub fn with_claim_takeover_after(mut self, after: Duration) -> Self {
+        self.idempotency = self.idempotency.with_takeover_after(after);
+        self
+    }
+
     /// Drops idle rate-limit state; run periodically.
     pub fn sweep(&self) {
         self.ips.sweep();
@@ -117,10 +127,11 @@ impl Ingest {
         self.ips.check(&ip).map_err(|s| {
             ApiError::too_many("rate_limited", "too many messages from this address", s)
         })?;
-        let state = self.control.room(room).await.map_err(|e| {
-            tracing::warn!(room, error = %e, "room control state unavailable");
-            ApiError::store_unavailable()
-        })?;
+        let state = self
+            .control
+            .room(room)
+            .await
+            .map_err(|e| ApiError::store_failed("room control state", Some(room), &e))?;
         let (key, message) = self.danmaku_message(room, viewer, &state.settings, req)?;
         self.check_shedding(&message).await?;
         if let Some(until_ms) = state.muted_until(&viewer.sub, now_ms()) {
@@ -144,10 +155,7 @@ impl Ingest {
                 "you are sending too fast",
                 retry_after_ms.div_ceil(1000),
             )),
-            Err(e) => {
-                tracing::warn!(error = %e, "post gate unavailable");
-                Err(ApiError::store_unavailable())
-            }
+            Err(e) => Err(ApiError::store_failed("post gate", None, &e)),
         }
     }
 
@@ -360,7 +368,7 @@ impl Ingest {
     /// the same key gets the first answer and nothing is published twice.
     async fn publish_once(&self, key: &IdemKey, message: Message) -> Result<Accepted, ApiError> {
         let mut message = message;
-        match self.idempotency.claim(key).await? {
+        match self.idempotency.claim(key, &message.id).await? {
             Claimed::Answer(answer) => return Ok(answer),
             Claimed::Go(Some(earlier_id)) => message.id = earlier_id,
             Claimed::Go(None) => {}
@@ -393,11 +401,17 @@ fn muted(until_ms: u64) -> ApiError {
     )
 }
 
+/// Publish failures, throttled for the node: while the broker is away
+/// every post fails alike (`log_throttle.rs`).
+static PUBLISH_FAILURE_LINES: LogThrottle = LogThrottle::new(Duration::from_secs(1));
+
 fn publish_error(e: BusError) -> ApiError {
     match e {
         BusError::Full(_) => ApiError::unavailable("bus_full", "the pipeline is full; retry"),
         other => {
-            tracing::warn!(error = %other, "bus publish failed");
+            if let Some(suppressed) = PUBLISH_FAILURE_LINES.admit_now() {
+                tracing::warn!(error = %other, suppressed, "bus publish failed");
+            }
             ApiError::unavailable("bus_unavailable", "the pipeline is unavailable; retry")
         }
     }

@@ -46,10 +46,12 @@ fn req(id: &str, text: &str) -> DanmakuRequest {
 const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 /// A bus whose first publish fails after possibly writing (a Kafka
-/// delivery timeout), then works.
+/// delivery timeout), then works; or, `stuck`, whose publishes never
+/// answer (a node hung in its publish, about to die).
 struct FlakyBus {
     inner: MemoryBus,
     failed: std::sync::atomic::AtomicBool,
+    stuck: bool,
     ids: parking_lot::Mutex<Vec<String>>,
 }
 
@@ -59,6 +61,9 @@ impl Bus for FlakyBus {
         self.ids
             .lock()
             .extend(records.iter().map(|r| r.message.id.clone()));
+        if self.stuck {
+            return std::future::pending().await;
+        }
         self.inner.publish(records).await?;
         if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
             return Err(BusError::Unavailable("delivery timed out".into()));
@@ -90,11 +95,22 @@ impl Bus for FlakyBus {
 fn ingest_on_flaky_bus(
     store: impl FnOnce(&Config) -> Arc<dyn LiveStore>,
 ) -> (Ingest, Arc<FlakyBus>) {
+    ingest_on_bus(false, false, store)
+}
+
+/// An ingest on a [`FlakyBus`] (`failed`: its failure already spent) over
+/// the store `store(config)` makes.
+fn ingest_on_bus(
+    stuck: bool,
+    failed: bool,
+    store: impl FnOnce(&Config) -> Arc<dyn LiveStore>,
+) -> (Ingest, Arc<FlakyBus>) {
     let mut c = Config::embedded();
     c.ingest.user_burst = 1000.0;
     let bus = Arc::new(FlakyBus {
         inner: MemoryBus::new(2, 1000),
-        failed: Default::default(),
+        failed: failed.into(),
+        stuck,
         ids: Default::default(),
     });
     let store = store(&c);
@@ -125,6 +141,47 @@ async fn a_retry_after_a_failed_publish_reuses_the_message_id() {
     // A third try is a plain replay.
     let again = ing.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
     assert!(again.replayed);
+}
+
+/// A node dies while it publishes: its claim stays pending. A retry on
+/// another node waits while the claim is fresh (409), then takes it over and
+/// publishes the dead node's message id (stored once if both land).
+#[tokio::test]
+async fn a_dead_nodes_pending_claim_is_taken_over_under_its_message_id() {
+    let store: Arc<dyn LiveStore> = Arc::new(MemoryStore::new(Config::embedded().store));
+    let (dying, stuck) = ingest_on_bus(true, false, |_| store.clone());
+    let (live, bus) = ingest_on_bus(false, true, |_| store.clone());
+    let live = live.with_claim_takeover_after(std::time::Duration::from_millis(300));
+    let v = viewer("u1");
+    let first = {
+        let v = v.clone();
+        tokio::spawn(async move { dying.danmaku("r", &v, IP, req("m1", "hi")).await })
+    };
+    while stuck.ids.lock().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    first.abort();
+    let busy = live
+        .danmaku("r", &v, IP, req("m1", "hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (busy.status, busy.code),
+        (StatusCode::CONFLICT, "in_progress")
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    let ok = live.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+    let dead_id = stuck.ids.lock()[0].clone();
+    assert_eq!(
+        *bus.ids.lock(),
+        vec![dead_id.clone()],
+        "published once, under the dead node's id"
+    );
+    assert!(ok.body.contains(&dead_id), "{}", ok.body);
+    assert!(!ok.replayed);
+    // Its answer is recorded: a retry replays it.
+    let again = live.danmaku("r", &v, IP, req("m1", "hi")).await.unwrap();
+    assert!(again.replayed && again.body == ok.body);
 }
 
 /// A store whose `set_claim` fails the first `fails` times (a Redis that

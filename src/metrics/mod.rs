@@ -49,6 +49,9 @@ pub struct Metrics {
     pub store_unreachable: IntGauge,
     /// Times the live store was found unreachable.
     pub store_unreachable_trips: IntCounter,
+    /// Pending idempotency claims a retry took over (their node died
+    /// mid-publish: src/ingest/idempotency.rs).
+    pub idempotency_takeovers: IntCounter,
     /// Message copies handed to viewer connections (messages × viewers).
     pub delivered: IntCounterVec,
     /// Frames encoded by hubs (one per room per tick with news).

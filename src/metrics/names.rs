@@ -89,6 +89,14 @@ impl Metrics {
                 )
                 .unwrap(),
             ),
+            idempotency_takeovers: reg(
+                &registry,
+                IntCounter::new(
+                    "danmaku_idempotency_takeovers_total",
+                    "Pending idempotency claims taken over by a retry (their node died mid-publish)",
+                )
+                .unwrap(),
+            ),
             store_append_seconds: reg(
                 &registry,
                 Histogram::with_opts(

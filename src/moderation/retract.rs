@@ -84,10 +84,7 @@ impl From<RetractError> for ApiError {
                 "unknown_message",
                 "no such message in this room",
             ),
-            RetractError::Store(e) => {
-                tracing::warn!(error = %e, "retract: live store unavailable");
-                ApiError::store_unavailable()
-            }
+            RetractError::Store(e) => ApiError::store_failed("retract", None, &e),
             RetractError::Archive(e) => crate::replay::archive_error(e),
         }
     }

@@ -116,6 +116,13 @@ fn signal(pid: u32, sig: &str) {
         .status();
 }
 
+/// [`signal`] to a child, if started.
+fn signal_child(child: &Option<Child>, sig: &str) {
+    if let Some(c) = child {
+        signal(c.id(), sig);
+    }
+}
+
 /// A scratch directory, removed when dropped.
 pub struct ScratchDir(pub PathBuf);
 
@@ -415,16 +422,12 @@ impl OwnRedis {
     /// ones) and nothing answers, the shape of a partition that drops
     /// packets, until [`OwnRedis::thaw`].
     pub fn freeze(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "STOP");
-        }
+        signal_child(&self.child, "STOP");
     }
 
     /// SIGCONT after [`OwnRedis::freeze`]: it answers what waited.
     pub fn thaw(&self) {
-        if let Some(c) = &self.child {
-            signal(c.id(), "CONT");
-        }
+        signal_child(&self.child, "CONT");
     }
 }
 
@@ -584,6 +587,17 @@ impl Kafka {
     pub fn restart(&mut self) {
         self.sigkill();
         self.spawn();
+    }
+
+    /// SIGSTOP the JVM: connections stay open and nothing answers (a
+    /// produce request waits) until [`Kafka::thaw`].
+    pub fn freeze(&self) {
+        signal_child(&self.child, "STOP");
+    }
+
+    /// SIGCONT after [`Kafka::freeze`]: it serves what waited.
+    pub fn thaw(&self) {
+        signal_child(&self.child, "CONT");
     }
 }
 
