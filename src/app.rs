@@ -435,7 +435,6 @@ impl Stores {
     }
 }
 
-/// This front's presence name: configured, or random per process.
 /// How long an idempotency claim may stay pending before a retry takes it
 /// over (src/ingest/idempotency.rs): the longest a live front takes from
 /// claim to answer (a gear read, the publish, the answer's write: the bus's
@@ -446,6 +445,7 @@ fn claim_takeover_after(config: &Config) -> Duration {
     Duration::from_millis(config.bus.publish_timeout_ms) + Duration::from_secs(15)
 }
 
+/// This front's presence name: configured, or random per process.
 fn node_id(config: &Config) -> String {
     if config.server.node_id.is_empty() {
         format!("node-{:08x}", rand::random::<u32>())

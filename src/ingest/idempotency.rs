@@ -184,8 +184,9 @@ impl Idempotency {
     /// the same id and the store keeps at most one copy.
     ///
     /// When the store does not take the mark (it is unreachable too), the
-    /// key stays "pending" (retries answer 409 `in_progress`) and the mark is
-    /// tried again in the background. The key is never released here: a
+    /// key stays "pending" (retries answer 409 `in_progress` until they may
+    /// take it over, under the same id) and the mark is tried again in the
+    /// background. The key is never released here: a
     /// retry would then publish a second id while the first may still land,
     /// and the message would be stored twice (tests/partitions.rs, a front
     /// cut from everything, found it).
@@ -217,7 +218,9 @@ impl Idempotency {
     pub async fn record_answer(&self, key: &IdemKey, body: &str) {
         let done = key.value(body);
         if let Err(e) = self.store.set_claim(&key.key, &done, key.ttl).await {
-            // The message is on the bus; a retry will see "pending" (409) until the TTL.
+            // The message is on the bus; a retry sees "pending" (409) until
+            // the claim is old enough to take over, then publishes the same
+            // id again (the store keeps one copy).
             crate::error::log_store_failure("recording the idempotent answer", None, &e);
         }
     }
