@@ -21,7 +21,17 @@ const LEVELS: &[&[&str]] = &[
     &["fanout", "presence", "gears", "control"],
     &["store", "bus", "archive"],
     &[
-        "config", "auth", "rooms", "message", "metrics", "error", "json", "text", "flight", "clock",
+        "config",
+        "auth",
+        "rooms",
+        "message",
+        "metrics",
+        "error",
+        "json",
+        "text",
+        "flight",
+        "clock",
+        "log_throttle",
     ],
 ];
 
