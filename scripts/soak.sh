@@ -15,6 +15,9 @@
 #   - open fds grow: measured between rounds (idle_fds.csv), the last
 #     quarter's median above the first quarter's (after the warm-up) by more
 #     than SOAK_MAX_FD_GROWTH (8);
+#   - a node's /readyz, polled every 5 s as a load balancer would, refuses or
+#     takes over 2 s (its Redis PING unanswered in 800 ms would also trip the
+#     store health gate: a false trip under load);
 #   - a server log has a WARN or ERROR line not explained (explained: the
 #     development-secrets warning, and the broker's "coordinator loading"
 #     answers while a new topic's group coordinator starts);
@@ -26,7 +29,7 @@
 #     the rules at work (they resume and must lose nothing), other cuts are not.
 # Prints one line per node and a summary line:
 #   soak: minutes=.. rounds=.. delivered=.. lost=0 duplicates=0 dropped=0 resumes=..
-#         slow_viewer_cuts=.. other_cuts=0 warn_lines=0
+#         slow_viewer_cuts=.. other_cuts=0 warn_lines=0 not_ready=0
 #   soak node front-a: rss_mb start=.. end=.. slope_mb_per_10min=.. fds min=.. max=.. growth=..
 #
 # Usage: scripts/soak.sh [minutes]
@@ -131,6 +134,11 @@ soak_start=$(date +%s)
       rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo "")
       fds=$(ls "/proc/$pid/fd" 2>/dev/null | wc -l)
       [ -n "$rss" ] && echo "$now,${names[$i]},$rss,$fds" >>"$out/samples.csv"
+      # /readyz as a load balancer polls it: its Redis PING trips the store
+      # health gate when unanswered in 800 ms, so a false trip under the
+      # mix (a WARN "redis store unreachable") fails the soak below.
+      curl -fsS -m 2 -o /dev/null "http://127.0.0.1:${ports[$i]}/readyz" 2>/dev/null ||
+        echo "$now,${names[$i]}" >>"$out/not_ready.csv"
     done
     sleep 5
   done
@@ -226,9 +234,17 @@ for path in sorted(glob.glob(f"{out}/front-*.log") + glob.glob(f"{out}/processor
                 warn.append(f"{os.path.basename(path)}: {line}")
 if warn:
     problems.append(f"{len(warn)} WARN/ERROR lines, e.g. " + " | ".join(warn[:5]))
+# /readyz polled every 5 s per node (a load balancer's view): never refused.
+not_ready = []
+if os.path.exists(f"{out}/not_ready.csv"):
+    not_ready = [l.strip() for l in open(f"{out}/not_ready.csv") if l.strip()]
+if not_ready:
+    problems.append(f"/readyz refused or timed out {len(not_ready)} times (t_s,node): "
+                    + " ".join(not_ready[:5]))
 print(f"soak: minutes={minutes:g} rounds={rounds} delivered={delivered} lost={lost} "
       f"duplicates={dups} dropped={dropped} resumes={resumes} slow_viewer_cuts={slow_cuts} "
-      f"other_cuts={other_cuts} warn_lines={len(warn)} explained_warn_lines={explained}")
+      f"other_cuts={other_cuts} warn_lines={len(warn)} explained_warn_lines={explained} "
+      f"not_ready={len(not_ready)}")
 rows = list(csv.DictReader(open(f"{out}/samples.csv")))
 idle_rows = list(csv.DictReader(open(f"{out}/idle_fds.csv")))
 end_t = max((int(r["t_s"]) for r in rows), default=0)
