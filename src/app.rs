@@ -186,7 +186,11 @@ impl Server {
                     control.clone(),
                 )
                 .with_gear_spread(config.gears.spread_partitions)
-                .with_claim_takeover_after(claim_takeover_after(&config)),
+                .with_claim_takeover_after(
+                    crate::ingest::idempotency::takeover_after(Duration::from_millis(
+                        config.bus.publish_timeout_ms,
+                    )),
+                ),
             ),
             rooms,
             moderators: Arc::new(Moderators::new(
@@ -433,16 +437,6 @@ impl Stores {
             })
         }
     }
-}
-
-/// How long an idempotency claim may stay pending before a retry takes it
-/// over (src/ingest/idempotency.rs): the longest a live front takes from
-/// claim to answer (a gear read, the publish, the answer's write: the bus's
-/// publish timeout and twice the store's 5 s response timeout), plus 5 s.
-/// Taking over a live node's claim would only publish the same id twice,
-/// which the store dedups: the bound spares that, it does not guard it.
-fn claim_takeover_after(config: &Config) -> Duration {
-    Duration::from_millis(config.bus.publish_timeout_ms) + Duration::from_secs(15)
 }
 
 /// This front's presence name: configured, or random per process.

@@ -271,7 +271,8 @@ async fn chaos_redis_sigstop() {
 }
 
 /// How long an idempotency claim stays pending before a retry takes it over
-/// (src/app.rs, `claim_takeover_after`): the rig's publish timeout (2 s) + 15 s.
+/// (src/ingest/idempotency.rs, `takeover_after`): the rig's publish timeout
+/// (2 s) + 15 s.
 const TAKEOVER_AFTER: Duration = Duration::from_secs(17);
 
 /// A front SIGKILLed while it publishes a post (the broker frozen, so the

@@ -99,10 +99,20 @@ pub enum Claimed {
     Answer(Accepted),
 }
 
-/// How long a claim may stay pending before a retry takes it over, unless
-/// set ([`Idempotency::with_takeover_after`]): as the app sets it with the
-/// default bus publish timeout (src/app.rs, `claim_takeover_after`).
-const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(20);
+/// How long a claim may stay pending before a retry takes it over, on a bus
+/// whose publishes time out after `publish_timeout`: the longest a live
+/// node takes from claim to answer (a gear read, the publish, the answer's
+/// write: the publish timeout and twice the store's 5 s response timeout),
+/// plus 5 s. Taking over a live node's claim would only publish the same id
+/// twice, which the store dedups: the bound spares that, it does not guard
+/// it.
+pub const fn takeover_after(publish_timeout: Duration) -> Duration {
+    publish_timeout.saturating_add(Duration::from_secs(15))
+}
+
+/// [`takeover_after`] the default bus publish timeout (5 s), unless set
+/// ([`Idempotency::with_takeover_after`]).
+const DEFAULT_TAKEOVER_AFTER: Duration = takeover_after(Duration::from_secs(5));
 
 /// The claims of idempotency keys in the live store.
 pub struct Idempotency {
